@@ -1,0 +1,321 @@
+"""Gradient estimators for binary-activation networks (DESIGN §2).
+
+Every estimator takes ``(model, x, y, ...)`` and returns ``{parameter name as in
+model.named_parameters(): tensor shaped like that parameter}`` for the selected parameters
+(``layers``; default all). ``loss`` is ``"mse"``, ``"cross_entropy"`` or a callable giving
+per-sample losses (:mod:`lib.losses`). The model is evaluated in eval mode (BatchNorm uses its
+running statistics, so every sample is independent) and is never modified.
+
+* :func:`cdg`  coordinate discrete gradient (BinaryDuo): central
+  ``g_i = (L(w + ε e_i) − L(w − ε e_i)) / 2ε`` or one-sided ``(L(w + ε e_i) − L(w)) / ε``.
+* :func:`nes`  Gaussian-smoothing (evolution-strategies) gradient with ``S`` directions:
+  antithetic ``g = 1/(2σS) Σ_s (L(w + σu_s) − L(w − σu_s)) u_s`` or plain
+  ``g = 1/(σS) Σ_s (L(w + σu_s) − L(w)) u_s``, ``u_s ~ N(0, I)``, all selected layers jointly.
+* :func:`ste`  back-propagation with the surrogate derivative of an STE variant.
+* :func:`smoothed_exact`  the closed-form gradient of the Gaussian-smoothed loss of the toy
+  MLP's last hidden layer and readout: the infinite-sample limit of NES on those two layers.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from . import engine
+from .losses import LossSpec, batch_loss, check_loss, per_sample_loss
+from .models import BinaryMLP
+from .quantizers import get_surrogate, use_surrogate
+
+Grads = dict[str, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- shared checks
+
+def select_parameters(model: nn.Module, layers: Iterable[str] | str | None) -> list[str]:
+    """Names of the selected parameters in model order; ``ValueError`` naming ``layers`` if unknown."""
+    names = [n for n, _ in model.named_parameters()]
+    if layers is None:
+        return names
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    unknown = [n for n in layers if n not in names]
+    if unknown:
+        raise ValueError(f"layers: unknown parameter name(s) {unknown}; the model has {names}")
+    if not layers:
+        raise ValueError("layers: empty selection")
+    return [n for n in names if n in layers]
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+
+
+def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise ValueError(f"x: expected a batch tensor of at least 2 dimensions, got {getattr(x, 'shape', x)!r}")
+    if not isinstance(y, torch.Tensor) or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y: expected {x.shape[0]} targets, got {getattr(y, 'shape', y)!r}")
+    try:
+        with torch.no_grad(), engine.eval_mode(model):
+            model(x[:1])
+    except ValueError:
+        raise
+    except RuntimeError as err:
+        raise ValueError(f"x: input of shape {tuple(x.shape)} does not fit the model ({err})") from None
+
+
+@contextlib.contextmanager
+def _prepared(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              device: str | torch.device | None) -> Iterator[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """The model (a copy only when moved to another ``device``) in eval mode, and ``x, y`` on it."""
+    ref = next(model.parameters())
+    dev = torch.device(device) if device is not None else ref.device
+    if dev != ref.device:
+        model = copy.deepcopy(model).to(dev)
+    x = x.to(device=dev, dtype=ref.dtype if x.is_floating_point() else x.dtype)
+    y = y.to(device=dev, dtype=ref.dtype if y.is_floating_point() else y.dtype)
+    with engine.eval_mode(model):
+        yield model, x, y
+
+
+def _base(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+          loss: LossSpec) -> tuple[list[torch.Tensor], torch.Tensor]:
+    cache = engine.forward_cache(model, x)
+    base = per_sample_loss(cache[-1], y, loss)
+    if not torch.isfinite(base).all():
+        raise FloatingPointError("loss of the unperturbed model is not finite")
+    return cache, base
+
+
+def _sampled_coords(numel: int, coords_per_layer: int | None, gen: torch.Generator) -> torch.Tensor:
+    if coords_per_layer is None or coords_per_layer >= numel:
+        return torch.arange(numel)
+    return torch.randperm(numel, generator=gen)[:coords_per_layer].sort().values
+
+
+# ----------------------------------------------------------------------------- CDG
+
+def cdg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse", eps: float = 0.1,
+        central: bool = True, layers: Iterable[str] | str | None = None,
+        coords_per_layer: int | None = None, seed: int = 0,
+        device: str | torch.device | None = None, budget_mb: float = engine.DEFAULT_BUDGET_MB) -> Grads:
+    """Coordinate discrete gradient with step ``eps`` on every (or ``coords_per_layer`` sampled)
+    coordinate of the selected parameters; unsampled coordinates are NaN.
+
+    central: ``g_i = (L(w + ε e_i) − L(w − ε e_i)) / (2ε)``; one-sided: ``(L(w + ε e_i) − L(w)) / ε``.
+    Coordinates are sampled without replacement from a generator seeded with ``seed``.
+    """
+    _check_positive("eps", eps)
+    check_loss(loss)
+    if coords_per_layer is not None and (not isinstance(coords_per_layer, int) or coords_per_layer < 1):
+        raise ValueError(f"coords_per_layer: expected a positive integer or None, got {coords_per_layer!r}")
+    names = select_parameters(model, layers)
+    _check_batch(model, x, y)
+    with _prepared(model, x, y, device) as (model, x, y):
+        locs = engine.locate_parameters(model)
+        params = dict(model.named_parameters())
+        cache, base = _base(model, x, y, loss)
+        gen = torch.Generator().manual_seed(int(seed))
+        out: Grads = {}
+        for name in names:
+            p = params[name]
+            coords = _sampled_coords(p.numel(), coords_per_layer, gen).to(x.device)
+            plus = engine.coordinate_loss_changes(model, cache, base, y, loss, locs[name], coords, eps, budget_mb)
+            if central:
+                minus = engine.coordinate_loss_changes(model, cache, base, y, loss, locs[name], coords, -eps, budget_mb)
+                values = (plus - minus) / (2 * eps)
+            else:
+                values = plus / eps
+            g = torch.full((p.numel(),), float("nan"), dtype=p.dtype, device=p.device)
+            g[coords] = values.to(p.dtype)
+            out[name] = g.reshape(p.shape)
+        return out
+
+
+# ----------------------------------------------------------------------------- NES
+
+def nes_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse",
+              sigma: float = 0.1, samples: Sequence[int] = (500,),
+              layers: Iterable[str] | str | None = None, antithetic: bool = True,
+              fitness_shaping: bool = False, seed: int = 0, device: str | torch.device | None = None,
+              budget_mb: float = engine.DEFAULT_BUDGET_MB) -> dict[int, Grads]:
+    """NES estimates for several sample counts from **one** stream of directions.
+
+    The estimate for ``S`` uses the first ``S`` directions of the seeded stream, so the estimates
+    for 500, 5000 and 50000 cost the 50000 alone; each is exactly :func:`nes` with that ``S``.
+    Loss evaluations: ``2S`` (antithetic) or ``S + 1``. Fitness shaping replaces the losses by
+    their centred ranks in [−0.5, 0.5] among the first ``S`` evaluations.
+    """
+    _check_positive("sigma", sigma)
+    check_loss(loss)
+    samples = [samples] if isinstance(samples, int) else list(samples)
+    if not samples or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in samples):
+        raise ValueError(f"samples: expected positive integers, got {samples!r}")
+    names = select_parameters(model, layers)
+    _check_batch(model, x, y)
+    total = max(samples)
+    with _prepared(model, x, y, device) as (model, x, y):
+        locs = engine.locate_parameters(model)
+        sel = [locs[n] for n in names]
+        params = dict(model.named_parameters())
+        dim = sum(params[n].numel() for n in names)
+        cache, base = _base(model, x, y, loss)
+        base_loss = base.mean()
+        copies = 2 if antithetic else 1
+        row = cache[min(loc.unit for loc in sel)]
+        per_copy = row.numel() * 4 + dim  # activations of a copy (a few live layers) + its noise
+        chunk = max(1, min(total, int(budget_mb * 2**20 / (per_copy * row.element_size() * copies))))
+
+        def stream() -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+            gen = torch.Generator().manual_seed(int(seed))
+            for start in range(0, total, chunk):
+                k = min(chunk, total - start)
+                flat = torch.randn(k, dim, generator=gen, dtype=torch.float64).to(device=x.device, dtype=row.dtype)
+                dirs, off = {}, 0
+                for n in names:
+                    size = params[n].numel()
+                    dirs[n] = flat[:, off:off + size].reshape(k, *params[n].shape)
+                    off += size
+                yield start, dirs
+
+        plus = torch.empty(total, dtype=base.dtype, device=x.device)
+        minus = torch.empty(total, dtype=base.dtype, device=x.device)
+        for start, dirs in stream():
+            k = next(iter(dirs.values())).shape[0]
+            plus[start:start + k] = engine.direction_losses(model, cache, y, loss, sel, dirs, sigma)
+            if antithetic:
+                minus[start:start + k] = engine.direction_losses(model, cache, y, loss, sel, dirs, -sigma)
+        if not (torch.isfinite(plus).all() and (not antithetic or torch.isfinite(minus).all())):
+            raise FloatingPointError("loss of a perturbed model is not finite")
+
+        weights: dict[int, torch.Tensor] = {}
+        for s in samples:
+            if fitness_shaping:
+                vals = torch.cat([plus[:s], minus[:s]]) if antithetic else plus[:s]
+                ranks = _centred_ranks(vals)
+                f_plus, f_minus = ranks[:s], (ranks[s:] if antithetic else None)
+            else:
+                f_plus, f_minus = plus[:s], (minus[:s] if antithetic else None)
+            if antithetic:
+                weights[s] = (f_plus - f_minus) / (2 * sigma * s)
+            else:
+                baseline = 0.0 if fitness_shaping else base_loss
+                weights[s] = (f_plus - baseline) / (sigma * s)
+        sums = {s: {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names} for s in samples}
+        for start, dirs in stream():  # replay the same directions: g = Σ_s w_s u_s
+            for s in samples:
+                if start >= s:
+                    continue
+                w = weights[s][start:min(s, start + chunk)].to(torch.float64)
+                for n in names:
+                    d = dirs[n][:len(w)].to(torch.float64)
+                    sums[s][n] += torch.tensordot(w, d, dims=1)
+        return {s: {n: g.to(params[n].dtype) for n, g in sums[s].items()} for s in samples}
+
+
+def _centred_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks of ``values`` mapped linearly onto [−0.5, 0.5] (Salimans et al. fitness shaping)."""
+    ranks = torch.empty_like(values)
+    ranks[values.argsort()] = torch.arange(len(values), dtype=values.dtype, device=values.device)
+    return ranks / max(1, len(values) - 1) - 0.5
+
+
+def nes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse", sigma: float = 0.1,
+        samples: int = 500, layers: Iterable[str] | str | None = None, antithetic: bool = True,
+        fitness_shaping: bool = False, seed: int = 0, device: str | torch.device | None = None,
+        budget_mb: float = engine.DEFAULT_BUDGET_MB) -> Grads:
+    """NES gradient of the Gaussian-smoothed loss ``L_σ(w) = E_u[L(w + σu)]`` with ``samples``
+    directions ``u_s ~ N(0, I)`` drawn jointly over the selected layers from a generator seeded
+    with ``seed``: ``g = 1/(2σS) Σ_s (L(w + σu_s) − L(w − σu_s)) u_s`` (antithetic, ``2S`` loss
+    evaluations) or ``g = 1/(σS) Σ_s (L(w + σu_s) − L(w)) u_s`` (``S + 1`` evaluations)."""
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"samples: expected a positive integer, got {samples!r}")
+    return nes_multi(model, x, y, loss, sigma, [samples], layers, antithetic, fitness_shaping,
+                     seed, device, budget_mb)[samples]
+
+
+# ----------------------------------------------------------------------------- STE
+
+def ste(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse",
+        variant: str = "clipped", layers: Iterable[str] | str | None = None) -> Grads:
+    """Back-propagation with ``q`` forward and the surrogate ``g_variant`` backward:
+    ``∂L/∂w`` where every quantizer's ``∂q/∂z`` is replaced by ``g_variant(z)``."""
+    get_surrogate(variant)
+    check_loss(loss)
+    names = select_parameters(model, layers)
+    _check_batch(model, x, y)
+    params = dict(model.named_parameters())
+    chosen = [params[n] for n in names]
+    saved = [p.requires_grad for p in chosen]
+    try:
+        for p in chosen:
+            p.requires_grad_(True)
+        with use_surrogate(model, variant), engine.eval_mode(model), torch.enable_grad():
+            value = batch_loss(model(x), y, loss)
+            grads = torch.autograd.grad(value, chosen, allow_unused=True)
+    finally:
+        for p, s in zip(chosen, saved):
+            p.requires_grad_(s)
+    return {n: (g if g is not None else torch.zeros_like(p)).detach()
+            for n, g, p in zip(names, grads, chosen)}
+
+
+# ----------------------------------------------------------------------------- exact smoothed gradient
+
+def smoothed_loss(model: BinaryMLP, x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Closed-form ``L_σ = E_u[L(w + σu)]`` when only the last hidden layer ``W`` (then ``sign``)
+    and the readout ``v`` are perturbed, MSE loss, earlier output ``h`` fixed:
+
+    ``m_k = erf(w_k·h / (√2 σ ‖h‖))``,
+    ``L_σ = mean_n[(Σ_k v_k m_k − t)² + Σ_k (v_k² + σ² − v_k² m_k²)]``.
+
+    Differentiable in ``W`` and ``v`` (autograd gives :func:`smoothed_exact`).
+    """
+    _check_smoothable(model)
+    last = model.units[-2]
+    with torch.no_grad():
+        h = engine.run_units(model.units[:-2], x)
+    norm = h.norm(dim=1, keepdim=True)
+    m = torch.erf((h @ last.weight.T) / (math.sqrt(2.0) * sigma * norm))
+    v = model.readout.weight[0]
+    mean_out = m @ v
+    var = (v * v + sigma**2 - (v * v) * m * m).sum(dim=1)
+    return ((mean_out - y[:, 0]) ** 2 + var).mean()
+
+
+def _check_smoothable(model: nn.Module) -> None:
+    if not isinstance(model, BinaryMLP):
+        raise ValueError("model: smoothed_exact needs the toy BinaryMLP")
+    if model.act_precision != "binary" or model.out_dim != 1 or model.readout.bias is not None \
+            or model.units[-2].bias is not None:
+        raise ValueError("model: smoothed_exact needs binary activations, out_dim=1 and no bias")
+
+
+def smoothed_exact(model: BinaryMLP, x: torch.Tensor, y: torch.Tensor, sigma: float) -> Grads:
+    """Exact gradient of the Gaussian-smoothed MSE loss with respect to the last hidden layer and
+    the readout (see :func:`smoothed_loss`): the infinite-sample limit of :func:`nes` with
+    ``layers=[last hidden weight, readout weight]`` and the same ``sigma``."""
+    _check_positive("sigma", sigma)
+    _check_smoothable(model)
+    _check_batch(model, x, y)
+    if y.dim() != 2 or y.shape[1] != 1:
+        raise ValueError(f"y: expected targets of shape (N, 1), got {tuple(y.shape)}")
+    names = [n for n, p in model.named_parameters()
+             if p is model.units[-2].weight or p is model.readout.weight]
+    chosen = [model.units[-2].weight, model.readout.weight]
+    saved = [p.requires_grad for p in chosen]
+    try:
+        for p in chosen:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(smoothed_loss(model, x, y, sigma), chosen)
+    finally:
+        for p, s in zip(chosen, saved):
+            p.requires_grad_(s)
+    return {n: g.detach() for n, g in zip(names, grads)}
