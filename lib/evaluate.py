@@ -1,0 +1,90 @@
+"""Evaluation of gradient estimates: normalisation, lr → loss-decrease curves, cosine similarity.
+
+* normalisation ``layer``: ``ĝ_l = g_l / ‖g_l‖`` per parameter; ``global``: ``ĝ = g / ‖g‖`` over
+  all; ``none``: ``ĝ = g``. NaN coordinates (unsampled CDG) count as 0.
+* loss decrease ``ΔL(lr) = L(w) − L(w − lr · ĝ)`` on a batch (the gradient's batch, or a
+  held-out one); positive means the step goes downhill.
+* best loss decrease ``max_lr mean ΔL(lr)`` of the mean curve, with its lr.
+* cosine similarity per parameter and over all, on the coordinates both estimates define.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .engine import eval_mode
+from .losses import LossSpec, batch_loss, check_loss
+
+NORMALIZATIONS = ("layer", "global", "none")
+
+
+def normalize(grads: dict[str, torch.Tensor], mode: str = "layer") -> dict[str, torch.Tensor]:
+    """``ĝ`` by ``mode`` (``layer``, ``global`` or ``none``); NaN → 0; a zero gradient stays 0."""
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize: expected one of {NORMALIZATIONS}, got {mode!r}")
+    clean = {n: torch.nan_to_num(g, nan=0.0) for n, g in grads.items()}
+    if mode == "none":
+        return clean
+    if mode == "layer":
+        return {n: g / g.norm() if g.norm() > 0 else g for n, g in clean.items()}
+    total = torch.sqrt(sum((g * g).sum() for g in clean.values()))
+    return {n: g / total if total > 0 else g for n, g in clean.items()}
+
+
+@torch.no_grad()
+def loss_decrease(model: nn.Module, x: torch.Tensor, y: torch.Tensor, grads: dict[str, torch.Tensor],
+                  lrs: Sequence[float], normalize_mode: str = "layer", loss: LossSpec = "mse") -> np.ndarray:
+    """``ΔL(lr) = L(w) − L(w − lr · ĝ)`` for each ``lr`` in ``lrs`` (float64 array)."""
+    check_loss(loss)
+    params = dict(model.named_parameters())
+    unknown = [n for n in grads if n not in params]
+    if unknown:
+        raise ValueError(f"grads: unknown parameter name(s) {unknown}")
+    if any((not np.isfinite(lr)) or lr < 0 for lr in lrs):
+        raise ValueError(f"lrs: expected non-negative learning rates, got {list(lrs)}")
+    direction = normalize(grads, normalize_mode)
+    with eval_mode(model):
+        base = batch_loss(model(x), y, loss).item()
+        out = np.empty(len(lrs))
+        for i, lr in enumerate(lrs):
+            stepped = {**params, **{n: params[n] - lr * d.to(params[n].dtype) for n, d in direction.items()}}
+            out[i] = base - batch_loss(functional_call(model, stepped, (x,)), y, loss).item()
+    return out
+
+
+def best_decrease(lrs: Sequence[float], curve: Sequence[float]) -> tuple[float, float]:
+    """``(max ΔL, argmax lr)`` of a (mean) loss-decrease curve; NaNs ignored."""
+    c = np.asarray(curve, dtype=float)
+    if not np.isfinite(c).any():
+        return float("nan"), float("nan")
+    i = int(np.nanargmax(c))
+    return float(c[i]), float(lrs[i])
+
+
+def mean_and_spread(curves: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation across repetitions (initialisations × batches) of curves."""
+    arr = np.asarray(curves, dtype=float)
+    return arr.mean(axis=0), arr.std(axis=0)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    both = torch.isfinite(a) & torch.isfinite(b)
+    a, b = a[both], b[both]
+    denom = a.norm() * b.norm()
+    return float((a @ b) / denom) if denom > 0 else float("nan")
+
+
+def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Cosine similarity ``a·b / (‖a‖‖b‖)`` per shared parameter and over all (``"all"``), on
+    the coordinates both define (finite in both)."""
+    shared = [n for n in a if n in b]
+    if not shared:
+        raise ValueError("cosine: the two estimates share no parameter")
+    out = {n: _cos(a[n], b[n]) for n in shared}
+    out["all"] = _cos(torch.cat([a[n].flatten() for n in shared]), torch.cat([b[n].flatten() for n in shared]))
+    return out
