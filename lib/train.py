@@ -1,0 +1,111 @@
+"""STE training (toy pretraining, DESIGN §3, and the thin ResNet, DESIGN §4) and a checkpoint cache.
+
+Checkpoints hold tensors and strings only and are read back with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .io import atomic_write_bytes, to_jsonable
+from .losses import LossSpec, batch_loss, check_loss
+from .quantizers import get_surrogate, use_surrogate
+
+BatchFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for p in model.parameters():
+        return p.device
+    return None
+
+
+def train_ste(model: nn.Module, batch_fn: BatchFn, steps: int, loss: LossSpec = "mse",
+              variant: str = "clipped", lr: float = 1e-3, progress: bool = True,
+              desc: str = "train") -> list[float]:
+    """Adam (learning rate ``lr``) on the parameters of ``model`` that require grad, for ``steps``
+    steps; step ``t`` minimises ``L_t = mean_n ℓ(model(x_t)_n, y_t,n)`` with ``(x_t, y_t) =
+    batch_fn(t)``, back-propagating through every quantizer with the STE ``variant``.
+
+    The model is in train mode during the loop (BatchNorm statistics update) and in eval mode
+    afterwards. Returns the per-step losses ``[L_0, …, L_{steps−1}]`` (before each update). A
+    non-finite loss raises ``FloatingPointError``.
+    """
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"steps: expected a non-negative integer, got {steps!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr: expected a positive number, got {lr!r}")
+    check_loss(loss)
+    get_surrogate(variant)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model: no parameter requires grad")
+    from tqdm.auto import tqdm
+
+    device = _model_device(model)
+    opt = torch.optim.Adam(params, lr=lr)
+    curve: list[float] = []
+    model.train()
+    try:
+        with use_surrogate(model, variant), torch.enable_grad(), \
+                tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
+            for step in range(steps):
+                x, y = batch_fn(step)
+                x, y = x.to(device), y.to(device)
+                opt.zero_grad(set_to_none=True)
+                value = batch_loss(model(x), y, loss)
+                value.backward()
+                opt.step()
+                curve.append(float(value.detach()))
+                bar.update(1)
+                if progress and (step % 10 == 0 or step == steps - 1):
+                    bar.set_postfix(loss=f"{curve[-1]:.4g}")
+    finally:
+        model.eval()
+    return curve
+
+
+def params_key(params: dict[str, Any]) -> tuple[str, str]:
+    """``(sha256 hex of the canonical JSON, canonical JSON)``; canonical = :func:`lib.io.to_jsonable`,
+    sorted keys, no whitespace, ASCII, no NaN."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params: expected a dict, got {type(params).__name__}")
+    text = json.dumps(to_jsonable(params), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
+
+
+def cached_train(cache_dir: str | os.PathLike, params: dict[str, Any], build_model: Callable[[], nn.Module],
+                 train: Callable[[nn.Module], list[float]]) -> tuple[nn.Module, list[float], bool]:
+    """Train once per ``params``: ``(model, curve, hit)``.
+
+    The checkpoint is ``cache_dir/<sha256(canonical JSON of params)>.pt`` holding
+    ``{"state_dict", "curve" (float64 tensor), "params_json"}``. On a hit the model from
+    ``build_model()`` gets the stored state (``torch.load(weights_only=True)``) and ``train`` is not
+    called; otherwise ``train(model)`` runs and the checkpoint is written atomically (temporary
+    file in the same folder, then ``os.replace``). The model is returned in eval mode.
+    """
+    key, text = params_key(params)
+    path = Path(cache_dir) / f"{key}.pt"
+    model = build_model()
+    if path.is_file():
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("params_json") != text:
+            raise ValueError(f"checkpoint {str(path)!r} was written for other parameters: {ckpt.get('params_json')!r}")
+        model.load_state_dict(ckpt["state_dict"])
+        model.eval()
+        return model, [float(v) for v in ckpt["curve"].tolist()], True
+    curve = [float(v) for v in train(model)]
+    model.eval()
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save({"state_dict": state, "curve": torch.tensor(curve, dtype=torch.float64), "params_json": text}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return model, curve, False

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from lib.data import toy_problem
+from lib.models import BinaryMLP, xnor_resnet18
+from lib.train import cached_train, params_key, train_ste
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The toy's tensors are tiny: with a busy second core, OpenMP threading makes each op ~1000×
+    slower, so these tests run single-threaded (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_loss_decreases_on_toy():
+    prob = toy_problem(8, 0)
+    curve = train_ste(prob.student, lambda t: prob.batch(256, t), 200, lr=1e-2, progress=False)
+    assert len(curve) == 200
+    assert sum(curve[-20:]) / 20 < 0.8 * sum(curve[:20]) / 20
+    assert not prob.student.training
+
+
+def test_resnet_steps_update_batchnorm_and_end_in_eval():
+    model = xnor_resnet18(4, seed=0)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    bn = model.layer1[0].conv1.bn
+    curve = train_ste(model, lambda t: (x, y), 2, loss="cross_entropy", variant="swishsign", progress=False)
+    assert len(curve) == 2 and not model.training
+    assert not torch.all(bn.running_mean == 0)
+    # surrogates restored
+    assert model.layer1[0].conv1.act.surrogate == "clipped"
+
+
+def test_non_finite_loss_raises():
+    model = BinaryMLP(4, seed=0)
+    y = torch.full((4, 1), float("nan"))
+    with pytest.raises(FloatingPointError):
+        train_ste(model, lambda t: (torch.randn(4, 4), y), 3, progress=False)
+    assert not model.training
+
+
+def test_cached_train(tmp_path):
+    calls = []
+    params = {"num_dim": 8, "steps": 30, "lr": 1e-2, "variant": "clipped", "seed": 0}
+    prob = toy_problem(8, 0)
+
+    def build():
+        return BinaryMLP(8, seed=0)
+
+    def train(model):
+        calls.append(1)
+        return train_ste(model, lambda t: prob.batch(64, t), params["steps"], lr=params["lr"], progress=False)
+
+    m1, c1, hit1 = cached_train(tmp_path, params, build, train)
+    m2, c2, hit2 = cached_train(tmp_path, dict(reversed(list(params.items()))), build, train)
+    assert (hit1, hit2) == (False, True) and len(calls) == 1
+    assert c1 == c2 and len(c1) == 30
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert not torch.equal(s2["fc1.weight"], build().state_dict()["fc1.weight"])
+    assert not m2.training
+
+    key, text = params_key(params)
+    files = list(tmp_path.iterdir())
+    assert [f.name for f in files] == [f"{key}.pt"]  # no temp file left behind
+    ckpt = torch.load(files[0], weights_only=True)
+    assert set(ckpt) == {"state_dict", "curve", "params_json"}
+    assert ckpt["params_json"] == text and ckpt["curve"].tolist() == c1
+
+    _, _, hit3 = cached_train(tmp_path, {**params, "seed": 1}, build, train)
+    assert not hit3 and len(calls) == 2
