@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Reproduce the report, or run the tests, from a fresh checkout with only python3 (3.11).
+#
+#   ./run_all.sh                      # all params/*.yaml, profile quick -> reports/<today>/index.html
+#   ./run_all.sh --profile full --jobs 2 --only toy
+#   ./run_all.sh test [pytest args]   # the test suite
+#
+# The virtual environment .venv is (re)built from requirements.txt when it is missing or when
+# requirements.txt changed since the last successful install (sha256 kept in
+# .venv/.requirements.sha256); otherwise no pip call is made. Set PYTHON to choose the
+# interpreter that creates it (default python3).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+export MPLBACKEND=Agg
+export PYTHONHASHSEED=0
+
+VENV=.venv
+STAMP="$VENV/.requirements.sha256"
+PYTHON="${PYTHON:-python3}"
+
+sha256_of() {
+  if command -v sha256sum >/dev/null 2>&1; then
+    sha256sum "$1" | cut -d' ' -f1
+  else
+    "$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$1"
+  fi
+}
+
+want="$(sha256_of requirements.txt)"
+have="$(cat "$STAMP" 2>/dev/null || true)"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "run_all: creating $VENV with $("$PYTHON" --version 2>&1)"
+  "$PYTHON" -m venv "$VENV"
+  have=""
+fi
+if [[ "$want" != "$have" ]]; then
+  echo "run_all: installing requirements.txt into $VENV (first time: a few minutes)"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r requirements.txt
+  echo "$want" > "$STAMP.tmp"
+  mv "$STAMP.tmp" "$STAMP"
+  echo "run_all: $VENV is up to date"
+fi
+
+if [[ "${1:-}" == "test" ]]; then
+  shift
+  echo "run_all: pytest tests $*"
+  exec "$VENV/bin/python" -m pytest -q tests "$@"
+fi
+echo "run_all: python -m lib.runner $*"
+exec "$VENV/bin/python" -m lib.runner "$@"
