@@ -1,0 +1,418 @@
+"""Tests of the grid runner (lib/runner.py), the range rules (lib/validate.py) and run_all.sh.
+
+Notebooks are executed for real (papermill + an ipykernel) on the tiny fixture
+tests/fixtures/toy.ipynb, which writes its parameters and a random token to ``results_path``;
+an unchanged token proves that a run was not recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from lib import runner
+from lib.io import read_json
+from lib.validate import check_value
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = "tests/fixtures/toy.ipynb"
+DATE = "2024-01-02"
+TOY_IDS = [
+    "toy__num_dim-8__pretrained-false",
+    "toy__num_dim-8__pretrained-true",
+    "toy__num_dim-16__pretrained-false",
+    "toy__num_dim-16__pretrained-true",
+]
+
+TOY_YAML = f"""\
+notebook: {NOTEBOOK}
+grid: [num_dim, pretrained]
+profiles:
+  quick: {{num_dim: [8, 16], pretrained: [false, true], eps: 0.1, seed: 0}}
+  full: {{num_dim: [8, 16, 32], pretrained: [false, true], eps: 0.01, seed: 1}}
+"""
+SINGLE_YAML = f"""\
+notebook: {NOTEBOOK}
+grid: []
+profiles:
+  quick: {{num_dim: 4, eps: 0.2, lrs: [0.5, 0.05]}}
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def run_main(tmp: Path, *args: str) -> int:
+    return runner.main(["--params-dir", str(tmp / "params"), "--reports-dir", str(tmp / "reports"),
+                        "--date", DATE, "--no-report", *args])
+
+
+def report_dir(tmp: Path) -> Path:
+    return tmp / "reports" / DATE
+
+
+def results(tmp: Path, run_id: str) -> dict:
+    return read_json(report_dir(tmp) / "results" / f"{run_id}.json")
+
+
+def manifest(tmp: Path) -> dict:
+    return read_json(report_dir(tmp) / "manifest.json")
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def test_check_value_rules():
+    assert check_value("eps", 0.1) is None
+    assert check_value("eps", [0.01, 0.1]) is None
+    assert check_value("eps", [-1]) == "expected positive numbers, got [-1]"
+    assert check_value("num_dim", 0) == "expected positive integers, got 0"
+    assert check_value("num_dim", True) is not None          # a bool is not a count
+    assert check_value("num_dim", 2.0) is not None
+    assert check_value("seed", 0) is None and check_value("seed", -1) is not None
+    assert check_value("samples", [10, 100]) is None and check_value("samples", [10, 0]) is not None
+    assert check_value("lrs", [[0.1, 0.01], [1.0]]) is None  # a grid over list-valued lrs
+    assert check_value("lrs", [float("nan")]) is not None
+    assert check_value("device", "cuda:1") is None and check_value("device", "tpu") is not None
+    assert check_value("device", "cuda:") is not None
+    assert check_value("ste_variants", ["identity", "swishsign"]) is None
+    assert check_value("acts", ["binary", "3bit"]) is not None
+    assert check_value("loss", "cross_entropy") is None and check_value("normalize", "batch") is not None
+    assert check_value("no_such_rule", -5) is None
+
+
+def test_make_run_id_is_file_name_safe():
+    assert runner.make_run_id("toy", []) == "toy"
+    assert runner.make_run_id("toy", [("eps", 0.01), ("pretrained", False)]) == "toy__eps-0.01__pretrained-false"
+    rid = runner.make_run_id("toy", [("act", "a b/c"), ("lrs", [0.1, 1e-05])])
+    assert rid == "toy__act-a_b_c__lrs-0.1_1e-05"
+
+
+def test_expand_grid_cartesian_product_in_listed_order(tmp_path):
+    pf = runner.load_params_file(write(tmp_path / "toy.yaml", TOY_YAML), "quick")
+    runs = runner.expand_grid(pf)
+    assert [r.run_id for r in runs] == TOY_IDS
+    assert [(r.parameters["num_dim"], r.parameters["pretrained"]) for r in runs] == [
+        (8, False), (8, True), (16, False), (16, True)]
+    assert all(r.parameters["eps"] == 0.1 and r.parameters["seed"] == 0 for r in runs)
+    assert all("results_path" not in r.parameters for r in runs)
+    assert len({r.params_hash for r in runs}) == 4
+    full = runner.expand_grid(runner.load_params_file(tmp_path / "toy.yaml", "full"))
+    assert len(full) == 6 and full[-1].run_id == "toy__num_dim-32__pretrained-true"
+    # no grid axes: a single run named after the file
+    single = runner.expand_grid(runner.load_params_file(write(tmp_path / "single.yaml", SINGLE_YAML), "quick"))
+    assert [r.run_id for r in single] == ["single"]
+
+
+def test_int_accepted_for_float_and_made_float(tmp_path):
+    path = write(tmp_path / "t.yaml", TOY_YAML.replace("eps: 0.1", "eps: 1"))
+    pf = runner.load_params_file(path, "quick")
+    assert pf.values["eps"] == 1.0 and isinstance(pf.values["eps"], float)
+
+
+def test_params_hash_depends_on_parameters_and_notebook():
+    a = runner.params_hash({"eps": 0.1, "seed": 0}, "nb1")
+    assert a == runner.params_hash({"seed": 0, "eps": 0.1, "results_path": "/x.json"}, "nb1")
+    assert a != runner.params_hash({"eps": 0.2, "seed": 0}, "nb1")
+    assert a != runner.params_hash({"eps": 0.1, "seed": 0}, "nb2")
+
+
+def test_nested_override_form(tmp_path):
+    write(tmp_path / "params/toy.yaml", TOY_YAML)
+    write(tmp_path / "params/single.yaml", SINGLE_YAML)
+    over = write(tmp_path / "over.yaml", "toy: {eps: 0.3, num_dim: [32]}\nsingle: {seed: 7}\n")
+    files = {pf.name: pf for pf in runner.validate(tmp_path / "params", None, "quick", over)}
+    assert files["toy"].values["eps"] == 0.3 and files["toy"].values["num_dim"] == [32]
+    assert files["single"].values["seed"] == 7 and files["toy"].values["seed"] == 0
+    assert [r.run_id for r in runner.expand_grid(files["toy"])] == [
+        "toy__num_dim-32__pretrained-false", "toy__num_dim-32__pretrained-true"]
+
+
+# ----------------------------------------------------------------------------- invalid parameters
+
+
+BAD_FILES = {
+    # name: (yaml text for params/toy.yaml, extra CLI args, expected substrings of the one-line error)
+    "unknown key in profile": (TOY_YAML.replace("seed: 0}", "seed: 0, num_dims: 3}"), [],
+                               ["toy.yaml: profiles.quick.num_dims: not a parameter of tests/fixtures/toy.ipynb"]),
+    "not a notebook parameter": (TOY_YAML.replace("seed: 0}", "seed: 0, batch_size: 3}"), [],
+                                 ["toy.yaml: profiles.quick.batch_size: not a parameter"]),
+    "wrong type": (TOY_YAML.replace("eps: 0.1", "eps: big"), [],
+                   ["toy.yaml: profiles.quick.eps: expected float", 'got "big"']),
+    "bool for int": (TOY_YAML.replace("seed: 0}", "seed: true}"), [],
+                     ["toy.yaml: profiles.quick.seed: expected int", "got true"]),
+    "wrong type in grid axis": (TOY_YAML.replace("num_dim: [8, 16]", "num_dim: [8, x]"), [],
+                                ["toy.yaml: profiles.quick.num_dim: grid axis: expected int values", '"x"']),
+    "grid axis not a list": (TOY_YAML.replace("num_dim: [8, 16]", "num_dim: 8"), [],
+                             ["toy.yaml: profiles.quick.num_dim: grid axis: expected a non-empty list, got 8"]),
+    "out of range": (TOY_YAML.replace("eps: 0.1", "eps: -1"), [],
+                     ["toy.yaml: profiles.quick.eps: expected positive numbers, got -1.0"]),
+    "out of range in grid axis": (TOY_YAML.replace("num_dim: [8, 16]", "num_dim: [8, 0]"), [],
+                                  ["toy.yaml: profiles.quick.num_dim: expected positive integers, got [8, 0]"]),
+    "bad choice": (TOY_YAML.replace("seed: 0}", 'seed: 0, device: "tpu"}'), [],
+                   ["toy.yaml: profiles.quick.device: expected one of cpu, cuda, auto"]),
+    "results_path set": (TOY_YAML.replace("seed: 0}", "seed: 0, results_path: r.json}"), [],
+                         ["toy.yaml: profiles.quick.results_path: results_path is set by the runner"]),
+    "missing profile": (TOY_YAML, ["--profile", "huge", "--only", "toy"],
+                        ["toy.yaml: profiles.huge: profile not found (available: quick, full)"]),
+    "unknown top-level key": (TOY_YAML + "comment: hi\n", [], ["toy.yaml: comment: unknown top-level key"]),
+    "missing top-level key": (TOY_YAML.replace("grid: [num_dim, pretrained]\n", ""), [],
+                              ["toy.yaml: grid: missing top-level key"]),
+    "grid key unset": (TOY_YAML.replace("num_dim: [8, 16], ", ""), [],
+                       ["toy.yaml: grid: num_dim is a grid axis but profiles.quick does not set it"]),
+    "grid key not a parameter": (TOY_YAML.replace("grid: [num_dim, pretrained]", "grid: [num_dim, width]"), [],
+                                 ["toy.yaml: grid: width is not a parameter"]),
+    "missing notebook": (TOY_YAML.replace(NOTEBOOK, "notebooks/nope.ipynb"), [],
+                         ["toy.yaml: notebook: notebooks/nope.ipynb not found"]),
+    "invalid yaml": ("notebook: [unclosed\n", [], ["toy.yaml: invalid YAML"]),
+    "missing file": (TOY_YAML, ["--only", "toy,nope"], ["nope.yaml: file not found"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_invalid_params_rejected_before_any_run(tmp_path, capsys, case):
+    text, args, expected = BAD_FILES[case]
+    write(tmp_path / "params/toy.yaml", text)
+    write(tmp_path / "params/single.yaml", SINGLE_YAML)  # valid; must not run either
+    assert run_main(tmp_path, *args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    for part in expected:
+        assert part in err, err
+    assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("num_dim: 32\n", "over.yaml: num_dim: grid axis: expected a non-empty list, got 32"),
+    ("eps: 0\n", "over.yaml: eps: expected positive numbers, got 0.0"),
+    ("epsilon: 0.1\n", "over.yaml: epsilon: not a parameter of any selected notebook (toy)"),
+    ("toy: {epsilon: 0.1}\n", "over.yaml: toy.epsilon: not a parameter of tests/fixtures/toy.ipynb"),
+    ("[1, 2]\n", "over.yaml: expected a mapping"),
+])
+def test_invalid_override_file_rejected(tmp_path, capsys, override, expected):
+    write(tmp_path / "params/toy.yaml", TOY_YAML)
+    write(tmp_path / "over.yaml", override)
+    assert run_main(tmp_path, "--params", str(tmp_path / "over.yaml")) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "reports").exists()
+
+
+def test_one_line_per_bad_file(tmp_path, capsys):
+    write(tmp_path / "params/a.yaml", TOY_YAML.replace("eps: 0.1", "eps: -2"))
+    write(tmp_path / "params/b.yaml", TOY_YAML.replace("seed: 0", "seed: -1"))
+    write(tmp_path / "params/c.yaml", SINGLE_YAML)
+    assert run_main(tmp_path) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    assert "a.yaml: profiles.quick.eps:" in lines[0] and "b.yaml: profiles.quick.seed:" in lines[1]
+
+
+def test_notebook_without_results_path_rejected(tmp_path, capsys):
+    nb = nbformat.read(ROOT / NOTEBOOK, as_version=4)
+    params_cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params_cell.source = "\n".join(ln for ln in params_cell.source.splitlines() if "results_path" not in ln)
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    write(tmp_path / "params/x.yaml", TOY_YAML.replace(NOTEBOOK, str(tmp_path / "nb.ipynb")))
+    assert run_main(tmp_path) == 2
+    assert "x.yaml: notebook: nb.ipynb has no results_path parameter" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+@pytest.fixture(scope="module")
+def base_grid(tmp_path_factory) -> Path:
+    """The 2 x 2 toy grid executed once (2 parallel jobs); tests work on copies of it."""
+    tmp = tmp_path_factory.mktemp("base")
+    write(tmp / "params/toy.yaml", TOY_YAML)
+    assert run_main(tmp, "--jobs", "2") == 0
+    return tmp
+
+
+def copy_of(base: Path, tmp: Path) -> Path:
+    shutil.copytree(base, tmp, dirs_exist_ok=True)
+    return tmp
+
+
+def test_grid_runs_and_manifest(base_grid):
+    m = manifest(base_grid)
+    assert set(m["runs"]) == set(TOY_IDS)
+    assert m["profile"] == "quick" and m["date"] == DATE
+    assert set(m["versions"]) >= {"python", "torch", "numpy", "papermill"}
+    assert "git_commit" in m and "started" in m
+    for run_id, entry in m["runs"].items():
+        assert entry["status"] == "ok" and entry["error"] is None and entry["wall_s"] > 0
+        assert entry["name"] == "toy" and entry["notebook"] == NOTEBOOK
+        assert entry["results"] == f"results/{run_id}.json"
+        assert (report_dir(base_grid) / entry["executed_notebook"]).is_file()
+        res = results(base_grid, run_id)
+        assert {k: res[k] for k in entry["parameters"]} == entry["parameters"]
+        assert res["omp_num_threads"] == str(max(1, os.cpu_count() // 2))
+        assert res["cwd"] == str(ROOT)
+    assert results(base_grid, TOY_IDS[3])["num_dim"] == 16 and results(base_grid, TOY_IDS[3])["pretrained"] is True
+    # the executed notebook carries the injected parameters, results_path included
+    nb = nbformat.read(report_dir(base_grid) / "runs" / f"{TOY_IDS[0]}.ipynb", as_version=4)
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "num_dim = 8" in injected.source and f"results/{TOY_IDS[0]}.json" in injected.source
+
+
+def test_rerun_is_all_cached(base_grid, tmp_path, capsys):
+    tmp = copy_of(base_grid, tmp_path)
+    before = {rid: results(tmp, rid)["token"] for rid in TOY_IDS}
+    assert run_main(tmp) == 0
+    assert "0 ok, 4 cached, 0 failed" in capsys.readouterr().out
+    assert {rid: results(tmp, rid)["token"] for rid in TOY_IDS} == before
+    # resume is per date folder: another date's manifest does not count
+    run = runner.expand_grid(runner.load_params_file(tmp / "params/toy.yaml", "quick"))[0]
+    assert runner.is_cached(run, manifest(tmp), report_dir(tmp))
+    assert not runner.is_cached(run, manifest(tmp), tmp / "reports" / "2024-01-03")
+
+
+def test_resume_runs_only_unfinished(base_grid, tmp_path, capsys):
+    tmp = copy_of(base_grid, tmp_path)
+    m = manifest(tmp)
+    lost, unrecorded = TOY_IDS[1], TOY_IDS[2]
+    (report_dir(tmp) / "results" / f"{lost}.json").unlink()   # result and entry gone
+    del m["runs"][lost]
+    del m["runs"][unrecorded]  # killed after the notebook wrote its result, before the manifest
+    (report_dir(tmp) / "manifest.json").write_text(json.dumps(m))
+    kept = {rid: (results(tmp, rid)["token"], (report_dir(tmp) / "results" / f"{rid}.json").stat().st_mtime_ns)
+            for rid in (TOY_IDS[0], TOY_IDS[3])}
+    old_token = results(tmp, unrecorded)["token"]
+
+    assert run_main(tmp, "--jobs", "2") == 0
+    out = capsys.readouterr().out
+    assert "2 ok, 2 cached, 0 failed" in out
+    assert "ok " in out and f" {lost}" in out and f" {unrecorded}" in out
+    for rid, (token, mtime) in kept.items():
+        assert results(tmp, rid)["token"] == token
+        assert (report_dir(tmp) / "results" / f"{rid}.json").stat().st_mtime_ns == mtime
+    assert results(tmp, unrecorded)["token"] != old_token
+    assert results(tmp, lost)["num_dim"] == 8
+    assert all(e["status"] == "ok" for e in manifest(tmp)["runs"].values())
+
+
+def test_only_override_and_changed_parameter(tmp_path, capsys):
+    write(tmp_path / "params/toy.yaml", TOY_YAML)
+    write(tmp_path / "params/single.yaml", SINGLE_YAML)
+    assert run_main(tmp_path, "--only", "single") == 0
+    assert set(manifest(tmp_path)["runs"]) == {"single"}           # --only: toy did not run
+    first = results(tmp_path, "single")
+    assert (first["num_dim"], first["eps"], first["lrs"]) == (4, 0.2, [0.5, 0.05])
+
+    over = write(tmp_path / "over.yaml", "eps: 0.5\nnum_dim: [2]\n")  # num_dim: a grid key of toy only
+    assert run_main(tmp_path, "--only", "single", "--params", str(over)) == 2
+    assert "over.yaml: num_dim: expected int" in capsys.readouterr().err
+
+    write(over, "eps: 0.5\npretrained: true\n")  # pretrained: the toy's grid axis, a scalar in single
+    capsys.readouterr()
+    assert run_main(tmp_path, "--only", "single", "--params", str(over)) == 0
+    assert "1 ok, 0 cached, 0 failed" in capsys.readouterr().out   # changed parameter: recomputed
+    second = results(tmp_path, "single")
+    assert (second["eps"], second["pretrained"]) == (0.5, True)
+    assert second["token"] != first["token"]
+    assert manifest(tmp_path)["runs"]["single"]["parameters"]["eps"] == 0.5
+
+    assert run_main(tmp_path, "--only", "single", "--params", str(over)) == 0
+    assert "0 ok, 1 cached, 0 failed" in capsys.readouterr().out
+    assert results(tmp_path, "single")["token"] == second["token"]
+
+
+def test_failing_runs_recorded_and_grid_goes_on(tmp_path, capsys):
+    write(tmp_path / "params/modes.yaml", f"""\
+        notebook: {NOTEBOOK}
+        grid: [mode]
+        profiles:
+          quick: {{mode: [raise, ok, nowrite], num_dim: 3}}
+        """)
+    assert run_main(tmp_path, "--jobs", "2") == 1
+    out = capsys.readouterr().out
+    assert "1 ok, 0 cached, 2 failed" in out
+    assert "FAILED" in out and "RuntimeError: boom num_dim=3" in out
+    runs = manifest(tmp_path)["runs"]
+    assert runs["modes__mode-ok"]["status"] == "ok"
+    assert runs["modes__mode-raise"]["status"] == "failed"
+    assert runs["modes__mode-raise"]["error"].startswith("RuntimeError: boom num_dim=3")
+    assert runs["modes__mode-nowrite"]["status"] == "failed"
+    assert "without writing results/modes__mode-nowrite.json" in runs["modes__mode-nowrite"]["error"]
+    # the failed run's executed notebook is kept for inspection
+    assert (report_dir(tmp_path) / runs["modes__mode-raise"]["executed_notebook"]).is_file()
+    assert results(tmp_path, "modes__mode-ok")["mode"] == "ok"
+    # a rerun retries the failures only
+    ok_token = results(tmp_path, "modes__mode-ok")["token"]
+    assert run_main(tmp_path, "--only", "modes") == 1
+    assert "0 ok, 1 cached, 2 failed" in capsys.readouterr().out
+    assert results(tmp_path, "modes__mode-ok")["token"] == ok_token
+
+
+def test_report_failure_gives_exit_1(base_grid, tmp_path, capsys, monkeypatch):
+    tmp = copy_of(base_grid, tmp_path)
+    calls = []
+
+    def broken(path):
+        calls.append(Path(path))
+        raise RuntimeError("no template")
+
+    monkeypatch.setitem(sys.modules, "lib.report", types.SimpleNamespace(build_report=broken))
+    args = ["--params-dir", str(tmp / "params"), "--reports-dir", str(tmp / "reports"), "--date", DATE]
+    assert runner.main(args) == 1  # all runs cached and ok, but the report failed
+    captured = capsys.readouterr()
+    assert "RuntimeError: no template" in captured.err and "report: FAILED" in captured.out
+    assert calls == [report_dir(tmp)]
+    monkeypatch.setitem(sys.modules, "lib.report", types.SimpleNamespace(build_report=calls.append))
+    assert runner.main(args) == 0
+    assert f"report: {report_dir(tmp) / 'index.html'}" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- run_all.sh
+
+
+def test_run_all_bootstrap_stamp(tmp_path):
+    """Fake .venv/bin/{python,pip} log their calls: pip runs only when requirements.txt changed."""
+    shutil.copy(ROOT / "run_all.sh", tmp_path / "run_all.sh")
+    (tmp_path / "requirements.txt").write_text("tqdm\n")
+    log = tmp_path / "calls.log"
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for tool, code in (("python", "${FAKE_RC:-0}"), ("pip", "0")):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $* MPLBACKEND=$MPLBACKEND" >> "{log}"\nexit {code}\n')
+        (bin_dir / tool).chmod(0o755)
+
+    def run(*args, rc=0):
+        env = {**os.environ, "FAKE_RC": str(rc)}
+        return subprocess.run(["bash", str(tmp_path / "run_all.sh"), *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    def calls():
+        lines = log.read_text().splitlines() if log.exists() else []
+        log.unlink(missing_ok=True)
+        return lines
+
+    proc = run("test", "-k", "x")
+    assert proc.returncode == 0, proc.stderr
+    assert calls() == ["pip install --quiet --disable-pip-version-check -r requirements.txt MPLBACKEND=Agg",
+                       "python -m pytest -q tests -k x MPLBACKEND=Agg"]
+    stamp = (tmp_path / ".venv" / ".requirements.sha256").read_text().strip()
+    assert stamp == hashlib.sha256(b"tqdm\n").hexdigest()
+
+    proc = run("--profile", "full", rc=3)      # up to date: no pip; exit status propagated
+    assert proc.returncode == 3
+    assert calls() == ["python -m lib.runner --profile full MPLBACKEND=Agg"]
+
+    (tmp_path / "requirements.txt").write_text("tqdm\npyyaml\n")
+    assert run("test").returncode == 0
+    first = calls()[0]
+    assert first.startswith("pip install ") and "-r requirements.txt" in first
