@@ -33,7 +33,8 @@ from .losses import LossSpec, per_sample_loss
 from .models import LinearAct
 from .quantizers import quantize
 
-DEFAULT_BUDGET_MB = 256
+DEFAULT_BUDGET_MB = 8  # CDG chunks: small chunks stay in cache and run fastest on CPU
+NES_BUDGET_MB = 32  # NES chunks: enough perturbed copies per batched matmul
 
 
 # ----------------------------------------------------------------------------- structure
@@ -112,77 +113,162 @@ def coordinate_loss_changes(
     loss: LossSpec,
     loc: ParamLocation,
     coords: torch.Tensor,
-    delta: float,
+    deltas: Sequence[float],
     budget_mb: float = DEFAULT_BUDGET_MB,
 ) -> torch.Tensor:
-    """``ΔL_k = L(w + δ e_{c_k}) − L(w)`` for the flat coordinates ``coords`` of one parameter.
+    """``ΔL[d, k] = L(w + δ_d e_{c_k}) − L(w)`` for the flat coordinates ``coords`` of one parameter.
 
     ``cache`` is :func:`forward_cache` of the model on the batch, ``base_losses`` the per-sample
-    losses ``ℓ_n`` of the unperturbed model. Returns a tensor of shape ``(len(coords),)``.
+    losses ``ℓ_n`` of the unperturbed model. Returns a tensor of shape ``(len(deltas), len(coords))``.
     """
     units = units_of(model)
     unit = units[loc.unit]
     suffix = units[loc.unit + 1:]
     a, out = cache[loc.unit], cache[loc.unit + 1]
     n = a.shape[0]
-    result = torch.zeros(len(coords), dtype=base_losses.dtype, device=base_losses.device)
+    result = torch.zeros(len(deltas), len(coords), dtype=base_losses.dtype, device=base_losses.device)
 
     if isinstance(unit, LinearAct):
-        step = _rows_per_chunk(n, budget_mb, a.element_size())
+        nxt = suffix[0] if suffix and isinstance(suffix[0], LinearAct) else None
+        pre = torch.nn.functional.linear(a, unit.weight, unit.bias)
+        pre_next = None if nxt is None else torch.nn.functional.linear(out, nxt.weight, nxt.bias)
+        step = _rows_per_chunk(n * len(deltas), budget_mb, a.element_size())
+        if unit.act is not None and unit.act.precision == "binary":
+            if loc.local == "weight":  # whole rows of W per chunk when possible
+                step = max(unit.in_features, step - step % unit.in_features)
+            flip_dl = _unit_flip_loss_changes(out, nxt, pre_next, suffix, base_losses, y, loss, budget_mb)
+            for start in range(0, len(coords), step):
+                chunk = coords[start:start + step]
+                result[:, start:start + len(chunk)] = _binary_linear_changes(
+                    unit, loc.local, a, pre, flip_dl, chunk, deltas)
+            return result
         for start in range(0, len(coords), step):
             chunk = coords[start:start + step]
-            result[start:start + len(chunk)] = _linear_unit_changes(
-                unit, loc.local, a, out, suffix, base_losses, y, loss, chunk, delta, budget_mb)
+            result[:, start:start + len(chunk)] = _linear_unit_changes(
+                unit, loc.local, a, pre, out, nxt, pre_next, suffix, base_losses, y, loss, chunk,
+                deltas, budget_mb)
         return result
 
     conv_parts = _conv_unit_parts(unit, loc.local)
     row_numel = out[0].numel()
     step = _rows_per_chunk(n * row_numel, budget_mb, a.element_size())
-    for start in range(0, len(coords), step):
-        chunk = coords[start:start + step]
-        if conv_parts is not None:
-            perturbed = _conv_unit_outputs(unit, a, out, chunk, delta)
-        else:
-            perturbed = _generic_unit_outputs(unit, loc.local, a, chunk, delta)
-        result[start:start + len(chunk)] = _suffix_changes(
-            perturbed, out, suffix, base_losses, y, loss, budget_mb)
+    for d, delta in enumerate(deltas):
+        for start in range(0, len(coords), step):
+            chunk = coords[start:start + step]
+            if conv_parts is not None:
+                perturbed = _conv_unit_outputs(unit, a, out, chunk, delta)
+            else:
+                perturbed = _generic_unit_outputs(unit, loc.local, a, chunk, delta)
+            result[d, start:start + len(chunk)] = _suffix_changes(
+                perturbed, out, suffix, base_losses, y, loss, budget_mb)
     return result
 
 
-def _linear_unit_changes(unit: LinearAct, local: str, a: torch.Tensor, out: torch.Tensor,
+def _unit_flip_loss_changes(out: torch.Tensor, nxt: LinearAct | None, pre_next: torch.Tensor | None,
+                            suffix: Sequence[nn.Module], base_losses: torch.Tensor, y: torch.Tensor,
+                            loss: LossSpec, budget_mb: float) -> torch.Tensor:
+    """``Δℓ[n, j] = ℓ_n(h_n with unit j negated) − ℓ_n`` for a binary unit's output ``h = out``.
+
+    With binary activations every weight of row ``j`` that flips sample ``n`` leads to the same
+    perturbed state (unit ``j`` negated), so this table is computed once per unit: ``N × d`` rows
+    through the rest of the network (the next linear unit in rank one).
+    """
+    n, width = out.shape
+    rest = suffix[1:] if nxt is not None else suffix
+    row_width = width if nxt is None else nxt.out_features
+    step = max(1, _rows_per_chunk(row_width, budget_mb, out.element_size()) // width)
+    table = torch.empty(n, width, dtype=base_losses.dtype, device=out.device)
+    units = torch.arange(width, device=out.device)
+    for s in range(0, n, step):
+        h = out[s:s + step]                                           # (B, d)
+        if nxt is not None:                                           # z_next − 2 h_j W_next[:, j]
+            rows = pre_next[s:s + step].unsqueeze(1) - 2 * h.unsqueeze(2) * nxt.weight.T.unsqueeze(0)
+            if nxt.act is not None:
+                rows = nxt.act(rows)
+        else:
+            rows = h.unsqueeze(1).repeat(1, width, 1)
+            rows[:, units, units] = -h
+        new = per_sample_loss(run_units(rest, rows.reshape(-1, rows.shape[-1])),
+                              y[s:s + step].repeat_interleave(width, dim=0), loss)
+        table[s:s + step] = new.reshape(-1, width) - base_losses[s:s + step].unsqueeze(1)
+    return table
+
+
+def _binary_linear_changes(unit: LinearAct, local: str, a: torch.Tensor, pre: torch.Tensor,
+                           flip_dl: torch.Tensor, coords: torch.Tensor,
+                           deltas: Sequence[float]) -> torch.Tensor:
+    """``ΔL[d, k] = (1/N) Σ_n Δℓ[n, j_k] · 1{sign(z_nj + δ_d a_ni) ≠ sign(z_nj)}`` for a binary unit,
+    with ``(j_k, i_k)`` the coordinate's row and column (``a_ni = 1`` for a bias)."""
+    fan_in = unit.in_features
+    first, count = int(coords[0]), len(coords)
+    whole_rows = (local == "weight" and first % fan_in == 0 and count % fan_in == 0
+                  and int(coords[-1]) == first + count - 1)
+    if whole_rows:  # rows j0 … j1 of W, every column: broadcast (N, J, 1) against (N, 1, fan_in)
+        j0, j1 = first // fan_in, (first + count) // fan_in
+        z_cols, dl_cols, a_cols = pre[:, j0:j1, None], flip_dl[:, j0:j1, None], a[:, None, :]
+    elif local == "weight":
+        j = coords // fan_in
+        z_cols, dl_cols, a_cols = pre[:, j], flip_dl[:, j], a[:, coords % fan_in]
+    else:
+        z_cols, dl_cols = pre[:, coords], flip_dl[:, coords]
+        a_cols = torch.ones_like(z_cols)
+    sign_z = torch.signbit(z_cols)
+    zero = dl_cols.new_zeros(())
+    out = torch.empty(len(deltas), len(coords), dtype=flip_dl.dtype, device=flip_dl.device)
+    for d, delta in enumerate(deltas):
+        flips = torch.signbit(torch.add(z_cols, a_cols, alpha=delta)) != sign_z
+        out[d] = torch.where(flips, dl_cols, zero).sum(dim=0).reshape(-1)
+    return out / a.shape[0]
+
+
+def _linear_unit_changes(unit: LinearAct, local: str, a: torch.Tensor, pre: torch.Tensor,
+                         out: torch.Tensor, nxt: LinearAct | None, pre_next: torch.Tensor | None,
                          suffix: Sequence[nn.Module], base_losses: torch.Tensor, y: torch.Tensor,
-                         loss: LossSpec, coords: torch.Tensor, delta: float,
+                         loss: LossSpec, coords: torch.Tensor, deltas: Sequence[float],
                          budget_mb: float) -> torch.Tensor:
-    """Flip-sparse CDG for ``h' = q(W a + b)``: only rows whose output unit ``j`` changes."""
+    """Flip-sparse CDG for ``h' = q(z)``, ``z = W a + b``, ``pre = z`` and ``out = h'`` cached.
+
+    ``W_ji += δ`` moves ``z_j`` by ``δ a_i``; only samples whose ``q(z_j)`` changes (by ``Δh``)
+    go on. When the next unit is linear too, its pre-activation is updated in rank one,
+    ``z_next + Δh · W_next[:, j]``, instead of recomputed.
+    """
     if local == "weight":
         j = coords // unit.in_features
-        i = coords % unit.in_features
-        shift = delta * a[:, i]                                    # (N, K)
+        a_cols = a[:, coords % unit.in_features]                    # (N, K)
     elif local == "bias":
         j = coords
-        shift = torch.full((a.shape[0], len(coords)), delta, dtype=a.dtype, device=a.device)
+        a_cols = torch.ones(a.shape[0], len(coords), dtype=a.dtype, device=a.device)
     else:  # pragma: no cover - LinearAct has only these two
         raise ValueError(f"layers: unsupported parameter {local!r} of a linear unit")
-    pre = torch.nn.functional.linear(a, unit.weight, unit.bias)  # (N, out)
-    z_new = pre[:, j] + shift                                       # (N, K)
-    if unit.act is None:
-        h_new = z_new
-        changed = shift != 0
-    else:
-        h_new = quantize(z_new, unit.act.precision)
-        changed = h_new != out[:, j]
-    rows_n, cols_k = changed.nonzero(as_tuple=True)
-    result = torch.zeros(len(coords), dtype=base_losses.dtype, device=base_losses.device)
-    if len(rows_n) == 0:
-        return result
-    width = out.shape[1]
-    step = _rows_per_chunk(max(width, 1), budget_mb, a.element_size())
-    for s in range(0, len(rows_n), step):
-        rn, ck = rows_n[s:s + step], cols_k[s:s + step]
-        rows = out[rn].clone()
-        rows[torch.arange(len(rn), device=rows.device), j[ck]] = h_new[rn, ck]
-        new_losses = per_sample_loss(run_units(suffix, rows), y[rn], loss)
-        result.index_add_(0, ck, new_losses - base_losses[rn])
+    z_cols, h_cols = pre[:, j], out[:, j]                            # (N, K)
+    result = torch.zeros(len(deltas), len(coords), dtype=base_losses.dtype, device=base_losses.device)
+    rest = suffix[1:] if nxt is not None else suffix
+    for d, delta in enumerate(deltas):
+        z_new = torch.add(z_cols, a_cols, alpha=delta)
+        if unit.act is None:
+            changed = a_cols != 0
+            rows_n, cols_k = changed.nonzero(as_tuple=True)
+            dh = (z_new - h_cols)[rows_n, cols_k]
+        else:
+            if unit.act.precision == "binary":
+                changed = torch.signbit(z_new) != torch.signbit(z_cols)  # q = copysign(1, z)
+            else:
+                changed = quantize(z_new, unit.act.precision) != h_cols
+            rows_n, cols_k = changed.nonzero(as_tuple=True)
+            dh = quantize(z_new[rows_n, cols_k], unit.act.precision) - h_cols[rows_n, cols_k]
+        width = out.shape[1] if nxt is None else nxt.out_features
+        step = _rows_per_chunk(max(width, 1), budget_mb, a.element_size())
+        for s in range(0, len(rows_n), step):
+            rn, ck, dhs = rows_n[s:s + step], cols_k[s:s + step], dh[s:s + step]
+            if nxt is not None:
+                h = torch.addcmul(pre_next[rn], dhs.unsqueeze(1), nxt.weight.T[j[ck]])
+                if nxt.act is not None:
+                    h = nxt.act(h)
+            else:
+                h = out[rn].clone()
+                h[torch.arange(len(rn), device=h.device), j[ck]] += dhs
+            new_losses = per_sample_loss(run_units(rest, h), y[rn], loss)
+            result[d].index_add_(0, ck, new_losses - base_losses[rn])
     return result / a.shape[0]
 
 

@@ -126,12 +126,10 @@ def cdg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "ms
         for name in names:
             p = params[name]
             coords = _sampled_coords(p.numel(), coords_per_layer, gen).to(x.device)
-            plus = engine.coordinate_loss_changes(model, cache, base, y, loss, locs[name], coords, eps, budget_mb)
-            if central:
-                minus = engine.coordinate_loss_changes(model, cache, base, y, loss, locs[name], coords, -eps, budget_mb)
-                values = (plus - minus) / (2 * eps)
-            else:
-                values = plus / eps
+            deltas = (eps, -eps) if central else (eps,)
+            changes = engine.coordinate_loss_changes(model, cache, base, y, loss, locs[name], coords,
+                                                     deltas, budget_mb)
+            values = (changes[0] - changes[1]) / (2 * eps) if central else changes[0] / eps
             g = torch.full((p.numel(),), float("nan"), dtype=p.dtype, device=p.device)
             g[coords] = values.to(p.dtype)
             out[name] = g.reshape(p.shape)
@@ -144,7 +142,7 @@ def nes_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec
               sigma: float = 0.1, samples: Sequence[int] = (500,),
               layers: Iterable[str] | str | None = None, antithetic: bool = True,
               fitness_shaping: bool = False, seed: int = 0, device: str | torch.device | None = None,
-              budget_mb: float = engine.DEFAULT_BUDGET_MB) -> dict[int, Grads]:
+              budget_mb: float = engine.NES_BUDGET_MB) -> dict[int, Grads]:
     """NES estimates for several sample counts from **one** stream of directions.
 
     The estimate for ``S`` uses the first ``S`` directions of the seeded stream, so the estimates
@@ -229,7 +227,7 @@ def _centred_ranks(values: torch.Tensor) -> torch.Tensor:
 def nes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse", sigma: float = 0.1,
         samples: int = 500, layers: Iterable[str] | str | None = None, antithetic: bool = True,
         fitness_shaping: bool = False, seed: int = 0, device: str | torch.device | None = None,
-        budget_mb: float = engine.DEFAULT_BUDGET_MB) -> Grads:
+        budget_mb: float = engine.NES_BUDGET_MB) -> Grads:
     """NES gradient of the Gaussian-smoothed loss ``L_σ(w) = E_u[L(w + σu)]`` with ``samples``
     directions ``u_s ~ N(0, I)`` drawn jointly over the selected layers from a generator seeded
     with ``seed``: ``g = 1/(2σS) Σ_s (L(w + σu_s) − L(w − σu_s)) u_s`` (antithetic, ``2S`` loss

@@ -4,7 +4,8 @@ A :class:`Quantizer` module has two independent halves:
 
 * the **forward quantizer** (``precision``), what the network computes:
 
-  - ``binary``:  ``q(x) = +1 if x >= 0 else -1`` (``sign`` with ``sign(0) = +1``);
+  - ``binary``:  ``q(x) = copysign(1, x)``: ``+1`` for ``x > 0``, ``-1`` for ``x < 0``, and the
+    sign bit decides at zero (``q(+0) = +1``, ``q(−0) = −1``), so ``q`` is never 0;
   - ``ternary``: ``q(x) = round(clip(x, -1, 1))`` ∈ {-1, 0, 1} (threshold 1/2);
   - ``2bit``:    four uniform levels {-1, -1/3, 1/3, 1}:
     ``q(x) = round((clip(x, -1, 1) + 1) · 3/2) · 2/3 − 1``;
@@ -38,7 +39,7 @@ PRECISIONS = ("binary", "ternary", "2bit", "fp")
 def quantize(x: torch.Tensor, precision: str) -> torch.Tensor:
     """The forward quantizer ``q_precision(x)`` (see the module docstring)."""
     if precision == "binary":
-        return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+        return torch.copysign(x.new_tensor(1.0), x)
     if precision == "ternary":
         return torch.round(torch.clamp(x, -1.0, 1.0))
     if precision == "2bit":

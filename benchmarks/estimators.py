@@ -1,0 +1,92 @@
+"""Speed of the estimator engine on the toy MLP (a script, not a test).
+
+    .venv/bin/python benchmarks/estimators.py [--num-dim 64] [--batches 1024 16000]
+
+Prints, per batch size:
+* all-layer central CDG: engine time vs a naive loop (perturb one weight in place, two full
+  forwards) timed in the same run on a sample of coordinates and scaled to all of them;
+* NES: directions per second and achieved GFLOP/s (2 · N · Σ fan_in·fan_out per loss evaluation)
+  beside the GFLOP/s of a plain matmul of the same shapes measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lib.data import toy_problem
+from lib.estimators import cdg, nes
+from lib.losses import batch_loss
+
+
+def naive_cdg_seconds_per_coord(model, x, y, eps: float, n_coords: int) -> float:
+    params = [p for _, p in model.named_parameters()]
+    flat = [(p, i) for p in params for i in range(p.numel())]
+    step = max(1, len(flat) // n_coords)
+    chosen = flat[::step][:n_coords]
+    t = time.perf_counter()
+    with torch.no_grad():
+        for p, i in chosen:
+            v = p.view(-1)
+            v[i] += eps
+            lp = batch_loss(model(x), y, "mse").item()
+            v[i] -= 2 * eps
+            lm = batch_loss(model(x), y, "mse").item()
+            v[i] += eps
+            _ = (lp - lm) / (2 * eps)
+    return (time.perf_counter() - t) / len(chosen)
+
+
+def matmul_gflops(n: int, d: int, repeats: int = 20) -> float:
+    a = torch.randn(64, n, d)
+    b = torch.randn(64, d, d)
+    torch.bmm(a, b)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        torch.bmm(a, b)
+    dt = time.perf_counter() - t
+    return 2 * 64 * n * d * d * repeats / dt / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--num-dim", type=int, default=64)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1024, 16000])
+    ap.add_argument("--naive-coords", type=int, default=300)
+    ap.add_argument("--nes-samples", type=int, default=2000)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    d = args.num_dim
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, num_dim {d}, float32")
+    print(f"{'batch':>6} | {'coords':>6} | {'CDG engine s':>12} | {'naive s (proj.)':>15} | {'ratio':>7} | "
+          f"{'NES dir/s':>9} | {'NES GFLOP/s':>11} | {'matmul GFLOP/s':>14} | {'NES/matmul':>10}")
+    for n in args.batches:
+        prob = toy_problem(d, 0)
+        x, y = prob.batch(n, 0)
+        model = prob.student
+        n_coords = sum(p.numel() for p in model.parameters())
+        cdg(model, x[:64], y[:64])  # warm-up
+        t = time.perf_counter()
+        cdg(model, x, y, eps=0.1)
+        engine_s = time.perf_counter() - t
+        naive_s = naive_cdg_seconds_per_coord(model, x, y, 0.1, args.naive_coords) * n_coords
+
+        flops_per_eval = 2 * n * sum(p.numel() for p in model.parameters())
+        nes(model, x, y, sigma=0.1, samples=16)
+        t = time.perf_counter()
+        nes(model, x, y, sigma=0.1, samples=args.nes_samples)
+        nes_s = time.perf_counter() - t
+        dirs = args.nes_samples / nes_s
+        nes_gflops = dirs * 2 * flops_per_eval / 1e9
+        mm = matmul_gflops(n, d)
+        print(f"{n:>6} | {n_coords:>6} | {engine_s:>12.3f} | {naive_s:>15.2f} | {naive_s / engine_s:>6.0f}x | "
+              f"{dirs:>9.0f} | {nes_gflops:>11.1f} | {mm:>14.1f} | {nes_gflops / mm:>9.0%}")
+
+
+if __name__ == "__main__":
+    main()

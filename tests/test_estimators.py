@@ -1,0 +1,303 @@
+"""Estimators against independent references: brute-force loops, closed forms, exact autograd."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib import estimators as E
+from lib import evaluate as V
+from lib.data import toy_problem
+from lib.losses import batch_loss
+from lib.models import BinaryMLP
+from lib.quantizers import Quantizer, get_surrogate, quantize
+
+
+def brute_force_cdg(model, x, y, eps, central, loss="mse", names=None):
+    """Perturb one weight in place, recompute the whole loss: the definition, coordinate by coordinate."""
+    def value():
+        with torch.no_grad():
+            return batch_loss(model(x), y, loss).item()
+
+    base = value()
+    out = {}
+    for name, p in model.named_parameters():
+        if names is not None and name not in names:
+            continue
+        g = torch.zeros(p.numel(), dtype=torch.float64)
+        flat = p.data.view(-1)
+        for i in range(p.numel()):
+            old = flat[i].item()
+            flat[i] = old + eps
+            plus = value()
+            flat[i] = old - eps
+            minus = value()
+            flat[i] = old
+            g[i] = (plus - minus) / (2 * eps) if central else (plus - base) / eps
+        out[name] = g.view(p.shape)
+    return out
+
+
+def small_problem(act="binary", num_dim=6, batch=200, seed=0, bias=False):
+    prob = toy_problem(num_dim, seed, act=act, dtype=torch.float64)
+    model = prob.student
+    if bias:
+        model = BinaryMLP(num_dim, act=act, bias=True, seed=seed).double()
+        with torch.no_grad():
+            for unit in model.units:
+                unit.bias.normal_(0, 0.3, generator=torch.Generator().manual_seed(seed + 7))
+    x, y = prob.batch(batch, 0, dtype=torch.float64)
+    return model, x, y
+
+
+@pytest.mark.parametrize("act", ["binary", "ternary", "2bit", "fp"])
+@pytest.mark.parametrize("central", [True, False])
+def test_cdg_equals_brute_force_loop(act, central):
+    model, x, y = small_problem(act)
+    got = E.cdg(model, x, y, eps=0.1, central=central)
+    ref = brute_force_cdg(model, x, y, 0.1, central)
+    assert set(got) == set(ref)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-9, atol=1e-11)
+    assert any(ref[n].abs().max() > 1e-3 for n in ref)  # a non-trivial gradient was compared
+
+
+def test_cdg_with_biases_and_budget_independent_of_chunking():
+    model, x, y = small_problem("binary", bias=True)
+    ref = brute_force_cdg(model, x, y, 0.05, True)
+    for budget in (8, 0.001):
+        got = E.cdg(model, x, y, eps=0.05, budget_mb=budget)
+        for name in ref:
+            torch.testing.assert_close(got[name], ref[name], rtol=1e-9, atol=1e-11)
+
+
+def test_cdg_sampled_coordinates_are_seeded_and_nan_elsewhere():
+    model, x, y = small_problem("binary", num_dim=8)
+    ref = brute_force_cdg(model, x, y, 0.1, True)
+    got = E.cdg(model, x, y, coords_per_layer=10, seed=3)
+    again = E.cdg(model, x, y, coords_per_layer=10, seed=3)
+    other = E.cdg(model, x, y, coords_per_layer=10, seed=4)
+    for name, g in got.items():
+        finite = torch.isfinite(g)
+        assert int(finite.sum()) == min(10, g.numel())
+        torch.testing.assert_close(g[finite], ref[name][finite], rtol=1e-9, atol=1e-11)
+        assert torch.equal(torch.isfinite(again[name]), finite)
+    assert any(not torch.equal(torch.isfinite(other[n]), torch.isfinite(got[n])) for n in got)
+
+
+def test_cdg_cross_entropy_multiclass_equals_brute_force():
+    torch.manual_seed(0)
+    model = BinaryMLP(5, hidden_layers=2, out_dim=3, seed=1).double()
+    x = torch.randn(150, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (150,))
+    got = E.cdg(model, x, y, loss="cross_entropy", eps=0.2)
+    ref = brute_force_cdg(model, x, y, 0.2, True, loss="cross_entropy")
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-9, atol=1e-11)
+
+
+def test_central_cdg_on_readout_equals_autograd():
+    """The loss is quadratic in the readout, so the central difference is exact there."""
+    model, x, y = small_problem("binary", num_dim=10)
+    got = E.cdg(model, x, y, eps=0.3, layers=["readout.weight"])
+    w = model.readout.weight.detach().clone().requires_grad_(True)
+    with torch.no_grad():
+        h = x
+        for unit in model.units[:-1]:
+            h = unit(h)
+    ref = torch.autograd.grad(F.mse_loss(h @ w.T, y), w)[0]
+    assert list(got) == ["readout.weight"]
+    torch.testing.assert_close(got["readout.weight"], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_smoothed_loss_matches_monte_carlo_average():
+    model, x, y = small_problem("binary", num_dim=8, batch=64)
+    sigma = 0.4
+    exact = E.smoothed_loss(model, x, y, sigma).item()
+    gen = torch.Generator().manual_seed(11)
+    W, v = model.fc3.weight.detach(), model.readout.weight.detach()
+    with torch.no_grad():
+        h = model.fc2(model.fc1(x))
+        samples = []
+        for _ in range(4000):
+            W2 = W + sigma * torch.randn(W.shape, generator=gen, dtype=W.dtype)
+            v2 = v + sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+            out = torch.where(h @ W2.T >= 0, 1.0, -1.0).double() @ v2.T
+            samples.append(((out - y) ** 2).mean().item())
+    mc, se = np.mean(samples), np.std(samples) / math.sqrt(len(samples))
+    assert abs(mc - exact) < 4 * se + 1e-12
+
+
+def test_nes_approaches_smoothed_exact_as_samples_grow():
+    model, x, y = small_problem("binary", num_dim=8, batch=256)
+    sigma = 0.3
+    layers = ["fc3.weight", "readout.weight"]
+    exact = E.smoothed_exact(model, x, y, sigma)
+    assert set(exact) == set(layers)
+    ests = E.nes_multi(model, x, y, sigma=sigma, samples=[100, 20000], layers=layers, seed=5)
+    err = {s: math.sqrt(sum(((ests[s][n] - exact[n]) ** 2).sum().item() for n in layers)) for s in ests}
+    scale = math.sqrt(sum((exact[n] ** 2).sum().item() for n in layers))
+    assert err[20000] < err[100] / 5  # Monte-Carlo error shrinks like 1/sqrt(S): sqrt(200) ≈ 14
+    assert V.cosine(ests[20000], exact)["all"] > 0.98
+    assert err[20000] < 0.2 * scale
+
+
+def test_nes_nested_sample_counts_equal_separate_runs_and_seed_determinism():
+    model, x, y = small_problem("binary", num_dim=6)
+    multi = E.nes_multi(model, x, y, sigma=0.2, samples=[7, 40], seed=2, budget_mb=0.01)
+    for s in (7, 40):
+        single = E.nes(model, x, y, sigma=0.2, samples=s, seed=2, budget_mb=0.01)
+        for n in single:
+            torch.testing.assert_close(single[n], multi[s][n])
+    again = E.nes(model, x, y, sigma=0.2, samples=40, seed=2, budget_mb=0.01)
+    other = E.nes(model, x, y, sigma=0.2, samples=40, seed=3, budget_mb=0.01)
+    assert all(torch.equal(again[n], multi[40][n]) for n in again)
+    assert not all(torch.equal(other[n], multi[40][n]) for n in other)
+
+
+def test_nes_non_antithetic_and_fitness_shaping_point_downhill_on_a_smooth_model():
+    """With full-precision activations the smoothed gradient ≈ the true gradient (autograd)."""
+    model, x, y = small_problem("fp", num_dim=5)
+    true = E.ste(model, x, y)  # fp activations: back-propagation is exact
+    for kwargs in ({"antithetic": False}, {"fitness_shaping": True}, {}):
+        est = E.nes(model, x, y, sigma=0.01, samples=4000, seed=1, **kwargs)
+        assert V.cosine(est, true)["all"] > 0.8, kwargs
+
+
+def test_ste_full_precision_equals_autograd_of_plain_network():
+    model, x, y = small_problem("fp")
+    got = E.ste(model, x, y, variant="identity")
+    ws = [u.weight.detach().clone().requires_grad_(True) for u in model.units]
+    h = x
+    for w in ws:
+        h = h @ w.T
+    ref = torch.autograd.grad(F.mse_loss(h, y), ws)
+    for (name, g), r in zip(got.items(), ref):
+        torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("variant", ["identity", "clipped", "steep", "swishsign", "polynomial"])
+def test_ste_equals_manual_backprop_with_surrogate(variant):
+    model, x, y = small_problem("binary")
+    got = E.ste(model, x, y, variant=variant)
+    g = get_surrogate(variant).grad
+    # manual chain rule through the three binary layers and the readout
+    with torch.no_grad():
+        acts, pres = [x], []
+        for unit in model.units[:-1]:
+            pres.append(acts[-1] @ unit.weight.T)
+            acts.append(torch.where(pres[-1] >= 0, 1.0, -1.0).double())
+        out = acts[-1] @ model.readout.weight.T
+        d_out = 2 * (out - y) / y.numel()
+        ref = {"readout.weight": d_out.T @ acts[-1]}
+        d_h = d_out @ model.readout.weight
+        for k in range(len(pres) - 1, -1, -1):
+            d_z = d_h * g(pres[k])
+            ref[f"fc{k + 1}.weight"] = d_z.T @ acts[k]
+            d_h = d_z @ model.units[k].weight
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name])
+
+
+def test_surrogate_shapes():
+    x = torch.tensor([-2.0, -1.0, -0.5, -0.2, 0.0, 0.2, 0.5, 1.0, 2.0], dtype=torch.float64)
+    assert torch.equal(get_surrogate("identity").grad(x), torch.ones_like(x))
+    assert torch.equal(get_surrogate("clipped").grad(x), (x.abs() <= 1).double())
+    assert torch.equal(get_surrogate("steep").grad(x), 3.0 * (x.abs() <= 1 / 3).double())
+    torch.testing.assert_close(get_surrogate("polynomial").grad(x),
+                               torch.tensor([0, 0, 1.0, 1.6, 2.0, 1.6, 1.0, 0, 0], dtype=torch.float64))
+    xs = x.clone().requires_grad_(True)
+    beta = 5.0
+    s = torch.sigmoid(beta * xs)
+    f = 2 * s * (1 + beta * xs * (1 - s)) - 1
+    ref = torch.autograd.grad(f.sum(), xs)[0]
+    torch.testing.assert_close(get_surrogate("swishsign").grad(x), ref)
+    # every surrogate integrates to about 2 = sign(+inf) - sign(-inf), except identity
+    grid = torch.linspace(-10, 10, 200001, dtype=torch.float64)
+    for name in ("clipped", "steep", "swishsign", "polynomial"):
+        area = torch.trapezoid(get_surrogate(name).grad(grid), grid).item()
+        assert abs(area - 2.0) < 1e-3, name
+
+
+def test_quantizer_forward_levels_and_backward_uses_surrogate():
+    x = torch.tensor([-1.5, -0.7, -0.2, 0.0, 0.1, 0.4, 0.6, 3.0])
+    assert quantize(x, "binary").tolist() == [-1, -1, -1, 1, 1, 1, 1, 1]
+    assert quantize(x, "ternary").tolist() == [-1, -1, 0, 0, 0, 0, 1, 1]
+    assert torch.allclose(quantize(x, "2bit"), torch.tensor([-1, -1, -1 / 3, 1 / 3, 1 / 3, 1 / 3, 1 / 3, 1]))
+    q = Quantizer("binary", "polynomial")
+    xs = x.clone().requires_grad_(True)
+    q(xs).sum().backward()
+    torch.testing.assert_close(xs.grad, torch.clamp(2 - 2 * x.abs(), min=0))
+
+
+def test_same_seed_same_numbers():
+    model, x, y = small_problem("binary", num_dim=8)
+    a = E.cdg(model, x, y, coords_per_layer=5, seed=9)
+    b = E.cdg(model, x, y, coords_per_layer=5, seed=9)
+    assert all(torch.equal(torch.nan_to_num(a[n], nan=7.0), torch.nan_to_num(b[n], nan=7.0)) for n in a)
+    p1, p2 = toy_problem(8, 4), toy_problem(8, 4)
+    x1, y1 = p1.batch(32, 2)
+    x2, y2 = p2.batch(32, 2)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert all(torch.equal(u.weight, w.weight) for u, w in zip(p1.student.units, p2.student.units))
+
+
+def test_estimators_leave_the_model_unchanged():
+    model, x, y = small_problem("binary")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    E.cdg(model, x, y)
+    E.nes(model, x, y, samples=10)
+    E.ste(model, x, y)
+    E.smoothed_exact(model, x, y, 0.2)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda m, x, y: E.cdg(m, x, y, eps=0), "eps"),
+    (lambda m, x, y: E.cdg(m, x, y, eps=-0.1), "eps"),
+    (lambda m, x, y: E.nes(m, x, y, sigma=0), "sigma"),
+    (lambda m, x, y: E.nes(m, x, y, sigma=-1.0), "sigma"),
+    (lambda m, x, y: E.nes(m, x, y, samples=0), "samples"),
+    (lambda m, x, y: E.smoothed_exact(m, x, y, sigma=0.0), "sigma"),
+    (lambda m, x, y: E.cdg(m, x, y, layers=["fc9.weight"]), "layers"),
+    (lambda m, x, y: E.nes(m, x, y, layers=["nope"]), "layers"),
+    (lambda m, x, y: E.ste(m, x, y, layers="nope"), "layers"),
+    (lambda m, x, y: E.ste(m, x, y, variant="tanh"), "variant"),
+    (lambda m, x, y: E.cdg(m, x[:, :3], y), "x"),
+    (lambda m, x, y: E.nes(m, x[:, :3], y), "x"),
+    (lambda m, x, y: E.ste(m, x[:, :3], y), "x"),
+    (lambda m, x, y: E.smoothed_exact(m, x[:, :3], y, 0.1), "x"),
+    (lambda m, x, y: E.cdg(m, x, y, loss="hinge"), "loss"),
+    (lambda m, x, y: E.cdg(m, x, y, coords_per_layer=0), "coords_per_layer"),
+])
+def test_bad_inputs_raise_value_error_naming_the_argument(call, name):
+    model, x, y = small_problem("binary")
+    with pytest.raises(ValueError, match=rf"^{name}\b"):
+        call(model, x, y)
+
+
+def test_loss_decrease_equals_explicit_step_and_cosine_ignores_nan():
+    model, x, y = small_problem("binary", num_dim=8)
+    grads = E.cdg(model, x, y, coords_per_layer=20, seed=1)
+    lrs = [0.0, 0.01, 0.1, 1.0]
+    curve = V.loss_decrease(model, x, y, grads, lrs, normalize_mode="layer")
+    base = batch_loss(model(x), y, "mse").item()
+    for lr, got in zip(lrs, curve):
+        stepped = BinaryMLP(8, seed=0).double()
+        with torch.no_grad():
+            for (n, p), (_, q) in zip(stepped.named_parameters(), model.named_parameters()):
+                g = torch.nan_to_num(grads[n], nan=0.0)
+                p.copy_(q - lr * g / g.norm())
+        assert got == pytest.approx(base - batch_loss(stepped(x), y, "mse").item(), abs=1e-12)
+    assert curve[0] == 0.0
+    a = {"w": torch.tensor([1.0, float("nan"), 0.0]), "v": torch.tensor([2.0])}
+    b = {"w": torch.tensor([1.0, 5.0, 1.0]), "v": torch.tensor([-2.0])}
+    cos = V.cosine(a, b)
+    assert cos["w"] == pytest.approx(1 / math.sqrt(2))
+    assert cos["v"] == pytest.approx(-1.0)
+    assert cos["all"] == pytest.approx((1 - 4) / (math.sqrt(5) * math.sqrt(6)))
+    assert V.best_decrease([0.1, 1.0, 10.0], [0.2, 0.5, -1.0]) == (0.5, 1.0)
+    g = {"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([0.0, 12.0])}
+    assert torch.allclose(V.normalize(g, "global")["b"], torch.tensor([0.0, 12 / 13]))
+    assert torch.allclose(V.normalize(g, "layer")["a"], torch.tensor([0.6, 0.8]))
