@@ -1,0 +1,46 @@
+"""Cells of the static report notebook: markdown, inline figures, tables.
+
+The report builder (:mod:`lib.report`) assembles these into an ``nbformat`` notebook and
+converts it with nbconvert, code hidden; figures are embedded as base64 PNG outputs.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Sequence
+
+import matplotlib
+import nbformat
+from nbformat import NotebookNode
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def md(text: str) -> NotebookNode:
+    """A markdown cell."""
+    return nbformat.v4.new_markdown_cell(text)
+
+
+def figure(fig: "plt.Figure", alt: str = "") -> NotebookNode:
+    """A code cell (no source) whose output is ``fig`` as an inline PNG; closes ``fig``."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    data = {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"), "text/plain": alt or "figure"}
+    cell = nbformat.v4.new_code_cell("")
+    cell.outputs = [nbformat.v4.new_output("display_data", data=data)]
+    return cell
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> NotebookNode:
+    """A markdown table (cells are escaped; floats shown with 4 significant digits)."""
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return html.escape(str(v)).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(fmt(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return md("\n".join(lines))
