@@ -273,36 +273,101 @@ def _linear_unit_changes(unit: LinearAct, local: str, a: torch.Tensor, pre: torc
 
 
 def _conv_unit_parts(unit: nn.Module, local: str):
-    """The binary conv unit's pieces when ``local`` is its full-precision conv weight, else None."""
+    """The conv of a binary conv unit (``unit.parts``) when ``local`` is that conv's weight and the
+    single-weight identity of :func:`_conv_unit_outputs` applies (3×3-style conv without bias,
+    groups or dilation, zero padding; full-precision or XNOR weights), else ``None`` (generic path)."""
     conv = getattr(unit, "conv", None)
     if conv is None or not hasattr(unit, "parts") or local != "conv.weight":
         return None
-    if type(conv) is not nn.Conv2d or conv.bias is not None or conv.groups != 1 or conv.dilation != (1, 1):
-        return None  # XNOR weights or exotic convs: exact but slower generic path
-    return conv
+    if not isinstance(conv, nn.Conv2d) or conv.bias is not None or conv.groups != 1 \
+            or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
+    if type(conv) is nn.Conv2d or _is_xnor_conv(conv):
+        return conv
+    return None  # another Conv2d subclass: its forward may not be the plain conv; stay generic
+
+
+def _is_xnor_conv(conv: nn.Module) -> bool:
+    from .resnet import XnorConv2d  # local import: the toy needs nothing of the ResNet
+
+    return type(conv) is XnorConv2d
+
+
+def _conv_coords(weight_shape: torch.Size, coords: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Flat coordinates of a ``(C_out, C_in, kH, kW)`` weight → ``(j, c, kh, kw, i)`` with
+    ``i = c·kH·kW + kh·kW + kw`` the index inside row ``j`` (``W[j].flatten()[i]``)."""
+    cin, kh_n, kw_n = weight_shape[1:]
+    row = cin * kh_n * kw_n
+    j, i = coords // row, coords % row
+    return j, i // (kh_n * kw_n), (i % (kh_n * kw_n)) // kw_n, i % kw_n, i
+
+
+def _conv_windows(conv: nn.Conv2d, a: torch.Tensor, c: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
+                  out_hw: tuple[int, int]) -> torch.Tensor:
+    """``P[k, n, y, x] = a_pad[n, c_k, y·s_h + kh_k, x·s_w + kw_k]``, shape ``(K, N, H_out, W_out)``:
+    the column of :meth:`BinaryConvUnit.patches` for each coordinate, gathered in one indexing op
+    (no im2col of every column)."""
+    ph, pw = conv.padding
+    sh, sw = conv.stride
+    ho, wo = out_hw
+    a_pad = torch.nn.functional.pad(a, (pw, pw, ph, ph))
+    oy = torch.arange(ho, device=a.device) * sh
+    ox = torch.arange(wo, device=a.device) * sw
+    rows = (kh[:, None] + oy[None, :])[:, :, None]          # (K, H_out, 1)
+    cols = (kw[:, None] + ox[None, :])[:, None, :]          # (K, 1, W_out)
+    return a_pad[:, c[:, None, None], rows, cols].transpose(0, 1)  # (N, K, H, W) → (K, N, H, W)
+
+
+def _copies_like(out: torch.Tensor, k: int) -> torch.Tensor:
+    """``k`` copies of ``out`` ``(N, C, H, W)`` as a ``(k, N, C, H, W)`` tensor whose rows
+    ``[k, n]`` are channels-last: the suffix's convs run faster on CPU in that layout (results
+    are the same up to floating-point summation order)."""
+    n, ch, h, w = out.shape
+    copies = torch.empty((k, n, h, w, ch), dtype=out.dtype, device=out.device).permute(0, 1, 4, 2, 3)
+    copies.copy_(out.unsqueeze(0).expand(k, -1, -1, -1, -1))
+    return copies
 
 
 def _conv_unit_outputs(unit: nn.Module, x: torch.Tensor, out: torch.Tensor,
                        coords: torch.Tensor, delta: float) -> torch.Tensor:
     """Outputs ``(K, N, C, H, W)`` of a conv unit with ``W[j, c, kh, kw] += δ`` for each coordinate.
 
-    ``out' = out + δ · (a[:, c] shifted by (kh, kw) with the conv's stride) in channel j``, with
-    ``a = q(bn(x))`` the conv input.
+    With ``a = q(bn(x))`` the conv input, ``P_k`` its column for coordinate ``k``
+    (:func:`_conv_windows`: input channel ``c`` shifted by ``(kh, kw)`` with the conv's stride), only
+    output channel ``j`` changes:
+
+    * full-precision weights: ``out'[:, j] = out[:, j] + δ · P_k``;
+    * XNOR weights ``W_b[j] = α_j S_j`` (``α_j = mean|W_j|``, ``S = sign(W)`` with ``sign(0) = +1``):
+      with ``w = W[j, c, kh, kw]``, ``Δα = (|w + δ| − |w|) / (C_in·kH·kW)``, ``α' = α_j + Δα`` and
+      ``ΔS = sign(w + δ) − sign(w)``, the conv part ``conv_j = out[:, j] − shortcut(x)[:, j]``
+      becomes ``(α'/α_j) · conv_j + α' ΔS P_k``, i.e.
+      ``out'[:, j] = out[:, j] + (Δα/α_j) · conv_j + α' · ΔS · P_k``. A channel with ``α_j = 0``
+      takes the generic path.
+
+    All ``K`` copies are written by one indexed add (no loop over coordinates).
     """
     conv: nn.Conv2d = unit.conv
-    a, _ = unit.parts(x)
-    cin, kh_n, kw_n = conv.weight.shape[1:]
-    ph, pw = conv.padding
-    sh, sw = conv.stride
-    a_pad = torch.nn.functional.pad(a, (pw, pw, ph, ph))
-    ho, wo = out.shape[-2:]
-    j = coords // (cin * kh_n * kw_n)
-    rem = coords % (cin * kh_n * kw_n)
-    c, kh, kw = rem // (kh_n * kw_n), (rem % (kh_n * kw_n)) // kw_n, rem % kw_n
-    perturbed = out.unsqueeze(0).repeat(len(coords), 1, 1, 1, 1)
-    for k in range(len(coords)):
-        window = a_pad[:, c[k], kh[k]:kh[k] + sh * (ho - 1) + 1:sh, kw[k]:kw[k] + sw * (wo - 1) + 1:sw]
-        perturbed[k, :, j[k]] += delta * window
+    a = unit.act(unit.bn(x))  # = unit.parts(x)[0], without the conv
+    j, c, kh, kw, i = _conv_coords(conv.weight.shape, coords)
+    windows = _conv_windows(conv, a, c, kh, kw, tuple(out.shape[-2:]))
+    k_idx = torch.arange(len(coords), device=out.device)
+    perturbed = _copies_like(out, len(coords))
+    if not _is_xnor_conv(conv):
+        perturbed[k_idx, :, j] += delta * windows
+        return perturbed
+    w_all = conv.weight.detach()
+    alpha = w_all.abs().mean(dim=(1, 2, 3))[j]                       # (K,)
+    if bool((alpha == 0).any()):
+        return _generic_unit_outputs(unit, "conv.weight", x, coords, delta)
+    w = w_all.reshape(w_all.shape[0], -1)[j, i]
+    w_new = w + delta
+    d_alpha = (w_new.abs() - w.abs()) / w_all[0].numel()
+    alpha_new = alpha + d_alpha
+    d_sign = torch.where(w_new >= 0, 1.0, -1.0).to(w) - torch.where(w >= 0, 1.0, -1.0).to(w)
+    conv_part = (out - unit.shortcut(x))[:, j].transpose(0, 1)      # (K, N, H, W)
+    change = (d_alpha / alpha)[:, None, None, None] * conv_part \
+        + (alpha_new * d_sign)[:, None, None, None] * windows
+    perturbed[k_idx, :, j] += change
     return perturbed
 
 
