@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -170,51 +170,64 @@ def nes_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec
         per_copy = row.numel() * 4 + dim  # activations of a copy (a few live layers) + its noise
         chunk = max(1, min(total, int(budget_mb * 2**20 / (per_copy * row.element_size() * copies))))
 
-        def stream() -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        def stream() -> Iterator[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
+            """Chunks of directions ``(start, flat (K, dim), {name: (K, *shape)})``, seeded."""
             gen = torch.Generator().manual_seed(int(seed))
             for start in range(0, total, chunk):
                 k = min(chunk, total - start)
-                flat = torch.randn(k, dim, generator=gen, dtype=torch.float64).to(device=x.device, dtype=row.dtype)
+                flat = torch.randn(k, dim, generator=gen, dtype=row.dtype).to(x.device)
                 dirs, off = {}, 0
                 for n in names:
                     size = params[n].numel()
                     dirs[n] = flat[:, off:off + size].reshape(k, *params[n].shape)
                     off += size
-                yield start, dirs
+                yield start, flat, dirs
+
+        def weights_of(s: int, f_plus: torch.Tensor, f_minus: torch.Tensor | None) -> torch.Tensor:
+            if antithetic:
+                return (f_plus - f_minus) / (2 * sigma * s)
+            return (f_plus - (0.0 if fitness_shaping else base_loss)) / (sigma * s)
 
         plus = torch.empty(total, dtype=base.dtype, device=x.device)
-        minus = torch.empty(total, dtype=base.dtype, device=x.device)
-        for start, dirs in stream():
-            k = next(iter(dirs.values())).shape[0]
+        minus = torch.empty(total, dtype=base.dtype, device=x.device) if antithetic else None
+        sums = {s: torch.zeros(dim, dtype=torch.float64, device=x.device) for s in samples}
+
+        def accumulate(start: int, flat: torch.Tensor, weight_of: Callable[[int], torch.Tensor]) -> None:
+            """``sums[s] += Σ_k w_k u_k`` over this chunk's directions that belong to the first ``s``."""
+            for s in samples:
+                k = min(s, start + flat.shape[0]) - start
+                if k > 0:
+                    w = weight_of(s)[start:start + k].to(flat.dtype)
+                    sums[s] += (w @ flat[:k]).to(torch.float64)
+
+        for start, flat, dirs in stream():
+            k = flat.shape[0]
             plus[start:start + k] = engine.direction_losses(model, cache, y, loss, sel, dirs, sigma)
             if antithetic:
                 minus[start:start + k] = engine.direction_losses(model, cache, y, loss, sel, dirs, -sigma)
-        if not (torch.isfinite(plus).all() and (not antithetic or torch.isfinite(minus).all())):
-            raise FloatingPointError("loss of a perturbed model is not finite")
+            if not torch.isfinite(plus[start:start + k]).all() or \
+                    (antithetic and not torch.isfinite(minus[start:start + k]).all()):
+                raise FloatingPointError("loss of a perturbed model is not finite")
+            if not fitness_shaping:  # weights known now: one pass over the directions
+                accumulate(start, flat, lambda s: weights_of(s, plus, minus))
 
-        weights: dict[int, torch.Tensor] = {}
-        for s in samples:
-            if fitness_shaping:
+        if fitness_shaping:  # ranks need every loss first: replay the same directions
+            shaped = {}
+            for s in samples:
                 vals = torch.cat([plus[:s], minus[:s]]) if antithetic else plus[:s]
                 ranks = _centred_ranks(vals)
-                f_plus, f_minus = ranks[:s], (ranks[s:] if antithetic else None)
-            else:
-                f_plus, f_minus = plus[:s], (minus[:s] if antithetic else None)
-            if antithetic:
-                weights[s] = (f_plus - f_minus) / (2 * sigma * s)
-            else:
-                baseline = 0.0 if fitness_shaping else base_loss
-                weights[s] = (f_plus - baseline) / (sigma * s)
-        sums = {s: {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names} for s in samples}
-        for start, dirs in stream():  # replay the same directions: g = Σ_s w_s u_s
-            for s in samples:
-                if start >= s:
-                    continue
-                w = weights[s][start:min(s, start + chunk)].to(torch.float64)
-                for n in names:
-                    d = dirs[n][:len(w)].to(torch.float64)
-                    sums[s][n] += torch.tensordot(w, d, dims=1)
-        return {s: {n: g.to(params[n].dtype) for n, g in sums[s].items()} for s in samples}
+                shaped[s] = weights_of(s, ranks[:s], ranks[s:] if antithetic else None)
+            for start, flat, _ in stream():
+                accumulate(start, flat, lambda s: shaped[s])
+
+        out: dict[int, Grads] = {}
+        for s in samples:
+            out[s], off = {}, 0
+            for n in names:
+                size = params[n].numel()
+                out[s][n] = sums[s][off:off + size].reshape(params[n].shape).to(params[n].dtype)
+                off += size
+        return out
 
 
 def _centred_ranks(values: torch.Tensor) -> torch.Tensor:

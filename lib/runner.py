@@ -451,6 +451,9 @@ def _short_error(exc: BaseException) -> str:
     return " ".join(text.split())[:2000]  # one line: it goes into the summary line and the manifest
 
 
+DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
+
+
 @contextmanager
 def _kernel_environment(jobs: int, root: Path) -> Iterator[None]:
     """Environment the kernels inherit: thread counts split between jobs, the repo importable."""
@@ -622,7 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="params file stems to run (default: all files in --params-dir)")
     parser.add_argument("--params", metavar="FILE", help="YAML overriding profile values: {key: value} for "
                         "every selected notebook having key, or {name: {key: value}}; grid keys need lists")
-    parser.add_argument("--jobs", type=_positive, default=1, help="parallel notebook executions (default: 1)")
+    parser.add_argument("--jobs", type=_positive, default=DEFAULT_JOBS,
+                        help=f"parallel notebook executions, each with cores/jobs threads (default: {DEFAULT_JOBS}, "
+                             "one per core: small tensors run best single-threaded)")
     parser.add_argument("--date", type=_date, default=dt.date.today().isoformat(),
                         help="report folder date YYYY-MM-DD (default: today); resume is per date")
     parser.add_argument("--reports-dir", default="reports", help="default: reports")

@@ -1,0 +1,198 @@
+"""Figures of the toy experiments, drawn from results dicts (a run's JSON), never from notebook
+outputs: the run notebooks, the summary notebook and the static report share them."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+
+Results = Mapping[str, Any]
+
+
+def _sorted_keys(keys) -> list[str]:
+    return sorted(keys, key=lambda k: float(k))
+
+
+def lr_curves(ax: "plt.Axes", lrs: Sequence[float], stats: Mapping[str, Mapping[str, Any]],
+              title: str, label_fmt: str = "{}") -> None:
+    """lr → loss decrease, one line per entry (mean, shaded ± one standard deviation over
+    initialisations × batches), best point marked, log x-axis."""
+    lrs = np.asarray(lrs, dtype=float)
+    cmap = plt.get_cmap("viridis")
+    keys = list(stats)
+    for i, key in enumerate(keys):
+        s = stats[key]
+        mean = np.asarray([np.nan if v is None else v for v in s["mean"]], dtype=float)
+        std = np.asarray([0.0 if v is None else v for v in s["std"]], dtype=float)
+        color = cmap(i / max(1, len(keys) - 1)) if len(keys) > 1 else "C0"
+        ax.plot(lrs, mean, marker=".", color=color, label=label_fmt.format(key))
+        ax.fill_between(lrs, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+        if s.get("best") is not None and s.get("best_lr") is not None:
+            ax.plot([s["best_lr"]], [s["best"]], marker="*", color=color, markersize=11,
+                    markeredgecolor="black", markeredgewidth=0.5)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss decrease  L(w) − L(w − lr·ĝ)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
+def _clip_view(ax: "plt.Axes", stats: Mapping[str, Mapping[str, Any]]) -> None:
+    """Keep the interesting range visible: from a bit below 0 to above the best mean."""
+    bests = [s["best"] for s in stats.values() if s.get("best") is not None and math.isfinite(s["best"])]
+    if bests:
+        top = max(bests)
+        if top > 0:
+            ax.set_ylim(-0.6 * top, 1.25 * top)
+
+
+def _setting(r: Results) -> str:
+    p = r["parameters"]
+    return (f"num_dim={r['num_dim']}, {'pretrained' if r['pretrained'] else 'no pretraining'}, "
+            f"batch {p['batch_size']}, {p['num_init']}×{p['num_batch']} reps")
+
+
+def cdg_figure(r: Results) -> "plt.Figure":
+    """CDG lr → loss decrease, one curve per ε."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    stats = {k: r["curves"]["cdg"][k] for k in _sorted_keys(r["curves"]["cdg"])}
+    lr_curves(ax, r["lrs"], stats, f"CDG (central), {_setting(r)}", "ε = {}")
+    _clip_view(ax, stats)
+    fig.tight_layout()
+    return fig
+
+
+def nes_samples(r: Results) -> list[int]:
+    return sorted(int(k.split(":")[1]) for k in r["curves"] if k.startswith("nes:"))
+
+
+def nes_figure(r: Results, samples: int) -> "plt.Figure":
+    """NES with ``samples`` directions (2·samples loss evaluations): one curve per σ."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    by_sigma = r["curves"][f"nes:{samples}"]
+    stats = {k: by_sigma[k] for k in _sorted_keys(by_sigma)}
+    lr_curves(ax, r["lrs"], stats, f"NES, {samples} samples ({2 * samples} loss evaluations), {_setting(r)}",
+              "σ = {}")
+    _clip_view(ax, stats)
+    fig.tight_layout()
+    return fig
+
+
+def ste_figure(r: Results) -> "plt.Figure":
+    """The STE variants against the best CDG curve."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    stats = dict(r["curves"]["ste"])
+    best_eps = max(r["curves"]["cdg"], key=lambda k: r["curves"]["cdg"][k]["best"])
+    stats[f"CDG ε={best_eps}"] = r["curves"]["cdg"][best_eps]
+    lr_curves(ax, r["lrs"], stats, f"STE variants vs best CDG, {_setting(r)}")
+    _clip_view(ax, stats)
+    fig.tight_layout()
+    return fig
+
+
+def pretrain_figure(r: Results) -> "plt.Figure | None":
+    """Pretraining loss curves (one per initialisation), log y-axis."""
+    if not r.get("pretrain"):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for info in r["pretrain"]:
+        curve = np.asarray(info["curve"], dtype=float)
+        ax.plot(np.arange(1, len(curve) + 1), curve, linewidth=0.8, label=f"init {info['init']}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE (training batch)")
+    ax.set_title(f"Pretraining of the evaluated model, num_dim={r['num_dim']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def diagnosis_figure(r: Results) -> "plt.Figure | None":
+    """Left: cosine of NES (last two layers) with the exact smoothed gradient vs samples, per σ.
+    Right: best loss decrease vs σ of NES (all layers, per sample count), of the exact smoothed
+    gradient (last two layers, infinite samples) and of CDG on the same two layers."""
+    d = r.get("diagnosis")
+    if not d:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    sigmas = _sorted_keys(d["per_sigma"])
+    cmap = plt.get_cmap("viridis")
+    for i, sg in enumerate(sigmas):
+        cos = d["per_sigma"][sg]["cos_nes_exact"]
+        ss = sorted(cos, key=int)
+        a1.plot([int(s) for s in ss], [cos[s] for s in ss], marker="o",
+                color=cmap(i / max(1, len(sigmas) - 1)), label=f"σ = {sg}")
+    a1.set_xscale("log")
+    a1.set_ylim(-0.1, 1.05)
+    a1.set_xlabel("NES samples")
+    a1.set_ylabel("cosine(NES, exact smoothed)")
+    a1.set_title("Variance: NES vs its infinite-sample limit")
+    a1.grid(True, which="both", alpha=0.3)
+    a1.legend(fontsize=8)
+    xs = [float(s) for s in sigmas]
+    for s in nes_samples(r):
+        a2.plot(xs, [d["per_sigma"][sg]["nes_best"][str(s)] for sg in sigmas], marker=".", label=f"NES {s} (all layers)")
+    a2.plot(xs, [d["per_sigma"][sg]["exact_best"] for sg in sigmas], marker="s", color="black",
+            label="exact smoothed (last 2 layers)")
+    a2.axhline(d["cdg_last2_best"], color="C3", linestyle="--", label="CDG (last 2 layers)")
+    a2.axhline(d["cdg_best"], color="C3", linestyle=":", label="CDG (all layers, best ε)")
+    a2.set_xscale("log")
+    a2.set_xlabel("σ")
+    a2.set_ylabel("best loss decrease")
+    a2.set_title("Bias: does the smoothed gradient itself go downhill?")
+    a2.grid(True, which="both", alpha=0.3)
+    a2.legend(fontsize=7)
+    fig.suptitle(f"NES diagnosis, num_dim={r['num_dim']}, {'pretrained' if r['pretrained'] else 'no pretraining'}")
+    fig.tight_layout()
+    return fig
+
+
+def best_by_dim(runs: Sequence[Results]) -> dict[str, dict[int, tuple[float, str]]]:
+    """``{estimator: {num_dim: (best loss decrease, best hyper-parameter)}}`` over the given runs:
+    CDG best over ε, NES per sample count best over σ, each STE variant."""
+    table: dict[str, dict[int, tuple[float, str]]] = {}
+    for r in runs:
+        d = r["num_dim"]
+        c = r["curves"]
+        eps = max(c["cdg"], key=lambda k: c["cdg"][k]["best"])
+        table.setdefault("CDG", {})[d] = (c["cdg"][eps]["best"], f"ε={eps}")
+        for s in nes_samples(r):
+            by = c[f"nes:{s}"]
+            sg = max(by, key=lambda k: by[k]["best"])
+            table.setdefault(f"NES {s}", {})[d] = (by[sg]["best"], f"σ={sg}")
+        for v, st in c["ste"].items():
+            table.setdefault(f"STE {v}", {})[d] = (st["best"], f"lr={st['best_lr']:.3g}")
+    return table
+
+
+def best_vs_dim_figure(runs: Sequence[Results], title: str = "") -> "plt.Figure":
+    """Best loss decrease → num_dim, one line per estimator, annotated with the best ε / σ."""
+    table = best_by_dim(runs)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for i, (name, by_dim) in enumerate(table.items()):
+        dims = sorted(by_dim)
+        vals = [by_dim[d][0] for d in dims]
+        style = "-" if not name.startswith("STE") else ":"
+        ax.plot(dims, vals, style, marker="o", label=name, color=f"C{i % 10}")
+        if not name.startswith("STE"):
+            for d, v in zip(dims, vals):
+                ax.annotate(by_dim[d][1], (d, v), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color=f"C{i % 10}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({r["num_dim"] for r in runs}))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("num_dim")
+    ax.set_ylabel("best loss decrease (mean over reps)")
+    ax.set_title(title or "best loss decrease → num_dim")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
