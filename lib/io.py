@@ -44,6 +44,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results and reports are for sharing
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -10,12 +10,9 @@ import html
 import io
 from typing import Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
 import nbformat
 from nbformat import NotebookNode
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def md(text: str) -> NotebookNode:

@@ -8,8 +8,7 @@ from typing import Any, Mapping, Sequence
 import matplotlib
 import numpy as np
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 Results = Mapping[str, Any]
 

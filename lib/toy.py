@@ -60,6 +60,14 @@ class ToyParams:
     device: str = "cpu"
     cache_dir: str = DEFAULT_CACHE
 
+    def __post_init__(self) -> None:
+        if not self.lr_min < self.lr_max:
+            raise ValueError(f"lr_min: expected lr_min < lr_max, got {self.lr_min} and {self.lr_max}")
+        if len(self.lr_refine) != 2 or not 0 < self.lr_refine[0] < self.lr_refine[1]:
+            raise ValueError(f"lr_refine: expected [low, high] with 0 < low < high, got {self.lr_refine}")
+        if not self.eps_grid or not self.sigma_grid or not self.nes_samples:
+            raise ValueError("eps_grid, sigma_grid, nes_samples: expected non-empty lists")
+
     def lrs(self) -> list[float]:
         """The log grid ``lr_min … lr_max`` (``num_lr`` points) merged with the refinement grid
         (``num_lr_refine`` log-spaced points on ``lr_refine``), sorted, duplicates removed."""
@@ -121,6 +129,13 @@ def run_toy(p: ToyParams, progress: bool = True,
     raw: dict[str, dict[str, list[np.ndarray]]] = {}
     cos: dict[str, dict[str, list[float]]] = {}
     pretrain_info = []
+    timing: dict[str, list[float]] = {}
+
+    def timed(kind: str, fn, *args, **kwargs):
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        timing.setdefault(kind, []).append(time.perf_counter() - t)
+        return out
 
     def add(kind: str, key: str, curve: np.ndarray) -> None:
         raw.setdefault(kind, {}).setdefault(key, []).append(curve)
@@ -152,19 +167,19 @@ def run_toy(p: ToyParams, progress: bool = True,
 
             cdg_ref = None
             for eps in p.eps_grid:
-                g = E.cdg(model, x, y, eps=eps, seed=seed)
+                g = timed("cdg", E.cdg, model, x, y, eps=eps, seed=seed)
                 add("cdg", f"{eps:g}", curve_of(g))
                 if math.isclose(eps, p.reference_eps):
                     cdg_ref = g
             if cdg_ref is None:
                 cdg_ref = E.cdg(model, x, y, eps=p.reference_eps, seed=seed)
             for variant in p.ste_variants:
-                g = E.ste(model, x, y, variant=variant)
+                g = timed("ste", E.ste, model, x, y, variant=variant)
                 add("ste", variant, curve_of(g))
                 for name, value in V.cosine(g, cdg_ref).items():
                     add_cos(f"ste_vs_cdg:{variant}", name, value)
             for sigma in p.sigma_grid:
-                ests = E.nes_multi(model, x, y, sigma=sigma, samples=p.nes_samples, seed=seed)
+                ests = timed("nes", E.nes_multi, model, x, y, sigma=sigma, samples=p.nes_samples, seed=seed)
                 for s, g in ests.items():
                     add(f"nes:{s}", f"{sigma:g}", curve_of(g))
                     add_cos(f"nes_vs_cdg:{s}", f"{sigma:g}", V.cosine(g, cdg_ref)["all"])
@@ -195,6 +210,8 @@ def run_toy(p: ToyParams, progress: bool = True,
         "loss_evaluations": {"cdg_per_estimate": 2 * (3 * p.num_dim**2 + p.num_dim),
                              "nes_per_estimate": {str(s): 2 * s for s in p.nes_samples}},
         "base_loss": _mean(base_losses),
+        "seconds_per_estimate": {"cdg": _mean(timing.get("cdg", [])), "ste": _mean(timing.get("ste", [])),
+                                 f"nes_{max(p.nes_samples)}": _mean(timing.get("nes", []))},
         "pretrain": pretrain_info,
         "curves": curves,
         "cosines": cosines,

@@ -60,19 +60,22 @@ RULES: dict[str, tuple[Predicate, str]] = {
         "num_dim", "batch_size", "num_init", "num_batch", "hidden_layers", "initial_channels",
         "coords_per_layer", "pretrain_steps", "pretrain_batch_size", "train_epochs",
         "train_batch_size", "eval_batch_size", "num_lr",
-        "samples",  # NES sample counts
+        "samples", "nes_samples",  # NES sample counts
     )},
+    "num_lr_refine": (nonnegative_int, "non-negative integers"),
     "seed": (nonnegative_int, "non-negative integers"),
     "seeds": (nonnegative_int, "non-negative integers"),
     # step sizes and scales
     **{name: (positive_number, "positive numbers") for name in (
         "eps", "sigma", "lr", "lrs", "pretrain_lr", "train_lr",
+        "eps_grid", "sigma_grid", "lr_min", "lr_max", "lr_refine", "reference_eps",
     )},
     # choices
     "device": (device_name, "one of cpu, cuda, auto, cuda:N"),
     "normalize": (one_of("layer", "global", "none"), _choices(("layer", "global", "none"))),
     "ste_variants": (one_of(*_STE_VARIANTS), _choices(_STE_VARIANTS)),
     "variant": (one_of(*_STE_VARIANTS), _choices(_STE_VARIANTS)),
+    "pretrain_variant": (one_of(*_STE_VARIANTS), _choices(_STE_VARIANTS)),
     **{name: (one_of(*_PRECISIONS), _choices(_PRECISIONS)) for name in (
         "act", "acts", "teacher_act", "precisions",
     )},

@@ -1,0 +1,124 @@
+"""The toy notebook under papermill, the runner on the real params file, and the static report
+(headings of the meeting notes, inline figures, manifest, a failed run shown without breaking
+the others). Tiny parameters: the point is the plumbing, the numbers are tested elsewhere."""
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lib import runner
+from lib.io import read_json
+from lib.report import build_report
+from lib.toy import diagnose, diagnosis_text
+
+ROOT = Path(__file__).resolve().parents[1]
+DATE = "2025-01-01"
+TINY = {
+    "num_dim": [4], "pretrained": [False, True], "eps_grid": [0.1, 0.3], "sigma_grid": [0.1, 0.5],
+    "nes_samples": [20, 100], "ste_variants": ["clipped", "identity"], "num_lr": 4, "num_lr_refine": 2,
+    "batch_size": 32, "num_init": 1, "num_batch": 2, "pretrain_steps": 5, "pretrain_batch_size": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory) -> Path:
+    """A real grid (2 ok runs), then a second invocation whose run fails (CUDA on a CPU machine)."""
+    tmp = tmp_path_factory.mktemp("toy")
+    (tmp / "params").mkdir()
+    shutil.copy(ROOT / "params" / "toy.yaml", tmp / "params" / "toy.yaml")
+    tiny = dict(TINY, cache_dir=str(tmp / "cache"))
+    (tmp / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    common = ["--params-dir", str(tmp / "params"), "--reports-dir", str(tmp / "reports"), "--date", DATE,
+              "--only", "toy", "--jobs", "1"]
+    assert runner.main(common + ["--params", str(tmp / "tiny.yaml")]) == 0
+    broken = dict(tiny, num_dim=[6], pretrained=[False], device="cuda:7")
+    (tmp / "broken.yaml").write_text(yaml.safe_dump(broken))
+    assert runner.main(common + ["--params", str(tmp / "broken.yaml")]) == 1
+    return tmp / "reports" / DATE
+
+
+def test_toy_runs_write_complete_results(report_dir):
+    for pre in ("false", "true"):
+        r = read_json(report_dir / "results" / f"toy__pretrained-{pre}__num_dim-4.json")
+        assert r["num_dim"] == 4 and r["pretrained"] == (pre == "true")
+        assert set(r["curves"]["cdg"]) == {"0.1", "0.3"}
+        assert {k for k in r["curves"] if k.startswith("nes:")} == {"nes:20", "nes:100"}
+        assert set(r["curves"]["ste"]) == {"clipped", "identity"}
+        for stats in r["curves"]["cdg"].values():
+            assert len(stats["mean"]) == len(r["lrs"]) and all(math.isfinite(v) for v in stats["mean"])
+            assert stats["best"] == max(stats["mean"])
+        assert r["parameters"]["seed"] == 0 and r["versions"]["torch"] and r["wall_s"] > 0
+        assert (len(r["pretrain"]) == 1) == (pre == "true")
+        assert r["diagnosis"]["per_sigma"].keys() == {"0.1", "0.5"}
+    executed = (report_dir / "runs" / "toy__pretrained-false__num_dim-4.ipynb").read_text()
+    assert "image/png" in executed  # the notebook shows its figures
+
+
+def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
+    html = (build_report(report_dir)).read_text(encoding="utf-8")
+    headings = [re.sub(r"<[^>]+>|&para;", "", h) for h in re.findall(r"<h[1-6][^>]*>(.*?)</h[1-6]>", html, re.S)]
+    text = "\n".join(h.replace("&amp;", "&") for h in headings)
+    for expected in ["搜索超参(epsilon for CDG & sigma for NES) - 1", "搜索超参(epsilon for CDG & sigma for NES) - 2",
+                     "Hyper-parameter search (epsilon for CDG & sigma for NES) - 1", "BinaryDuo设置实验后续",
+                     "实验设置", "困难", "问题", "CDG lr-loss decrease plot", "NES lr-loss decrease plot",
+                     "Dim = 4", "Sample = 20", "Sample = 100", "best loss decrease - num_dim plot", "Run manifest"]:
+        assert expected in text, expected
+    assert "NES grad似乎不能指向loss下降的方向" in html
+    # CDG 2 + NES 2×2 + best 2 + STE 2 + diagnosis/pretraining figures
+    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', html)) >= 12
+    assert not re.search(r'(src|href)="https?://', html)
+    assert "toy__pretrained-false__num_dim-6" in html and "failed" in html
+    assert re.search(r"toy__pretrained-false__num_dim-6.{0,400}(CUDA|cuda|Torch)", html, re.S)
+
+
+def test_failed_run_is_recorded_and_others_kept(report_dir):
+    manifest = read_json(report_dir / "manifest.json")
+    runs = manifest["runs"]
+    assert runs["toy__pretrained-false__num_dim-6"]["status"] == "failed"
+    assert runs["toy__pretrained-false__num_dim-6"]["error"]
+    assert runs["toy__pretrained-true__num_dim-4"]["status"] == "ok"
+
+
+def test_real_params_file_rejects_bad_keys_before_compute(tmp_path, capsys):
+    (tmp_path / "params").mkdir()
+    text = (ROOT / "params" / "toy.yaml").read_text()
+    (tmp_path / "params" / "toy.yaml").write_text(text.replace("    batch_size: 64", "    batch_sise: 64", 1))
+    code = runner.main(["--params-dir", str(tmp_path / "params"), "--reports-dir", str(tmp_path / "r"), "--only", "toy"])
+    err = capsys.readouterr().err
+    assert code == 2 and "toy.yaml" in err and "batch_sise" in err
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "params" / "toy.yaml").write_text(text.replace("sigma_grid: [0.03, 0.1, 0.3]", "sigma_grid: [0.03, -0.1]", 1))
+    code = runner.main(["--params-dir", str(tmp_path / "params"), "--reports-dir", str(tmp_path / "r"), "--only", "toy"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sigma_grid" in err
+
+
+def _synthetic(exact_best, cos_lo, cos_hi, cdg2=1.0):
+    """A results dict with hand-made numbers for one σ, to test the verdict logic."""
+    return {"num_dim": 16, "pretrained": True,
+            "curves": {"cdg_last2": {"0.1": {"best": cdg2}}, "cdg": {"0.1": {"best": cdg2}},
+                       "exact_smoothed": {"0.3": {"best": exact_best}},
+                       "nes:500": {"0.3": {"best": 0.1}}, "nes:50000": {"0.3": {"best": 0.2}}},
+            "cosines": {"nes_last2_vs_exact:500": {"0.3": {"mean": cos_lo}},
+                        "nes_last2_vs_exact:50000": {"0.3": {"mean": cos_hi}},
+                        "exact_vs_cdg": {"0.3": {"mean": 0.4}}}}
+
+
+@pytest.mark.parametrize("exact_best, cos_lo, cos_hi, cause", [
+    (0.9, 0.1, 0.9, "variance"),   # the limit goes downhill, few samples do not
+    (0.9, 0.2, 0.3, "variance"),   # still far from the limit at the most samples
+    (0.1, 0.9, 0.99, "bias"),      # the limit itself barely goes downhill
+    (-0.2, 0.1, 0.9, "bias"),
+    (0.9, 0.9, 0.95, "fine"),
+])
+def test_diagnosis_verdicts(exact_best, cos_lo, cos_hi, cause):
+    r = _synthetic(exact_best, cos_lo, cos_hi)
+    r["diagnosis"] = diagnose(r)
+    assert r["diagnosis"]["per_sigma"]["0.3"]["cause"] == cause
+    text = diagnosis_text(r)
+    assert {"variance": "*Variance*", "bias": "*Smoothing bias*", "fine": "points downhill"}[cause] in text
