@@ -55,6 +55,24 @@ def load_runs(report_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return manifest, runs
 
 
+def latest_report_dir(reports: str | Path = "reports") -> Path:
+    """The newest ``reports/<YYYY-MM-DD>`` folder; ``FileNotFoundError`` naming ``reports`` if none."""
+    dated = sorted(p for p in Path(reports).glob("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]") if p.is_dir())
+    if not dated:
+        raise FileNotFoundError(f"reports: no dated report folder in {str(reports)!r}; run ./run_all.sh first")
+    return dated[-1]
+
+
+def toy_results(results_dir: str | Path) -> list[dict[str, Any]]:
+    """Every toy results file (``experiment == "toy"``) in ``results_dir``, by (pretrained, num_dim)."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results_dir: {str(results_dir)!r} is not a folder")
+    runs = [read_json(p) for p in sorted(results_dir.glob("*.json"))]
+    runs = [r for r in runs if isinstance(r, dict) and r.get("experiment") == "toy"]
+    return sorted(runs, key=lambda r: (r["pretrained"], r["num_dim"]))
+
+
 # ----------------------------------------------------------------------------- toy sections
 
 def _failed_note(runs: Sequence[dict[str, Any]]) -> list:
