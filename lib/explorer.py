@@ -1,0 +1,424 @@
+"""Live explorer of the toy (issue 3, item 5): one small toy problem, every estimator, one lr sweep.
+
+:func:`explore` is the pure update function behind the notebook's sliders. For one
+initialisation ``seed`` of the toy (teacher and student :class:`~lib.models.BinaryMLP`, DESIGN §3),
+optionally pretrained (cheap, cached), and one gradient batch ``(x, y)`` of ``batch_size`` rows
+``x ~ N(0, I_num_dim)`` it computes
+
+* ``cdg``   the central CDG ``g_i = (L(w + ε e_i) − L(w − ε e_i)) / 2ε`` on every weight;
+* ``nes``   antithetic NES ``g = 1/(2σS) Σ_s (L(w + σu_s) − L(w − σu_s)) u_s`` over all layers
+  jointly (``2S`` loss evaluations);
+* ``ste``   back-propagation with the surrogate derivative of the STE ``variant``;
+* ``exact`` the exact gradient of the Gaussian-smoothed loss ``L_σ`` on the last hidden layer and
+  the readout (:func:`lib.estimators.smoothed_exact`), the infinite-sample limit of NES there;
+* ``nes_last2`` NES with the same ``σ, S`` restricted to those two layers (its cosine with
+  ``exact`` measures the NES variance alone),
+
+and for each the loss-decrease curve ``ΔL(lr) = L(w) − L(w − lr ĝ)`` with ``ĝ_l = g_l / ‖g_l‖`` per
+layer, on the same batch, for ``num_lr`` learning rates log-spaced on ``[lr_min, lr_max]``; the
+best decrease ``max_lr ΔL(lr)`` with its lr; and cosine similarities ``a·b / (‖a‖‖b‖)`` with CDG.
+
+:func:`plot_explorer` draws a result; :class:`ExplorerApp` wires ipywidgets controls to
+:func:`explore` and redraws into an ``Output`` widget.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import estimators as E
+from . import evaluate as V
+from .data import toy_problem
+from .quantizers import STE_VARIANTS
+from .toy import ToyParams, pretrain_student
+
+NUM_DIMS = (8, 16, 32, 64)
+SAMPLES = (100, 500, 2000, 5000)
+ESTIMATORS = ("cdg", "nes", "ste", "exact", "nes_last2")
+LAST_TWO = ("fc3.weight", "readout.weight")
+DEFAULT_CACHE = "cache/pretrain"
+
+
+@dataclass
+class ExplorerResult:
+    """What one :func:`explore` call computed (arrays are float64; ``nan`` = undefined).
+
+    ``curves[k][i] = ΔL(lrs[i])`` of estimator ``k`` (see the module docstring);
+    ``best[k] = (max_i ΔL, lr at the max)``; ``cosines[name][param or "all"]`` with
+    ``name`` in ``nes_vs_cdg``, ``ste_vs_cdg``, ``exact_vs_cdg`` (last two layers),
+    ``nes_last2_vs_exact``; ``labels[k]`` the legend text; ``timings[k]`` seconds spent on
+    estimator ``k`` (estimate + curve); ``wall_s`` the whole call.
+    """
+
+    params: dict[str, Any]
+    lrs: np.ndarray
+    curves: dict[str, np.ndarray]
+    best: dict[str, tuple[float, float]]
+    cosines: dict[str, dict[str, float]]
+    labels: dict[str, str]
+    base_loss: float
+    loss_evaluations: dict[str, int]
+    pretrain: dict[str, Any] | None
+    timings: dict[str, float] = field(default_factory=dict)
+    wall_s: float = float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (arrays as lists; pass through :func:`lib.io.to_jsonable` for NaN)."""
+        out = asdict(self)
+        out["lrs"] = self.lrs.tolist()
+        out["curves"] = {k: v.tolist() for k, v in self.curves.items()}
+        out["best"] = {k: {"decrease": b, "lr": lr} for k, (b, lr) in self.best.items()}
+        return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _int(name: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+
+
+def _pos(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool) \
+            or not math.isfinite(float(value)) or value <= 0:
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+
+
+def check_explore_args(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float, lr_max: float,
+                       num_lr: int, pretrained: bool, variant: str, batch_size: int, seed: int,
+                       pretrain_steps: int, pretrain_batch_size: int, pretrain_lr: float,
+                       pretrain_variant: str, cache_dir: str | os.PathLike) -> None:
+    """``ValueError`` naming the first invalid argument of :func:`explore`; nothing computed."""
+    _int("num_dim", num_dim)
+    _pos("eps", eps)
+    _pos("sigma", sigma)
+    _int("samples", samples)
+    _pos("lr_min", lr_min)
+    _pos("lr_max", lr_max)
+    if lr_max <= lr_min:
+        raise ValueError(f"lr_max: expected lr_max > lr_min = {lr_min!r}, got {lr_max!r}")
+    _int("num_lr", num_lr, 2)
+    if not isinstance(pretrained, (bool, np.bool_)):
+        raise ValueError(f"pretrained: expected a bool, got {pretrained!r}")
+    if variant not in STE_VARIANTS:
+        raise ValueError(f"variant: unknown STE variant {variant!r}; expected one of {STE_VARIANTS}")
+    _int("batch_size", batch_size)
+    _int("seed", seed, 0)
+    _int("pretrain_steps", pretrain_steps)
+    _int("pretrain_batch_size", pretrain_batch_size)
+    _pos("pretrain_lr", pretrain_lr)
+    if pretrain_variant not in STE_VARIANTS:
+        raise ValueError(f"pretrain_variant: unknown STE variant {pretrain_variant!r}; expected one of {STE_VARIANTS}")
+    if not isinstance(cache_dir, (str, os.PathLike)) or not str(cache_dir):
+        raise ValueError(f"cache_dir: expected a folder path, got {cache_dir!r}")
+
+
+# ----------------------------------------------------------------------------- the update function
+
+def explore_lrs(lr_min: float, lr_max: float, num_lr: int) -> np.ndarray:
+    """``lr_i = lr_min · (lr_max / lr_min)^(i / (num_lr − 1))``, ``i = 0 … num_lr − 1``."""
+    return np.geomspace(lr_min, lr_max, num_lr)
+
+
+def explore(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
+            lr_min: float = 1e-3, lr_max: float = 1.0, num_lr: int = 25, pretrained: bool = False,
+            variant: str = "clipped", batch_size: int = 256, seed: int = 0, pretrain_steps: int = 300,
+            pretrain_batch_size: int = 512, pretrain_lr: float = 3e-3, pretrain_variant: str = "clipped",
+            cache_dir: str | os.PathLike = DEFAULT_CACHE, diagnose: bool = True,
+            threads: int | None = 1) -> ExplorerResult:
+    """Every estimator and its lr → loss-decrease curve on one toy problem (module docstring).
+
+    The problem is ``lib.data.toy_problem(num_dim, seed)``; with ``pretrained`` its student is
+    first trained by :func:`lib.toy.pretrain_student` (STE ``pretrain_variant`` + Adam,
+    ``pretrain_steps`` fresh batches of ``pretrain_batch_size`` rows, learning rate
+    ``pretrain_lr``; cached in ``cache_dir``, so only the first call pays). The gradient batch is
+    ``problem.batch(batch_size, 0)``; NES draws its directions from a generator seeded with
+    ``seed``. Same arguments → same numbers. Invalid arguments raise ``ValueError`` naming the
+    argument before any compute. ``diagnose=False`` skips ``nes_last2`` (a third of the NES cost).
+    ``threads``: torch intra-op threads during the call, restored afterwards (``None``: unchanged);
+    the tensors are small, and one thread is fastest on a shared machine.
+    """
+    check_explore_args(num_dim, eps, sigma, samples, lr_min, lr_max, num_lr, pretrained, variant,
+                       batch_size, seed, pretrain_steps, pretrain_batch_size, pretrain_lr,
+                       pretrain_variant, cache_dir)
+    if not isinstance(diagnose, (bool, np.bool_)):
+        raise ValueError(f"diagnose: expected a bool, got {diagnose!r}")
+    if threads is not None:
+        _int("threads", threads)
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _explore(num_dim, eps, sigma, samples, lr_min, lr_max, num_lr, pretrained, variant, batch_size,
+                        seed, pretrain_steps, pretrain_batch_size, pretrain_lr, pretrain_variant, cache_dir,
+                        bool(diagnose))
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _explore(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float, lr_max: float, num_lr: int,
+             pretrained: bool, variant: str, batch_size: int, seed: int, pretrain_steps: int,
+             pretrain_batch_size: int, pretrain_lr: float, pretrain_variant: str,
+             cache_dir: str | os.PathLike, diagnose: bool) -> ExplorerResult:
+    params = {"num_dim": int(num_dim), "eps": float(eps), "sigma": float(sigma), "samples": int(samples),
+              "lr_min": float(lr_min), "lr_max": float(lr_max), "num_lr": int(num_lr),
+              "pretrained": bool(pretrained), "variant": variant, "batch_size": int(batch_size),
+              "seed": int(seed), "pretrain_steps": int(pretrain_steps),
+              "pretrain_batch_size": int(pretrain_batch_size), "pretrain_lr": float(pretrain_lr),
+              "pretrain_variant": pretrain_variant, "cache_dir": str(cache_dir), "diagnose": diagnose}
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    problem = toy_problem(params["num_dim"], params["seed"])
+    pretrain = None
+    if params["pretrained"]:
+        tp = ToyParams(num_dim=params["num_dim"], pretrained=True, pretrain_steps=params["pretrain_steps"],
+                       pretrain_batch_size=params["pretrain_batch_size"], pretrain_lr=params["pretrain_lr"],
+                       pretrain_variant=pretrain_variant, seed=params["seed"], cache_dir=str(cache_dir))
+        student, curve, hit = pretrain_student(problem, tp, progress=False)
+        problem.student = student
+        tail = curve[-max(1, len(curve) // 10):]
+        pretrain = {"cached": bool(hit), "first_loss": float(curve[0]), "final_loss": float(np.mean(tail)),
+                    "steps": len(curve)}
+        timings["pretrain"] = time.perf_counter() - t0
+    model = problem.student
+    x, y = problem.batch(params["batch_size"], 0)
+    lrs = explore_lrs(params["lr_min"], params["lr_max"], params["num_lr"])
+    with torch.no_grad():
+        base_loss = float(((model(x) - y) ** 2).mean())
+
+    grads: dict[str, dict[str, torch.Tensor]] = {}
+    curves: dict[str, np.ndarray] = {}
+
+    def run(key: str, fn) -> None:
+        t = time.perf_counter()
+        grads[key] = fn()
+        curves[key] = V.loss_decrease(model, x, y, grads[key], lrs, "layer")
+        timings[key] = time.perf_counter() - t
+
+    run("cdg", lambda: E.cdg(model, x, y, eps=params["eps"]))
+    run("nes", lambda: E.nes(model, x, y, sigma=params["sigma"], samples=params["samples"], seed=params["seed"]))
+    run("ste", lambda: E.ste(model, x, y, variant=variant))
+    run("exact", lambda: E.smoothed_exact(model, x, y, params["sigma"]))
+    if diagnose:
+        run("nes_last2", lambda: E.nes(model, x, y, sigma=params["sigma"], samples=params["samples"],
+                                       layers=list(LAST_TWO), seed=params["seed"]))
+    cosines = {
+        "nes_vs_cdg": V.cosine(grads["nes"], grads["cdg"]),
+        "ste_vs_cdg": V.cosine(grads["ste"], grads["cdg"]),
+        "exact_vs_cdg": V.cosine(grads["exact"], grads["cdg"]),
+    }
+    if diagnose:
+        cosines["nes_last2_vs_exact"] = V.cosine(grads["nes_last2"], grads["exact"])
+    n_weights = sum(p.numel() for p in model.parameters())
+    labels = {
+        "cdg": f"CDG ε={params['eps']:g}",
+        "nes": f"NES σ={params['sigma']:g}, S={params['samples']}",
+        "ste": f"STE {variant}",
+        "exact": f"exact smoothed σ={params['sigma']:g} (last 2 layers)",
+        "nes_last2": f"NES σ={params['sigma']:g}, S={params['samples']} (last 2 layers)",
+    }
+    labels = {k: v for k, v in labels.items() if k in curves}
+    return ExplorerResult(
+        params=params, lrs=lrs, curves=curves,
+        best={k: V.best_decrease(lrs, c) for k, c in curves.items()},
+        cosines=cosines, labels=labels, base_loss=base_loss,
+        loss_evaluations={"cdg": 2 * n_weights, "nes": 2 * params["samples"],
+                          **({"nes_last2": 2 * params["samples"]} if diagnose else {})},
+        pretrain=pretrain, timings=timings, wall_s=time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- plotting
+
+_STYLE = {"cdg": dict(color="C0", lw=2), "nes": dict(color="C1"), "ste": dict(color="C2"),
+          "exact": dict(color="C3", ls="--"), "nes_last2": dict(color="C1", ls=":")}
+
+
+def plot_explorer(result: ExplorerResult, figsize: tuple[float, float] = (11.0, 4.2)):
+    """Left: ``lr → ΔL(lr)`` on a log x-axis, one line per estimator, its best point marked.
+    Right: cosine similarity with CDG (over all the layers both define) per estimator, and the
+    cosine of NES on the last two layers with the exact smoothed gradient. Returns the Figure
+    (not shown; the caller displays or closes it)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    fig = Figure(figsize=figsize)
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.16, top=0.9, wspace=0.22)
+    ax, bx = fig.subplots(1, 2, width_ratios=[1.7, 1])
+    for k in ESTIMATORS:
+        if k not in result.curves:
+            continue
+        style = _STYLE[k]
+        ax.plot(result.lrs, result.curves[k], label=result.labels[k], **style)
+        best, lr = result.best[k]
+        if math.isfinite(best):
+            ax.plot([lr], [best], marker="o", ms=7, color=style["color"], mec="black", ls="none")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    # Keep the downhill part readable: loss increases at large lr are clipped at −2 × the best decrease
+    # (no clipping when nothing goes downhill).
+    top = max([b for b, _ in result.best.values() if math.isfinite(b)], default=float("nan"))
+    if math.isfinite(top) and top > 0:
+        low = min(float(np.nanmin(c)) for c in result.curves.values())
+        ax.set_ylim(max(low, -2.0 * top) - 0.05 * top, 1.15 * top)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10.0))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # no mathtext: faster redraws
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss decrease  L(w) − L(w − lr ĝ)")
+    p = result.params
+    state = "pretrained" if p["pretrained"] else "random init"
+    ax.set_title(f"num_dim={p['num_dim']}, {state}, L(w)={result.base_loss:.3g}, batch {p['batch_size']}"
+                 f"  (● best; {result.wall_s:.2f} s)", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(True, alpha=0.3)
+
+    bars = [("NES", result.cosines["nes_vs_cdg"]["all"], "C1"),
+            (f"STE\n{p['variant']}", result.cosines["ste_vs_cdg"]["all"], "C2"),
+            ("exact\n(last 2)", result.cosines["exact_vs_cdg"]["all"], "C3")]
+    if "nes_last2_vs_exact" in result.cosines:
+        bars.append(("NES last 2\nvs exact", result.cosines["nes_last2_vs_exact"]["all"], "white"))
+    names = [b[0] for b in bars]
+    values = [b[1] if math.isfinite(b[1]) else 0.0 for b in bars]
+    patches = bx.bar(names, values, color=[b[2] for b in bars], edgecolor="black")
+    if len(bars) == 4:
+        patches[-1].set_hatch("//")
+    for i, (_, v, _) in enumerate(bars):
+        bx.text(i, (v if math.isfinite(v) else 0.0), f"{v:.2f}" if math.isfinite(v) else "nan",
+                ha="center", va="bottom" if not math.isfinite(v) or v >= 0 else "top", fontsize=8)
+    bx.axhline(0.0, color="grey", lw=0.8)
+    bx.set_ylim(min(-0.1, min(values) - 0.1), 1.1)
+    bx.set_ylabel("cosine similarity")
+    bx.set_title("cosine with CDG" + (" (hatched: with exact)" if len(bars) == 4 else ""), fontsize=10)
+    bx.tick_params(axis="x", labelsize=8)
+    return fig
+
+
+def figure_png(fig, dpi: int = 90) -> bytes:
+    """The figure rendered as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- widgets
+
+def make_widgets(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
+                 lr_min: float = 1e-3, lr_max: float = 1.0, pretrained: bool = False,
+                 variant: str = "clipped") -> dict[str, Any]:
+    """The controls, keyed by :func:`explore` argument (``lr_range`` holds ``(log10 lr_min,
+    log10 lr_max)``), all with ``continuous_update=False`` where the widget has it."""
+    import ipywidgets as W
+
+    _int("num_dim", num_dim)
+    _pos("eps", eps)
+    _pos("sigma", sigma)
+    _int("samples", samples)
+    _pos("lr_min", lr_min)
+    _pos("lr_max", lr_max)
+    if variant not in STE_VARIANTS:
+        raise ValueError(f"variant: unknown STE variant {variant!r}; expected one of {STE_VARIANTS}")
+    style = {"description_width": "90px"}
+    layout = W.Layout(width="340px")
+    common = dict(continuous_update=False, style=style, layout=layout)
+    # A value off the standard choices (e.g. tiny test parameters) joins the options.
+    dims = sorted(set(NUM_DIMS) | {int(num_dim)})
+    counts = sorted(set(SAMPLES) | {int(samples)})
+    return {
+        "num_dim": W.SelectionSlider(options=dims, value=int(num_dim), description="num_dim", **common),
+        "eps": W.FloatLogSlider(value=eps, base=10, min=-3, max=0.5, step=0.125, description="CDG ε",
+                                readout_format=".3g", **common),
+        "sigma": W.FloatLogSlider(value=sigma, base=10, min=-3, max=0.5, step=0.125, description="NES σ",
+                                  readout_format=".3g", **common),
+        "samples": W.SelectionSlider(options=counts, value=int(samples), description="NES samples", **common),
+        "lr_range": W.FloatRangeSlider(value=(math.log10(lr_min), math.log10(lr_max)), min=-5.0, max=1.0,
+                                       step=0.25, description="log10 lr", readout_format=".2f", **common),
+        "pretrained": W.Checkbox(value=pretrained, description="pretrained student", indent=False,
+                                 layout=W.Layout(width="200px")),
+        "variant": W.Dropdown(options=list(STE_VARIANTS), value=variant, description="STE variant",
+                              style=style, layout=layout),
+    }
+
+
+class ExplorerApp:
+    """ipywidgets front end of :func:`explore`: every control change (on release) recomputes and
+    redraws into ``output`` (a PNG display-data entry, or the error text).
+
+    ``calls`` counts updates, ``last_result`` / ``last_figure`` hold the latest ones, ``ui`` is the
+    widget to display. Extra keyword arguments (``batch_size``, ``seed``, ``cache_dir``,
+    ``pretrain_steps`` …) are passed to every :func:`explore` call.
+    """
+
+    def __init__(self, num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
+                 lr_min: float = 1e-3, lr_max: float = 1.0, pretrained: bool = False, variant: str = "clipped",
+                 auto_update: bool = True, **explore_kwargs: Any) -> None:
+        import ipywidgets as W
+
+        self.explore_kwargs = explore_kwargs
+        self.controls = make_widgets(num_dim, eps, sigma, samples, lr_min, lr_max, pretrained, variant)
+        self.output = W.Output(layout=W.Layout(min_height="380px"))
+        self.status = W.HTML(value="")
+        self.calls = 0
+        self.last_result: ExplorerResult | None = None
+        self.last_figure = None
+        self.last_error: str | None = None
+        for w in self.controls.values():
+            w.observe(self._on_change, names="value")
+        c = self.controls
+        self.ui = W.VBox([
+            W.HBox([W.VBox([c["num_dim"], c["eps"], c["sigma"], c["samples"]]),
+                    W.VBox([c["lr_range"], c["variant"], c["pretrained"], self.status])]),
+            self.output,
+        ])
+        if auto_update:
+            self.update()
+
+    def arguments(self) -> dict[str, Any]:
+        """The :func:`explore` arguments the controls stand for now."""
+        c = self.controls
+        lo, hi = c["lr_range"].value
+        return {"num_dim": c["num_dim"].value, "eps": float(c["eps"].value), "sigma": float(c["sigma"].value),
+                "samples": c["samples"].value, "lr_min": 10.0 ** lo, "lr_max": 10.0 ** hi,
+                "pretrained": bool(c["pretrained"].value), "variant": c["variant"].value, **self.explore_kwargs}
+
+    def _on_change(self, change: dict[str, Any]) -> None:
+        self.update()
+
+    def update(self) -> ExplorerResult | None:
+        """Recompute with the current controls and redraw; errors are shown, not raised."""
+        self.calls += 1
+        self.status.value = "<i>computing…</i>"
+        try:
+            result = explore(**self.arguments())
+            fig = plot_explorer(result)
+            png = figure_png(fig)
+        except (ValueError, FloatingPointError) as err:
+            self.last_error = f"{type(err).__name__}: {err}"
+            self.output.outputs = ({"output_type": "stream", "name": "stderr", "text": self.last_error + "\n"},)
+            self.status.value = f"<b>error</b>: {html.escape(self.last_error)}"
+            return None
+        self.last_error = None
+        self.last_result, self.last_figure = result, fig
+        b = result.best
+        summary = ", ".join(f"{k} {b[k][0]:.3g}@{b[k][1]:.2g}" for k in ("cdg", "nes", "ste", "exact"))
+        self.output.outputs = ({"output_type": "display_data",
+                                "data": {"image/png": base64.b64encode(png).decode("ascii"),
+                                         "text/plain": f"<explorer figure: best ΔL@lr {summary}>"},
+                                "metadata": {}},)
+        self.status.value = f"{result.wall_s:.2f} s" + (
+            f" (pretrain {'cached' if result.pretrain['cached'] else 'trained'}, "
+            f"loss {result.pretrain['final_loss']:.3g})" if result.pretrain else "")
+        return result
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.ui)
