@@ -1,0 +1,221 @@
+"""The thin ResNet experiment (lib/thin_resnet.py), its notebook under papermill, its report section."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+import torch
+
+from lib import thin_resnet
+from lib.estimators import cdg, ste
+from lib.evaluate import cosine
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "thin_resnet.ipynb"
+
+
+def tiny_params(tmp: Path, **over):
+    params = dict(initial_channels=2, states=["init", "trained"], acts=["binary", "fp"],
+                  ste_variants=["identity", "clipped"], eps=[0.1, 0.3], coords_per_layer=3, batch_size=8,
+                  lrs=[0.1, 1.0, 10.0], decrease_acts=["binary"], train_epochs=1, train_batch_size=32,
+                  train_limit=64, init_bn_batches=1, test_limit=16, seed=3, cache_dir=str(tmp / "cache"))
+    params.update(over)
+    return params
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("thin")
+    saved = torch.get_num_threads()  # module-scoped: set up before the autouse one-thread fixture
+    torch.set_num_threads(1)
+    try:
+        first = thin_resnet.run(tiny_params(tmp), log=None)
+        second = thin_resnet.run(tiny_params(tmp), log=None)
+    finally:
+        torch.set_num_threads(saved)
+    return first, second
+
+
+# ----------------------------------------------------------------------------- parameters
+
+@pytest.mark.parametrize("key,value,match", [
+    ("colour", 1, "colour"),
+    ("states", ["init", "pretrained"], "states"),
+    ("acts", ["binary", "1bit"], "acts"),
+    ("eps", [0.1, -0.1], "eps"),
+    ("eps", [], "eps"),
+    ("coords_per_layer", 0, "coords_per_layer"),
+    ("decrease_acts", ["4bit"], "decrease_acts"),
+    ("ste_variants", ["clipped", "clipped"], "ste_variants"),
+    ("device", "tpu", "device"),
+    ("train_epochs", 0, "train_epochs"),
+    ("binary_weights", "yes", "binary_weights"),
+])
+def test_invalid_parameters_name_the_key(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        thin_resnet.validate_params({key: value})
+
+
+def test_decrease_acts_must_be_analysed_acts():
+    with pytest.raises(ValueError, match="decrease_acts"):
+        thin_resnet.validate_params({"acts": ["binary"], "decrease_acts": ["ternary"]})
+    assert thin_resnet.validate_params({"acts": ["fp"], "decrease_acts": []})["decrease_acts"] == []
+
+
+def test_notebook_parameters_match_the_library():
+    """The notebook's parameters cell has every library parameter (and results_path), same defaults."""
+    params = papermill.inspect_notebook(str(NOTEBOOK))
+    assert set(params) == set(thin_resnet.PARAM_NAMES) | {"results_path"}
+    for name, default in thin_resnet.DEFAULTS.items():
+        assert eval(params[name]["default"]) == default, name  # literals only
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert nb.metadata.kernelspec.name == "python3"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit without outputs"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+
+
+def test_decrease_layers_and_labels():
+    names = thin_resnet.build_model(thin_resnet.validate_params({"initial_channels": 2}), "binary").binary_conv_names()
+    assert thin_resnet.decrease_layers(names) == [
+        "layer1.0.conv1.conv.weight", "layer3.0.conv1.conv.weight", "layer4.1.conv2.conv.weight"]
+    assert thin_resnet.main_eps([0.03, 0.1, 0.3]) == 0.1 and thin_resnet.main_eps([0.3, 1.0]) == 0.3
+
+
+# ----------------------------------------------------------------------------- results
+
+def test_results_schema_and_json(tiny_results):
+    r, _ = tiny_results
+    json.dumps(r, allow_nan=False)
+    assert r["experiment"] == "thin_resnet" and r["initial_channels"] == 2 and r["seed"] == 3
+    assert {"torch", "numpy", "python"} <= set(r["versions"])
+    assert r["wall_s"] > 0 and r["device"] == "cpu"
+    assert len(r["layers"]) == 16 and r["layer_labels"][0] == "1.0.1" and r["layer_labels"][-1] == "4.1.2"
+    assert r["layer_stage"] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
+    assert r["eps_main"] == 0.1 and r["data"]["batch_size"] == 8 and r["data"]["train_images"] == 64
+    assert list(r["states"]) == ["init", "trained"]
+    for state in ("init", "trained"):
+        assert list(r["states"][state]) == ["binary", "fp"]
+        for act, e in r["states"][state].items():
+            assert set(e["cosine"]) == {"0.1", "0.3"}
+            for ek in ("0.1", "0.3"):
+                for v in ("identity", "clipped"):
+                    cos = e["cosine"][ek][v]
+                    assert len(cos) == 16 and all(c is None or -1 - 1e-9 <= c <= 1 + 1e-9 for c in cos)
+                assert len(e["magnitude"]["cdg"][ek]) == 16
+            assert e["sampled"] == [3] * 16
+            assert ("decrease" in e) == (act == "binary")
+    info = r["states"]["trained"]["binary"]["state_info"]
+    assert info["steps"] == 2 and len(info["curve"]) == 2 and info["cache_hit"] is False
+    dec = r["states"]["init"]["binary"]["decrease"]
+    assert list(dec) == r["decrease_layers"]
+    for curves in dec.values():
+        assert set(curves["cdg"]) == {"0.1", "0.3"} and set(curves["ste"]) == {"identity", "clipped"}
+        assert all(len(c) == 3 for c in curves["ste"].values())
+
+
+def test_same_parameters_same_numbers_and_cache_hit(tiny_results):
+    first, second = tiny_results
+    assert second["states"]["trained"]["binary"]["state_info"]["cache_hit"] is True
+
+    def strip(r):
+        r = json.loads(json.dumps(r))
+        r.pop("wall_s")
+        for by_act in r["states"].values():
+            for e in by_act.values():
+                e.pop("timings")
+                e["state_info"].pop("cache_hit", None)
+                e["state_info"].pop("train_s", None)
+        return r
+
+    assert strip(first) == strip(second)
+
+
+def test_full_precision_cdg_is_the_autograd_gradient(tiny_results):
+    """With fp activations the loss is smooth: CDG (a plain finite difference) ≈ autograd."""
+    r, _ = tiny_results
+    for state in ("init", "trained"):
+        cos = r["states"][state]["fp"]["cosine"]["0.1"]["identity"]
+        assert min(cos) > 0.95, (state, cos)
+
+
+def test_cosines_agree_with_an_independent_computation(tmp_path):
+    """Recompute one entry from the estimators directly (same seed ⇒ same sampled coordinates)."""
+    params = tiny_params(tmp_path, states=["init"], acts=["binary"], eps=[0.2], decrease_acts=[])
+    r = thin_resnet.run(params, log=None)
+    p = thin_resnet.validate_params(params)
+    data = thin_resnet.load_data(p)
+    model, _ = thin_resnet.make_state(p, "binary", "init", data, torch.device("cpu"))
+    names = model.binary_conv_names()
+    g = cdg(model, data["x"], data["y"], loss="cross_entropy", eps=0.2, layers=names, coords_per_layer=3, seed=3)
+    s = ste(model, data["x"], data["y"], loss="cross_entropy", variant="clipped", layers=names)
+    expected = cosine(g, s)
+    got = r["states"]["init"]["binary"]["cosine"]["0.2"]["clipped"]
+    for name, value in zip(names, got):
+        if value is None:
+            assert math.isnan(expected[name])
+        else:
+            assert value == pytest.approx(expected[name], abs=1e-6)
+    # magnitude on the sampled coordinates
+    mask = torch.isfinite(g[names[0]])
+    rms = float(g[names[0]][mask].double().pow(2).mean().sqrt())
+    assert r["states"]["init"]["binary"]["magnitude"]["cdg"]["0.2"][0] == pytest.approx(rms, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- report
+
+def _pngs(cells):
+    return [c for c in cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+
+
+def test_report_cells(tiny_results):
+    r, _ = tiny_results
+    other = json.loads(json.dumps(r))
+    other["initial_channels"] = 4
+    other["states"] = {"init": {"binary": other["states"]["init"]["binary"]}}  # a smaller run
+    cells = thin_resnet.report_cells([other, r])
+    assert cells[0].cell_type == "markdown"
+    assert cells[0].source == "## Thin ResNet-18 CDG gradient experiment - 1 (Thin ResNet-18 CDG grad实验 - 1)"
+    text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+    assert "标准XNOR-ResNet-18深度，但是initial channel分别设置为8/16" in text
+    assert text.index("Initial channels = 2") < text.index("Initial channels = 4")  # sorted by c
+    assert "front" in text and "|" in text  # the summary paragraph and the tables
+    # training curves; c = 2: cosine, magnitude, precisions, loss decrease; c = 4: no precisions
+    assert len(_pngs(cells)) == 1 + 4 + 3
+    for c in cells:  # valid cells for nbformat
+        nbformat.validate(nbformat.v4.new_notebook(cells=[c]))
+
+
+def test_report_cells_with_a_reduced_run(tmp_path):
+    params = tiny_params(tmp_path, states=["init"], acts=["ternary"], eps=[0.1], decrease_acts=[],
+                         ste_variants=["steep"])
+    r = thin_resnet.run(params, log=None)
+    cells = thin_resnet.report_cells([r])
+    assert len(_pngs(cells)) == 2  # cosine and magnitude only
+    assert thin_resnet.report_cells([])[0].source == thin_resnet.HEADING
+
+
+# ----------------------------------------------------------------------------- notebook
+
+def test_notebook_runs_under_papermill(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    results_path = tmp_path / "results.json"
+    params = tiny_params(tmp_path, acts=["binary", "ternary"], eps=[0.1], results_path=str(results_path))
+    out = tmp_path / "executed.ipynb"
+    papermill.execute_notebook(str(NOTEBOOK), str(out), parameters=params, kernel_name="python3",
+                               cwd=str(ROOT), progress_bar=False)
+    results = json.loads(results_path.read_text())
+    assert results["initial_channels"] == 2 and list(results["states"]) == ["init", "trained"]
+    nb = nbformat.read(out, as_version=4)
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) >= 5  # cosine, magnitude, precisions, loss decrease, training
+    assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    assert (tmp_path / "cache").is_dir()  # the trained checkpoints went to cache_dir
