@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "eps": [0.1],
     "coords_per_layer": 16,
     "batch_size": 64,
-    "lrs": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0],
+    "lrs": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0],
     "normalize": "layer",
     "decrease_acts": ["binary"],
     "binary_weights": False,
@@ -798,17 +798,26 @@ def report_cells(results: list[dict[str, Any]]) -> list:
                     cdg_best = max(((k, v) for k, v in best.items() if k.startswith("cdg_eps_")),
                                    key=lambda kv: kv[1][0] if kv[1][0] is not None else -math.inf)
                     row = [r["initial_channels"], state, ACT_TITLES.get(act, act), _layer_label(r, layer),
-                           f"{_fmt3(cdg_best[1][0])} (ε={cdg_best[0][8:]}, lr={_fmt3(cdg_best[1][1])})"]
+                           f"{_fmt3(cdg_best[1][0])} (ε={cdg_best[0][8:]}, lr={_lr(r, cdg_best[1][1])})"]
                     for v in results[0]["ste_variants"]:
-                        row.append(f"{_fmt3(best[v][0])} (lr={_fmt3(best[v][1])})" if v in best else "–")
+                        row.append(f"{_fmt3(best[v][0])} (lr={_lr(r, best[v][1])})" if v in best else "–")
                     dec_rows.append(row)
     if dec_rows:
-        cells.append(nbcells.md("Best single-layer loss decrease over the lr grid (and its lr):"))
+        cells.append(nbcells.md("Best single-layer loss decrease over the lr grid (and its lr; † = at the edge "
+                                "of the grid, so the best may lie outside it):"))
         cells.append(nbcells.table(["c", "state", "activation", "layer", "CDG (best ε)",
                                     *results[0]["ste_variants"]], dec_rows))
     walls = ", ".join(f"c={r['initial_channels']}: {r['wall_s']:.0f} s" for r in results)
     cells.append(nbcells.md(f"Wall time per run: {walls}."))
     return cells
+
+
+def _lr(result: dict[str, Any], lr: Any) -> str:
+    """An lr of the grid, marked † at the grid's edge."""
+    if lr is None:
+        return "–"
+    edge = lr in (min(result["lrs"]), max(result["lrs"]))
+    return f"{lr:.3g}{'†' if edge else ''}"
 
 
 def _fmt3(v: Any) -> str:
