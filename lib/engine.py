@@ -413,31 +413,61 @@ def direction_losses(
     loss: LossSpec,
     locs: Sequence[ParamLocation],
     directions: dict[str, torch.Tensor],
-    scale: float,
+    scales: Sequence[float],
 ) -> torch.Tensor:
-    """Batch losses ``L(w + scale · u_k)`` for ``K`` joint directions, shape ``(K,)``.
+    """Batch losses ``L(w + s · u_k)`` for every scale ``s`` and each of ``K`` joint directions,
+    shape ``(len(scales), K)``.
 
-    ``directions[name]`` has shape ``(K, *param.shape)``. The copies are evaluated in one
-    ``vmap``-ed pass from the first perturbed unit on; earlier units come from ``cache``.
+    ``directions[name]`` has shape ``(K, *param.shape)``. Units before the first perturbed one
+    come from ``cache``. When that first unit is linear (``z = W h + b``), its input ``h`` is
+    shared by all copies, so ``z = W h + b + s · (U h + u_b)`` with the projection ``U h`` of
+    every direction computed once in one matmul and reused for every scale; the remaining units
+    run as one ``vmap``-ed pass over the ``len(scales) · K`` copies.
     """
     units = units_of(model)
     first = min(loc.unit for loc in locs)
-    by_unit: dict[int, list[ParamLocation]] = {}
-    for loc in locs:
-        by_unit.setdefault(loc.unit, []).append(loc)
+    k = next(iter(directions.values())).shape[0]
     model_params = dict(model.named_parameters())
+    h = cache[first]
+    batched = None
+    start = first
+    head = units[first]
+    if isinstance(head, LinearAct):
+        base = torch.nn.functional.linear(h, head.weight, head.bias)          # (N, out)
+        proj = torch.zeros((k, *base.shape), dtype=base.dtype, device=base.device)
+        for loc in locs:
+            if loc.unit != first:
+                continue
+            u = directions[loc.name]
+            proj += torch.matmul(h, u.transpose(1, 2)) if loc.local == "weight" else u.unsqueeze(1)
+        z = torch.cat([base + s * proj for s in scales])                      # (S·K, N, out)
+        batched = z if head.act is None else head.act(z)
+        start = first + 1
+    rest = [loc for loc in locs if loc.unit >= start]
+    pert = {loc.name: torch.cat([s * directions[loc.name] for s in scales]) for loc in rest}
+    by_unit: dict[int, list[ParamLocation]] = {}
+    for loc in rest:
+        by_unit.setdefault(loc.unit, []).append(loc)
 
-    def copy_loss(perturbation: dict[str, torch.Tensor]) -> torch.Tensor:
-        h = cache[first]
-        for u in range(first, len(units)):
+    def copy_loss(perturbation: dict[str, torch.Tensor], h_in: torch.Tensor) -> torch.Tensor:
+        out = h_in
+        for u in range(start, len(units)):
             unit = units[u]
             if u in by_unit:
                 params = dict(unit.named_parameters())
                 for loc in by_unit[u]:
-                    params[loc.local] = model_params[loc.name] + scale * perturbation[loc.name]
-                h = functional_call(unit, (params, dict(unit.named_buffers())), (h,))
+                    params[loc.local] = model_params[loc.name] + perturbation[loc.name]
+                out = functional_call(unit, (params, dict(unit.named_buffers())), (out,))
             else:
-                h = unit(h)
-        return per_sample_loss(h, y, loss).mean()
+                out = unit(out)
+        return per_sample_loss(out, y, loss).mean()
 
-    return vmap(copy_loss)(directions)
+    copies = len(scales) * k
+    if not rest:  # nothing perturbed after the head: one plain pass over all copies' rows
+        out = run_units(units[start:], batched.reshape(copies * h.shape[0], *batched.shape[2:]))
+        losses = per_sample_loss(out.reshape(copies, h.shape[0], *out.shape[1:]), y, loss).mean(dim=1)
+    elif batched is None:
+        losses = vmap(copy_loss, in_dims=(0, None))(pert, h)
+    else:
+        losses = vmap(copy_loss)(pert, batched)
+    return losses.reshape(len(scales), k)

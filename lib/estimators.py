@@ -202,9 +202,10 @@ def nes_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec
 
         for start, flat, dirs in stream():
             k = flat.shape[0]
-            plus[start:start + k] = engine.direction_losses(model, cache, y, loss, sel, dirs, sigma)
+            losses = engine.direction_losses(model, cache, y, loss, sel, dirs, (sigma, -sigma) if antithetic else (sigma,))
+            plus[start:start + k] = losses[0]
             if antithetic:
-                minus[start:start + k] = engine.direction_losses(model, cache, y, loss, sel, dirs, -sigma)
+                minus[start:start + k] = losses[1]
             if not torch.isfinite(plus[start:start + k]).all() or \
                     (antithetic and not torch.isfinite(minus[start:start + k]).all()):
                 raise FloatingPointError("loss of a perturbed model is not finite")
