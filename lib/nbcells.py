@@ -23,7 +23,7 @@ def md(text: str) -> NotebookNode:
 def figure(fig: "plt.Figure", alt: str = "") -> NotebookNode:
     """A code cell (no source) whose output is ``fig`` as an inline PNG; closes ``fig``."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90)  # the figures lay themselves out (tight_layout)
     plt.close(fig)
     data = {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"), "text/plain": alt or "figure"}
     cell = nbformat.v4.new_code_cell("")

@@ -17,6 +17,12 @@ def _sorted_keys(keys) -> list[str]:
     return sorted(keys, key=lambda k: float(k))
 
 
+def _log_x(ax: "plt.Axes") -> None:
+    """Log x-axis without minor tick labels (many hidden labels make layout slow)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def lr_curves(ax: "plt.Axes", lrs: Sequence[float], stats: Mapping[str, Mapping[str, Any]],
               title: str, label_fmt: str = "{}") -> None:
     """lr → loss decrease, one line per entry (mean, shaded ± one standard deviation over
@@ -35,7 +41,7 @@ def lr_curves(ax: "plt.Axes", lrs: Sequence[float], stats: Mapping[str, Mapping[
             ax.plot([s["best_lr"]], [s["best"]], marker="*", color=color, markersize=11,
                     markeredgecolor="black", markeredgewidth=0.5)
     ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss decrease  L(w) − L(w − lr·ĝ)")
     ax.set_title(title)
@@ -129,7 +135,7 @@ def diagnosis_figure(r: Results) -> "plt.Figure | None":
         ss = sorted(cos, key=int)
         a1.plot([int(s) for s in ss], [cos[s] for s in ss], marker="o",
                 color=cmap(i / max(1, len(sigmas) - 1)), label=f"σ = {sg}")
-    a1.set_xscale("log")
+    _log_x(a1)
     a1.set_ylim(-0.1, 1.05)
     a1.set_xlabel("NES samples")
     a1.set_ylabel("cosine(NES, exact smoothed)")
@@ -143,7 +149,7 @@ def diagnosis_figure(r: Results) -> "plt.Figure | None":
             label="exact smoothed (last 2 layers)")
     a2.axhline(d["cdg_last2_best"], color="C3", linestyle="--", label="CDG (last 2 layers)")
     a2.axhline(d["cdg_best"], color="C3", linestyle=":", label="CDG (all layers, best ε)")
-    a2.set_xscale("log")
+    _log_x(a2)
     a2.set_xlabel("σ")
     a2.set_ylabel("best loss decrease")
     a2.set_title("Bias: does the smoothed gradient itself go downhill?")
