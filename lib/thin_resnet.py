@@ -564,7 +564,7 @@ def _layer_axis(ax, result: dict[str, Any]) -> None:
 
 def _grid(rows: int, cols: int, width: float = 3.6, height: float = 2.9, sharey: bool = True):
     plt = _plt()
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 1.0, height * rows + 0.6),
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 1.0, height * rows + 0.6), layout="constrained",
                              squeeze=False, sharey=sharey)
     return fig, axes
 
@@ -591,7 +591,6 @@ def plot_cosine(result: dict[str, Any], eps: float | None = None):
     axes[0][-1].legend(fontsize=7, title="STE variant", title_fontsize=7, loc="lower left")
     fig.suptitle(f"c = {result['initial_channels']}: cosine of CDG (ε = {float(ek):g}, "
                  f"{_sampled_text(result)}) with each STE variant, per layer")
-    fig.tight_layout()
     return fig
 
 
@@ -623,7 +622,6 @@ def plot_magnitude(result: dict[str, Any]):
                 ax.set_ylabel("RMS gradient (sampled coords)")
     axes[0][-1].legend(fontsize=6, loc="best")
     fig.suptitle(f"c = {result['initial_channels']}: gradient magnitude per layer, CDG vs STE")
-    fig.tight_layout()
     return fig
 
 
@@ -649,7 +647,6 @@ def plot_precisions(result: dict[str, Any]):
     axes[0][-1].legend(fontsize=8, title="activation", title_fontsize=8)
     fig.suptitle(f"c = {result['initial_channels']}: binary vs ternary vs 2-bit vs full precision "
                  f"(ε = {result['eps_main']:g})")
-    fig.tight_layout()
     return fig
 
 
@@ -681,7 +678,6 @@ def plot_decrease(result: dict[str, Any]):
     axes[0][-1].legend(fontsize=6, loc="best")
     fig.suptitle(f"c = {result['initial_channels']}: single-layer loss decrease on "
                  f"{result['params']['coords_per_layer']} sampled coordinates of the layer")
-    fig.tight_layout()
     return fig
 
 
@@ -698,14 +694,13 @@ def plot_training(results: Sequence[dict[str, Any]] | dict[str, Any]):
              if r["states"]["trained"][act].get("state_info", {}).get("curve")]
     if not lines:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
     for c, act, curve in lines:
         ax.plot(np.arange(1, len(curve) + 1), curve, lw=1, label=f"c={c}, {ACT_TITLES.get(act, act)}")
     ax.set_xlabel("training step")
     ax.set_ylabel("cross-entropy (train batch)")
     ax.set_title("STE + Adam training of the 'trained' states")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 
