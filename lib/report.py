@@ -197,14 +197,9 @@ def thin_resnet_sections(runs: Sequence[dict[str, Any]]) -> list:
     if not part:
         return []
     ok = [r["results"] for r in part if r["results"] is not None]
-    try:
-        from .thin_resnet import report_cells
-    except ImportError:  # the thin ResNet section is optional for a toy-only report
-        return [md(heading(3, "Thin ResNet-18 CDG gradient experiment - 1", "Thin ResNet-18 CDG grad实验 - 1")),
-                md("_The thin ResNet module is not available in this checkout._")] + _failed_note(part)
-    cells = report_cells(ok) if ok else [md(heading(3, "Thin ResNet-18 CDG gradient experiment - 1",
-                                                    "Thin ResNet-18 CDG grad实验 - 1"))]
-    return cells + _failed_note(part)
+    from .thin_resnet import report_cells
+
+    return report_cells(ok) + _failed_note(part)
 
 
 # ----------------------------------------------------------------------------- manifest

@@ -43,7 +43,8 @@ from .resnet import XnorResNet, xnor_resnet18
 from .train import cached_train, train_ste
 
 EXPERIMENT = "thin_resnet"
-HEADING = "## Thin ResNet-18 CDG gradient experiment - 1 (Thin ResNet-18 CDG grad实验 - 1)"
+# The notes' heading beside its English, one level under "BinaryDuo设置实验后续" as in the notes.
+HEADING = "### Thin ResNet-18 CDG gradient experiment - 1 · Thin ResNet-18 CDG grad实验 - 1"
 SETTING_NOTE = ("Standard XNOR-ResNet-18 depth, initial channels 8 / 16 "
                 "(标准XNOR-ResNet-18深度，但是initial channel分别设置为8/16)")
 STATES = ("init", "trained")
@@ -717,7 +718,7 @@ def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
     source = ("scikit-learn's embedded digits (8×8 greyscale, upsampled to 32×32, 3 channels; "
               "no download)" if p["data_source"] == "digits" else f"CIFAR-10 from `{p['data_source']}`")
     lines = [
-        "### Setting (实验设置)",
+        "#### Setting · 实验设置",
         "",
         f"* {SETTING_NOTE}.",
         f"* Runs here: initial channels {', '.join(map(str, cs))}; activations "
@@ -756,7 +757,7 @@ def report_cells(results: list[dict[str, Any]]) -> list:
         cells.append(nbcells.figure(fig, "training loss of the trained states"))
     for r in results:
         c = r["initial_channels"]
-        cells.append(nbcells.md(f"### Initial channels = {c}"))
+        cells.append(nbcells.md(f"#### Initial channels = {c}"))
         cells.append(nbcells.figure(plot_cosine(r), f"c={c}: cosine of CDG with STE per layer"))
         cells.append(nbcells.figure(plot_magnitude(r), f"c={c}: gradient magnitude per layer"))
         if len(_acts(r, _states(r)[0])) > 1:
@@ -764,7 +765,7 @@ def report_cells(results: list[dict[str, Any]]) -> list:
         fig = plot_decrease(r)
         if fig is not None:
             cells.append(nbcells.figure(fig, f"c={c}: single-layer loss decrease"))
-    cells.append(nbcells.md("### Summary\n\n" + summary_text(results)))
+    cells.append(nbcells.md("#### Summary\n\n" + summary_text(results)))
     cells.append(nbcells.md(f"Cosine of CDG (ε = {results[0]['eps_main']:g}) with each STE variant: mean over "
                             "the front stage (stage 1) / mean over the back stage (stage 4 without the last "
                             "conv) / the last binary conv / all 16 layers at once."))

@@ -180,7 +180,7 @@ def test_report_cells(tiny_results):
     other["states"] = {"init": {"binary": other["states"]["init"]["binary"]}}  # a smaller run
     cells = thin_resnet.report_cells([other, r])
     assert cells[0].cell_type == "markdown"
-    assert cells[0].source == "## Thin ResNet-18 CDG gradient experiment - 1 (Thin ResNet-18 CDG grad实验 - 1)"
+    assert cells[0].source == "### Thin ResNet-18 CDG gradient experiment - 1 · Thin ResNet-18 CDG grad实验 - 1"
     text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
     assert "标准XNOR-ResNet-18深度，但是initial channel分别设置为8/16" in text
     assert text.index("Initial channels = 2") < text.index("Initial channels = 4")  # sorted by c
