@@ -125,24 +125,13 @@ def test_diagnosis_verdicts(exact_best, cos_lo, cos_hi, cause):
 
 
 def test_summary_notebook_reads_results_files(report_dir, tmp_path):
-    import os
-
     import papermill
 
     out = tmp_path / "summary.json"
-    env = {"PYTHONPATH": str(ROOT), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with runner._kernel_environment(1, ROOT):  # the kernel environment the runner gives its runs
         papermill.execute_notebook(str(ROOT / "notebooks" / "summary.ipynb"), str(tmp_path / "summary.ipynb"),
                                    parameters={"results_dir": str(report_dir / "results"), "results_path": str(out)},
                                    kernel_name="python3", cwd=str(ROOT), progress_bar=False)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     summary = read_json(out)
     ok = read_json(report_dir / "results" / "toy__pretrained-false__num_dim-4.json")
     best_cdg = max(v["best"] for v in ok["curves"]["cdg"].values())
