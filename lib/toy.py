@@ -36,6 +36,7 @@ class ToyParams:
 
     num_dim: int = 8
     pretrained: bool = False
+    teacher_act: str = "binary"
     eps_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
     sigma_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
     nes_samples: list[int] = field(default_factory=lambda: [500, 5000, 50000])
@@ -88,7 +89,7 @@ def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torc
     """Train the student with the STE ``pretrain_variant`` and Adam on ``pretrain_steps`` fresh
     batches of ``pretrain_batch_size`` rows ``x ~ N(0, I)`` (targets from the teacher); cached in
     ``cache_dir`` by a hash of everything that determines the result."""
-    key = {"kind": "toy-pretrain", "num_dim": p.num_dim, "init_seed": problem.seed,
+    key = {"kind": "toy-pretrain", "num_dim": p.num_dim, "init_seed": problem.seed, "teacher_act": p.teacher_act,
            "steps": p.pretrain_steps, "batch_size": p.pretrain_batch_size, "lr": p.pretrain_lr,
            "variant": p.pretrain_variant, "torch": torch.__version__.split("+")[0]}
     student = problem.student
@@ -147,7 +148,7 @@ def run_toy(p: ToyParams, progress: bool = True,
     bar = tqdm(total=reps, desc=f"toy d={p.num_dim}{' pretrained' if p.pretrained else ''}", disable=not progress)
     base_losses = []
     for init in range(p.num_init):
-        problem = toy_problem(p.num_dim, p.seed * 1000 + init)
+        problem = toy_problem(p.num_dim, p.seed * 1000 + init, teacher_act=p.teacher_act)
         if p.pretrained:
             student, curve, hit = pretrain_student(problem, p, progress)
             problem.student = student
