@@ -31,7 +31,6 @@ import argparse
 import ast
 import datetime as dt
 import hashlib
-import importlib.metadata
 import itertools
 import json
 import os
@@ -54,6 +53,7 @@ from papermill.exceptions import PapermillExecutionError
 from tqdm import tqdm
 
 from lib.io import atomic_write_json, read_json
+from lib.runtime import versions
 from lib.validate import check_value, format_value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,13 +66,6 @@ KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
 # Quiet the kernel's own log (e.g. its warning about unencrypted TCP); errors in cells still
 # reach the executed notebook and the manifest.
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
-VERSIONED_PACKAGES = {
-    "torch": "torch", "numpy": "numpy", "scipy": "scipy", "matplotlib": "matplotlib",
-    "papermill": "papermill", "nbclient": "nbclient", "nbformat": "nbformat",
-    "ipykernel": "ipykernel", "pyyaml": "PyYAML",
-}
-
-
 class ParamsError(ValueError):
     """Invalid parameters. The message is one line per offending file: ``<file>: <key>: <why>``."""
 
@@ -429,17 +422,6 @@ def git_commit(root: Path = ROOT) -> tuple[str | None, bool | None]:
         return head.stdout.strip() or None, dirty
     except (OSError, subprocess.SubprocessError):
         return None, None
-
-
-def versions() -> dict[str, str | None]:
-    """Python and package versions, from installed metadata (nothing heavy is imported)."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for key, dist in VERSIONED_PACKAGES.items():
-        try:
-            out[key] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[key] = None
-    return out
 
 
 def _short_error(exc: BaseException) -> str:

@@ -23,10 +23,7 @@ activation *precision* (``binary``, ``ternary``, ``2bit``, ``fp``), on one fixed
 """
 from __future__ import annotations
 
-import importlib.metadata
 import math
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,6 +35,7 @@ from .estimators import cdg, ste
 from .evaluate import best_decrease, cosine, loss_decrease
 from .images import image_data, step_batches
 from .io import to_jsonable
+from .runtime import resolve_device, versions
 from .quantizers import PRECISIONS, STE_VARIANTS
 from .resnet import XnorResNet, xnor_resnet18
 from .train import cached_train, train_ste
@@ -79,7 +77,6 @@ DEFAULTS: dict[str, Any] = {
     "budget_mb": 8.0,
 }
 PARAM_NAMES = tuple(DEFAULTS)
-VERSIONED_PACKAGES = ("torch", "numpy", "matplotlib", "scikit-learn")
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -149,27 +146,6 @@ def validate_params(params: dict[str, Any]) -> dict[str, Any]:
     return p
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"``: CUDA when available, else CPU; ``ValueError`` naming ``device`` when unusable."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device: not a torch device: {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available")
-    return dev
-
-
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in VERSIONED_PACKAGES:
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
 
 
 # ----------------------------------------------------------------------------- data and states
@@ -726,7 +702,7 @@ def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
         f"{'XNOR binary' if p['binary_weights'] else 'full-precision'} weights.",
         f"* Data: {source}; gradients on one batch of {p['batch_size']} training images, cross-entropy, "
         "BatchNorm in eval mode (every image independent).",
-        f"* States: " + "; ".join(
+        "* States: " + "; ".join(
             {"init": f"`init` = fresh weights (seed {p['seed']}), BatchNorm statistics averaged over "
                      f"{p['init_bn_batches']} training batches",
              "trained": f"`trained` = {p['train_epochs']} epoch(s) of STE ({p['train_variant']}) + Adam "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -25,6 +24,7 @@ from . import estimators as E
 from . import evaluate as V
 from .data import gaussian_batch, seeded_generator, teacher_targets, toy_problem
 from .io import to_jsonable
+from .runtime import resolve_device, versions
 from .train import cached_train, train_ste
 
 DEFAULT_CACHE = "cache/pretrain"
@@ -78,13 +78,6 @@ class ToyParams:
         return sorted({float(f"{v:.6g}") for v in grid})
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; anything else unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torch.nn.Module, list[float], bool]:
     """Train the student with the STE ``pretrain_variant`` and Adam on ``pretrain_steps`` fresh
     batches of ``pretrain_batch_size`` rows ``x ~ N(0, I)`` (targets from the teacher); cached in
@@ -124,7 +117,7 @@ def run_toy(p: ToyParams, progress: bool = True,
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    device = resolve_device(p.device)
+    device = str(resolve_device(p.device))
     lrs = p.lrs()
     last_two = [f"fc{3}.weight", "readout.weight"]
     raw: dict[str, dict[str, list[np.ndarray]]] = {}
@@ -216,7 +209,7 @@ def run_toy(p: ToyParams, progress: bool = True,
         "pretrain": pretrain_info,
         "curves": curves,
         "cosines": cosines,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "versions": versions(),
         "device": device,
         "wall_s": time.perf_counter() - t0,
     }
