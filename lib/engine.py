@@ -10,11 +10,16 @@ The cost of CDG and NES is loss evaluations of perturbed copies of one model (DE
   activation the unit's output changes only on the samples whose ``q(z_j)`` changes (the
   *flips*), and the per-sample loss of every other sample is unchanged, so
   ``ΔL = (1/N) Σ_{n flipped} (ℓ'_n − ℓ_n)`` and only flipped rows go through the rest of the
-  network: the work is proportional to the flips. A binary conv unit's weight
+  network: the work is proportional to the flips. With *binary* activations every flip of unit
+  ``j`` of sample ``n`` leads to the same state (unit ``j`` negated), so the loss change of that
+  state is tabulated once per unit (``N × d`` rows) and each coordinate's ``ΔL`` is a masked sum
+  over the batch (:func:`_unit_flip_loss_changes`, :func:`_binary_linear_changes`). A binary conv
+  unit's weight
   ``W[j, c, kh, kw]`` moves output channel ``j`` by ``δ`` times input channel ``c`` shifted by
   ``(kh, kw)``; any other parameter falls back to ``torch.func.vmap`` over perturbed copies.
-* **NES** (:func:`direction_losses`): ``K`` jointly perturbed copies per chunk, one batched
-  pass through ``torch.func.functional_call`` under ``vmap``, from the first perturbed unit on.
+* **NES** (:func:`direction_losses`): ``K`` jointly perturbed copies per chunk, both antithetic
+  signs, one batched pass through ``torch.func.functional_call`` under ``vmap`` from the first
+  perturbed unit on (whose projection ``U·h`` of the shared input is computed once for both signs).
 
 Chunks are sized to a memory budget (``budget_mb``); results do not depend on it except in
 floating-point summation order.
