@@ -160,19 +160,27 @@ def diagnosis_figure(r: Results) -> "plt.Figure | None":
     return fig
 
 
+EDGE_MARK = " †"  # the best hyper-parameter is the smallest or largest of its grid
+
+
 def best_by_dim(runs: Sequence[Results]) -> dict[str, dict[int, tuple[float, str]]]:
     """``{estimator: {num_dim: (best loss decrease, best hyper-parameter)}}`` over the given runs:
-    CDG best over ε, NES per sample count best over σ, each STE variant."""
+    CDG best over ε, NES per sample count best over σ, each STE variant. A best ε or σ at the edge
+    of its grid is marked with :data:`EDGE_MARK` (the grid should be widened)."""
+    def at(symbol: str, key: str, grid) -> str:
+        edge = len(grid) > 1 and float(key) in (min(map(float, grid)), max(map(float, grid)))
+        return f"{symbol}={key}{EDGE_MARK if edge else ''}"
+
     table: dict[str, dict[int, tuple[float, str]]] = {}
     for r in runs:
         d = r["num_dim"]
         c = r["curves"]
         eps = max(c["cdg"], key=lambda k: c["cdg"][k]["best"])
-        table.setdefault("CDG", {})[d] = (c["cdg"][eps]["best"], f"ε={eps}")
+        table.setdefault("CDG", {})[d] = (c["cdg"][eps]["best"], at("ε", eps, c["cdg"]))
         for s in nes_samples(r):
             by = c[f"nes:{s}"]
             sg = max(by, key=lambda k: by[k]["best"])
-            table.setdefault(f"NES {s}", {})[d] = (by[sg]["best"], f"σ={sg}")
+            table.setdefault(f"NES {s}", {})[d] = (by[sg]["best"], at("σ", sg, by))
         for v, st in c["ste"].items():
             table.setdefault(f"STE {v}", {})[d] = (st["best"], f"lr={st['best_lr']:.3g}")
     return table
