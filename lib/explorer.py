@@ -93,24 +93,30 @@ def _pos(name: str, value: Any) -> None:
         raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
 
 
-def check_explore_args(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float, lr_max: float,
-                       num_lr: int, pretrained: bool, variant: str, batch_size: int, seed: int,
-                       pretrain_steps: int, pretrain_batch_size: int, pretrain_lr: float,
-                       pretrain_variant: str, cache_dir: str | os.PathLike) -> None:
-    """``ValueError`` naming the first invalid argument of :func:`explore`; nothing computed."""
+def _check_controls(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float, lr_max: float,
+                    variant: str) -> None:
+    """The checks shared by :func:`explore` and the widgets' starting values."""
     _int("num_dim", num_dim)
     _pos("eps", eps)
     _pos("sigma", sigma)
     _int("samples", samples)
     _pos("lr_min", lr_min)
     _pos("lr_max", lr_max)
+    if variant not in STE_VARIANTS:
+        raise ValueError(f"variant: unknown STE variant {variant!r}; expected one of {STE_VARIANTS}")
+
+
+def check_explore_args(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float, lr_max: float,
+                       num_lr: int, pretrained: bool, variant: str, batch_size: int, seed: int,
+                       pretrain_steps: int, pretrain_batch_size: int, pretrain_lr: float,
+                       pretrain_variant: str, cache_dir: str | os.PathLike) -> None:
+    """``ValueError`` naming the first invalid argument of :func:`explore`; nothing computed."""
+    _check_controls(num_dim, eps, sigma, samples, lr_min, lr_max, variant)
     if lr_max <= lr_min:
         raise ValueError(f"lr_max: expected lr_max > lr_min = {lr_min!r}, got {lr_max!r}")
     _int("num_lr", num_lr, 2)
     if not isinstance(pretrained, (bool, np.bool_)):
         raise ValueError(f"pretrained: expected a bool, got {pretrained!r}")
-    if variant not in STE_VARIANTS:
-        raise ValueError(f"variant: unknown STE variant {variant!r}; expected one of {STE_VARIANTS}")
     _int("batch_size", batch_size)
     _int("seed", seed, 0)
     _int("pretrain_steps", pretrain_steps)
@@ -318,14 +324,7 @@ def make_widgets(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, sample
     log10 lr_max)``), all with ``continuous_update=False`` where the widget has it."""
     import ipywidgets as W
 
-    _int("num_dim", num_dim)
-    _pos("eps", eps)
-    _pos("sigma", sigma)
-    _int("samples", samples)
-    _pos("lr_min", lr_min)
-    _pos("lr_max", lr_max)
-    if variant not in STE_VARIANTS:
-        raise ValueError(f"variant: unknown STE variant {variant!r}; expected one of {STE_VARIANTS}")
+    _check_controls(num_dim, eps, sigma, samples, lr_min, lr_max, variant)
     style = {"description_width": "90px"}
     layout = W.Layout(width="340px")
     common = dict(continuous_update=False, style=style, layout=layout)
