@@ -187,15 +187,18 @@ def best_by_dim(runs: Sequence[Results]) -> dict[str, dict[int, tuple[float, str
 
 
 def best_vs_dim_figure(runs: Sequence[Results], title: str = "") -> "plt.Figure":
-    """Best loss decrease → num_dim, one line per estimator, annotated with the best ε / σ."""
+    """Best loss decrease → num_dim, one line per estimator; CDG and the NES with the most samples
+    are annotated with their best ε / σ (the table beside it has all of them)."""
     table = best_by_dim(runs)
+    nes_names = [name for name in table if name.startswith("NES")]
+    annotated = {"CDG", *nes_names[-1:]}  # the hyper-parameters of CDG and of the largest NES
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for i, (name, by_dim) in enumerate(table.items()):
         dims = sorted(by_dim)
         vals = [by_dim[d][0] for d in dims]
         style = "-" if not name.startswith("STE") else ":"
         ax.plot(dims, vals, style, marker="o", label=name, color=f"C{i % 10}")
-        if not name.startswith("STE"):
+        if name in annotated:
             for d, v in zip(dims, vals):
                 ax.annotate(by_dim[d][1], (d, v), textcoords="offset points", xytext=(4, 4), fontsize=7,
                             color=f"C{i % 10}")
