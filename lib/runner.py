@@ -564,12 +564,15 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
                     for future in as_completed(futures):
                         future.result()
                 except KeyboardInterrupt:
-                    # Queued runs are dropped; the running ones finish and are recorded (their
-                    # kernels cannot be stopped safely from here), then the interrupt goes on.
+                    # Finished runs are already in the manifest. The running notebooks cannot be
+                    # interrupted from this thread, so the process exits at once: each kernel
+                    # notices that its parent (JPY_PARENT_PID) is gone and exits; a rerun resumes.
                     running = sum(f.running() for f in futures)
-                    tqdm.write(f"interrupted: waiting for {running} running notebook(s) to finish")
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+                    bar.close()
+                    sys.stderr.write(f"\ninterrupted: {running} running notebook(s) stopped; "
+                                     "rerun the same command to resume\n")
+                    sys.stderr.flush()
+                    os._exit(130)
                 finally:
                     pool.shutdown(wait=True, cancel_futures=True)
     finally:
