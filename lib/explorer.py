@@ -39,12 +39,11 @@ from . import estimators as E
 from . import evaluate as V
 from .data import toy_problem
 from .quantizers import STE_VARIANTS
-from .toy import ToyParams, pretrain_student
+from .toy import LAST_TWO, ToyParams, pretrain_student
 
 NUM_DIMS = (8, 16, 32, 64)
 SAMPLES = (100, 500, 2000, 5000)
 ESTIMATORS = ("cdg", "nes", "ste", "exact", "nes_last2")
-LAST_TWO = ("fc3.weight", "readout.weight")
 DEFAULT_CACHE = "cache/pretrain"
 
 

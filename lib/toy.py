@@ -28,6 +28,8 @@ from .runtime import resolve_device, versions
 from .train import cached_train, train_ste
 
 DEFAULT_CACHE = "cache/pretrain"
+# The layers of the exact smoothed gradient (DESIGN §2): the last hidden layer and the readout.
+LAST_TWO = ("fc3.weight", "readout.weight")
 
 
 @dataclass
@@ -119,7 +121,6 @@ def run_toy(p: ToyParams, progress: bool = True,
     t0 = time.perf_counter()
     device = str(resolve_device(p.device))
     lrs = p.lrs()
-    last_two = [f"fc{3}.weight", "readout.weight"]
     raw: dict[str, dict[str, list[np.ndarray]]] = {}
     cos: dict[str, dict[str, list[float]]] = {}
     pretrain_info = []
@@ -181,11 +182,11 @@ def run_toy(p: ToyParams, progress: bool = True,
                     exact = E.smoothed_exact(model, x, y, sigma)
                     add("exact_smoothed", f"{sigma:g}", curve_of(exact))
                     add_cos("exact_vs_cdg", f"{sigma:g}", V.cosine(exact, cdg_ref)["all"])
-                    two = E.nes_multi(model, x, y, sigma=sigma, samples=p.nes_samples, layers=last_two, seed=seed)
+                    two = E.nes_multi(model, x, y, sigma=sigma, samples=p.nes_samples, layers=list(LAST_TWO), seed=seed)
                     for s, g in two.items():
                         add(f"nes_last2:{s}", f"{sigma:g}", curve_of(g))
                         add_cos(f"nes_last2_vs_exact:{s}", f"{sigma:g}", V.cosine(g, exact)["all"])
-            cdg_last2 = {n: cdg_ref[n] for n in last_two}
+            cdg_last2 = {n: cdg_ref[n] for n in LAST_TWO}
             add("cdg_last2", f"{p.reference_eps:g}", curve_of(cdg_last2))
             bar.update(1)
             if on_step:
