@@ -220,12 +220,19 @@ def manifest_section(manifest: dict[str, Any], runs: Sequence[dict[str, Any]]) -
         e = r["entry"]
         wall = e.get("wall_s")
         seed = (e.get("parameters") or {}).get("seed", "")
+        run_commit = (e.get("git_commit") or "")[:9] + ("+" if e.get("git_dirty") else "")
         rows.append([r["id"], e.get("status", "?"), f"{wall:.1f} s" if isinstance(wall, (int, float)) else "–",
-                     seed, (e.get("params_hash") or "")[:12], e.get("error") or ""])
+                     seed, run_commit or "–", (e.get("params_hash") or "")[:12], e.get("error") or ""])
     n_failed = sum(1 for r in runs if r["entry"].get("status") != "ok")
     total = sum(r["entry"].get("wall_s") or 0 for r in runs)
-    cells.append(md(f"{len(runs)} runs, {n_failed} failed; total run time {total:.0f} s."))
-    cells.append(table(["run", "status", "wall time", "seed", "params hash", "error"], rows))
+    summary = f"{len(runs)} runs, {n_failed} failed; total run time {total:.0f} s."
+    invocations = [i for i in manifest.get("invocations") or [] if isinstance(i, dict) and i.get("ran")]
+    if invocations:
+        elapsed = sum(i.get("wall_s") or 0 for i in invocations)
+        summary += (f" Computed by {len(invocations)} invocation(s) of the runner, "
+                    f"{elapsed:.0f} s of wall time in all (report build excluded).")
+    cells.append(md(summary))
+    cells.append(table(["run", "status", "wall time", "seed", "commit", "params hash", "error"], rows))
     params_rows = []
     for r in runs:
         for k, v in sorted((r["entry"].get("parameters") or {}).items()):

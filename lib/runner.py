@@ -424,6 +424,18 @@ def git_commit(root: Path = ROOT) -> tuple[str | None, bool | None]:
         return None, None
 
 
+def code_sha256(root: Path = ROOT) -> str:
+    """sha256 over ``lib/**/*.py`` (relative path and bytes, in path order): the library version a
+    run was computed with. Not part of :func:`params_hash`, so editing ``lib/`` does not silently
+    throw away hours of finished runs; the runner says which cached runs differ (``--force``
+    recomputes them)."""
+    h = hashlib.sha256()
+    for path in sorted((root / "lib").rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _short_error(exc: BaseException) -> str:
     if isinstance(exc, PapermillExecutionError):
         text = f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
@@ -455,8 +467,12 @@ def _kernel_environment(jobs: int, root: Path) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def execute_run(run: Run, report_dir: Path, root: Path = ROOT) -> dict[str, Any]:
-    """Execute one run with papermill; return its manifest entry (never raises for notebook errors)."""
+def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
+                code: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Execute one run with papermill; return its manifest entry (never raises for notebook errors).
+
+    ``code`` (``git_commit``, ``git_dirty``, ``code_sha256``) is copied into the entry: a grid
+    resumed over several days can mix library versions, and the entry says which one made it."""
     executed = report_dir / "runs" / f"{run.run_id}.ipynb"
     results = report_dir / "results" / f"{run.run_id}.json"
     results.unlink(missing_ok=True)  # a stale file must not pass for this run's output
@@ -485,6 +501,7 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT) -> dict[str, Any]
         "executed_notebook": f"runs/{executed.name}",
         "results": f"results/{results.name}",
         "finished": _now(),
+        **(code or {}),
     }
 
 
@@ -522,27 +539,47 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
     manifest_path = report_dir / "manifest.json"
     manifest = load_manifest(report_dir)
     commit, dirty = git_commit(root)
+    code = {"git_commit": commit, "git_dirty": dirty, "code_sha256": code_sha256(root)}
     manifest.update({"profile": profile, "date": date, "started": _now(), "git_commit": commit,
                      "git_dirty": dirty, "versions": versions(), "platform": platform.platform()})
-    atomic_write_json(manifest_path, manifest)
 
     outcome: dict[str, list[str]] = {"ok": [], "cached": [], "failed": []}
     todo = [run for run in runs if force or not is_cached(run, manifest, report_dir)]
     todo_ids = {run.run_id for run in todo}
     outcome["cached"] = [run.run_id for run in runs if run.run_id not in todo_ids]
+    # One record per invocation, rewritten with the manifest after every run: the wall time of a
+    # grid finished over several (interrupted, resumed) invocations is the sum of their wall_s.
+    t0 = time.perf_counter()
+    invocation = {"started": manifest["started"], "finished": None, "wall_s": 0.0, "jobs": jobs,
+                  "git_commit": commit, "ran": [], "cached": len(outcome["cached"])}
+    manifest.setdefault("invocations", []).append(invocation)
+    atomic_write_json(manifest_path, manifest)
     lock = threading.Lock()
     bar = tqdm(total=len(runs), unit="run", dynamic_ncols=True)
     bar.update(len(outcome["cached"]))
     if outcome["cached"]:
         tqdm.write(f"cached {len(outcome['cached'])} run(s) in {manifest_path}")
+        other = [rid for rid in outcome["cached"]
+                 if manifest["runs"][rid].get("code_sha256") != code["code_sha256"]]
+        if other:
+            tqdm.write(f"note: {len(other)} cached run(s) were computed with another version of lib/ "
+                       f"(see git_commit in the manifest); --force recomputes them")
+
+    def record(entry: dict[str, Any] | None = None, run_id: str | None = None) -> None:
+        """Under ``lock``: store ``entry``, bring this invocation's record up to date, write."""
+        if entry is not None:
+            manifest["runs"][run_id] = entry
+            invocation["ran"].append(run_id)
+        invocation["wall_s"] = round(time.perf_counter() - t0, 3)
+        invocation["finished"] = _now()
+        atomic_write_json(manifest_path, manifest)
 
     def one(run: Run) -> dict[str, Any]:
         with lock:
             bar.set_description(run.run_id)
-        entry = execute_run(run, report_dir, root)
+        entry = execute_run(run, report_dir, root, code)
         with lock:
-            manifest["runs"][run.run_id] = entry
-            atomic_write_json(manifest_path, manifest)
+            record(entry, run.run_id)
             if entry["status"] == "ok":
                 outcome["ok"].append(run.run_id)
                 tqdm.write(f"ok {entry['wall_s']:.1f}s {run.run_id}")
@@ -577,7 +614,30 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
                     pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
+    with lock:
+        record()
     return outcome
+
+
+def unfinished_elsewhere(reports_dir: Path, date: str, profile: str, run_ids: Sequence[str]) -> str | None:
+    """The latest other date folder holding some, not all, of ``run_ids`` finished with ``profile``:
+    a grid started on an earlier day, which ``--date`` resumes. ``None`` when ``date`` already has
+    a manifest or no such folder exists."""
+    if (reports_dir / date / "manifest.json").is_file() or not reports_dir.is_dir():
+        return None
+    wanted = set(run_ids)
+    for folder in sorted((d for d in reports_dir.iterdir() if d.is_dir() and d.name != date), reverse=True):
+        try:
+            manifest = read_json(folder / "manifest.json")
+        except (OSError, ValueError):
+            continue
+        if not isinstance(manifest, dict) or manifest.get("profile") != profile:
+            continue
+        done = {rid for rid, e in (manifest.get("runs") or {}).items()
+                if isinstance(e, dict) and e.get("status") == "ok"} & wanted
+        if done and done != wanted:
+            return folder.name
+    return None
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -614,7 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"parallel notebook executions, each with cores/jobs threads (default: {DEFAULT_JOBS}, "
                              "one per core: small tensors run best single-threaded)")
     parser.add_argument("--date", type=_date, default=dt.date.today().isoformat(),
-                        help="report folder date YYYY-MM-DD (default: today); resume is per date")
+                        help="report folder date YYYY-MM-DD (default: today); resume is per date, so a grid "
+                             "started on an earlier day resumes with that day's date")
     parser.add_argument("--reports-dir", default="reports", help="default: reports")
     parser.add_argument("--params-dir", default="params", help="default: params")
     parser.add_argument("--no-report", action="store_true", help="skip building reports/<date>/index.html")
@@ -640,6 +701,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     report_dir = Path(args.reports_dir) / args.date
+    earlier = unfinished_elsewhere(Path(args.reports_dir), args.date, args.profile, [r.run_id for r in runs])
+    if earlier:
+        print(f"note: {Path(args.reports_dir) / earlier} holds an unfinished grid of profile {args.profile}; "
+              f"add --date {earlier} to resume it instead of starting {report_dir}", file=sys.stderr)
     try:
         outcome = run_grid(runs, report_dir, profile=args.profile, date=args.date, jobs=args.jobs, force=args.force)
     except KeyboardInterrupt:

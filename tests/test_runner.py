@@ -263,6 +263,13 @@ def test_grid_runs_and_manifest(base_grid):
         assert res["omp_num_threads"] == str(max(1, os.cpu_count() // 2))
         assert res["cwd"] == str(ROOT)
     assert results(base_grid, TOY_IDS[3])["num_dim"] == 16 and results(base_grid, TOY_IDS[3])["pretrained"] is True
+    # every entry names the library version that computed it; the invocation is on record
+    assert {e["code_sha256"] for e in m["runs"].values()} == {runner.code_sha256(ROOT)}
+    assert all("git_commit" in e for e in m["runs"].values())
+    [inv] = m["invocations"]
+    assert sorted(inv["ran"]) == sorted(TOY_IDS) and inv["cached"] == 0 and inv["jobs"] == 2
+    assert inv["finished"] is not None
+    assert inv["wall_s"] >= max(e["wall_s"] for e in m["runs"].values())
     # the executed notebook carries the injected parameters, results_path included
     nb = nbformat.read(report_dir(base_grid) / "runs" / f"{TOY_IDS[0]}.ipynb", as_version=4)
     injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
@@ -275,10 +282,57 @@ def test_rerun_is_all_cached(base_grid, tmp_path, capsys):
     assert run_main(tmp) == 0
     assert "0 ok, 4 cached, 0 failed" in capsys.readouterr().out
     assert {rid: results(tmp, rid)["token"] for rid in TOY_IDS} == before
+    first, second = manifest(tmp)["invocations"]
+    assert sorted(first["ran"]) == sorted(TOY_IDS) and (second["ran"], second["cached"]) == ([], 4)
     # resume is per date folder: another date's manifest does not count
     run = runner.expand_grid(runner.load_params_file(tmp / "params/toy.yaml", "quick"))[0]
     assert runner.is_cached(run, manifest(tmp), report_dir(tmp))
     assert not runner.is_cached(run, manifest(tmp), tmp / "reports" / "2024-01-03")
+
+
+def test_cached_runs_of_other_library_version_named_not_recomputed(base_grid, tmp_path, capsys):
+    tmp = copy_of(base_grid, tmp_path)
+    m = manifest(tmp)
+    m["runs"][TOY_IDS[1]]["code_sha256"] = "0" * 64     # as if lib/ changed since that run
+    (report_dir(tmp) / "manifest.json").write_text(json.dumps(m))
+    before = results(tmp, TOY_IDS[1])["token"]
+    assert run_main(tmp) == 0
+    out = capsys.readouterr().out
+    assert "0 ok, 4 cached, 0 failed" in out
+    assert "note: 1 cached run(s) were computed with another version of lib/" in out
+    assert results(tmp, TOY_IDS[1])["token"] == before
+
+
+def test_code_sha256_follows_library_sources(tmp_path):
+    write(tmp_path / "lib/a.py", "x = 1\n")
+    write(tmp_path / "lib/sub/b.py", "y = 2\n")
+    write(tmp_path / "notes.txt", "not code")
+    first = runner.code_sha256(tmp_path)
+    write(tmp_path / "notes.txt", "still not code")
+    assert runner.code_sha256(tmp_path) == first
+    write(tmp_path / "lib/sub/b.py", "y = 3\n")
+    assert runner.code_sha256(tmp_path) != first
+    (tmp_path / "lib/sub/b.py").rename(tmp_path / "lib/sub/c.py")  # same bytes, other module
+    write(tmp_path / "lib/sub/c.py", "y = 2\n")
+    assert runner.code_sha256(tmp_path) != first
+
+
+def test_unfinished_grid_of_an_earlier_day_is_pointed_out(tmp_path):
+    reports = tmp_path / "reports"
+    ids = ["a", "b", "c"]
+
+    def day(date: str, profile: str, done: list[str]) -> None:
+        write(reports / date / "manifest.json", json.dumps(
+            {"profile": profile, "runs": {rid: {"status": "ok"} for rid in done}}))
+
+    day("2024-01-01", "full", ["a", "b"])
+    day("2024-01-02", "full", ["a", "b", "c"])   # finished: nothing to resume there
+    day("2024-01-03", "quick", ["a"])            # another profile
+    assert runner.unfinished_elsewhere(reports, "2024-01-05", "full", ids) == "2024-01-01"
+    assert runner.unfinished_elsewhere(reports, "2024-01-05", "quick", ids) == "2024-01-03"
+    assert runner.unfinished_elsewhere(reports, "2024-01-01", "full", ids) is None  # resuming already
+    assert runner.unfinished_elsewhere(reports, "2024-01-05", "full", ["d"]) is None
+    assert runner.unfinished_elsewhere(tmp_path / "none", "2024-01-05", "full", ids) is None
 
 
 def test_resume_runs_only_unfinished(base_grid, tmp_path, capsys):
