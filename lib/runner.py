@@ -53,6 +53,7 @@ from papermill.exceptions import PapermillExecutionError
 from tqdm import tqdm
 
 from lib.io import atomic_write_json, read_json
+from lib.progress import describe, progress_path, read_progress
 from lib.runtime import versions
 from lib.validate import check_value, format_value
 
@@ -66,6 +67,8 @@ KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
 # Quiet the kernel's own log (e.g. its warning about unencrypted TCP); errors in cells still
 # reach the executed notebook and the manifest.
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+# Seconds between two looks at the progress files of the running notebooks (lib/progress.py).
+PROGRESS_POLL_S = 5.0
 class ParamsError(ValueError):
     """Invalid parameters. The message is one line per offending file: ``<file>: <key>: <why>``."""
 
@@ -476,6 +479,7 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
     executed = report_dir / "runs" / f"{run.run_id}.ipynb"
     results = report_dir / "results" / f"{run.run_id}.json"
     results.unlink(missing_ok=True)  # a stale file must not pass for this run's output
+    progress_path(results).unlink(missing_ok=True)
     status, error = "ok", None
     start = time.perf_counter()
     try:
@@ -489,6 +493,7 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
             status, error = "failed", f"the notebook finished without writing results/{results.name}"
     except Exception as exc:  # KeyboardInterrupt passes through: the run stays unrecorded
         status, error = "failed", _short_error(exc)
+    progress_path(results).unlink(missing_ok=True)
     return {
         "name": run.name,
         "notebook": run.notebook,
@@ -574,11 +579,22 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
         invocation["finished"] = _now()
         atomic_write_json(manifest_path, manifest)
 
+    running: dict[str, Path] = {}  # run id -> its results file, whose progress file is polled
+    stop = threading.Event()
+
+    def show_progress() -> None:
+        while not stop.wait(PROGRESS_POLL_S):
+            with lock:
+                states = {rid: read_progress(path) for rid, path in running.items()}
+                bar.set_postfix_str("; ".join(f"{rid} {describe(p)}" for rid, p in states.items()))
+
     def one(run: Run) -> dict[str, Any]:
         with lock:
-            bar.set_description(run.run_id)
+            running[run.run_id] = report_dir / "results" / f"{run.run_id}.json"
+            bar.set_description(f"{len(running)} running")
         entry = execute_run(run, report_dir, root, code)
         with lock:
+            running.pop(run.run_id, None)
             record(entry, run.run_id)
             if entry["status"] == "ok":
                 outcome["ok"].append(run.run_id)
@@ -589,6 +605,8 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
             bar.update(1)
         return entry
 
+    poller = threading.Thread(target=show_progress, name="progress", daemon=True)
+    poller.start()
     try:
         with _kernel_environment(jobs, root):
             if jobs <= 1:
@@ -613,6 +631,7 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
                 finally:
                     pool.shutdown(wait=True, cancel_futures=True)
     finally:
+        stop.set()
         bar.close()
     with lock:
         record()

@@ -324,8 +324,11 @@ def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: 
     return out
 
 
-def run(params: dict[str, Any], log: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Run the experiment for one ``initial_channels``; returns the results dict (JSON-able):
+def run(params: dict[str, Any], log: Callable[[str], None] | None = print,
+        on_step: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Run the experiment for one ``initial_channels``; returns the results dict (JSON-able).
+    ``on_step(done, total, what)`` (e.g. a :class:`lib.progress.Reporter`) is called after each
+    of the ``len(states) · len(acts)`` (state, precision) analyses. The results:
 
     ``experiment``, ``params`` (validated, all keys), ``seed``, ``versions``, ``device``,
     ``wall_s``, ``initial_channels``, ``layers`` (the 16 binary conv weight names, front to back),
@@ -394,6 +397,9 @@ def run(params: dict[str, Any], log: Callable[[str], None] | None = print) -> di
             log(f"c={p['initial_channels']} {state}/{act}: loss {base:.3f}, "
                 f"{entry['timings']['total_s']:.1f}s")
             results["states"][state][act] = entry
+            if on_step:
+                done = sum(len(v) for v in results["states"].values())
+                on_step(done, len(p["states"]) * len(p["acts"]), f"{state}/{act}")
     results["wall_s"] = time.perf_counter() - start
     return to_jsonable(results)
 

@@ -114,8 +114,12 @@ def _mean(values: list[float]) -> float:
 
 
 def run_toy(p: ToyParams, progress: bool = True,
-            on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run one toy grid point; returns the JSON-able results (see the module docstring)."""
+            on_step: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Run one toy grid point; returns the JSON-able results (see the module docstring).
+
+    ``on_step(done, total, what)`` (e.g. a :class:`lib.progress.Reporter`) is called after each
+    of the ``num_init · num_batch · (1 + len(sigma_grid))`` steps: per initialisation × batch,
+    the CDG and STE estimates, then each σ of NES."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -139,6 +143,14 @@ def run_toy(p: ToyParams, progress: bool = True,
         cos.setdefault(kind, {}).setdefault(key, []).append(value)
 
     reps = p.num_init * p.num_batch
+    steps, done = reps * (1 + len(p.sigma_grid)), 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if on_step:
+            on_step(done, steps, what)
+
     bar = tqdm(total=reps, desc=f"toy d={p.num_dim}{' pretrained' if p.pretrained else ''}", disable=not progress)
     base_losses = []
     for init in range(p.num_init):
@@ -173,6 +185,7 @@ def run_toy(p: ToyParams, progress: bool = True,
                 add("ste", variant, curve_of(g))
                 for name, value in V.cosine(g, cdg_ref).items():
                     add_cos(f"ste_vs_cdg:{variant}", name, value)
+            step(f"init {init} batch {b}: CDG and STE")
             for sigma in p.sigma_grid:
                 ests = timed("nes", E.nes_multi, model, x, y, sigma=sigma, samples=p.nes_samples, seed=seed)
                 for s, g in ests.items():
@@ -186,11 +199,10 @@ def run_toy(p: ToyParams, progress: bool = True,
                     for s, g in two.items():
                         add(f"nes_last2:{s}", f"{sigma:g}", curve_of(g))
                         add_cos(f"nes_last2_vs_exact:{s}", f"{sigma:g}", V.cosine(g, exact)["all"])
+                step(f"init {init} batch {b}: NES σ={sigma:g}")
             cdg_last2 = {n: cdg_ref[n] for n in LAST_TWO}
             add("cdg_last2", f"{p.reference_eps:g}", curve_of(cdg_last2))
             bar.update(1)
-            if on_step:
-                on_step(f"init {init} batch {b}")
     bar.close()
 
     curves = {kind: {key: _curve_stats(lrs, vals) for key, vals in by_key.items()} for kind, by_key in raw.items()}

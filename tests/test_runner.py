@@ -412,6 +412,22 @@ def test_failing_runs_recorded_and_grid_goes_on(tmp_path, capsys):
     assert results(tmp_path, "modes__mode-ok")["token"] == ok_token
 
 
+def test_progress_of_running_notebooks_is_shown(tmp_path, capsys, monkeypatch):
+    write(tmp_path / "params/slow.yaml", f"""\
+        notebook: {NOTEBOOK}
+        grid: []
+        profiles:
+          quick: {{mode: progress}}
+        """)
+    monkeypatch.setattr(runner, "PROGRESS_POLL_S", 0.1)
+    assert run_main(tmp_path) == 0
+    captured = capsys.readouterr()
+    assert "1 ok, 0 cached, 0 failed" in captured.out
+    assert "slow 1/2, ~" in captured.err                      # the bar's postfix while it ran
+    assert not list((report_dir(tmp_path) / "results").glob("*.progress"))  # cleaned up
+    assert results(tmp_path, "slow")["mode"] == "progress"
+
+
 def test_report_failure_gives_exit_1(base_grid, tmp_path, capsys, monkeypatch):
     tmp = copy_of(base_grid, tmp_path)
     calls = []

@@ -27,13 +27,16 @@ def tiny_params(tmp: Path, **over):
     return params
 
 
+STEPS: list[tuple] = []  # the on_step calls of the first tiny run
+
+
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("thin")
     saved = torch.get_num_threads()  # module-scoped: set up before the autouse one-thread fixture
     torch.set_num_threads(1)
     try:
-        first = thin_resnet.run(tiny_params(tmp), log=None)
+        first = thin_resnet.run(tiny_params(tmp), log=None, on_step=lambda *a: STEPS.append(a))
         second = thin_resnet.run(tiny_params(tmp), log=None)
     finally:
         torch.set_num_threads(saved)
@@ -116,6 +119,10 @@ def test_results_schema_and_json(tiny_results):
     for curves in dec.values():
         assert set(curves["cdg"]) == {"0.1", "0.3"} and set(curves["ste"]) == {"identity", "clipped"}
         assert all(len(c) == 3 for c in curves["ste"].values())
+
+
+def test_progress_steps_count_state_precision_pairs(tiny_results):
+    assert STEPS == [(1, 4, "init/binary"), (2, 4, "init/fp"), (3, 4, "trained/binary"), (4, 4, "trained/fp")]
 
 
 def test_same_parameters_same_numbers_and_cache_hit(tiny_results):

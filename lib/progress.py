@@ -1,0 +1,65 @@
+"""Progress of a notebook run, shown by the grid runner while the kernel works.
+
+A full-profile run takes hours inside one notebook cell, where the runner sees nothing. So the
+notebook hands ``Reporter(results_path)`` to the experiment, which calls it as
+``report(done, total, what)`` after each unit of work; the reporter writes
+``<results_path>.progress`` (JSON ``{"done", "total", "what", "elapsed_s"}``, atomically) and the
+runner polls it. The remaining time is extrapolated linearly:
+``left = elapsed · (total − done) / done``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from lib.io import atomic_write_json, read_json
+
+SUFFIX = ".progress"
+
+
+def progress_path(results_path: str | os.PathLike) -> Path:
+    """``results/<run>.json`` → ``results/<run>.json.progress`` (not a ``*.json`` result file)."""
+    return Path(str(results_path) + SUFFIX)
+
+
+class Reporter:
+    """``report(done, total, what)``: write the progress of the run whose results go to
+    ``results_path``. The clock starts when the reporter is made."""
+
+    def __init__(self, results_path: str | os.PathLike) -> None:
+        self.path = progress_path(results_path)
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int, total: int, what: str = "") -> None:
+        atomic_write_json(self.path, {"done": int(done), "total": int(total), "what": str(what),
+                                      "elapsed_s": round(time.perf_counter() - self.start, 3)})
+
+
+def read_progress(results_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The last progress written for ``results_path``, or ``None`` (none yet, or unreadable)."""
+    try:
+        progress = read_json(progress_path(results_path))
+    except (OSError, ValueError):
+        return None
+    return progress if isinstance(progress, dict) else None
+
+
+def seconds_left(progress: dict[str, Any]) -> float | None:
+    """``elapsed · (total − done) / done``; ``None`` before the first unit is done."""
+    done, total, elapsed = progress.get("done"), progress.get("total"), progress.get("elapsed_s")
+    if not all(isinstance(v, (int, float)) for v in (done, total, elapsed)) or done <= 0:
+        return None
+    return elapsed * max(total - done, 0) / done
+
+
+def describe(progress: dict[str, Any] | None) -> str:
+    """``"3/9, ~41 min left"``: short enough for a progress bar's postfix."""
+    if not progress:
+        return "starting"
+    text = f"{progress.get('done')}/{progress.get('total')}"
+    left = seconds_left(progress)
+    if left is not None:
+        text += f", ~{left / 60:.0f} min left" if left >= 60 else f", ~{left:.0f} s left"
+    return text
