@@ -69,6 +69,8 @@ KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 # Seconds between two looks at the progress files of the running notebooks (lib/progress.py).
 PROGRESS_POLL_S = 5.0
+
+
 class ParamsError(ValueError):
     """Invalid parameters. The message is one line per offending file: ``<file>: <key>: <why>``."""
 
