@@ -1,4 +1,4 @@
-"""Grid runner: validate parameter files, expand their grids, execute notebooks with papermill.
+"""Grid runner: execute every run of the selected parameter files with papermill, resume, report.
 
 Usage (``./run_all.sh`` calls this after bootstrapping the virtual environment)::
 
@@ -6,18 +6,9 @@ Usage (``./run_all.sh`` calls this after bootstrapping the virtual environment):
     python -m lib.runner --profile full --jobs 2
     python -m lib.runner --only toy,nes --params my_overrides.yaml --no-report
 
-One parameter file per notebook, ``params/<name>.yaml``, read with ``yaml.safe_load`` only::
-
-    notebook: notebooks/toy.ipynb      # relative to the repository root
-    grid: [num_dim, pretrained]        # grid axes: lists in the profile, one run per combination
-    profiles:
-      quick: {num_dim: [8, 16], pretrained: [false, true], eps: 0.1, seed: 0}
-      full:  {...}
-
-Every selected file is validated before anything runs (keys, types against the notebook's
-``parameters`` cell, value ranges from :mod:`lib.validate`); an error is one line naming the
-file and the key, and the exit status is 2. Each grid point is one papermill execution writing
-``reports/<date>/runs/<run_id>.ipynb``; the notebook itself writes
+Every selected parameter file is validated before anything runs (:mod:`lib.grid`); an error is
+one line naming the file and the key, and the exit status is 2. Each grid point is one papermill
+execution writing ``reports/<date>/runs/<run_id>.ipynb``; the notebook itself writes
 ``reports/<date>/results/<run_id>.json`` to the ``results_path`` it is given. After each run the
 runner records it in ``reports/<date>/manifest.json`` (atomically); a rerun on the same date
 skips runs recorded ``ok`` with the same parameters and notebook and an existing results file,
@@ -28,14 +19,10 @@ parameters, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime as dt
 import hashlib
-import itertools
-import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import threading
@@ -43,23 +30,18 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import papermill
-import yaml
 from papermill.exceptions import PapermillExecutionError
 from tqdm import tqdm
 
+from lib.grid import RESULTS_KEY, ROOT, ParamsError, Run, expand_grid, validate
 from lib.io import atomic_write_json, read_json
 from lib.progress import describe, progress_path, read_progress
 from lib.runtime import versions
-from lib.validate import check_value, format_value
 
-ROOT = Path(__file__).resolve().parents[1]
-TOP_LEVEL_KEYS = ("notebook", "grid", "profiles")
-RESULTS_KEY = "results_path"
 KERNEL_NAME = "python3"
 # Kernels inherit the runner's environment; MPLBACKEND=Agg (set by run_all.sh for the tests)
 # would stop figures from being embedded in the executed notebooks, so kernels get the inline one.
@@ -69,343 +51,6 @@ KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 # Seconds between two looks at the progress files of the running notebooks (lib/progress.py).
 PROGRESS_POLL_S = 5.0
-
-
-class ParamsError(ValueError):
-    """Invalid parameters. The message is one line per offending file: ``<file>: <key>: <why>``."""
-
-
-@dataclass(frozen=True)
-class Override:
-    """One value from a ``--params`` file.
-
-    ``where`` prefixes error messages (``over.yaml: eps``). ``strict`` overrides (the nested form
-    ``{notebook_name: {key: value}}``) must name a parameter of their notebook; flat ones apply to
-    each selected notebook that has the parameter.
-    """
-
-    key: str
-    value: Any
-    where: str
-    strict: bool
-
-
-@dataclass(frozen=True)
-class ParamsFile:
-    """A validated parameter file with its selected profile (overrides applied)."""
-
-    name: str                 # file stem, prefix of the run ids
-    path: Path                # the YAML file
-    notebook: str             # as written in the file, relative to the repository root
-    notebook_path: Path       # absolute
-    notebook_sha256: str
-    grid: list[str]
-    profile: str
-    values: dict[str, Any]    # the profile's values; grid axes are lists
-    applied_overrides: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Run:
-    """One grid point: one papermill execution."""
-
-    run_id: str
-    name: str
-    notebook: str
-    notebook_path: Path
-    profile: str
-    parameters: dict[str, Any]   # what the notebook gets, except results_path
-    params_hash: str
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def params_hash(parameters: Mapping[str, Any], notebook_sha256: str) -> str:
-    """sha256 of the canonical JSON of the parameters (without ``results_path``) + notebook sha256."""
-    payload = {k: v for k, v in parameters.items() if k != RESULTS_KEY}
-    return hashlib.sha256((canonical_json(payload) + notebook_sha256).encode("utf-8")).hexdigest()
-
-
-def _slug(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "_".join(_slug(v) for v in value) or "empty"
-    text = re.sub(r"[^A-Za-z0-9.+-]+", "_", str(value)).strip("_.")
-    return text or "x"
-
-
-def make_run_id(name: str, point: Sequence[tuple[str, Any]]) -> str:
-    """``toy__num_dim-8__pretrained-false``; just ``name`` without grid axes. Safe as a file name."""
-    return "__".join([name] + [f"{key}-{_slug(value)}" for key, value in point])
-
-
-def _expected_type(param: Mapping[str, str]) -> str | None:
-    """Type a notebook parameter expects: from its annotation, else from its default literal.
-
-    One of ``int float str bool list dict``; ``None`` when unknown (no type check then).
-    """
-    annotation = (param.get("inferred_type_name") or "None").strip()
-    if annotation != "None":
-        base = annotation.split("[")[0].strip().lower()
-        return {"int": "int", "float": "float", "str": "str", "bool": "bool", "list": "list",
-                "tuple": "list", "dict": "dict"}.get(base)
-    try:
-        default = ast.literal_eval(param.get("default", ""))
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
-    for typ, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"),
-                      ((list, tuple), "list"), (dict, "dict")):
-        if isinstance(default, typ):
-            return name
-    return None
-
-
-def _type_ok(expected: str | None, value: Any) -> bool:
-    if expected is None:
-        return True
-    if expected == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if expected == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, {"str": str, "bool": bool, "list": list, "dict": dict}[expected])
-
-
-def _coerce(expected: str | None, value: Any) -> Any:
-    """Ints given for a float parameter become floats (same hash and behaviour as ``1.0``)."""
-    if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _check_entry(key: Any, value: Any, nb_params: Mapping[str, Mapping[str, str]], grid: Sequence[str],
-                 notebook: str) -> tuple[Any, str | None]:
-    """Check one profile/override entry. Returns ``(value with ints made floats, error or None)``."""
-    if not isinstance(key, str):
-        return value, "parameter names must be strings"
-    if key == RESULTS_KEY:
-        return value, f"{RESULTS_KEY} is set by the runner; remove it"
-    if key not in nb_params:
-        known = ", ".join(k for k in nb_params if k != RESULTS_KEY)
-        return value, f"not a parameter of {notebook} (its parameters: {known})"
-    expected = _expected_type(nb_params[key])
-    default = nb_params[key].get("default")
-    if key in grid:
-        if not isinstance(value, list) or not value:
-            return value, f"grid axis: expected a non-empty list, got {format_value(value)}"
-        bad = [v for v in value if not _type_ok(expected, v)]
-        if bad:
-            return value, (f"grid axis: expected {expected} values (the notebook's default is {default}), "
-                           f"got {format_value(bad[0])} in {format_value(value)}")
-        value = [_coerce(expected, v) for v in value]
-        if len({canonical_json(v) for v in value}) != len(value):
-            return value, f"grid axis has repeated values: {format_value(value)}"
-    else:
-        if not _type_ok(expected, value):
-            return value, (f"expected {expected} (the notebook's default is {default}), "
-                           f"got {format_value(value)}")
-        value = _coerce(expected, value)
-    return value, check_value(key, value)
-
-
-def _load_yaml(path: Path, label: str) -> Any:
-    if not path.is_file():
-        raise ParamsError(f"{label}: file not found")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ParamsError(f"{label}: invalid YAML{where}: {problem}") from None
-
-
-def notebook_parameters(notebook_path: Path, label: str) -> dict[str, dict[str, str]]:
-    """The notebook's ``parameters`` cell, as ``papermill.inspect_notebook`` reads it."""
-    try:
-        params = papermill.inspect_notebook(str(notebook_path))
-    except Exception as exc:  # unreadable notebook JSON and the like
-        raise ParamsError(f"{label}: cannot read {notebook_path}: {type(exc).__name__}: {exc}") from None
-    if not params:
-        raise ParamsError(f"{label}: {notebook_path.name} has no cell tagged 'parameters' (or it assigns nothing)")
-    if RESULTS_KEY not in params:
-        raise ParamsError(f"{label}: {notebook_path.name} has no {RESULTS_KEY} parameter")
-    return params
-
-
-# ----------------------------------------------------------------------------- parameter files
-
-
-def load_params_file(path: str | os.PathLike, profile: str, overrides: Sequence[Override] = (),
-                     root: Path = ROOT) -> ParamsFile:
-    """Read and validate one parameter file for ``profile``; apply ``overrides`` (from ``--params``).
-
-    Raises :class:`ParamsError` with the first problem found, as ``<file>: <key>: <why>``.
-    """
-    path = Path(path)
-    label = str(path)
-    data = _load_yaml(path, label)
-    if not isinstance(data, dict):
-        raise ParamsError(f"{label}: expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
-    for key in data:
-        if key not in TOP_LEVEL_KEYS:
-            raise ParamsError(f"{label}: {key}: unknown top-level key (expected {', '.join(TOP_LEVEL_KEYS)})")
-    for key in TOP_LEVEL_KEYS:
-        if key not in data:
-            raise ParamsError(f"{label}: {key}: missing top-level key")
-
-    notebook = data["notebook"]
-    if not isinstance(notebook, str) or not notebook.endswith(".ipynb"):
-        raise ParamsError(f"{label}: notebook: expected a path to an .ipynb file, got {format_value(notebook)}")
-    notebook_path = (root / notebook).resolve()
-    if not notebook_path.is_file():
-        raise ParamsError(f"{label}: notebook: {notebook} not found (paths are relative to {root})")
-
-    grid = data["grid"]
-    if not isinstance(grid, list) or not all(isinstance(k, str) for k in grid):
-        raise ParamsError(f"{label}: grid: expected a list of parameter names, got {format_value(grid)}")
-    if len(set(grid)) != len(grid):
-        raise ParamsError(f"{label}: grid: repeated names in {format_value(grid)}")
-
-    profiles = data["profiles"]
-    if not isinstance(profiles, dict):
-        raise ParamsError(f"{label}: profiles: expected a mapping from profile name to parameters")
-    if profile not in profiles:
-        available = ", ".join(map(str, profiles)) or "none"
-        raise ParamsError(f"{label}: profiles.{profile}: profile not found (available: {available})")
-    raw = profiles[profile]
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{label}: profiles.{profile}: expected a mapping of parameter: value")
-
-    nb_params = notebook_parameters(notebook_path, f"{label}: notebook")
-    for key in grid:
-        if key not in nb_params or key == RESULTS_KEY:
-            raise ParamsError(f"{label}: grid: {key} is not a parameter of {notebook}")
-
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        value, error = _check_entry(key, value, nb_params, grid, notebook)
-        if error:
-            raise ParamsError(f"{label}: profiles.{profile}.{key}: {error}")
-        values[key] = value
-
-    applied = []
-    for ov in overrides:
-        if ov.key not in nb_params and not ov.strict:
-            continue  # a flat override for another notebook's parameter
-        value, error = _check_entry(ov.key, ov.value, nb_params, grid, notebook)
-        if error:
-            raise ParamsError(f"{ov.where}: {error}")
-        values[ov.key] = value
-        applied.append(ov.key)
-
-    for key in grid:
-        if key not in values:
-            raise ParamsError(f"{label}: grid: {key} is a grid axis but profiles.{profile} does not set it")
-
-    return ParamsFile(name=path.stem, path=path, notebook=notebook, notebook_path=notebook_path,
-                      notebook_sha256=sha256_file(notebook_path), grid=list(grid), profile=profile,
-                      values=values, applied_overrides=tuple(applied))
-
-
-def load_overrides(path: str | os.PathLike, known_names: Sequence[str]) -> dict[str, list[Override]]:
-    """Read a ``--params`` file; return the overrides for each parameter-file name.
-
-    Two forms: flat ``{key: value}`` (for every selected notebook that has ``key``), or nested
-    ``{name: {key: value}}`` when every top-level key is a parameter-file name and every value a
-    mapping. Names not in ``known_names`` get the flat overrides (or nothing, in the nested form).
-    """
-    path = Path(path)
-    label = str(path)
-    data = _load_yaml(path, label)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ParamsError(f"{label}: expected a mapping {{key: value}} or {{notebook_name: {{key: value}}}}")
-    for key in data:
-        if not isinstance(key, str):
-            raise ParamsError(f"{label}: {format_value(key)}: parameter names must be strings")
-    nested = bool(data) and all(k in known_names and isinstance(v, dict) for k, v in data.items())
-    if nested:
-        return {name: [Override(str(k), v, f"{label}: {name}.{k}", strict=True) for k, v in section.items()]
-                for name, section in data.items()}
-    flat = [Override(k, v, f"{label}: {k}", strict=False) for k, v in data.items()]
-    return {name: flat for name in known_names}
-
-
-def validate(params_dir: str | os.PathLike, names: Sequence[str] | None, profile: str,
-             override_file: str | os.PathLike | None = None, root: Path = ROOT) -> list[ParamsFile]:
-    """Validate every selected parameter file (and the override file) before anything runs.
-
-    ``names`` are file stems in ``params_dir`` (``None``: all ``*.yaml`` there, sorted). Raises
-    :class:`ParamsError` whose message has one line per offending file (its first problem).
-    """
-    params_dir = Path(params_dir)
-    available = sorted(p.stem for p in params_dir.glob("*.yaml")) if params_dir.is_dir() else []
-    if names is None:
-        names = available
-        if not names:
-            raise ParamsError(f"{params_dir}: no parameter files (*.yaml) found")
-    errors: list[str] = []
-    overrides: dict[str, list[Override]] = {}
-    if override_file is not None:
-        try:
-            overrides = load_overrides(override_file, sorted(set(available) | set(names)))
-        except ParamsError as exc:
-            errors.append(str(exc))
-    files: list[ParamsFile] = []
-    for name in names:
-        try:
-            files.append(load_params_file(params_dir / f"{name}.yaml", profile, overrides.get(name, ()), root))
-        except ParamsError as exc:
-            errors.append(str(exc))
-    if not errors and files:
-        applied = {key for pf in files for key in pf.applied_overrides}
-        for ov in overrides.get(files[0].name, ()):
-            if not ov.strict and ov.key not in applied:
-                errors.append(f"{ov.where}: not a parameter of any selected notebook "
-                              f"({', '.join(pf.name for pf in files)})")
-                break
-    if errors:
-        raise ParamsError("\n".join(errors))
-    return files
-
-
-def expand_grid(params_file: ParamsFile) -> list[Run]:
-    """One :class:`Run` per combination of the grid axes (cartesian product, axes in listed order)."""
-    pf = params_file
-    runs: list[Run] = []
-    seen: dict[str, Any] = {}
-    for point in itertools.product(*(pf.values[key] for key in pf.grid)):
-        parameters = dict(pf.values)
-        parameters.update(zip(pf.grid, point))
-        run_id = make_run_id(pf.name, list(zip(pf.grid, point)))
-        if run_id in seen:
-            raise ParamsError(f"{pf.path}: grid: grid points {format_value(seen[run_id])} and "
-                              f"{format_value(list(point))} give the same run id {run_id}")
-        seen[run_id] = list(point)
-        runs.append(Run(run_id=run_id, name=pf.name, notebook=pf.notebook, notebook_path=pf.notebook_path,
-                        profile=pf.profile, parameters=parameters,
-                        params_hash=params_hash(parameters, pf.notebook_sha256)))
-    return runs
 
 
 # ----------------------------------------------------------------------------- execution

@@ -1,4 +1,5 @@
-"""Tests of the grid runner (lib/runner.py), the range rules (lib/validate.py) and run_all.sh.
+"""Tests of the parameter files and grids (lib/grid.py), the grid runner (lib/runner.py), the range
+rules (lib/validate.py) and run_all.sh.
 
 Notebooks are executed for real (papermill + an ipykernel) on the tiny fixture
 tests/fixtures/toy.ipynb, which writes its parameters and a random token to ``results_path``;
@@ -19,7 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lib import runner
+from lib import grid, runner
 from lib.io import read_json
 from lib.validate import check_value
 
@@ -94,49 +95,49 @@ def test_check_value_rules():
 
 
 def test_make_run_id_is_file_name_safe():
-    assert runner.make_run_id("toy", []) == "toy"
-    assert runner.make_run_id("toy", [("eps", 0.01), ("pretrained", False)]) == "toy__eps-0.01__pretrained-false"
-    rid = runner.make_run_id("toy", [("act", "a b/c"), ("lrs", [0.1, 1e-05])])
+    assert grid.make_run_id("toy", []) == "toy"
+    assert grid.make_run_id("toy", [("eps", 0.01), ("pretrained", False)]) == "toy__eps-0.01__pretrained-false"
+    rid = grid.make_run_id("toy", [("act", "a b/c"), ("lrs", [0.1, 1e-05])])
     assert rid == "toy__act-a_b_c__lrs-0.1_1e-05"
 
 
 def test_expand_grid_cartesian_product_in_listed_order(tmp_path):
-    pf = runner.load_params_file(write(tmp_path / "toy.yaml", TOY_YAML), "quick")
-    runs = runner.expand_grid(pf)
+    pf = grid.load_params_file(write(tmp_path / "toy.yaml", TOY_YAML), "quick")
+    runs = grid.expand_grid(pf)
     assert [r.run_id for r in runs] == TOY_IDS
     assert [(r.parameters["num_dim"], r.parameters["pretrained"]) for r in runs] == [
         (8, False), (8, True), (16, False), (16, True)]
     assert all(r.parameters["eps"] == 0.1 and r.parameters["seed"] == 0 for r in runs)
     assert all("results_path" not in r.parameters for r in runs)
     assert len({r.params_hash for r in runs}) == 4
-    full = runner.expand_grid(runner.load_params_file(tmp_path / "toy.yaml", "full"))
+    full = grid.expand_grid(grid.load_params_file(tmp_path / "toy.yaml", "full"))
     assert len(full) == 6 and full[-1].run_id == "toy__num_dim-32__pretrained-true"
     # no grid axes: a single run named after the file
-    single = runner.expand_grid(runner.load_params_file(write(tmp_path / "single.yaml", SINGLE_YAML), "quick"))
+    single = grid.expand_grid(grid.load_params_file(write(tmp_path / "single.yaml", SINGLE_YAML), "quick"))
     assert [r.run_id for r in single] == ["single"]
 
 
 def test_int_accepted_for_float_and_made_float(tmp_path):
     path = write(tmp_path / "t.yaml", TOY_YAML.replace("eps: 0.1", "eps: 1"))
-    pf = runner.load_params_file(path, "quick")
+    pf = grid.load_params_file(path, "quick")
     assert pf.values["eps"] == 1.0 and isinstance(pf.values["eps"], float)
 
 
 def test_params_hash_depends_on_parameters_and_notebook():
-    a = runner.params_hash({"eps": 0.1, "seed": 0}, "nb1")
-    assert a == runner.params_hash({"seed": 0, "eps": 0.1, "results_path": "/x.json"}, "nb1")
-    assert a != runner.params_hash({"eps": 0.2, "seed": 0}, "nb1")
-    assert a != runner.params_hash({"eps": 0.1, "seed": 0}, "nb2")
+    a = grid.params_hash({"eps": 0.1, "seed": 0}, "nb1")
+    assert a == grid.params_hash({"seed": 0, "eps": 0.1, "results_path": "/x.json"}, "nb1")
+    assert a != grid.params_hash({"eps": 0.2, "seed": 0}, "nb1")
+    assert a != grid.params_hash({"eps": 0.1, "seed": 0}, "nb2")
 
 
 def test_nested_override_form(tmp_path):
     write(tmp_path / "params/toy.yaml", TOY_YAML)
     write(tmp_path / "params/single.yaml", SINGLE_YAML)
     over = write(tmp_path / "over.yaml", "toy: {eps: 0.3, num_dim: [32]}\nsingle: {seed: 7}\n")
-    files = {pf.name: pf for pf in runner.validate(tmp_path / "params", None, "quick", over)}
+    files = {pf.name: pf for pf in grid.validate(tmp_path / "params", None, "quick", over)}
     assert files["toy"].values["eps"] == 0.3 and files["toy"].values["num_dim"] == [32]
     assert files["single"].values["seed"] == 7 and files["toy"].values["seed"] == 0
-    assert [r.run_id for r in runner.expand_grid(files["toy"])] == [
+    assert [r.run_id for r in grid.expand_grid(files["toy"])] == [
         "toy__num_dim-32__pretrained-false", "toy__num_dim-32__pretrained-true"]
 
 
@@ -285,7 +286,7 @@ def test_rerun_is_all_cached(base_grid, tmp_path, capsys):
     first, second = manifest(tmp)["invocations"]
     assert sorted(first["ran"]) == sorted(TOY_IDS) and (second["ran"], second["cached"]) == ([], 4)
     # resume is per date folder: another date's manifest does not count
-    run = runner.expand_grid(runner.load_params_file(tmp / "params/toy.yaml", "quick"))[0]
+    run = grid.expand_grid(grid.load_params_file(tmp / "params/toy.yaml", "quick"))[0]
     assert runner.is_cached(run, manifest(tmp), report_dir(tmp))
     assert not runner.is_cached(run, manifest(tmp), tmp / "reports" / "2024-01-03")
 
