@@ -44,9 +44,9 @@ class ToyParams:
     nes_samples: list[int] = field(default_factory=lambda: [500, 5000, 50000])
     ste_variants: list[str] = field(default_factory=lambda: ["identity", "clipped", "steep", "swishsign", "polynomial"])
     lr_min: float = 1e-5
-    lr_max: float = 1.0
+    lr_max: float = 10.0
     num_lr: int = 11
-    lr_refine: list[float] = field(default_factory=lambda: [1e-2, 1.0])
+    lr_refine: list[float] = field(default_factory=lambda: [1e-2, 10.0])
     num_lr_refine: int = 9
     batch_size: int = 1024
     num_init: int = 3
