@@ -23,10 +23,20 @@ def _log_x(ax: "plt.Axes") -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
+EDGE_MARK = " †"  # the best hyper-parameter is the smallest or largest of its grid
+LR_EDGE_MARK = " ‡"  # the best learning rate is the largest of the lr grid
+
+
+def at_lr_edge(stats: Mapping[str, Any], lrs: Sequence[float]) -> bool:
+    """Whether a curve's best lr is the largest lr of the grid (a longer step might do better)."""
+    return len(lrs) > 1 and stats.get("best_lr") is not None and math.isclose(stats["best_lr"], max(lrs))
+
+
 def lr_curves(ax: "plt.Axes", lrs: Sequence[float], stats: Mapping[str, Mapping[str, Any]],
               title: str, label_fmt: str = "{}") -> None:
     """lr → loss decrease, one line per entry (mean, shaded ± one standard deviation over
-    initialisations × batches), best point marked, log x-axis."""
+    initialisations × batches), best point marked, log x-axis. A curve whose best lr is the
+    largest of the grid gets :data:`LR_EDGE_MARK` in the legend."""
     lrs = np.asarray(lrs, dtype=float)
     cmap = plt.get_cmap("viridis")
     keys = list(stats)
@@ -35,7 +45,8 @@ def lr_curves(ax: "plt.Axes", lrs: Sequence[float], stats: Mapping[str, Mapping[
         mean = np.asarray([np.nan if v is None else v for v in s["mean"]], dtype=float)
         std = np.asarray([0.0 if v is None else v for v in s["std"]], dtype=float)
         color = cmap(i / max(1, len(keys) - 1)) if len(keys) > 1 else "C0"
-        ax.plot(lrs, mean, marker=".", color=color, label=label_fmt.format(key))
+        label = label_fmt.format(key) + (LR_EDGE_MARK if at_lr_edge(s, lrs) else "")
+        ax.plot(lrs, mean, marker=".", color=color, label=label)
         ax.fill_between(lrs, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
         if s.get("best") is not None and s.get("best_lr") is not None:
             ax.plot([s["best_lr"]], [s["best"]], marker="*", color=color, markersize=11,
@@ -44,7 +55,7 @@ def lr_curves(ax: "plt.Axes", lrs: Sequence[float], stats: Mapping[str, Mapping[
     _log_x(ax)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss decrease  L(w) − L(w − lr·ĝ)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
 
@@ -68,7 +79,7 @@ def cdg_figure(r: Results) -> "plt.Figure":
     """CDG lr → loss decrease, one curve per ε."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     stats = {k: r["curves"]["cdg"][k] for k in _sorted_keys(r["curves"]["cdg"])}
-    lr_curves(ax, r["lrs"], stats, f"CDG (central), {_setting(r)}", "ε = {}")
+    lr_curves(ax, r["lrs"], stats, f"CDG (central)\n{_setting(r)}", "ε = {}")
     _clip_view(ax, stats)
     fig.tight_layout()
     return fig
@@ -83,7 +94,7 @@ def nes_figure(r: Results, samples: int) -> "plt.Figure":
     fig, ax = plt.subplots(figsize=(7, 4.2))
     by_sigma = r["curves"][f"nes:{samples}"]
     stats = {k: by_sigma[k] for k in _sorted_keys(by_sigma)}
-    lr_curves(ax, r["lrs"], stats, f"NES, {samples} samples ({2 * samples} loss evaluations), {_setting(r)}",
+    lr_curves(ax, r["lrs"], stats, f"NES, {samples} samples ({2 * samples} loss evaluations)\n{_setting(r)}",
               "σ = {}")
     _clip_view(ax, stats)
     fig.tight_layout()
@@ -96,7 +107,7 @@ def ste_figure(r: Results) -> "plt.Figure":
     stats = dict(r["curves"]["ste"])
     best_eps = max(r["curves"]["cdg"], key=lambda k: r["curves"]["cdg"][k]["best"])
     stats[f"CDG ε={best_eps}"] = r["curves"]["cdg"][best_eps]
-    lr_curves(ax, r["lrs"], stats, f"STE variants vs best CDG, {_setting(r)}")
+    lr_curves(ax, r["lrs"], stats, f"STE variants vs best CDG\n{_setting(r)}")
     _clip_view(ax, stats)
     fig.tight_layout()
     return fig
@@ -160,13 +171,12 @@ def diagnosis_figure(r: Results) -> "plt.Figure | None":
     return fig
 
 
-EDGE_MARK = " †"  # the best hyper-parameter is the smallest or largest of its grid
-
 
 def best_by_dim(runs: Sequence[Results]) -> dict[str, dict[int, tuple[float, str]]]:
     """``{estimator: {num_dim: (best loss decrease, best hyper-parameter)}}`` over the given runs:
     CDG best over ε, NES per sample count best over σ, each STE variant. A best ε or σ at the edge
-    of its grid is marked with :data:`EDGE_MARK` (the grid should be widened)."""
+    of its grid is marked with :data:`EDGE_MARK`, a best lr at the top of the lr grid with
+    :data:`LR_EDGE_MARK` (either grid should be widened)."""
     def at(symbol: str, key: str, grid) -> str:
         edge = len(grid) > 1 and float(key) in (min(map(float, grid)), max(map(float, grid)))
         return f"{symbol}={key}{EDGE_MARK if edge else ''}"
@@ -175,14 +185,18 @@ def best_by_dim(runs: Sequence[Results]) -> dict[str, dict[int, tuple[float, str
     for r in runs:
         d = r["num_dim"]
         c = r["curves"]
+
+        def lr_edge(stats: Mapping[str, Any]) -> str:
+            return LR_EDGE_MARK if at_lr_edge(stats, r["lrs"]) else ""
+
         eps = max(c["cdg"], key=lambda k: c["cdg"][k]["best"])
-        table.setdefault("CDG", {})[d] = (c["cdg"][eps]["best"], at("ε", eps, c["cdg"]))
+        table.setdefault("CDG", {})[d] = (c["cdg"][eps]["best"], at("ε", eps, c["cdg"]) + lr_edge(c["cdg"][eps]))
         for s in nes_samples(r):
             by = c[f"nes:{s}"]
             sg = max(by, key=lambda k: by[k]["best"])
-            table.setdefault(f"NES {s}", {})[d] = (by[sg]["best"], at("σ", sg, by))
+            table.setdefault(f"NES {s}", {})[d] = (by[sg]["best"], at("σ", sg, by) + lr_edge(by[sg]))
         for v, st in c["ste"].items():
-            table.setdefault(f"STE {v}", {})[d] = (st["best"], f"lr={st['best_lr']:.3g}")
+            table.setdefault(f"STE {v}", {})[d] = (st["best"], f"lr={st['best_lr']:.3g}{lr_edge(st)}")
     return table
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib import runner
+from lib import plots, runner
 from lib.io import read_json
 from lib.report import build_report
 from lib.toy import diagnose, diagnosis_text
@@ -140,3 +140,18 @@ def test_summary_notebook_reads_results_files(report_dir, tmp_path):
     assert summary["best"]["no pretraining"]["CDG"]["4"]["best"] == pytest.approx(best_cdg)
     assert set(summary["best"]) == {"no pretraining", "pretrained"}
     assert "image/png" in (tmp_path / "summary.ipynb").read_text()
+
+
+def test_best_by_dim_marks_grid_edges():
+    """Hand-made curves: † for a best ε/σ at the edge of its grid, ‡ for a best lr at the top."""
+    def curve(best, best_lr):
+        return {"best": best, "best_lr": best_lr}
+
+    run = {"num_dim": 8, "lrs": [0.1, 1.0, 10.0],
+           "curves": {"cdg": {"0.1": curve(0.5, 1.0), "0.3": curve(0.7, 10.0)},
+                      "nes:100": {"0.03": curve(0.1, 1.0), "0.1": curve(0.2, 1.0), "0.3": curve(0.15, 10.0)},
+                      "ste": {"identity": curve(0.3, 10.0), "clipped": curve(0.4, 0.1)}}}
+    best = plots.best_by_dim([run])
+    assert best["CDG"][8] == (0.7, "ε=0.3 † ‡")
+    assert best["NES 100"][8] == (0.2, "σ=0.1")
+    assert best["STE identity"][8] == (0.3, "lr=10 ‡") and best["STE clipped"][8] == (0.4, "lr=0.1")
