@@ -213,7 +213,27 @@ def notebook_parameters(notebook_path: Path, label: str) -> dict[str, dict[str, 
         raise ParamsError(f"{label}: {notebook_path.name} has no cell tagged 'parameters' (or it assigns nothing)")
     if RESULTS_KEY not in params:
         raise ParamsError(f"{label}: {notebook_path.name} has no {RESULTS_KEY} parameter")
+    missed = [name for name in _assigned_names(notebook_path) if name not in params]
+    if missed:  # papermill skips lines it cannot parse (e.g. a comment containing '='), silently
+        raise ParamsError(f"{label}: {notebook_path.name}: papermill cannot parse the parameters-cell line of "
+                          f"{', '.join(missed)} (a comment containing '=' or a statement over several lines?)")
     return params
+
+
+def _assigned_names(notebook_path: Path) -> list[str]:
+    """Names assigned at top level in the notebook's ``parameters`` cell (by Python's parser)."""
+    nb = json.loads(notebook_path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell.get("source", []))
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                return []  # papermill reports what it can; the kernel will show the error
+            return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    if isinstance(t, ast.Name)]
+    return []
 
 
 # ----------------------------------------------------------------------------- parameter files

@@ -231,6 +231,17 @@ def test_notebook_without_results_path_rejected(tmp_path, capsys):
     assert "x.yaml: notebook: nb.ipynb has no results_path parameter" in capsys.readouterr().err
 
 
+def test_parameter_line_papermill_cannot_parse_rejected(tmp_path, capsys):
+    nb = nbformat.read(ROOT / NOTEBOOK, as_version=4)
+    params_cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params_cell.source = params_cell.source.replace("eps = 0.1", "eps = 0.1  # the step, e.g. eps = 0.3", 1)
+    assert "e.g. eps = 0.3" in params_cell.source
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    write(tmp_path / "params/x.yaml", TOY_YAML.replace(NOTEBOOK, str(tmp_path / "nb.ipynb")))
+    assert run_main(tmp_path) == 2
+    assert "x.yaml: notebook: nb.ipynb: papermill cannot parse the parameters-cell line of eps" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- execution
 
 
