@@ -230,8 +230,9 @@ def _assigned_names(notebook_path: Path) -> list[str]:
                 tree = ast.parse(source)
             except SyntaxError:
                 return []  # papermill reports what it can; the kernel will show the error
-            return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            assigns = [n for n in tree.body
+                       if isinstance(n, ast.Assign) or (isinstance(n, ast.AnnAssign) and n.value is not None)]
+            return [t.id for node in assigns for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
                     if isinstance(t, ast.Name)]
     return []
 

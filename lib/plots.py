@@ -171,7 +171,6 @@ def diagnosis_figure(r: Results) -> "plt.Figure | None":
     return fig
 
 
-
 def best_by_dim(runs: Sequence[Results]) -> dict[str, dict[int, tuple[float, str]]]:
     """``{estimator: {num_dim: (best loss decrease, best hyper-parameter)}}`` over the given runs:
     CDG best over ε, NES per sample count best over σ, each STE variant. A best ε or σ at the edge

@@ -3,9 +3,10 @@
 A full-profile run takes hours inside one notebook cell, where the runner sees nothing. So the
 notebook hands ``Reporter(results_path)`` to the experiment, which calls it as
 ``report(done, total, what)`` after each unit of work; the reporter writes
-``<results_path>.progress`` (JSON ``{"done", "total", "what", "elapsed_s"}``, atomically) and the
-runner polls it. The remaining time is extrapolated linearly:
-``left = elapsed · (total − done) / done``.
+``<results_path>.progress`` (JSON ``{"done", "total", "what", "elapsed_s", "written"}``,
+atomically; ``written`` is the Unix time of the write) and the runner polls it. The remaining
+time is extrapolated linearly from the last report and counts down between reports:
+``left = elapsed · (total − done) / done − (now − written)``, at least 0.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ class Reporter:
 
     def __call__(self, done: int, total: int, what: str = "") -> None:
         atomic_write_json(self.path, {"done": int(done), "total": int(total), "what": str(what),
-                                      "elapsed_s": round(time.perf_counter() - self.start, 3)})
+                                      "elapsed_s": round(time.perf_counter() - self.start, 3),
+                                      "written": time.time()})
 
 
 def read_progress(results_path: str | os.PathLike) -> dict[str, Any] | None:
@@ -46,20 +48,26 @@ def read_progress(results_path: str | os.PathLike) -> dict[str, Any] | None:
     return progress if isinstance(progress, dict) else None
 
 
-def seconds_left(progress: dict[str, Any]) -> float | None:
-    """``elapsed · (total − done) / done``; ``None`` before the first unit is done."""
+def seconds_left(progress: dict[str, Any], now: float | None = None) -> float | None:
+    """``elapsed · (total − done) / done − (now − written)`` (at least 0; without ``written`` the
+    countdown term is left out); ``None`` before the first unit is done. ``now``: Unix time,
+    default the current time."""
     done, total, elapsed = progress.get("done"), progress.get("total"), progress.get("elapsed_s")
     if not all(isinstance(v, (int, float)) for v in (done, total, elapsed)) or done <= 0:
         return None
-    return elapsed * max(total - done, 0) / done
+    left = elapsed * max(total - done, 0) / done
+    written = progress.get("written")
+    if isinstance(written, (int, float)):
+        left -= (time.time() if now is None else now) - written
+    return max(left, 0.0)
 
 
-def describe(progress: dict[str, Any] | None) -> str:
+def describe(progress: dict[str, Any] | None, now: float | None = None) -> str:
     """``"3/9, ~41 min left"``: short enough for a progress bar's postfix."""
     if not progress:
         return "starting"
     text = f"{progress.get('done')}/{progress.get('total')}"
-    left = seconds_left(progress)
+    left = seconds_left(progress, now)
     if left is not None:
         text += f", ~{left / 60:.0f} min left" if left >= 60 else f", ~{left:.0f} s left"
     return text

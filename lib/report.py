@@ -229,10 +229,12 @@ def manifest_section(manifest: dict[str, Any], runs: Sequence[dict[str, Any]]) -
     n_failed = sum(1 for r in runs if r["entry"].get("status") != "ok")
     total = sum(r["entry"].get("wall_s") or 0 for r in runs)
     summary = f"{len(runs)} runs, {n_failed} failed; total run time {total:.0f} s."
-    invocations = [i for i in manifest.get("invocations") or [] if isinstance(i, dict) and i.get("ran")]
+    invocations = [i for i in manifest.get("invocations") or []
+                   if isinstance(i, dict) and (i.get("ran") or i.get("interrupted"))]
     if invocations:
         elapsed = sum(i.get("wall_s") or 0 for i in invocations)
-        summary += (f" Computed by {len(invocations)} invocation(s) of the runner, "
+        n_interrupted = sum(1 for i in invocations if i.get("interrupted"))
+        summary += (f" Computed by {len(invocations)} invocation(s) of the runner ({n_interrupted} interrupted), "
                     f"{elapsed:.0f} s of wall time in all (report build excluded).")
     cells.append(md(summary))
     cells.append(table(["run", "status", "wall time", "seed", "commit", "params hash", "error"], rows))

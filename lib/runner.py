@@ -76,9 +76,9 @@ def git_commit(root: Path = ROOT) -> tuple[str | None, bool | None]:
 
 def code_sha256(root: Path = ROOT) -> str:
     """sha256 over ``lib/**/*.py`` (relative path and bytes, in path order): the library version a
-    run was computed with. Not part of :func:`params_hash`, so editing ``lib/`` does not silently
-    throw away hours of finished runs; the runner says which cached runs differ (``--force``
-    recomputes them)."""
+    run was computed with. Not part of :func:`lib.grid.params_hash`, so editing ``lib/`` does not
+    throw away hours of finished runs; the runner names the cached runs computed with another
+    version (``--force`` recomputes them)."""
     h = hashlib.sha256()
     for path in sorted((root / "lib").rglob("*.py")):
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
@@ -191,7 +191,6 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
     manifest_path = report_dir / "manifest.json"
     manifest = load_manifest(report_dir)
     commit, dirty = git_commit(root)
-    code = {"git_commit": commit, "git_dirty": dirty, "code_sha256": code_sha256(root)}
     manifest.update({"profile": profile, "date": date, "started": _now(), "git_commit": commit,
                      "git_dirty": dirty, "versions": versions(), "platform": platform.platform()})
 
@@ -199,11 +198,12 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
     todo = [run for run in runs if force or not is_cached(run, manifest, report_dir)]
     todo_ids = {run.run_id for run in todo}
     outcome["cached"] = [run.run_id for run in runs if run.run_id not in todo_ids]
-    # One record per invocation, rewritten with the manifest after every run: the wall time of a
-    # grid finished over several (interrupted, resumed) invocations is the sum of their wall_s.
+    # One record per invocation, rewritten with the manifest after every run and when the
+    # invocation ends or is interrupted: the wall time of a grid finished over several
+    # (interrupted, resumed) invocations is the sum of their wall_s.
     t0 = time.perf_counter()
     invocation = {"started": manifest["started"], "finished": None, "wall_s": 0.0, "jobs": jobs,
-                  "git_commit": commit, "ran": [], "cached": len(outcome["cached"])}
+                  "git_commit": commit, "ran": [], "cached": len(outcome["cached"]), "interrupted": False}
     manifest.setdefault("invocations", []).append(invocation)
     atomic_write_json(manifest_path, manifest)
     lock = threading.Lock()
@@ -211,11 +211,12 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
     bar.update(len(outcome["cached"]))
     if outcome["cached"]:
         tqdm.write(f"cached {len(outcome['cached'])} run(s) in {manifest_path}")
-        other = [rid for rid in outcome["cached"]
-                 if manifest["runs"][rid].get("code_sha256") != code["code_sha256"]]
+        current = code_sha256(root)
+        other = [rid for rid in outcome["cached"] if manifest["runs"][rid].get("code_sha256") != current]
         if other:
-            tqdm.write(f"note: {len(other)} cached run(s) were computed with another version of lib/ "
-                       f"(see git_commit in the manifest); --force recomputes them")
+            names = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+            tqdm.write(f"note: {len(other)} cached run(s) were computed with another or an unrecorded version "
+                       f"of lib/ ({names}; see git_commit in the manifest); --force recomputes them")
 
     def record(entry: dict[str, Any] | None = None, run_id: str | None = None) -> None:
         """Under ``lock``: store ``entry``, bring this invocation's record up to date, write."""
@@ -229,16 +230,22 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
     running: dict[str, Path] = {}  # run id -> its results file, whose progress file is polled
     stop = threading.Event()
 
+    def refresh() -> None:
+        """Under ``lock``: the bar shows how many runs are in progress and each one's progress."""
+        bar.set_description(f"{len(running)} running", refresh=False)
+        bar.set_postfix_str("; ".join(f"{rid} {describe(read_progress(path))}" for rid, path in running.items()))
+
     def show_progress() -> None:
         while not stop.wait(PROGRESS_POLL_S):
             with lock:
-                states = {rid: read_progress(path) for rid, path in running.items()}
-                bar.set_postfix_str("; ".join(f"{rid} {describe(p)}" for rid, p in states.items()))
+                refresh()
 
     def one(run: Run) -> dict[str, Any]:
         with lock:
             running[run.run_id] = report_dir / "results" / f"{run.run_id}.json"
-            bar.set_description(f"{len(running)} running")
+            refresh()
+        # The library version is read per run: a kernel imports lib/ when its run starts.
+        code = dict(zip(("git_commit", "git_dirty"), git_commit(root)), code_sha256=code_sha256(root))
         entry = execute_run(run, report_dir, root, code)
         with lock:
             running.pop(run.run_id, None)
@@ -250,15 +257,25 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
                 outcome["failed"].append(run.run_id)
                 tqdm.write(f"FAILED {entry['wall_s']:.1f}s {run.run_id}: {entry['error']}")
             bar.update(1)
+            refresh()
         return entry
+
+    def interrupted() -> None:
+        with lock:
+            invocation["interrupted"] = True
+            record()
 
     poller = threading.Thread(target=show_progress, name="progress", daemon=True)
     poller.start()
     try:
         with _kernel_environment(jobs, root):
             if jobs <= 1:
-                for run in todo:
-                    one(run)
+                try:
+                    for run in todo:
+                        one(run)
+                except KeyboardInterrupt:
+                    interrupted()
+                    raise
             else:
                 pool = ThreadPoolExecutor(max_workers=jobs)
                 futures = [pool.submit(one, run) for run in todo]
@@ -269,9 +286,12 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
                     # Finished runs are already in the manifest. The running notebooks cannot be
                     # interrupted from this thread, so the process exits at once: each kernel
                     # notices that its parent (JPY_PARENT_PID) is gone and exits; a rerun resumes.
-                    running = sum(f.running() for f in futures)
+                    interrupted()
+                    n_running = sum(f.running() for f in futures)
+                    stop.set()
+                    poller.join()
                     bar.close()
-                    sys.stderr.write(f"\ninterrupted: {running} running notebook(s) stopped; "
+                    sys.stderr.write(f"\ninterrupted: {n_running} running notebook(s) stopped; "
                                      "rerun the same command to resume\n")
                     sys.stderr.flush()
                     os._exit(130)
@@ -279,27 +299,30 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
                     pool.shutdown(wait=True, cancel_futures=True)
     finally:
         stop.set()
+        poller.join()
         bar.close()
     with lock:
         record()
     return outcome
 
 
-def unfinished_elsewhere(reports_dir: Path, date: str, profile: str, run_ids: Sequence[str]) -> str | None:
-    """The latest other date folder holding some, not all, of ``run_ids`` finished with ``profile``:
-    a grid started on an earlier day, which ``--date`` resumes. ``None`` when ``date`` already has
-    a manifest or no such folder exists."""
+def unfinished_elsewhere(reports_dir: Path, date: str, profile: str, runs: Sequence[Run]) -> str | None:
+    """The latest date folder before ``date`` holding some, not all, of ``runs`` finished with the
+    same ``profile`` and parameters: a grid started on an earlier day, which ``--date`` resumes.
+    ``None`` when ``date`` already has a manifest or no such folder exists."""
     if (reports_dir / date / "manifest.json").is_file() or not reports_dir.is_dir():
         return None
-    wanted = set(run_ids)
-    for folder in sorted((d for d in reports_dir.iterdir() if d.is_dir() and d.name != date), reverse=True):
+    wanted = {(run.run_id, run.params_hash) for run in runs}
+    earlier = sorted((d for d in reports_dir.glob("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]")
+                      if d.is_dir() and d.name < date), reverse=True)
+    for folder in earlier:
         try:
             manifest = read_json(folder / "manifest.json")
         except (OSError, ValueError):
             continue
         if not isinstance(manifest, dict) or manifest.get("profile") != profile:
             continue
-        done = {rid for rid, e in (manifest.get("runs") or {}).items()
+        done = {(rid, e.get("params_hash")) for rid, e in (manifest.get("runs") or {}).items()
                 if isinstance(e, dict) and e.get("status") == "ok"} & wanted
         if done and done != wanted:
             return folder.name
@@ -367,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     report_dir = Path(args.reports_dir) / args.date
-    earlier = unfinished_elsewhere(Path(args.reports_dir), args.date, args.profile, [r.run_id for r in runs])
+    earlier = unfinished_elsewhere(Path(args.reports_dir), args.date, args.profile, runs)
     if earlier:
         print(f"note: {Path(args.reports_dir) / earlier} holds an unfinished grid of profile {args.profile}; "
               f"add --date {earlier} to resume it instead of starting {report_dir}", file=sys.stderr)

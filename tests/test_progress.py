@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -18,19 +19,23 @@ def test_reporter_writes_what_read_progress_returns(tmp_path):
     assert progress.progress_path(results) == path and not results.exists()
     got = progress.read_progress(results)
     assert (got["done"], got["total"], got["what"]) == (3, 9, "init 0 batch 2") and got["elapsed_s"] >= 0
+    assert abs(got["written"] - time.time()) < 60
     path.write_text("{not json")
     assert progress.read_progress(results) is None
 
 
-@pytest.mark.parametrize("state,left,text", [
-    ({"done": 2, "total": 8, "elapsed_s": 60.0}, 180.0, "2/8, ~3 min left"),
-    ({"done": 4, "total": 5, "elapsed_s": 40.0}, 10.0, "4/5, ~10 s left"),
-    ({"done": 5, "total": 5, "elapsed_s": 40.0}, 0.0, "5/5, ~0 s left"),
-    ({"done": 0, "total": 5, "elapsed_s": 40.0}, None, "0/5"),
+@pytest.mark.parametrize("state,now,left,text", [
+    ({"done": 2, "total": 8, "elapsed_s": 60.0}, None, 180.0, "2/8, ~3 min left"),
+    ({"done": 4, "total": 5, "elapsed_s": 40.0}, None, 10.0, "4/5, ~10 s left"),
+    ({"done": 5, "total": 5, "elapsed_s": 40.0}, None, 0.0, "5/5, ~0 s left"),
+    ({"done": 0, "total": 5, "elapsed_s": 40.0}, None, None, "0/5"),
+    # counts down from the last report: 180 s left when written, 30 s ago
+    ({"done": 2, "total": 8, "elapsed_s": 60.0, "written": 1000.0}, 1030.0, 150.0, "2/8, ~2 min left"),
+    ({"done": 2, "total": 8, "elapsed_s": 60.0, "written": 1000.0}, 1500.0, 0.0, "2/8, ~0 s left"),
 ])
-def test_time_left_is_linear_extrapolation(state, left, text):
-    assert progress.seconds_left(state) == left
-    assert progress.describe(state) == text
+def test_time_left_is_linear_extrapolation(state, now, left, text):
+    assert progress.seconds_left(state, now) == left
+    assert progress.describe(state, now) == text
 
 
 def test_describe_before_any_progress():

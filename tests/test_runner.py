@@ -311,7 +311,7 @@ def test_cached_runs_of_other_library_version_named_not_recomputed(base_grid, tm
     assert run_main(tmp) == 0
     out = capsys.readouterr().out
     assert "0 ok, 4 cached, 0 failed" in out
-    assert "note: 1 cached run(s) were computed with another version of lib/" in out
+    assert f"note: 1 cached run(s) were computed with another or an unrecorded version of lib/ ({TOY_IDS[1]};" in out
     assert results(tmp, TOY_IDS[1])["token"] == before
 
 
@@ -331,20 +331,45 @@ def test_code_sha256_follows_library_sources(tmp_path):
 
 def test_unfinished_grid_of_an_earlier_day_is_pointed_out(tmp_path):
     reports = tmp_path / "reports"
-    ids = ["a", "b", "c"]
+    runs = [types.SimpleNamespace(run_id=rid, params_hash=f"h{rid}") for rid in ("a", "b", "c")]
 
-    def day(date: str, profile: str, done: list[str]) -> None:
+    def day(date: str, profile: str, done: list[str], hash_prefix: str = "h") -> None:
         write(reports / date / "manifest.json", json.dumps(
-            {"profile": profile, "runs": {rid: {"status": "ok"} for rid in done}}))
+            {"profile": profile, "runs": {rid: {"status": "ok", "params_hash": f"{hash_prefix}{rid}"}
+                                          for rid in done}}))
 
     day("2024-01-01", "full", ["a", "b"])
     day("2024-01-02", "full", ["a", "b", "c"])   # finished: nothing to resume there
     day("2024-01-03", "quick", ["a"])            # another profile
-    assert runner.unfinished_elsewhere(reports, "2024-01-05", "full", ids) == "2024-01-01"
-    assert runner.unfinished_elsewhere(reports, "2024-01-05", "quick", ids) == "2024-01-03"
-    assert runner.unfinished_elsewhere(reports, "2024-01-01", "full", ids) is None  # resuming already
-    assert runner.unfinished_elsewhere(reports, "2024-01-05", "full", ["d"]) is None
-    assert runner.unfinished_elsewhere(tmp_path / "none", "2024-01-05", "full", ids) is None
+    day("2024-01-04", "full", ["a"], "other")    # other parameters: resuming would recompute
+    day("2024-01-09", "full", ["a"])             # a later day
+    write(reports / "scratch" / "manifest.json", json.dumps({"profile": "full", "runs": {"a": {"status": "ok"}}}))
+    assert runner.unfinished_elsewhere(reports, "2024-01-05", "full", runs) == "2024-01-01"
+    assert runner.unfinished_elsewhere(reports, "2024-01-05", "quick", runs) == "2024-01-03"
+    assert runner.unfinished_elsewhere(reports, "2024-01-01", "full", runs) is None  # resuming already
+    assert runner.unfinished_elsewhere(reports, "2024-01-05", "full", runs[:1]) is None  # a: done on 01-01
+    assert runner.unfinished_elsewhere(reports, "2023-12-31", "full", runs) is None
+    assert runner.unfinished_elsewhere(tmp_path / "none", "2024-01-05", "full", runs) is None
+
+
+def test_interrupted_invocation_is_recorded(tmp_path, monkeypatch):
+    """Ctrl-C (one job) during the second run: the first stays recorded, the invocation says so."""
+    write(tmp_path / "params/toy.yaml", TOY_YAML)
+    calls = []
+
+    def fake_execute(run, report_dir, root, code):
+        calls.append(run.run_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        (report_dir / "results" / f"{run.run_id}.json").write_text("{}")
+        return {"status": "ok", "params_hash": run.params_hash, "wall_s": 0.01, "error": None, **code}
+
+    monkeypatch.setattr(runner, "execute_run", fake_execute)
+    assert run_main(tmp_path, "--jobs", "1") == 130
+    m = manifest(tmp_path)
+    assert list(m["runs"]) == [TOY_IDS[0]] and m["runs"][TOY_IDS[0]]["code_sha256"] == runner.code_sha256(ROOT)
+    [inv] = m["invocations"]
+    assert inv["interrupted"] is True and inv["ran"] == [TOY_IDS[0]] and inv["finished"] is not None
 
 
 def test_resume_runs_only_unfinished(base_grid, tmp_path, capsys):

@@ -75,7 +75,7 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     assert "toy__pretrained-false__num_dim-6" in html and "failed" in html
     assert re.search(r"toy__pretrained-false__num_dim-6.{0,400}(CUDA|cuda|Torch)", html, re.S)
     # two invocations computed something: the grid, then the failing run
-    assert "3 runs, 1 failed" in html and "Computed by 2 invocation(s) of the runner" in html
+    assert "3 runs, 1 failed" in html and "Computed by 2 invocation(s) of the runner (0 interrupted)" in html
 
 
 def test_failed_run_is_recorded_and_others_kept(report_dir):
