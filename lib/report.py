@@ -210,6 +210,16 @@ def thin_resnet_sections(runs: Sequence[dict[str, Any]]) -> list:
 
 # ----------------------------------------------------------------------------- manifest
 
+def _seed_of(entry: dict[str, Any], results: dict[str, Any] | None) -> Any:
+    """The run's seed: given in its parameters, else the one its results record (the notebook's
+    default), else empty."""
+    given = (entry.get("parameters") or {}).get("seed")
+    if given is not None or not results:
+        return "" if given is None else given
+    recorded = results.get("seed", (results.get("parameters") or {}).get("seed"))
+    return "" if recorded is None else recorded
+
+
 def manifest_section(manifest: dict[str, Any], runs: Sequence[dict[str, Any]]) -> list:
     cells = [md(heading(2, "Run manifest"))]
     commit = manifest.get("git_commit") or "unknown"
@@ -222,7 +232,7 @@ def manifest_section(manifest: dict[str, Any], runs: Sequence[dict[str, Any]]) -
     for r in runs:
         e = r["entry"]
         wall = e.get("wall_s")
-        seed = (e.get("parameters") or {}).get("seed", "")
+        seed = _seed_of(e, r["results"])
         run_commit = (e.get("git_commit") or "")[:9] + ("+" if e.get("git_dirty") else "")
         rows.append([r["id"], e.get("status", "?"), f"{wall:.1f} s" if isinstance(wall, (int, float)) else "–",
                      seed, run_commit or "–", (e.get("params_hash") or "")[:12], e.get("error") or ""])

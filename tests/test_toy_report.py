@@ -75,6 +75,8 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     assert "toy__pretrained-false__num_dim-6" in html and "failed" in html
     assert re.search(r"toy__pretrained-false__num_dim-6.{0,400}(CUDA|cuda|Torch)", html, re.S)
     # two invocations computed something: the grid, then the failing run
+    # the seed column shows the notebook's default seed, which the results record
+    assert re.search(r"toy__pretrained-true__num_dim-4</td>\s*<td[^>]*>ok</td>\s*<td[^>]*>[\d.]+ s</td>\s*<td[^>]*>0</td>", html)
     assert "3 runs, 1 failed" in html and "Computed by 2 invocation(s) of the runner (0 interrupted)" in html
 
 
