@@ -199,6 +199,38 @@ def best_by_dim(runs: Sequence[Results]) -> dict[str, dict[int, tuple[float, str
     return table
 
 
+def ste_cosine_layers(r: Results) -> list[str]:
+    """The layers of a run's STE-vs-CDG cosines, front to back (``fc1.weight`` … ``readout.weight``)."""
+    first = next(iter(r["curves"]["ste"]))
+    return sorted((k for k in r["cosines"][f"ste_vs_cdg:{first}"] if k != "all"),
+                  key=lambda name: (name.startswith("readout"), name))
+
+
+def cosine_with_cdg(runs: Sequence[Results]) -> dict[str, dict[int, str]]:
+    """``{estimator: {num_dim: cell}}``: the cosine similarity with CDG at ``reference_eps``
+    (means over initialisations × batches). STE variants: ``"all (layer / layer / …)"``, over all
+    weights then per layer front to back; NES per sample count: ``"all (σ=…)"`` at the σ with the
+    best loss decrease."""
+    def cell(by_layer: Mapping[str, Mapping[str, Any]]) -> str:
+        def fmt(name: str) -> str:
+            v = by_layer[name]["mean"]
+            return "–" if v is None or not math.isfinite(v) else f"{v:.2f}"
+
+        return f"{fmt('all')} ({' / '.join(fmt(k) for k in layers)})"
+
+    table: dict[str, dict[int, str]] = {}
+    for r in runs:
+        d, c, cos = r["num_dim"], r["curves"], r["cosines"]
+        layers = ste_cosine_layers(r)
+        for v in c["ste"]:
+            table.setdefault(f"STE {v}", {})[d] = cell(cos[f"ste_vs_cdg:{v}"])
+        for s in nes_samples(r):
+            by = c[f"nes:{s}"]
+            sg = max(by, key=lambda k: by[k]["best"])
+            table.setdefault(f"NES {s}", {})[d] = f"{cos[f'nes_vs_cdg:{s}'][sg]['mean']:.2f} (σ={sg})"
+    return table
+
+
 def best_vs_dim_figure(runs: Sequence[Results], title: str = "") -> "plt.Figure":
     """Best loss decrease → num_dim, one line per estimator; CDG and the NES with the most samples
     are annotated with their best ε / σ (the table beside it has all of them)."""

@@ -162,6 +162,16 @@ def _toy_block(level: int, ok: Sequence[dict[str, Any]], pretrained: bool) -> li
     cells.append(md(heading(level, "STE variants against the best CDG (beyond the notes)")))
     for r in by_dim:
         cells += [md(heading(level + 1, f"Dim = {r['num_dim']}")), figure(plots.ste_figure(r))]
+    if by_dim:
+        cells.append(md(heading(level, "Cosine with CDG (beyond the notes)")))
+        layers = plots.ste_cosine_layers(by_dim[0])
+        cos = plots.cosine_with_cdg(by_dim)
+        cells.append(md(f"How well each estimate points where CDG (ε = {by_dim[0]['parameters']['reference_eps']:g}) "
+                        f"points: cosine over all weights, then per layer ({' / '.join(layers)}) for the STE "
+                        "variants; for NES at the σ with the best loss decrease, over all weights."))
+        dims = [r["num_dim"] for r in by_dim]
+        cells.append(table(["estimator"] + [f"num_dim {d}" for d in dims],
+                           [[name] + [by.get(d, "–") for d in dims] for name, by in cos.items()]))
     return cells
 
 

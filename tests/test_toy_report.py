@@ -66,7 +66,8 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     for expected in ["搜索超参(epsilon for CDG & sigma for NES) - 1", "搜索超参(epsilon for CDG & sigma for NES) - 2",
                      "Hyper-parameter search (epsilon for CDG & sigma for NES) - 1", "BinaryDuo设置实验后续",
                      "实验设置", "困难", "问题", "CDG lr-loss decrease plot", "NES lr-loss decrease plot",
-                     "Dim = 4", "Sample = 20", "Sample = 100", "best loss decrease - num_dim plot", "Run manifest"]:
+                     "Dim = 4", "Sample = 20", "Sample = 100", "best loss decrease - num_dim plot", "Run manifest",
+                     "Cosine with CDG (beyond the notes)"]:
         assert expected in text, expected
     assert "NES grad似乎不能指向loss下降的方向" in html
     # CDG 2 + NES 2×2 + best 2 + STE 2 + diagnosis/pretraining figures
@@ -157,3 +158,21 @@ def test_best_by_dim_marks_grid_edges():
     assert best["CDG"][8] == (0.7, "ε=0.3 † ‡")
     assert best["NES 100"][8] == (0.2, "σ=0.1")
     assert best["STE identity"][8] == (0.3, "lr=10 ‡") and best["STE clipped"][8] == (0.4, "lr=0.1")
+
+
+def test_cosine_with_cdg_table():
+    """Hand-made cosines: STE cells list all weights then layers front to back; NES its best σ."""
+    def cos(all_, fc1, fc2, readout):
+        return {"all": {"mean": all_}, "readout.weight": {"mean": readout},
+                "fc2.weight": {"mean": fc2}, "fc1.weight": {"mean": fc1}}
+
+    run = {"num_dim": 4,
+           "curves": {"ste": {"clipped": {}, "identity": {}},
+                      "nes:100": {"0.1": {"best": 0.2}, "0.3": {"best": 0.5}}},
+           "cosines": {"ste_vs_cdg:clipped": cos(0.5, 0.25, 0.125, 1.0),
+                       "ste_vs_cdg:identity": cos(0.3, None, -0.5, 0.99),
+                       "nes_vs_cdg:100": {"0.1": {"mean": 0.9}, "0.3": {"mean": 0.4}}}}
+    assert plots.ste_cosine_layers(run) == ["fc1.weight", "fc2.weight", "readout.weight"]
+    assert plots.cosine_with_cdg([run]) == {"STE clipped": {4: "0.50 (0.25 / 0.12 / 1.00)"},
+                                            "STE identity": {4: "0.30 (– / -0.50 / 0.99)"},
+                                            "NES 100": {4: "0.40 (σ=0.3)"}}
