@@ -427,7 +427,8 @@ def direction_losses(
     come from ``cache``. When that first unit is linear (``z = W h + b``), its input ``h`` is
     shared by all copies, so ``z = W h + b + s · (U h + u_b)`` with the projection ``U h`` of
     every direction computed once in one matmul and reused for every scale; the remaining units
-    run as one ``vmap``-ed pass over the ``len(scales) · K`` copies.
+    run over the ``len(scales) · K`` copies as batched matmuls when they are all linear units,
+    else as one ``vmap``-ed pass.
     """
     units = units_of(model)
     first = min(loc.unit for loc in locs)
@@ -468,7 +469,23 @@ def direction_losses(
         return per_sample_loss(out, y, loss).mean()
 
     copies = len(scales) * k
-    if not rest:  # nothing perturbed after the head: one plain pass over all copies' rows
+    if batched is not None and rest and all(isinstance(u, LinearAct) for u in units[start:]):
+        # A chain of linear units (the toy MLP): explicit batched matmuls, the same arithmetic as
+        # the vmap below (equal bit for bit in float32 here) without vmap's per-op overhead,
+        # which matters for small layers.
+        out = batched
+        for u in range(start, len(units)):
+            unit = units[u]
+            delta = {loc.local: pert[loc.name] for loc in by_unit.get(u, [])}
+            if "weight" in delta:
+                z = torch.bmm(out, (unit.weight + delta["weight"]).transpose(1, 2))
+            else:
+                z = torch.matmul(out, unit.weight.t())
+            if unit.bias is not None:
+                z = z + ((unit.bias + delta["bias"]).unsqueeze(1) if "bias" in delta else unit.bias)
+            out = z if unit.act is None else unit.act(z)
+        losses = per_sample_loss(out, y, loss).mean(dim=1)
+    elif not rest:  # nothing perturbed after the head: one plain pass over all copies' rows
         out = run_units(units[start:], batched.reshape(copies * h.shape[0], *batched.shape[2:]))
         losses = per_sample_loss(out.reshape(copies, h.shape[0], *out.shape[1:]), y, loss).mean(dim=1)
     elif batched is None:

@@ -1,4 +1,5 @@
 """Estimators against independent references: brute-force loops, closed forms, exact autograd."""
+import copy
 import math
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lib import engine
 from lib import estimators as E
 from lib import evaluate as V
 from lib.data import toy_problem
@@ -301,3 +303,34 @@ def test_loss_decrease_equals_explicit_step_and_cosine_ignores_nan():
     g = {"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([0.0, 12.0])}
     assert torch.allclose(V.normalize(g, "global")["b"], torch.tensor([0.0, 12 / 13]))
     assert torch.allclose(V.normalize(g, "layer")["a"], torch.tensor([0.6, 0.8]))
+
+
+@pytest.mark.parametrize("names", [
+    ["fc1.weight", "readout.bias"],                         # fc2 unperturbed between two perturbed units
+    ["fc2.weight", "fc2.bias", "readout.weight"],           # head in the middle, biases too
+    ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "readout.weight", "readout.bias"],
+])
+def test_direction_losses_equal_a_loop_over_perturbed_copies(names):
+    """engine.direction_losses against perturbing a float64 copy of the model and running it."""
+    model = BinaryMLP(5, hidden_layers=2, out_dim=3, act="ternary", bias=True, seed=4).double()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias"):
+                p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(len(n)))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 5, generator=gen, dtype=torch.float64)
+    y = torch.randn(9, 3, generator=gen, dtype=torch.float64)
+    params = dict(model.named_parameters())
+    dirs = {n: torch.randn(4, *params[n].shape, generator=gen, dtype=torch.float64) for n in names}
+    locs = [engine.locate_parameters(model)[n] for n in names]
+    scales = (0.3, -0.3, 1.5)
+    got = engine.direction_losses(model, engine.forward_cache(model, x), y, "mse", locs, dirs, scales)
+    assert got.shape == (3, 4)
+    for i, s in enumerate(scales):
+        for k in range(4):
+            twin = copy.deepcopy(model)
+            with torch.no_grad():
+                for n in names:
+                    dict(twin.named_parameters())[n].add_(s * dirs[n][k])
+                expected = F.mse_loss(twin(x), y)
+            torch.testing.assert_close(got[i, k], expected, rtol=1e-12, atol=1e-12)
