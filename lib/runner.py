@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from lib.grid import RESULTS_KEY, ROOT, ParamsError, Run, expand_grid, validate
 from lib.io import atomic_write_json, read_json
+from lib.priority import NICE_ENV
 from lib.progress import describe, progress_path, read_progress
 from lib.runtime import versions
 
@@ -48,7 +49,9 @@ KERNEL_NAME = "python3"
 KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
 # Quiet the kernel's own log (e.g. its warning about unencrypted TCP); errors in cells still
 # reach the executed notebook and the manifest.
-KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+# Each kernel lowers its own CPU priority when the runner asks (--nice, lib/priority.py).
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR",
+               "--IPKernelApp.exec_lines=from lib.priority import lower_priority_from_env as _lp; _lp(); del _lp"]
 # Seconds between two looks at the progress files of the running notebooks (lib/progress.py).
 PROGRESS_POLL_S = 5.0
 
@@ -99,12 +102,14 @@ DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
 
 
 @contextmanager
-def _kernel_environment(jobs: int, root: Path) -> Iterator[None]:
-    """Environment the kernels inherit: thread counts split between jobs, the repo importable."""
+def _kernel_environment(jobs: int, root: Path, nice: int = 0) -> Iterator[None]:
+    """Environment the kernels inherit: thread counts split between jobs, the repo importable,
+    the CPU priority they take (``nice``, see :mod:`lib.priority`)."""
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     pythonpath = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
     changes = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": pythonpath,
-               "MPLBACKEND": KERNEL_MPLBACKEND, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
+               "MPLBACKEND": KERNEL_MPLBACKEND, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0"),
+               NICE_ENV: str(nice)}
     saved = {key: os.environ.get(key) for key in changes}
     os.environ.update(changes)
     try:
@@ -179,7 +184,7 @@ def load_manifest(report_dir: Path) -> dict[str, Any]:
 
 
 def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str, date: str, jobs: int = 1,
-             force: bool = False, root: Path = ROOT) -> dict[str, list[str]]:
+             force: bool = False, nice: int = 0, root: Path = ROOT) -> dict[str, list[str]]:
     """Execute ``runs`` into ``report_dir`` (resuming from its manifest); return run ids by outcome.
 
     The result has keys ``ok``, ``cached`` and ``failed``. The manifest is rewritten atomically
@@ -268,7 +273,7 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
     poller = threading.Thread(target=show_progress, name="progress", daemon=True)
     poller.start()
     try:
-        with _kernel_environment(jobs, root):
+        with _kernel_environment(jobs, root, nice):
             if jobs <= 1:
                 try:
                     for run in todo:
@@ -339,6 +344,16 @@ def _date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from None
 
 
+def _niceness(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 19, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -369,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params-dir", default="params", help="default: params")
     parser.add_argument("--no-report", action="store_true", help="skip building reports/<date>/index.html")
     parser.add_argument("--force", action="store_true", help="recompute runs even if finished")
+    parser.add_argument("--nice", type=_niceness, default=0,
+                        help="CPU priority of the notebook kernels, 0 (default) to 19 (lowest): run a long grid "
+                             "in the background without slowing other work")
     return parser
 
 
@@ -395,7 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {Path(args.reports_dir) / earlier} holds an unfinished grid of profile {args.profile}; "
               f"add --date {earlier} to resume it instead of starting {report_dir}", file=sys.stderr)
     try:
-        outcome = run_grid(runs, report_dir, profile=args.profile, date=args.date, jobs=args.jobs, force=args.force)
+        outcome = run_grid(runs, report_dir, profile=args.profile, date=args.date, jobs=args.jobs, force=args.force,
+                           nice=args.nice)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished runs are recorded in {report_dir / 'manifest.json'}; "
               "rerun the same command to resume", file=sys.stderr)

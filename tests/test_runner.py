@@ -273,6 +273,7 @@ def test_grid_runs_and_manifest(base_grid):
         res = results(base_grid, run_id)
         assert {k: res[k] for k in entry["parameters"]} == entry["parameters"]
         assert res["omp_num_threads"] == str(max(1, os.cpu_count() // 2))
+        assert res["nice"] == os.nice(0)                              # no --nice: as the runner
         assert res["cwd"] == str(ROOT)
     assert results(base_grid, TOY_IDS[3])["num_dim"] == 16 and results(base_grid, TOY_IDS[3])["pretrained"] is True
     # every entry names the library version that computed it; the invocation is on record
@@ -463,6 +464,17 @@ def test_progress_of_running_notebooks_is_shown(tmp_path, capsys, monkeypatch):
     assert "slow 1/2, ~" in captured.err                      # the bar's postfix while it ran
     assert not list((report_dir(tmp_path) / "results").glob("*.progress"))  # cleaned up
     assert results(tmp_path, "slow")["mode"] == "progress"
+
+
+def test_nice_lowers_the_kernels_priority(tmp_path):
+    write(tmp_path / "params/single.yaml", SINGLE_YAML)
+    base = os.nice(0)
+    assert run_main(tmp_path, "--nice", "7") == 0
+    got = results(tmp_path, "single")
+    assert got["nice"] == max(base, 7) and os.nice(0) == base      # the kernel, not this process
+    if got["autogroup"] is not None:                                 # Linux with autogroup scheduling
+        assert got["autogroup"].strip().endswith(f"nice {max(base, 7)}")
+    assert run_main(tmp_path, "--nice", "20") == 2                  # out of range: usage error
 
 
 def test_report_failure_gives_exit_1(base_grid, tmp_path, capsys, monkeypatch):
