@@ -220,6 +220,14 @@ def thin_resnet_sections(runs: Sequence[dict[str, Any]]) -> list:
 
 # ----------------------------------------------------------------------------- manifest
 
+def not_run_yet(manifest: dict[str, Any]) -> list[str]:
+    """Run ids some invocation of the runner planned but the manifest has no entry for: a grid
+    interrupted (or still running) before those runs finished."""
+    planned = {rid for inv in manifest.get("invocations") or [] if isinstance(inv, dict)
+               for rid in inv.get("planned") or []}
+    return sorted(planned - set(manifest.get("runs") or {}))
+
+
 def _seed_of(entry: dict[str, Any], results: dict[str, Any] | None) -> Any:
     """The run's seed: given in its parameters, else the one its results record (the notebook's
     default), else empty."""
@@ -258,6 +266,10 @@ def manifest_section(manifest: dict[str, Any], runs: Sequence[dict[str, Any]]) -
                     f"{elapsed:.0f} s of wall time in all (report build excluded).")
     cells.append(md(summary))
     cells.append(table(["run", "status", "wall time", "seed", "commit", "params hash", "error"], rows))
+    missing = not_run_yet(manifest)
+    if missing:
+        cells.append(md(f"**Not run yet** ({len(missing)}; rerun the same command to resume): "
+                        + ", ".join(f"`{rid}`" for rid in missing) + "."))
     params_rows = []
     for r in runs:
         for k, v in sorted((r["entry"].get("parameters") or {}).items()):
@@ -283,6 +295,10 @@ def report_notebook(report_dir: str | Path) -> nbformat.NotebookNode:
                 "with ĝ normalised per layer, mean over initialisations × batches (shaded: ± one standard "
                 "deviation; star: best lr)."),
              md(heading(2, *H_FOLLOW_UP))]
+    missing = not_run_yet(manifest)
+    if missing:
+        cells.insert(1, md(f"**Partial report:** {len(missing)} planned run(s) have not finished yet "
+                           "(listed in the run manifest at the end); sections without them show what exists."))
     cells += toy_sections(runs)
     cells += thin_resnet_sections(runs)
     cells += manifest_section(manifest, runs)

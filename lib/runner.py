@@ -208,7 +208,8 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
     # (interrupted, resumed) invocations is the sum of their wall_s.
     t0 = time.perf_counter()
     invocation = {"started": manifest["started"], "finished": None, "wall_s": 0.0, "jobs": jobs,
-                  "git_commit": commit, "ran": [], "cached": len(outcome["cached"]), "interrupted": False}
+                  "git_commit": commit, "planned": [run.run_id for run in runs], "ran": [],
+                  "cached": len(outcome["cached"]), "interrupted": False}
     manifest.setdefault("invocations", []).append(invocation)
     atomic_write_json(manifest_path, manifest)
     lock = threading.Lock()

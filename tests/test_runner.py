@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lib import grid, runner
+from lib import grid, report, runner
 from lib.io import read_json
 from lib.validate import check_value
 
@@ -281,6 +281,7 @@ def test_grid_runs_and_manifest(base_grid):
     assert all("git_commit" in e for e in m["runs"].values())
     [inv] = m["invocations"]
     assert sorted(inv["ran"]) == sorted(TOY_IDS) and inv["cached"] == 0 and inv["jobs"] == 2
+    assert inv["planned"] == TOY_IDS and inv["interrupted"] is False
     assert inv["finished"] is not None
     assert inv["wall_s"] >= max(e["wall_s"] for e in m["runs"].values())
     # the executed notebook carries the injected parameters, results_path included
@@ -371,6 +372,7 @@ def test_interrupted_invocation_is_recorded(tmp_path, monkeypatch):
     assert list(m["runs"]) == [TOY_IDS[0]] and m["runs"][TOY_IDS[0]]["code_sha256"] == runner.code_sha256(ROOT)
     [inv] = m["invocations"]
     assert inv["interrupted"] is True and inv["ran"] == [TOY_IDS[0]] and inv["finished"] is not None
+    assert report.not_run_yet(m) == sorted(TOY_IDS[1:])    # what the report lists as not run yet
 
 
 def test_resume_runs_only_unfinished(base_grid, tmp_path, capsys):
