@@ -2,7 +2,7 @@
 # Reproduce the report, or run the tests, from a fresh checkout with only python3 (3.11).
 #
 #   ./run_all.sh                      # all params/*.yaml, profile quick -> reports/<today>/index.html
-#   ./run_all.sh --profile full --jobs 2 --only toy
+#   ./run_all.sh --profile full --nice 19 --only toy,toy_pretrained
 #   ./run_all.sh test [pytest args]   # the test suite
 #
 # The virtual environment .venv is (re)built from requirements.txt when it is missing or when

@@ -155,10 +155,10 @@ def _toy_block(level: int, ok: Sequence[dict[str, Any]], pretrained: bool) -> li
         cells.append(table(["estimator"] + [f"num_dim {d}" for d in dims], rows))
         if any(plots.EDGE_MARK in v[1] for by in best.values() for v in by.values()):
             cells.append(md(f"{plots.EDGE_MARK.strip()} the best ε or σ is at the edge of its grid: the true "
-                            "optimum may lie outside; widen the grid in `params/toy.yaml`."))
+                            "optimum may lie outside; widen the grid in `params/toy.yaml` or `params/toy_pretrained.yaml`."))
         if any(plots.LR_EDGE_MARK in v[1] for by in best.values() for v in by.values()):
             cells.append(md(f"{plots.LR_EDGE_MARK.strip()} the best learning rate is the largest of the lr grid: "
-                            "a longer step might decrease the loss more; raise `lr_max` in `params/toy.yaml`."))
+                            "a longer step might decrease the loss more; raise `lr_max` in `params/toy*.yaml`."))
     cells.append(md(heading(level, "STE variants against the best CDG (beyond the notes)")))
     for r in by_dim:
         cells += [md(heading(level + 1, f"Dim = {r['num_dim']}")), figure(plots.ste_figure(r))]
