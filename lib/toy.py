@@ -118,8 +118,9 @@ def run_toy(p: ToyParams, progress: bool = True,
     """Run one toy grid point; returns the JSON-able results (see the module docstring).
 
     ``on_step(done, total, what)`` (e.g. a :class:`lib.progress.Reporter`) is called after each
-    of the ``num_init · num_batch · (1 + len(sigma_grid))`` steps: per initialisation × batch,
-    the CDG and STE estimates, then each σ of NES."""
+    of the ``num_init · num_batch · len(sigma_grid)`` steps, one per σ of NES for each
+    initialisation × batch: they take about equal time (the cheap CDG and STE estimates count
+    with the first σ), so a linear extrapolation of the time left holds."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -143,7 +144,7 @@ def run_toy(p: ToyParams, progress: bool = True,
         cos.setdefault(kind, {}).setdefault(key, []).append(value)
 
     reps = p.num_init * p.num_batch
-    steps, done = reps * (1 + len(p.sigma_grid)), 0
+    steps, done = reps * len(p.sigma_grid), 0
 
     def step(what: str) -> None:
         nonlocal done
@@ -185,7 +186,6 @@ def run_toy(p: ToyParams, progress: bool = True,
                 add("ste", variant, curve_of(g))
                 for name, value in V.cosine(g, cdg_ref).items():
                     add_cos(f"ste_vs_cdg:{variant}", name, value)
-            step(f"init {init} batch {b}: CDG and STE")
             for sigma in p.sigma_grid:
                 ests = timed("nes", E.nes_multi, model, x, y, sigma=sigma, samples=p.nes_samples, seed=seed)
                 for s, g in ests.items():

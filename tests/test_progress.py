@@ -47,6 +47,7 @@ def test_toy_reports_one_step_per_rep_and_sigma():
     p = ToyParams(num_dim=4, eps_grid=[0.1], sigma_grid=[0.1, 0.5], nes_samples=[20], ste_variants=["clipped"],
                   num_lr=3, num_lr_refine=2, batch_size=16, num_init=1, num_batch=2, diagnose=False)
     run_toy(p, progress=False, on_step=lambda *a: calls.append(a))
-    assert [c[:2] for c in calls] == [(k, 6) for k in range(1, 7)]
-    assert calls[0][2] == "init 0 batch 0: CDG and STE" and calls[2][2] == "init 0 batch 0: NES σ=0.5"
+    assert [c[:2] for c in calls] == [(k, 4) for k in range(1, 5)]
+    assert [c[2] for c in calls] == ["init 0 batch 0: NES σ=0.1", "init 0 batch 0: NES σ=0.5",
+                                     "init 0 batch 1: NES σ=0.1", "init 0 batch 1: NES σ=0.5"]
     json.dumps(calls)
