@@ -18,8 +18,9 @@ The cost of CDG and NES is loss evaluations of perturbed copies of one model (DE
   ``W[j, c, kh, kw]`` moves output channel ``j`` by ``δ`` times input channel ``c`` shifted by
   ``(kh, kw)``; any other parameter falls back to ``torch.func.vmap`` over perturbed copies.
 * **NES** (:func:`direction_losses`): ``K`` jointly perturbed copies per chunk, both antithetic
-  signs, one batched pass through ``torch.func.functional_call`` under ``vmap`` from the first
-  perturbed unit on (whose projection ``U·h`` of the shared input is computed once for both signs).
+  signs, one batched pass from the first perturbed unit on (whose projection ``U·h`` of the
+  shared input is computed once for both signs): batched matmuls through a chain of linear
+  units, else ``torch.func.functional_call`` under ``vmap``.
 
 Chunks are sized to a memory budget (``budget_mb``); results do not depend on it except in
 floating-point summation order.

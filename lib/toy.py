@@ -144,14 +144,7 @@ def run_toy(p: ToyParams, progress: bool = True,
         cos.setdefault(kind, {}).setdefault(key, []).append(value)
 
     reps = p.num_init * p.num_batch
-    steps, done = reps * len(p.sigma_grid), 0
-
-    def step(what: str) -> None:
-        nonlocal done
-        done += 1
-        if on_step:
-            on_step(done, steps, what)
-
+    steps = reps * len(p.sigma_grid)
     bar = tqdm(total=reps, desc=f"toy d={p.num_dim}{' pretrained' if p.pretrained else ''}", disable=not progress)
     base_losses = []
     for init in range(p.num_init):
@@ -186,7 +179,7 @@ def run_toy(p: ToyParams, progress: bool = True,
                 add("ste", variant, curve_of(g))
                 for name, value in V.cosine(g, cdg_ref).items():
                     add_cos(f"ste_vs_cdg:{variant}", name, value)
-            for sigma in p.sigma_grid:
+            for i, sigma in enumerate(p.sigma_grid):
                 ests = timed("nes", E.nes_multi, model, x, y, sigma=sigma, samples=p.nes_samples, seed=seed)
                 for s, g in ests.items():
                     add(f"nes:{s}", f"{sigma:g}", curve_of(g))
@@ -199,7 +192,9 @@ def run_toy(p: ToyParams, progress: bool = True,
                     for s, g in two.items():
                         add(f"nes_last2:{s}", f"{sigma:g}", curve_of(g))
                         add_cos(f"nes_last2_vs_exact:{s}", f"{sigma:g}", V.cosine(g, exact)["all"])
-                step(f"init {init} batch {b}: NES σ={sigma:g}")
+                if on_step:
+                    on_step((init * p.num_batch + b) * len(p.sigma_grid) + i + 1, steps,
+                            f"init {init} batch {b}: NES σ={sigma:g}")
             cdg_last2 = {n: cdg_ref[n] for n in LAST_TWO}
             add("cdg_last2", f"{p.reference_eps:g}", curve_of(cdg_last2))
             bar.update(1)
