@@ -6,7 +6,9 @@ notebook hands ``Reporter(results_path)`` to the experiment, which calls it as
 ``<results_path>.progress`` (JSON ``{"done", "total", "what", "elapsed_s", "written"}``,
 atomically; ``written`` is the Unix time of the write) and the runner polls it. The remaining
 time is extrapolated linearly from the last report and counts down between reports:
-``left = elapsed · (total − done) / done − (now − written)``, at least 0.
+``left = elapsed · (total − done) / (done − done_at_start) − (now − written)``, at least 0, where
+``done_at_start`` is the number of steps a resumed run had finished before this attempt
+(:mod:`lib.checkpoint`; 0 for a fresh run) and ``elapsed`` the time of this attempt.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lib.checkpoint import partial_path
 from lib.io import atomic_write_json, read_json
 
 SUFFIX = ".progress"
@@ -27,14 +30,26 @@ def progress_path(results_path: str | os.PathLike) -> Path:
 
 class Reporter:
     """``report(done, total, what)``: write the progress of the run whose results go to
-    ``results_path``. The clock starts when the reporter is made."""
+    ``results_path``. The clock starts when the reporter is made, or at :meth:`resumed`.
+
+    ``partial`` is where the run keeps its partial state (:mod:`lib.checkpoint`): an experiment
+    handed a reporter resumes from it."""
 
     def __init__(self, results_path: str | os.PathLike) -> None:
         self.path = progress_path(results_path)
+        self.partial = partial_path(results_path)
+        self.start = time.perf_counter()
+        self.done_at_start = 0
+
+    def resumed(self, done: int) -> None:
+        """The run resumes with ``done`` steps finished by an earlier attempt: the time left is
+        extrapolated from the steps of this attempt, timed from now."""
+        self.done_at_start = int(done)
         self.start = time.perf_counter()
 
     def __call__(self, done: int, total: int, what: str = "") -> None:
         atomic_write_json(self.path, {"done": int(done), "total": int(total), "what": str(what),
+                                      "done_at_start": self.done_at_start,
                                       "elapsed_s": round(time.perf_counter() - self.start, 3),
                                       "written": time.time()})
 
@@ -49,13 +64,15 @@ def read_progress(results_path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def seconds_left(progress: dict[str, Any], now: float | None = None) -> float | None:
-    """``elapsed · (total − done) / done − (now − written)`` (at least 0; without ``written`` the
-    countdown term is left out); ``None`` before the first unit is done. ``now``: Unix time,
-    default the current time."""
+    """``elapsed · (total − done) / (done − done_at_start) − (now − written)`` (at least 0;
+    without ``written`` the countdown term is left out, without ``done_at_start`` it is 0);
+    ``None`` before this attempt's first step is done. ``now``: Unix time, default the current
+    time."""
     done, total, elapsed = progress.get("done"), progress.get("total"), progress.get("elapsed_s")
-    if not all(isinstance(v, (int, float)) for v in (done, total, elapsed)) or done <= 0:
+    start = progress.get("done_at_start", 0)
+    if not all(isinstance(v, (int, float)) for v in (done, total, elapsed, start)) or done <= start:
         return None
-    left = elapsed * max(total - done, 0) / done
+    left = elapsed * max(total - done, 0) / (done - start)
     written = progress.get("written")
     if isinstance(written, (int, float)):
         left -= (time.time() if now is None else now) - written

@@ -37,6 +37,7 @@ import papermill
 from papermill.exceptions import PapermillExecutionError
 from tqdm import tqdm
 
+from lib.checkpoint import partial_path
 from lib.grid import RESULTS_KEY, ROOT, ParamsError, Run, expand_grid, validate
 from lib.io import atomic_write_json, read_json
 from lib.priority import NICE_ENV
@@ -131,7 +132,6 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
     executed = report_dir / "runs" / f"{run.run_id}.ipynb"
     results = report_dir / "results" / f"{run.run_id}.json"
     results.unlink(missing_ok=True)  # a stale file must not pass for this run's output
-    progress_path(results).unlink(missing_ok=True)
     status, error = "ok", None
     start = time.perf_counter()
     try:
@@ -146,6 +146,8 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
     except Exception as exc:  # KeyboardInterrupt passes through: the run stays unrecorded
         status, error = "failed", _short_error(exc)
     progress_path(results).unlink(missing_ok=True)
+    if status == "ok":  # kept after a failure or an interrupt: the rerun resumes from it
+        partial_path(results).unlink(missing_ok=True)
     return {
         "name": run.name,
         "notebook": run.notebook,
@@ -201,6 +203,9 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
 
     outcome: dict[str, list[str]] = {"ok": [], "cached": [], "failed": []}
     todo = [run for run in runs if force or not is_cached(run, manifest, report_dir)]
+    if force:  # recompute from the start, not from the steps an interrupted run saved
+        for run in todo:
+            partial_path(report_dir / "results" / f"{run.run_id}.json").unlink(missing_ok=True)
     todo_ids = {run.run_id for run in todo}
     outcome["cached"] = [run.run_id for run in runs if run.run_id not in todo_ids]
     # One record per invocation, rewritten with the manifest after every run and when the
@@ -247,8 +252,10 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
                 refresh()
 
     def one(run: Run) -> dict[str, Any]:
+        results = report_dir / "results" / f"{run.run_id}.json"
+        progress_path(results).unlink(missing_ok=True)  # left by an interrupted attempt
         with lock:
-            running[run.run_id] = report_dir / "results" / f"{run.run_id}.json"
+            running[run.run_id] = results
             refresh()
         # The library version is read per run: a kernel imports lib/ when its run starts.
         code = dict(zip(("git_commit", "git_dirty"), git_commit(root)), code_sha256=code_sha256(root))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -23,7 +24,9 @@ import torch
 from . import estimators as E
 from . import evaluate as V
 from .data import gaussian_batch, seeded_generator, teacher_targets, toy_problem
+from .checkpoint import Checkpoint
 from .io import to_jsonable
+from .progress import Reporter
 from .runtime import resolve_device, versions
 from .train import cached_train, train_ste
 
@@ -114,22 +117,43 @@ def _mean(values: list[float]) -> float:
 
 
 def run_toy(p: ToyParams, progress: bool = True,
-            on_step: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+            on_step: Callable[[int, int, str], None] | None = None,
+            checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run one toy grid point; returns the JSON-able results (see the module docstring).
 
-    ``on_step(done, total, what)`` (e.g. a :class:`lib.progress.Reporter`) is called after each
-    of the ``num_init · num_batch · len(sigma_grid)`` steps, one per σ of NES for each
-    initialisation × batch: they take about equal time (the cheap CDG and STE estimates count
-    with the first σ), so a linear extrapolation of the time left holds."""
+    The run is a sequence of ``num_init · num_batch · len(sigma_grid)`` steps, one per σ of NES
+    for each initialisation × batch; the cheap CDG and STE estimates of an initialisation ×
+    batch belong to its first step. The steps take about equal time, so a linear extrapolation
+    of the time left holds. ``on_step(done, total, what)`` (e.g. a :class:`lib.progress.Reporter`)
+    is called after each step.
+
+    ``checkpoint``: a file (:mod:`lib.checkpoint`) where the state is saved after each step; a
+    rerun with the same parameters skips the steps saved there and gives the same numbers as an
+    uninterrupted run. By default the reporter's ``partial`` file when ``on_step`` is a
+    :class:`lib.progress.Reporter`, else none."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     device = str(resolve_device(p.device))
     lrs = p.lrs()
-    raw: dict[str, dict[str, list[np.ndarray]]] = {}
-    cos: dict[str, dict[str, list[float]]] = {}
-    pretrain_info = []
-    timing: dict[str, list[float]] = {}
+    if checkpoint is None and isinstance(on_step, Reporter):
+        checkpoint = on_step.partial
+    saver = Checkpoint(checkpoint, asdict(p)) if checkpoint is not None else None
+    saved = saver.load() if saver else None
+    saved = saved or {"done": 0, "raw": {}, "cos": {}, "timing": {}, "base_losses": [], "pretrain": [],
+                      "elapsed_s": 0.0}
+    done = int(saved["done"])
+    # Lists of curves in the order they were added: a resumed run appends to them in the same
+    # order as an uninterrupted one, so means and spreads agree bit for bit.
+    raw: dict[str, dict[str, list[np.ndarray]]] = {
+        kind: {key: [np.asarray(c, dtype=float) for c in curves] for key, curves in by_key.items()}
+        for kind, by_key in saved["raw"].items()}
+    cos: dict[str, dict[str, list[float]]] = saved["cos"]
+    timing: dict[str, list[float]] = saved["timing"]
+    base_losses: list[float] = saved["base_losses"]
+    pretrain_info: list[dict[str, Any]] = saved["pretrain"]
+    if done and isinstance(on_step, Reporter):
+        on_step.resumed(done)
 
     def timed(kind: str, fn, *args, **kwargs):
         t = time.perf_counter()
@@ -143,43 +167,58 @@ def run_toy(p: ToyParams, progress: bool = True,
     def add_cos(kind: str, key: str, value: float) -> None:
         cos.setdefault(kind, {}).setdefault(key, []).append(value)
 
+    def elapsed() -> float:
+        return float(saved["elapsed_s"]) + time.perf_counter() - t0
+
     reps = p.num_init * p.num_batch
-    steps = reps * len(p.sigma_grid)
-    bar = tqdm(total=reps, desc=f"toy d={p.num_dim}{' pretrained' if p.pretrained else ''}", disable=not progress)
-    base_losses = []
+    per_rep = len(p.sigma_grid)
+    steps = reps * per_rep
+    bar = tqdm(total=reps, initial=done // per_rep, disable=not progress,
+               desc=f"toy d={p.num_dim}{' pretrained' if p.pretrained else ''}")
     for init in range(p.num_init):
+        if (init + 1) * p.num_batch * per_rep <= done:
+            continue  # this initialisation was finished by an earlier attempt
         problem = toy_problem(p.num_dim, p.seed * 1000 + init, teacher_act=p.teacher_act)
         if p.pretrained:
             student, curve, hit = pretrain_student(problem, p, progress)
             problem.student = student
-            pretrain_info.append({"init": init, "curve": curve, "cached": hit,
-                                  "final_loss": _mean(curve[-max(1, len(curve) // 20):])})
+            if not any(info["init"] == init for info in pretrain_info):
+                pretrain_info.append({"init": init, "curve": curve, "cached": hit,
+                                      "final_loss": _mean(curve[-max(1, len(curve) // 20):])})
         model = problem.student.to(device)
         problem.teacher.to(device)
         for b in range(p.num_batch):
+            first = (init * p.num_batch + b) * per_rep  # index of this initialisation × batch's first step
+            if first + per_rep <= done:
+                continue
             x, y = problem.batch(p.batch_size, b, device=device)
             xe, ye = problem.batch(p.batch_size, 10_000 + b, device=device) if p.held_out else (x, y)
-            with torch.no_grad():
-                base_losses.append(float(((model(xe) - ye) ** 2).mean()))
             seed = p.seed * 1_000_003 + init * 1009 + b
 
             def curve_of(grads: dict[str, torch.Tensor]) -> np.ndarray:
                 return V.loss_decrease(model, xe, ye, grads, lrs, p.normalize)
 
-            cdg_ref = None
-            for eps in p.eps_grid:
-                g = timed("cdg", E.cdg, model, x, y, eps=eps, seed=seed)
-                add("cdg", f"{eps:g}", curve_of(g))
-                if math.isclose(eps, p.reference_eps):
-                    cdg_ref = g
-            if cdg_ref is None:
+            if first >= done:  # the first step: base loss, CDG and the STE variants
+                with torch.no_grad():
+                    base_losses.append(float(((model(xe) - ye) ** 2).mean()))
+                cdg_ref = None
+                for eps in p.eps_grid:
+                    g = timed("cdg", E.cdg, model, x, y, eps=eps, seed=seed)
+                    add("cdg", f"{eps:g}", curve_of(g))
+                    if math.isclose(eps, p.reference_eps):
+                        cdg_ref = g
+                if cdg_ref is None:
+                    cdg_ref = E.cdg(model, x, y, eps=p.reference_eps, seed=seed)
+                for variant in p.ste_variants:
+                    g = timed("ste", E.ste, model, x, y, variant=variant)
+                    add("ste", variant, curve_of(g))
+                    for name, value in V.cosine(g, cdg_ref).items():
+                        add_cos(f"ste_vs_cdg:{variant}", name, value)
+            else:  # resumed inside this initialisation × batch: only the reference is needed again
                 cdg_ref = E.cdg(model, x, y, eps=p.reference_eps, seed=seed)
-            for variant in p.ste_variants:
-                g = timed("ste", E.ste, model, x, y, variant=variant)
-                add("ste", variant, curve_of(g))
-                for name, value in V.cosine(g, cdg_ref).items():
-                    add_cos(f"ste_vs_cdg:{variant}", name, value)
             for i, sigma in enumerate(p.sigma_grid):
+                if first + i < done:
+                    continue
                 ests = timed("nes", E.nes_multi, model, x, y, sigma=sigma, samples=p.nes_samples, seed=seed)
                 for s, g in ests.items():
                     add(f"nes:{s}", f"{sigma:g}", curve_of(g))
@@ -192,11 +231,15 @@ def run_toy(p: ToyParams, progress: bool = True,
                     for s, g in two.items():
                         add(f"nes_last2:{s}", f"{sigma:g}", curve_of(g))
                         add_cos(f"nes_last2_vs_exact:{s}", f"{sigma:g}", V.cosine(g, exact)["all"])
+                if i == per_rep - 1:
+                    cdg_last2 = {n: cdg_ref[n] for n in LAST_TWO}
+                    add("cdg_last2", f"{p.reference_eps:g}", curve_of(cdg_last2))
+                done = first + i + 1
+                if saver:
+                    saver.save({"done": done, "raw": raw, "cos": cos, "timing": timing, "base_losses": base_losses,
+                                "pretrain": pretrain_info, "elapsed_s": elapsed()})
                 if on_step:
-                    on_step((init * p.num_batch + b) * len(p.sigma_grid) + i + 1, steps,
-                            f"init {init} batch {b}: NES σ={sigma:g}")
-            cdg_last2 = {n: cdg_ref[n] for n in LAST_TWO}
-            add("cdg_last2", f"{p.reference_eps:g}", curve_of(cdg_last2))
+                    on_step(done, steps, f"init {init} batch {b}: NES σ={sigma:g}")
             bar.update(1)
     bar.close()
 
@@ -219,7 +262,7 @@ def run_toy(p: ToyParams, progress: bool = True,
         "cosines": cosines,
         "versions": versions(),
         "device": device,
-        "wall_s": time.perf_counter() - t0,
+        "wall_s": elapsed(),
     }
     results = json.loads(json.dumps(to_jsonable(results)))  # exactly what the JSON file holds
     results["diagnosis"] = diagnose(results) if p.diagnose else None

@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 from lib import progress
+from lib.checkpoint import partial_path
 from lib.toy import ToyParams, run_toy
 
 
@@ -32,6 +34,9 @@ def test_reporter_writes_what_read_progress_returns(tmp_path):
     # counts down from the last report: 180 s left when written, 30 s ago
     ({"done": 2, "total": 8, "elapsed_s": 60.0, "written": 1000.0}, 1030.0, 150.0, "2/8, ~2 min left"),
     ({"done": 2, "total": 8, "elapsed_s": 60.0, "written": 1000.0}, 1500.0, 0.0, "2/8, ~0 s left"),
+    # resumed after 4 steps: this attempt did 2 steps in 60 s, so 2 more take 60 s
+    ({"done": 6, "total": 8, "done_at_start": 4, "elapsed_s": 60.0}, None, 60.0, "6/8, ~1 min left"),
+    ({"done": 4, "total": 8, "done_at_start": 4, "elapsed_s": 60.0}, None, None, "4/8"),
 ])
 def test_time_left_is_linear_extrapolation(state, now, left, text):
     assert progress.seconds_left(state, now) == left
@@ -51,3 +56,73 @@ def test_toy_reports_one_step_per_rep_and_sigma():
     assert [c[2] for c in calls] == ["init 0 batch 0: NES σ=0.1", "init 0 batch 0: NES σ=0.5",
                                      "init 0 batch 1: NES σ=0.1", "init 0 batch 1: NES σ=0.5"]
     json.dumps(calls)
+
+
+class _Killed(Exception):
+    """Stands for the kernel dying after some steps."""
+
+
+class _DiesAfter(progress.Reporter):
+    def __init__(self, results_path, steps):
+        super().__init__(results_path)
+        self.steps = steps
+
+    def __call__(self, done, total, what=""):
+        super().__call__(done, total, what)
+        if done == self.steps:
+            raise _Killed
+
+
+def _tiny(**kw):
+    base = dict(num_dim=4, eps_grid=[0.1, 0.3], sigma_grid=[0.1, 0.5, 2.0], nes_samples=[20, 50],
+                ste_variants=["clipped", "identity"], num_lr=3, num_lr_refine=2, batch_size=16, num_init=2,
+                num_batch=2, pretrain_steps=5, pretrain_batch_size=32)
+    return ToyParams(**{**base, **kw})
+
+
+def _numbers(results):
+    """What a run computed (not its timings, nor whether the pretraining came from the cache)."""
+    pretrain = [{k: v for k, v in info.items() if k != "cached"} for info in results["pretrain"]]
+    return {**{k: results[k] for k in ("curves", "cosines", "base_loss", "diagnosis")}, "pretrain": pretrain}
+
+
+@pytest.mark.parametrize("killed_after", [1, 5, 6])  # inside a batch, inside the 2nd init, at its start
+def test_toy_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, killed_after):
+    p = _tiny(pretrained=True, cache_dir=str(tmp_path / "cache"))
+    reference = run_toy(p, progress=False)  # no reporter: no checkpoint
+    results = tmp_path / "run.json"
+    with pytest.raises(_Killed):
+        run_toy(p, progress=False, on_step=_DiesAfter(results, killed_after))
+    assert json.loads(partial_path(results).read_text())["state"]["done"] == killed_after
+    calls = []
+
+    class Counting(progress.Reporter):
+        def __call__(self, done, total, what=""):
+            super().__call__(done, total, what)
+            calls.append((done, self.done_at_start))
+
+    resumed = run_toy(p, progress=False, on_step=Counting(results))
+    assert calls == [(k, killed_after) for k in range(killed_after + 1, 13)]  # only the rest is computed
+    assert _numbers(resumed) == _numbers(reference)
+
+
+def test_toy_checkpoint_of_other_parameters_is_ignored(tmp_path):
+    results = tmp_path / "run.json"
+    with pytest.raises(_Killed):
+        run_toy(_tiny(seed=1), progress=False, on_step=_DiesAfter(results, 2))
+    p = _tiny()
+    calls = []
+    resumed = run_toy(p, progress=False, on_step=lambda *a: calls.append(a[0]), checkpoint=partial_path(results))
+    assert calls == list(range(1, 13))
+    assert _numbers(resumed) == _numbers(run_toy(p, progress=False))
+
+
+def test_checkpoint_keeps_floats_bit_for_bit(tmp_path):
+    from lib.checkpoint import Checkpoint
+    values = [0.1 + 0.2, 1e-310, -0.0, float("nan"), float("inf"), -float("inf"), 2.0 ** -1074]
+    ck = Checkpoint(tmp_path / "x.partial", {"a": 1})
+    ck.save({"v": np.array(values), "n": 3})
+    back = Checkpoint(tmp_path / "x.partial", {"a": 1}).load()
+    assert np.array(back["v"]).tobytes() == np.array(values).tobytes() and back["n"] == 3
+    assert Checkpoint(tmp_path / "x.partial", {"a": 2}).load() is None
+    assert Checkpoint(tmp_path / "missing.partial", {"a": 1}).load() is None

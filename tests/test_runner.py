@@ -452,6 +452,24 @@ def test_failing_runs_recorded_and_grid_goes_on(tmp_path, capsys):
     assert results(tmp_path, "modes__mode-ok")["token"] == ok_token
 
 
+def test_partial_state_kept_after_a_failure_dropped_after_success_and_by_force(tmp_path, capsys):
+    write(tmp_path / "params/modes.yaml", f"""\
+        notebook: {NOTEBOOK}
+        grid: [mode]
+        profiles:
+          quick: {{mode: [raise, ok], num_dim: 3}}
+        """)
+    partial = {m: report_dir(tmp_path) / "results" / f"modes__mode-{m}.json.partial" for m in ("raise", "ok")}
+    for path in partial.values():  # as left by interrupted attempts (lib/checkpoint.py)
+        write(path, "{}")
+    assert run_main(tmp_path) == 1
+    assert partial["raise"].is_file() and not partial["ok"].exists()  # the failed run resumes from it
+    assert run_main(tmp_path) == 1
+    assert partial["raise"].is_file()
+    assert run_main(tmp_path, "--force") == 1                          # --force: from the start
+    assert not partial["raise"].exists()
+
+
 def test_progress_of_running_notebooks_is_shown(tmp_path, capsys, monkeypatch):
     write(tmp_path / "params/slow.yaml", f"""\
         notebook: {NOTEBOOK}
