@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -398,6 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _stop_signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (``kill``, a closed terminal, a job scheduler) stop the runner as Ctrl-C
+    does: finished runs stay recorded and the invocation is marked interrupted. Background jobs
+    of a shell ignore SIGINT, so ``kill`` is how they are stopped."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status (0 ok, 1 failures, 2 invalid parameters)."""
     try:
@@ -421,8 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {Path(args.reports_dir) / earlier} holds an unfinished grid of profile {args.profile}; "
               f"add --date {earlier} to resume it instead of starting {report_dir}", file=sys.stderr)
     try:
-        outcome = run_grid(runs, report_dir, profile=args.profile, date=args.date, jobs=args.jobs, force=args.force,
-                           nice=args.nice)
+        with _stop_signals_as_interrupt():
+            outcome = run_grid(runs, report_dir, profile=args.profile, date=args.date, jobs=args.jobs,
+                               force=args.force, nice=args.nice)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished runs are recorded in {report_dir / 'manifest.json'}; "
               "rerun the same command to resume", file=sys.stderr)

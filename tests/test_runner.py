@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import types
 from pathlib import Path
 
@@ -373,6 +375,28 @@ def test_interrupted_invocation_is_recorded(tmp_path, monkeypatch):
     [inv] = m["invocations"]
     assert inv["interrupted"] is True and inv["ran"] == [TOY_IDS[0]] and inv["finished"] is not None
     assert report.not_run_yet(m) == sorted(TOY_IDS[1:])    # what the report lists as not run yet
+
+
+def test_sigterm_stops_like_ctrl_c(tmp_path, monkeypatch):
+    """``kill`` (SIGTERM) during the second run: recorded as an interrupted invocation, exit 130,
+    and the process's own SIGTERM handler is back afterwards."""
+    write(tmp_path / "params/toy.yaml", TOY_YAML)
+    calls = []
+
+    def fake_execute(run, report_dir, root, code):
+        calls.append(run.run_id)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts this
+        (report_dir / "results" / f"{run.run_id}.json").write_text("{}")
+        return {"status": "ok", "params_hash": run.params_hash, "wall_s": 0.01, "error": None, **code}
+
+    monkeypatch.setattr(runner, "execute_run", fake_execute)
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_main(tmp_path, "--jobs", "1") == 130
+    assert signal.getsignal(signal.SIGTERM) == before
+    [inv] = manifest(tmp_path)["invocations"]
+    assert inv["interrupted"] is True and inv["ran"] == [TOY_IDS[0]]
 
 
 def test_resume_runs_only_unfinished(base_grid, tmp_path, capsys):
