@@ -24,6 +24,7 @@ activation *precision* (``binary``, ``ternary``, ``2bit``, ``fp``), on one fixed
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,10 +32,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .checkpoint import Checkpoint
 from .estimators import cdg, ste
 from .evaluate import best_decrease, cosine, loss_decrease
 from .images import image_data, step_batches
 from .io import to_jsonable
+from .progress import Reporter
 from .runtime import resolve_device, versions
 from .quantizers import PRECISIONS, STE_VARIANTS
 from .resnet import XnorResNet, xnor_resnet18
@@ -325,10 +328,16 @@ def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: 
 
 
 def run(params: dict[str, Any], log: Callable[[str], None] | None = print,
-        on_step: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+        on_step: Callable[[int, int, str], None] | None = None,
+        checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run the experiment for one ``initial_channels``; returns the results dict (JSON-able).
     ``on_step(done, total, what)`` (e.g. a :class:`lib.progress.Reporter`) is called after each
-    of the ``len(states) · len(acts)`` (state, precision) analyses. The results:
+    of the ``len(states) · len(acts)`` (state, precision) analyses.
+
+    ``checkpoint``: a file (:mod:`lib.checkpoint`) where the results so far are saved after each
+    analysis; a rerun with the same parameters skips the analyses saved there (every draw is
+    seeded, so the numbers are those of an uninterrupted run). By default the reporter's
+    ``partial`` file when ``on_step`` is a :class:`lib.progress.Reporter`, else none. The results:
 
     ``experiment``, ``params`` (validated, all keys), ``seed``, ``versions``, ``device``,
     ``wall_s``, ``initial_channels``, ``layers`` (the 16 binary conv weight names, front to back),
@@ -358,7 +367,17 @@ def run(params: dict[str, Any], log: Callable[[str], None] | None = print,
     torch.manual_seed(p["seed"])
     data = load_data(p)
     x, y = data["x"].to(device), data["y"].to(device)
-    results: dict[str, Any] = {
+    if checkpoint is None and isinstance(on_step, Reporter):
+        checkpoint = on_step.partial
+    saver = Checkpoint(checkpoint, to_jsonable(dict(p))) if checkpoint is not None else None
+    saved = saver.load() if saver else None
+    elapsed_before = float(saved["elapsed_s"]) if saved else 0.0
+    total = len(p["states"]) * len(p["acts"])
+
+    def done_count() -> int:
+        return sum(len(v) for v in results["states"].values())
+
+    results: dict[str, Any] = saved["results"] if saved else {
         "experiment": EXPERIMENT, "params": dict(p), "seed": p["seed"], "versions": versions(),
         "device": str(device), "initial_channels": p["initial_channels"],
         "eps": p["eps"], "eps_main": main_eps(p["eps"]), "lrs": p["lrs"], "ste_variants": p["ste_variants"],
@@ -368,9 +387,13 @@ def run(params: dict[str, Any], log: Callable[[str], None] | None = print,
                  "batch_class_counts": torch.bincount(data["y"], minlength=NUM_CLASSES).tolist()},
         "states": {},
     }
+    if saved and isinstance(on_step, Reporter):
+        on_step.resumed(done_count())
     for state in p["states"]:
-        results["states"][state] = {}
+        results["states"].setdefault(state, {})
         for act in p["acts"]:
+            if act in results["states"][state]:
+                continue  # analysed by an earlier attempt
             t0 = time.perf_counter()
             model, info = make_state(p, act, state, data, device)
             if "layers" not in results:
@@ -397,10 +420,12 @@ def run(params: dict[str, Any], log: Callable[[str], None] | None = print,
             log(f"c={p['initial_channels']} {state}/{act}: loss {base:.3f}, "
                 f"{entry['timings']['total_s']:.1f}s")
             results["states"][state][act] = entry
+            if saver:
+                saver.save({"results": to_jsonable(results),
+                            "elapsed_s": elapsed_before + time.perf_counter() - start})
             if on_step:
-                done = sum(len(v) for v in results["states"].values())
-                on_step(done, len(p["states"]) * len(p["acts"]), f"{state}/{act}")
-    results["wall_s"] = time.perf_counter() - start
+                on_step(done_count(), total, f"{state}/{act}")
+    results["wall_s"] = elapsed_before + time.perf_counter() - start
     return to_jsonable(results)
 
 

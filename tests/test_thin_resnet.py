@@ -13,6 +13,7 @@ import torch
 from lib import thin_resnet
 from lib.estimators import cdg, ste
 from lib.evaluate import cosine
+from lib.progress import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "thin_resnet.ipynb"
@@ -125,21 +126,55 @@ def test_progress_steps_count_state_precision_pairs(tiny_results):
     assert STEPS == [(1, 4, "init/binary"), (2, 4, "init/fp"), (3, 4, "trained/binary"), (4, 4, "trained/fp")]
 
 
+def _strip(r):
+    """The numbers of a result, without timings and cache flags."""
+    r = json.loads(json.dumps(r))
+    r.pop("wall_s")
+    for by_act in r["states"].values():
+        for e in by_act.values():
+            e.pop("timings")
+            e["state_info"].pop("cache_hit", None)
+            e["state_info"].pop("train_s", None)
+    return r
+
+
 def test_same_parameters_same_numbers_and_cache_hit(tiny_results):
     first, second = tiny_results
     assert second["states"]["trained"]["binary"]["state_info"]["cache_hit"] is True
 
-    def strip(r):
-        r = json.loads(json.dumps(r))
-        r.pop("wall_s")
-        for by_act in r["states"].values():
-            for e in by_act.values():
-                e.pop("timings")
-                e["state_info"].pop("cache_hit", None)
-                e["state_info"].pop("train_s", None)
-        return r
+    assert _strip(first) == _strip(second)
 
-    assert strip(first) == strip(second)
+
+def test_resumes_from_its_checkpoint_with_the_same_numbers(tiny_results, tmp_path):
+    """Killed after 3 of the 4 (state, precision) analyses, rerun: only the 4th is computed and
+    the numbers are those of the uninterrupted run."""
+    first, _ = tiny_results
+
+    class Killed(Exception):
+        pass
+
+    class DiesAfter3(Reporter):
+        def __call__(self, done, total, what=""):
+            super().__call__(done, total, what)
+            if done == 3:
+                raise Killed
+
+    results_path = tmp_path / "run.json"
+    params = tiny_params(tmp_path)
+    torch.set_num_threads(1)
+    with pytest.raises(Killed):
+        thin_resnet.run(params, log=None, on_step=DiesAfter3(results_path))
+    steps = []
+
+    class Recording(Reporter):
+        def __call__(self, done, total, what=""):
+            super().__call__(done, total, what)
+            steps.append((done, self.done_at_start, what))
+
+    resumed = thin_resnet.run(params, log=None, on_step=Recording(results_path))
+    assert steps == [(4, 3, "trained/fp")]
+    resumed["params"]["cache_dir"] = first["params"]["cache_dir"]  # each test has its own folder
+    assert _strip(resumed) == _strip(first)
 
 
 def test_full_precision_cdg_is_the_autograd_gradient(tiny_results):
