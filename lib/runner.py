@@ -320,6 +320,46 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
     return outcome
 
 
+def prune(runs: Sequence[Run], names: Sequence[str], report_dir: Path) -> list[str]:
+    """Take out of ``report_dir`` the runs of the params files ``names`` that their grid, as
+    expanded now (``runs``), no longer has, e.g. after a value was removed from a grid axis; the
+    report shows every run in the manifest. Returns the pruned run ids.
+
+    Nothing is deleted: a pruned run's results, executed notebook and partial state move to
+    ``pruned/results/`` and ``pruned/runs/``, and its manifest entry to the manifest's ``pruned``
+    list (with the time). Its id also leaves the ``planned`` lists of earlier invocations, which
+    only serve the report's "not run yet" list. Runs still in the grid whose parameters changed
+    are not pruned: the next run recomputes them."""
+    manifest_path = report_dir / "manifest.json"
+    if not manifest_path.is_file():
+        return []
+    manifest = load_manifest(report_dir)
+    current = {run.run_id for run in runs}
+
+    def stale(rid: str) -> bool:
+        return rid not in current and any(rid == n or rid.startswith(n + "__") for n in names)
+
+    gone = sorted(rid for rid in manifest["runs"] if stale(rid))
+    for rid in gone:
+        entry = manifest["runs"].pop(rid)
+        for sub, path in (("results", entry.get("results")), ("runs", entry.get("executed_notebook"))):
+            src = report_dir / path if path else None
+            if src is not None and src.is_file():
+                (report_dir / "pruned" / sub).mkdir(parents=True, exist_ok=True)
+                os.replace(src, report_dir / "pruned" / sub / src.name)
+        partial_path(report_dir / "results" / f"{rid}.json").unlink(missing_ok=True)
+        manifest.setdefault("pruned", []).append({"run_id": rid, "pruned": _now(), "entry": entry})
+    dropped = False
+    for inv in manifest.get("invocations") or []:
+        if isinstance(inv, dict) and isinstance(inv.get("planned"), list):
+            kept = [rid for rid in inv["planned"] if not stale(rid)]
+            dropped |= len(kept) != len(inv["planned"])
+            inv["planned"] = kept
+    if gone or dropped:
+        atomic_write_json(manifest_path, manifest)
+    return gone
+
+
 def unfinished_elsewhere(reports_dir: Path, date: str, profile: str, runs: Sequence[Run]) -> str | None:
     """The latest date folder before ``date`` holding some, not all, of ``runs`` finished with the
     same ``profile`` and parameters: a grid started on an earlier day, which ``--date`` resumes.
@@ -393,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params-dir", default="params", help="default: params")
     parser.add_argument("--no-report", action="store_true", help="skip building reports/<date>/index.html")
     parser.add_argument("--force", action="store_true", help="recompute runs even if finished")
+    parser.add_argument("--prune", action="store_true",
+                        help="move finished runs of the selected params files that their grid no longer has "
+                             "(a grid value removed) out of the report, to reports/<date>/pruned/")
     parser.add_argument("--nice", type=_niceness, default=0,
                         help="CPU priority of the notebook kernels, 0 (default) to 19 (lowest): run a long grid "
                              "in the background without slowing other work")
@@ -437,6 +480,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if earlier:
         print(f"note: {Path(args.reports_dir) / earlier} holds an unfinished grid of profile {args.profile}; "
               f"add --date {earlier} to resume it instead of starting {report_dir}", file=sys.stderr)
+    if args.prune and args.params:
+        print("--prune: compares the finished runs with the params files themselves; run it without --params",
+              file=sys.stderr)
+        return 2
+    if args.prune:
+        gone = prune(runs, [pf.name for pf in files], report_dir)
+        print(f"pruned {len(gone)} run(s) no longer in the grid" + (f": {', '.join(gone)}" if gone else "")
+              + (f" (moved to {report_dir / 'pruned'})" if gone else ""))
     try:
         with _stop_signals_as_interrupt():
             outcome = run_grid(runs, report_dir, profile=args.profile, date=args.date, jobs=args.jobs,

@@ -423,6 +423,38 @@ def test_resume_runs_only_unfinished(base_grid, tmp_path, capsys):
     assert all(e["status"] == "ok" for e in manifest(tmp)["runs"].values())
 
 
+def test_prune_moves_runs_the_grid_no_longer_has(base_grid, tmp_path, capsys):
+    tmp = copy_of(base_grid, tmp_path)
+    write(tmp / "params/single.yaml", SINGLE_YAML)
+    assert run_main(tmp, "--only", "single") == 0
+    m = manifest(tmp)
+    m["invocations"][0]["planned"].append("toy__num_dim-32__pretrained-false")  # planned once, never finished
+    (report_dir(tmp) / "manifest.json").write_text(json.dumps(m))
+    write(tmp / "params/toy.yaml", TOY_YAML.replace("num_dim: [8, 16], pretrained", "num_dim: [8], pretrained"))
+    write(report_dir(tmp) / "results" / f"{TOY_IDS[2]}.json.partial", "{}")
+    token = results(tmp, TOY_IDS[2])["token"]
+    capsys.readouterr()
+
+    assert run_main(tmp, "--prune", "--params", str(write(tmp / "o.yaml", "seed: 0\n"))) == 2  # overrides: refused
+    assert "--prune" in capsys.readouterr().err and len(manifest(tmp)["runs"]) == 5
+
+    assert run_main(tmp, "--prune", "--only", "toy") == 0
+    out = capsys.readouterr().out
+    assert f"pruned 2 run(s) no longer in the grid: {TOY_IDS[2]}, {TOY_IDS[3]}" in out
+    assert "0 ok, 2 cached, 0 failed" in out
+    m = manifest(tmp)
+    assert set(m["runs"]) == {*TOY_IDS[:2], "single"}                    # another params file is left alone
+    assert [p["run_id"] for p in m["pruned"]] == TOY_IDS[2:]
+    assert m["pruned"][0]["entry"]["results"] == f"results/{TOY_IDS[2]}.json"
+    pruned = report_dir(tmp) / "pruned"
+    assert read_json(pruned / "results" / f"{TOY_IDS[2]}.json")["token"] == token  # moved, not deleted
+    assert (pruned / "runs" / f"{TOY_IDS[3]}.ipynb").is_file()
+    assert not list((report_dir(tmp) / "results").glob("*num_dim-16*"))
+    assert report.not_run_yet(m) == []                                   # no longer planned either
+    assert run_main(tmp, "--prune", "--only", "toy") == 0
+    assert "pruned 0 run(s)" in capsys.readouterr().out
+
+
 def test_only_override_and_changed_parameter(tmp_path, capsys):
     write(tmp_path / "params/toy.yaml", TOY_YAML)
     write(tmp_path / "params/single.yaml", SINGLE_YAML)
