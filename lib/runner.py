@@ -56,6 +56,9 @@ KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR",
                "--IPKernelApp.exec_lines=from lib.priority import lower_priority_from_env as _lp; _lp(); del _lp"]
 # Seconds between two looks at the progress files of the running notebooks (lib/progress.py).
 PROGRESS_POLL_S = 5.0
+# Seconds between two rewrites of the running invocation's record (wall_s, finished): a runner
+# killed without warning (SIGKILL, a machine switched off) leaves its wall time up to the last one.
+HEARTBEAT_S = 60.0
 
 
 # ----------------------------------------------------------------------------- execution
@@ -248,8 +251,12 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
         bar.set_postfix_str("; ".join(f"{rid} {describe(read_progress(path))}" for rid, path in running.items()))
 
     def show_progress() -> None:
+        beat = time.perf_counter()
         while not stop.wait(PROGRESS_POLL_S):
             with lock:
+                if time.perf_counter() - beat >= HEARTBEAT_S:
+                    beat = time.perf_counter()
+                    record()
                 refresh()
 
     def one(run: Run) -> dict[str, Any]:

@@ -399,6 +399,24 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, monkeypatch):
     assert inv["interrupted"] is True and inv["ran"] == [TOY_IDS[0]]
 
 
+def test_running_invocation_writes_its_wall_time_while_it_runs(tmp_path, monkeypatch):
+    """A runner killed without warning leaves its wall time up to the last heartbeat."""
+    write(tmp_path / "params/single.yaml", SINGLE_YAML)
+    seen = []
+
+    def fake_execute(run, report_dir, root, code):
+        time.sleep(1.0)
+        seen.append(read_json(report_dir / "manifest.json")["invocations"][-1]["wall_s"])
+        (report_dir / "results" / f"{run.run_id}.json").write_text("{}")
+        return {"status": "ok", "params_hash": run.params_hash, "wall_s": 1.0, "error": None, **code}
+
+    monkeypatch.setattr(runner, "execute_run", fake_execute)
+    monkeypatch.setattr(runner, "PROGRESS_POLL_S", 0.05)
+    monkeypatch.setattr(runner, "HEARTBEAT_S", 0.2)
+    assert run_main(tmp_path) == 0
+    assert 0.2 <= seen[0] < 1.0  # written during the run, before it finished
+
+
 def test_resume_runs_only_unfinished(base_grid, tmp_path, capsys):
     tmp = copy_of(base_grid, tmp_path)
     m = manifest(tmp)
