@@ -41,11 +41,12 @@ class Reporter:
         self.start = time.perf_counter()
         self.done_at_start = 0
 
-    def resumed(self, done: int) -> None:
-        """The run resumes with ``done`` steps finished by an earlier attempt: the time left is
-        extrapolated from the steps of this attempt, timed from now."""
+    def resumed(self, done: int, total: int) -> None:
+        """The run resumes with ``done`` of ``total`` steps finished by an earlier attempt: report
+        that at once; the time left is extrapolated from the steps of this attempt, timed from now."""
         self.done_at_start = int(done)
         self.start = time.perf_counter()
+        self(done, total, "resumed")
 
     def __call__(self, done: int, total: int, what: str = "") -> None:
         atomic_write_json(self.path, {"done": int(done), "total": int(total), "what": str(what),

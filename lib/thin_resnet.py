@@ -388,7 +388,7 @@ def run(params: dict[str, Any], log: Callable[[str], None] | None = print,
         "states": {},
     }
     if saved and isinstance(on_step, Reporter):
-        on_step.resumed(done_count())
+        on_step.resumed(done_count(), total)
     for state in p["states"]:
         results["states"].setdefault(state, {})
         for act in p["acts"]:

@@ -152,8 +152,6 @@ def run_toy(p: ToyParams, progress: bool = True,
     timing: dict[str, list[float]] = saved["timing"]
     base_losses: list[float] = saved["base_losses"]
     pretrain_info: list[dict[str, Any]] = saved["pretrain"]
-    if done and isinstance(on_step, Reporter):
-        on_step.resumed(done)
 
     def timed(kind: str, fn, *args, **kwargs):
         t = time.perf_counter()
@@ -173,6 +171,8 @@ def run_toy(p: ToyParams, progress: bool = True,
     reps = p.num_init * p.num_batch
     per_rep = len(p.sigma_grid)
     steps = reps * per_rep
+    if done and isinstance(on_step, Reporter):
+        on_step.resumed(done, steps)
     bar = tqdm(total=reps, initial=done // per_rep, disable=not progress,
                desc=f"toy d={p.num_dim}{' pretrained' if p.pretrained else ''}")
     for init in range(p.num_init):

@@ -102,7 +102,8 @@ def test_toy_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, killed_
             calls.append((done, self.done_at_start))
 
     resumed = run_toy(p, progress=False, on_step=Counting(results))
-    assert calls == [(k, killed_after) for k in range(killed_after + 1, 13)]  # only the rest is computed
+    # reported at once, then only the rest is computed
+    assert calls == [(killed_after, killed_after)] + [(k, killed_after) for k in range(killed_after + 1, 13)]
     assert _numbers(resumed) == _numbers(reference)
 
 

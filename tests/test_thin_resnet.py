@@ -172,7 +172,7 @@ def test_resumes_from_its_checkpoint_with_the_same_numbers(tiny_results, tmp_pat
             steps.append((done, self.done_at_start, what))
 
     resumed = thin_resnet.run(params, log=None, on_step=Recording(results_path))
-    assert steps == [(4, 3, "trained/fp")]
+    assert steps == [(3, 3, "resumed"), (4, 3, "trained/fp")]
     resumed["params"]["cache_dir"] = first["params"]["cache_dir"]  # each test has its own folder
     assert _strip(resumed) == _strip(first)
 
