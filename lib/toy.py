@@ -23,8 +23,8 @@ import torch
 
 from . import estimators as E
 from . import evaluate as V
-from .data import gaussian_batch, seeded_generator, teacher_targets, toy_problem
 from .checkpoint import Checkpoint
+from .data import gaussian_batch, seeded_generator, teacher_targets, toy_problem
 from .io import to_jsonable
 from .progress import Reporter
 from .runtime import resolve_device, versions
