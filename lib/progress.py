@@ -3,7 +3,7 @@
 A full-profile run takes hours inside one notebook cell, where the runner sees nothing. So the
 notebook hands ``Reporter(results_path)`` to the experiment, which calls it as
 ``report(done, total, what)`` after each unit of work; the reporter writes
-``<results_path>.progress`` (JSON ``{"done", "total", "what", "elapsed_s", "written"}``,
+``<results_path>.progress`` (JSON ``{"done", "total", "what", "done_at_start", "elapsed_s", "written"}``,
 atomically; ``written`` is the Unix time of the write) and the runner polls it. The remaining
 time is extrapolated linearly from the last report and counts down between reports:
 ``left = elapsed · (total − done) / (done − done_at_start) − (now − written)``, at least 0, where
