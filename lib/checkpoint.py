@@ -70,6 +70,3 @@ class Checkpoint:
         """Write ``state`` (JSON-able after arrays become lists) atomically under this key."""
         text = json.dumps({"key": self.key, "state": _plain(state)}, allow_nan=True, separators=(",", ":"))
         atomic_write_bytes(self.path, text.encode("utf-8"))
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)

@@ -29,7 +29,6 @@ from typing import Any, Mapping, Sequence
 import papermill
 import yaml
 
-from lib.io import canonical_json
 from lib.validate import check_value, format_value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +92,10 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def params_hash(parameters: Mapping[str, Any], notebook_sha256: str) -> str:

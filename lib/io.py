@@ -60,11 +60,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def canonical_json(obj: Any) -> str:
-    """One JSON text per value (sorted keys, no spaces, ASCII): the input of content hashes."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
