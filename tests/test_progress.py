@@ -1,4 +1,5 @@
-"""Progress files of running notebooks (lib/progress.py) and the steps the toy reports."""
+"""Progress files of running notebooks (lib/progress.py), the steps the toy reports, and resuming
+a toy run from its partial state (lib/checkpoint.py)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from lib import progress
-from lib.checkpoint import partial_path
+from lib.checkpoint import Checkpoint, partial_path
 from lib.toy import ToyParams, run_toy
 
 
@@ -119,7 +120,6 @@ def test_toy_checkpoint_of_other_parameters_is_ignored(tmp_path):
 
 
 def test_checkpoint_keeps_floats_bit_for_bit(tmp_path):
-    from lib.checkpoint import Checkpoint
     values = [0.1 + 0.2, 1e-310, -0.0, float("nan"), float("inf"), -float("inf"), 2.0 ** -1074]
     ck = Checkpoint(tmp_path / "x.partial", {"a": 1})
     ck.save({"v": np.array(values), "n": 3})
