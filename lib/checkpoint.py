@@ -18,9 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from lib.io import atomic_write_bytes
+from lib.io import atomic_write_bytes, to_jsonable
 from lib.train import params_key
 
 SUFFIX = ".partial"
@@ -30,19 +28,6 @@ FORMAT = 1  # bump when the layout of a saved state changes: older partial files
 def partial_path(results_path: str | os.PathLike) -> Path:
     """``results/<run>.json`` → ``results/<run>.json.partial`` (not a ``*.json`` result file)."""
     return Path(str(results_path) + SUFFIX)
-
-
-def _plain(obj: Any) -> Any:
-    """Arrays and tuples to lists, recursively; floats untouched (NaN and ±inf included)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 class Checkpoint:
@@ -68,5 +53,5 @@ class Checkpoint:
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` (JSON-able after arrays become lists) atomically under this key."""
-        text = json.dumps({"key": self.key, "state": _plain(state)}, allow_nan=True, separators=(",", ":"))
+        text = json.dumps({"key": self.key, "state": to_jsonable(state, nonfinite_to_none=False)}, allow_nan=True, separators=(",", ":"))
         atomic_write_bytes(self.path, text.encode("utf-8"))

@@ -12,19 +12,20 @@ import numpy as np
 import torch
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Tensors and arrays to lists, NaN/inf to ``None``, paths to strings, recursively."""
+def to_jsonable(obj: Any, nonfinite_to_none: bool = True) -> Any:
+    """Tensors and arrays to lists, NaN/inf to ``None`` (kept as floats with
+    ``nonfinite_to_none=False``, for ``json.dumps(allow_nan=True)``), paths to strings, recursively."""
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, nonfinite_to_none) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
+        return [to_jsonable(v, nonfinite_to_none) for v in obj]
     if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().tolist())
+        return to_jsonable(obj.detach().cpu().tolist(), nonfinite_to_none)
     if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
+        return to_jsonable(obj.tolist(), nonfinite_to_none)
     if isinstance(obj, (np.floating, float)):
         f = float(obj)
-        return f if math.isfinite(f) else None
+        return f if math.isfinite(f) or not nonfinite_to_none else None
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.bool_,)):
