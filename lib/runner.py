@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import itertools
 import os
 import platform
 import signal
@@ -29,7 +30,7 @@ import sys
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -189,6 +190,13 @@ def load_manifest(report_dir: Path) -> dict[str, Any]:
     return {"runs": {}}
 
 
+def abandon_running_notebooks() -> None:
+    """Exit with status 130 at once, leaving the running notebooks behind. They cannot be stopped
+    from the main thread; each kernel notices that its parent (``JPY_PARENT_PID``) is gone and
+    exits, and the rerun resumes them from their saved steps (:mod:`lib.checkpoint`)."""
+    os._exit(130)
+
+
 def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str, date: str, jobs: int = 1,
              force: bool = False, nice: int = 0, root: Path = ROOT) -> dict[str, list[str]]:
     """Execute ``runs`` into ``report_dir`` (resuming from its manifest); return run ids by outcome.
@@ -288,36 +296,32 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
 
     poller = threading.Thread(target=show_progress, name="progress", daemon=True)
     poller.start()
+    # Notebooks execute in worker threads, also with one job: papermill never sees Ctrl-C, so it
+    # does not shut a busy kernel down (which printed the kernel's ZMQ errors). A new run starts
+    # only when one has finished, so after an interrupt nothing new starts.
+    pending = iter(todo)
+    active: set[Future] = set()
     try:
-        with _kernel_environment(jobs, root, nice):
-            if jobs <= 1:
-                try:
-                    for run in todo:
-                        one(run)
-                except KeyboardInterrupt:
-                    interrupted()
-                    raise
-            else:
-                pool = ThreadPoolExecutor(max_workers=jobs)
-                futures = [pool.submit(one, run) for run in todo]
-                try:
-                    for future in as_completed(futures):
+        with _kernel_environment(jobs, root, nice), ThreadPoolExecutor(max_workers=jobs) as pool:
+            try:
+                active.update(pool.submit(one, run) for run in itertools.islice(pending, jobs))
+                while active:
+                    done, active = wait(active, return_when=FIRST_COMPLETED)
+                    for future in done:
                         future.result()
-                except KeyboardInterrupt:
-                    # Finished runs are already in the manifest. The running notebooks cannot be
-                    # interrupted from this thread, so the process exits at once: each kernel
-                    # notices that its parent (JPY_PARENT_PID) is gone and exits; a rerun resumes.
-                    interrupted()
-                    n_running = sum(f.running() for f in futures)
+                    active.update(pool.submit(one, run) for run in itertools.islice(pending, len(done)))
+            except KeyboardInterrupt:
+                interrupted()  # finished runs are already in the manifest
+                n_running = sum(not future.done() for future in active)
+                if n_running:
                     stop.set()
                     poller.join()
                     bar.close()
                     sys.stderr.write(f"\ninterrupted: {n_running} running notebook(s) stopped; "
                                      "rerun the same command to resume\n")
                     sys.stderr.flush()
-                    os._exit(130)
-                finally:
-                    pool.shutdown(wait=True, cancel_futures=True)
+                    abandon_running_notebooks()
+                raise
     finally:
         stop.set()
         poller.join()

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
 from pathlib import Path
@@ -370,6 +371,7 @@ def test_interrupted_invocation_is_recorded(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "execute_run", fake_execute)
     assert run_main(tmp_path, "--jobs", "1") == 130
+    assert len(calls) == 2  # no run starts after the interrupt
     m = manifest(tmp_path)
     assert list(m["runs"]) == [TOY_IDS[0]] and m["runs"][TOY_IDS[0]]["code_sha256"] == runner.code_sha256(ROOT)
     [inv] = m["invocations"]
@@ -377,24 +379,30 @@ def test_interrupted_invocation_is_recorded(tmp_path, monkeypatch):
     assert report.not_run_yet(m) == sorted(TOY_IDS[1:])    # what the report lists as not run yet
 
 
-def test_sigterm_stops_like_ctrl_c(tmp_path, monkeypatch):
+def test_sigterm_stops_like_ctrl_c(tmp_path, monkeypatch, capsys):
     """``kill`` (SIGTERM) during the second run: recorded as an interrupted invocation, exit 130,
-    and the process's own SIGTERM handler is back afterwards."""
+    the running notebook abandoned (its kernel exits with the runner), and the process's own
+    SIGTERM handler is back afterwards."""
     write(tmp_path / "params/toy.yaml", TOY_YAML)
     calls = []
+    abandoned = threading.Event()
 
     def fake_execute(run, report_dir, root, code):
         calls.append(run.run_id)
         if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler interrupts this
+            os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread, this one runs on
+            assert abandoned.wait(10), "the running notebook was not abandoned"
+            raise SystemExit  # where the real runner's process has exited: nothing is recorded
         (report_dir / "results" / f"{run.run_id}.json").write_text("{}")
         return {"status": "ok", "params_hash": run.params_hash, "wall_s": 0.01, "error": None, **code}
 
     monkeypatch.setattr(runner, "execute_run", fake_execute)
+    monkeypatch.setattr(runner, "abandon_running_notebooks", abandoned.set)  # instead of os._exit(130)
     before = signal.getsignal(signal.SIGTERM)
     assert run_main(tmp_path, "--jobs", "1") == 130
+    assert abandoned.is_set() and "interrupted: 1 running notebook(s) stopped" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == before
+    assert len(calls) == 2
     [inv] = manifest(tmp_path)["invocations"]
     assert inv["interrupted"] is True and inv["ran"] == [TOY_IDS[0]]
 
