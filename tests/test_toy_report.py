@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib import plots, runner
+from lib import plots, report, runner
 from lib.io import read_json
 from lib.report import build_report
 from lib.toy import diagnose, diagnosis_text
@@ -77,8 +77,25 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     assert re.search(r"toy__pretrained-false__num_dim-6.{0,400}(CUDA|cuda|Torch)", html, re.S)
     # two invocations computed something: the grid, then the failing run
     # the seed column shows the notebook's default seed, which the results record
-    assert re.search(r"toy__pretrained-true__num_dim-4</td>\s*<td[^>]*>ok</td>\s*<td[^>]*>[\d.]+ s</td>\s*<td[^>]*>0</td>", html)
-    assert "3 runs, 1 failed" in html and "Computed by 2 invocation(s) of the runner (0 interrupted)" in html
+    # (after the wall time of the last attempt and the compute time of all attempts)
+    assert re.search(r"toy__pretrained-true__num_dim-4</td>\s*<td[^>]*>ok</td>\s*<td[^>]*>[\d.]+ s</td>"
+                     r"\s*<td[^>]*>[\d.]+ s</td>\s*<td[^>]*>0</td>", html)
+    assert "3 runs, 1 failed" in html and "Computed by 2 invocation(s) of the runner (0 interrupted, 0 ended" in html
+
+
+def test_invocation_summary_counts_the_invocations_that_had_work():
+    """Killed without warning (heartbeat wall time, no final record), interrupted, finished, and a
+    rerun that found everything finished (left out)."""
+    inv = [
+        {"planned": ["a", "b"], "cached": 0, "ran": ["a", "b"], "interrupted": False, "wall_s": 100.0},
+        {"planned": ["a", "b", "c"], "cached": 2, "ran": [], "interrupted": False, "wall_s": 60.0},
+        {"planned": ["a", "b", "c", "d"], "cached": 2, "ran": ["c"], "interrupted": True, "wall_s": 30.0},
+        {"planned": ["a", "b", "c", "d"], "cached": 4, "ran": [], "interrupted": False, "wall_s": 2.0},
+    ]
+    text = report.invocation_summary({"invocations": inv})
+    assert text.startswith("Computed by 3 invocation(s) of the runner (1 interrupted, 1 ended without a final record")
+    assert "190 s of wall time" in text  # 100 + 60 + 30, the all-cached rerun left out
+    assert report.invocation_summary({"invocations": inv[3:]}) == ""
 
 
 def test_failed_run_is_recorded_and_others_kept(report_dir):
