@@ -288,8 +288,8 @@ def manifest_section(manifest: dict[str, Any], runs: Sequence[dict[str, Any]]) -
     total = sum(_compute_s(r) or r["entry"].get("wall_s") or 0 for r in runs)
     summary = f"{len(runs)} runs, {n_failed} failed; total compute time {total:.0f} s. " + invocation_summary(manifest)
     cells.append(md(summary))
-    cells.append(table(["run", "status", "wall time, last attempt", "compute, all attempts", "seed", "commit", "params hash",
-                        "error"], rows))
+    cells.append(table(["run", "status", "wall time, last attempt", "compute, all attempts", "seed", "commit",
+                        "params hash", "error"], rows))
     missing = not_run_yet(manifest)
     if missing:
         cells.append(md(f"**Not run yet** ({len(missing)}; rerun the same command to resume): "
