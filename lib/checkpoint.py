@@ -53,5 +53,6 @@ class Checkpoint:
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` (JSON-able after arrays become lists) atomically under this key."""
-        text = json.dumps({"key": self.key, "state": to_jsonable(state, nonfinite_to_none=False)}, allow_nan=True, separators=(",", ":"))
+        state = to_jsonable(state, nonfinite_to_none=False)  # NaN and ±inf kept, floats round-trip exactly
+        text = json.dumps({"key": self.key, "state": state}, allow_nan=True, separators=(",", ":"))
         atomic_write_bytes(self.path, text.encode("utf-8"))

@@ -95,6 +95,7 @@ def sha256_file(path: Path) -> str:
 
 
 def canonical_json(obj: Any) -> str:
+    """One JSON text per value (sorted keys, no spaces, ASCII): the input of content hashes."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
