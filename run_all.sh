@@ -5,10 +5,12 @@
 #   ./run_all.sh --profile full --nice 19 --only toy,toy_pretrained
 #   ./run_all.sh test [pytest args]   # the test suite
 #
-# The virtual environment .venv is (re)built from requirements.txt when it is missing or when
-# requirements.txt changed since the last successful install (sha256 kept in
+# The virtual environment .venv is (re)built from requirements.txt, then this repository's
+# package `lib` is installed into it editable (pyproject.toml), when .venv is missing or when
+# requirements.txt or pyproject.toml changed since the last successful install (sha256 kept in
 # .venv/.requirements.sha256); otherwise no pip call is made. Set PYTHON to choose the
-# interpreter that creates it (default python3).
+# interpreter that creates it (default python3). In a git checkout, notebooks are committed
+# without outputs: the nbstripout filter (.gitattributes) is configured for this clone.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -27,7 +29,7 @@ sha256_of() {
   fi
 }
 
-want="$(sha256_of requirements.txt)"
+want="$(sha256_of requirements.txt)$(sha256_of pyproject.toml)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "run_all: creating $VENV with $("$PYTHON" --version 2>&1)"
@@ -37,9 +39,18 @@ fi
 if [[ "$want" != "$have" ]]; then
   echo "run_all: installing requirements.txt into $VENV (first time: a few minutes)"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r requirements.txt
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -e .
   echo "$want" > "$STAMP.tmp"
   mv "$STAMP.tmp" "$STAMP"
   echo "run_all: $VENV is up to date"
+fi
+
+# Strip notebook outputs when git reads them (git add, git status, git diff): a notebook run
+# and saved in JupyterLab leaves the checkout clean. Configured per clone, in .git/config.
+if [[ "$(git rev-parse --show-toplevel 2>/dev/null)" == "$PWD" ]]; then
+  git config filter.nbstripout.clean "\"$PWD/$VENV/bin/python\" -m nbstripout"
+  git config filter.nbstripout.smudge cat
+  git config diff.ipynb.textconv "\"$PWD/$VENV/bin/python\" -m nbstripout -t"
 fi
 
 if [[ "${1:-}" == "test" ]]; then
@@ -47,5 +58,5 @@ if [[ "${1:-}" == "test" ]]; then
   echo "run_all: pytest tests $*"
   exec "$VENV/bin/python" -m pytest -q tests "$@"
 fi
-echo "run_all: python -m lib.runner $*"
-exec "$VENV/bin/python" -m lib.runner "$@"
+echo "run_all: python -m lib.pipeline.runner $*"
+exec "$VENV/bin/python" -m lib.pipeline.runner "$@"

@@ -11,17 +11,13 @@ Prints, per batch size:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lib.data import toy_problem
-from lib.estimators import cdg, nes
-from lib.losses import batch_loss
+from lib.training.gaussian import toy_problem
+from lib.core.estimators import cdg, nes
+from lib.core.losses import batch_loss
 
 
 def naive_cdg_seconds_per_coord(model, x, y, eps: float, n_coords: int) -> float:

@@ -7,7 +7,7 @@ For each initial channel count c and each parameter of the model (the 16 binary 
 first), on one batch of ``--batch`` images of the embedded default data, cross-entropy, central
 differences with ε = 0.1:
 
-* **engine**: :func:`lib.engine.coordinate_loss_changes` (what :func:`lib.estimators.cdg` runs
+* **engine**: :func:`lib.core.engine.coordinate_loss_changes` (what :func:`lib.core.estimators.cdg` runs
   per layer) on ``--coords`` sampled coordinates, the prefix cache computed once beforehand
   (its cost, one forward pass, is amortised over all coordinates and printed separately);
 * **naive**: perturb one weight in place, two full forward passes, restore (``--naive-coords``
@@ -25,18 +25,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lib import engine  # noqa: E402
-from lib.images import image_data  # noqa: E402
-from lib.losses import per_sample_loss  # noqa: E402
-from lib.models import xnor_resnet18  # noqa: E402
-from lib.thin_resnet import calibrate_batchnorm  # noqa: E402
+from lib.core import engine
+from lib.training.images import image_data
+from lib.core.losses import per_sample_loss
+from lib.core.models import xnor_resnet18
+from lib.experiments.thin_resnet.run import calibrate_batchnorm
 
 EPS = 0.1
 

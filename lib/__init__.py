@@ -1,7 +1,19 @@
-"""Gradient estimators for binary-activation networks: models, estimators and evaluation.
+"""How wrong is the straight-through estimator? The library behind the report.
 
-How wrong is the straight-through estimator? This package computes the STE family and two
-reference gradients (the coordinate discrete gradient, CDG, and the NES / evolution-strategies
-gradient) on a toy MLP and on a thin XNOR-ResNet-18. See ``../shared/DESIGN.md`` in the lab's
-workspace and the README.
+It computes the STE family and two reference gradients (the coordinate discrete gradient, CDG,
+and the NES / evolution-strategies gradient) on a toy MLP and on a thin XNOR-ResNet-18, runs the
+experiments over parameter grids and builds the report. The maths and protocols are in
+``docs/design.md``. Layers, each a subpackage; imports point down only::
+
+    report/        the static report: builder (nbconvert), manifest section
+      │
+    pipeline/      parameter files, validation, grid, runner, manifest (no torch)
+      │
+    experiments/   toy/, thin_resnet/, explorer/: schema, run, figures, report section;
+      │            resume (partial state, progress) and report cells shared by all
+    training/      toy data, image data, STE + Adam training with a checkpoint cache
+      │
+    core/          quantizers, losses, models, perturbation engine, estimators, evaluation
+      │
+    common/        files (canonical JSON, content keys, atomic writes), versions, paths (no torch)
 """

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import engine
-from lib.estimators import cdg
-from lib.models import xnor_resnet18
+from lib.core import engine
+from lib.core.estimators import cdg
+from lib.core.models import xnor_resnet18
 
 LAYERS = [
     "stem.conv.weight",

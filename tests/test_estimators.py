@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import engine
-from lib import estimators as E
-from lib import evaluate as V
-from lib.data import toy_problem
-from lib.losses import batch_loss
-from lib.models import BinaryMLP
-from lib.quantizers import Quantizer, get_surrogate, quantize
+from lib.core import engine
+from lib.core import estimators as E
+from lib.core import evaluate as V
+from lib.training.gaussian import toy_problem
+from lib.core.losses import batch_loss
+from lib.core.models import BinaryMLP
+from lib.core.quantizers import Quantizer, get_surrogate, quantize
 
 
 def brute_force_cdg(model, x, y, eps, central, loss="mse", names=None):

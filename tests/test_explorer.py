@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from lib import estimators as E
-from lib import evaluate as V
-from lib.data import toy_problem
-from lib.explorer import ESTIMATORS, ExplorerApp, explore, figure_png, make_widgets, plot_explorer
-from lib.toy import ToyParams, pretrain_student
+from lib.core import estimators as E
+from lib.core import evaluate as V
+from lib.training.gaussian import toy_problem
+from lib.experiments.explorer.compute import ESTIMATORS, ExplorerApp, explore, figure_png, make_widgets, plot_explorer
+from lib.experiments.toy.run import ToyParams, pretrain_student
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(num_dim=8, samples=60, batch_size=64, num_lr=7, lr_min=1e-2, lr_max=1.0)
@@ -66,7 +66,7 @@ def test_pretrained_uses_the_cached_pretraining(tmp_path):
     assert second.pretrain["cached"] is True
     np.testing.assert_array_equal(first.curves["cdg"], second.curves["cdg"])
     assert "nes_last2" not in second.curves and "nes_last2_vs_exact" not in second.cosines
-    # The same student, loaded independently through lib.toy.
+    # The same student, loaded independently through lib.experiments.toy.run.
     problem = toy_problem(8, 0)
     p = ToyParams(num_dim=8, pretrained=True, pretrain_steps=20, pretrain_batch_size=64, pretrain_lr=3e-3,
                   pretrain_variant="clipped", cache_dir=str(tmp_path))

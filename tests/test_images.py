@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.images import (CIFAR10_MEAN, CIFAR10_RECORD, CIFAR10_STD, batches, image_data, load_cifar10,
+from lib.training.images import (CIFAR10_MEAN, CIFAR10_RECORD, CIFAR10_STD, batches, image_data, load_cifar10,
                         load_digits32, step_batches)
 
 

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from lib import progress
-from lib.checkpoint import Checkpoint, partial_path
-from lib.toy import ToyParams, run_toy
+from lib.experiments import progress
+from lib.experiments.resume import Checkpoint, partial_path
+from lib.experiments.toy.run import ToyParams, run_toy
 
 
 def test_reporter_writes_what_read_progress_returns(tmp_path):

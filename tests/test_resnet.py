@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.models import xnor_resnet18
-from lib.quantizers import Quantizer, use_surrogate
-from lib.resnet import BinaryConvUnit, XnorConv2d, xnor_weight
+from lib.core.models import xnor_resnet18
+from lib.core.quantizers import Quantizer, use_surrogate
+from lib.core.resnet import BinaryConvUnit, XnorConv2d, xnor_weight
 
 
 def expected_param_count(c: int, num_classes: int = 10, in_channels: int = 3) -> int:

@@ -23,9 +23,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lib import grid, report, runner
-from lib.io import read_json
-from lib.validate import check_value
+from lib.pipeline import grid
+from lib.report import build as report
+from lib.pipeline import runner
+from lib.common.files import read_json
+from lib.pipeline.validate import check_value
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "tests/fixtures/toy.ipynb"
@@ -597,13 +599,13 @@ def test_report_failure_gives_exit_1(base_grid, tmp_path, capsys, monkeypatch):
         calls.append(Path(path))
         raise RuntimeError("no template")
 
-    monkeypatch.setitem(sys.modules, "lib.report", types.SimpleNamespace(build_report=broken))
+    monkeypatch.setitem(sys.modules, "lib.report.build", types.SimpleNamespace(build_report=broken))
     args = ["--params-dir", str(tmp / "params"), "--reports-dir", str(tmp / "reports"), "--date", DATE]
     assert runner.main(args) == 1  # all runs cached and ok, but the report failed
     captured = capsys.readouterr()
     assert "RuntimeError: no template" in captured.err and "report: FAILED" in captured.out
     assert calls == [report_dir(tmp)]
-    monkeypatch.setitem(sys.modules, "lib.report", types.SimpleNamespace(build_report=calls.append))
+    monkeypatch.setitem(sys.modules, "lib.report.build", types.SimpleNamespace(build_report=calls.append))
     assert runner.main(args) == 0
     assert f"report: {report_dir(tmp) / 'index.html'}" in capsys.readouterr().out
 
@@ -612,9 +614,11 @@ def test_report_failure_gives_exit_1(base_grid, tmp_path, capsys, monkeypatch):
 
 
 def test_run_all_bootstrap_stamp(tmp_path):
-    """Fake .venv/bin/{python,pip} log their calls: pip runs only when requirements.txt changed."""
+    """Fake .venv/bin/{python,pip} log their calls: pip runs only when requirements.txt or
+    pyproject.toml changed, and installs the requirements, then the package editable."""
     shutil.copy(ROOT / "run_all.sh", tmp_path / "run_all.sh")
     (tmp_path / "requirements.txt").write_text("tqdm\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     log = tmp_path / "calls.log"
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
@@ -635,15 +639,22 @@ def test_run_all_bootstrap_stamp(tmp_path):
     proc = run("test", "-k", "x")
     assert proc.returncode == 0, proc.stderr
     assert calls() == ["pip install --quiet --disable-pip-version-check -r requirements.txt MPLBACKEND=Agg",
+                       "pip install --quiet --disable-pip-version-check --no-deps -e . MPLBACKEND=Agg",
                        "python -m pytest -q tests -k x MPLBACKEND=Agg"]
     stamp = (tmp_path / ".venv" / ".requirements.sha256").read_text().strip()
-    assert stamp == hashlib.sha256(b"tqdm\n").hexdigest()
+    assert stamp == hashlib.sha256(b"tqdm\n").hexdigest() + hashlib.sha256(b"[project]\nname = 'x'\n").hexdigest()
 
     proc = run("--profile", "full", rc=3)      # up to date: no pip; exit status propagated
     assert proc.returncode == 3
-    assert calls() == ["python -m lib.runner --profile full MPLBACKEND=Agg"]
+    assert calls() == ["python -m lib.pipeline.runner --profile full MPLBACKEND=Agg"]
 
     (tmp_path / "requirements.txt").write_text("tqdm\npyyaml\n")
     assert run("test").returncode == 0
     first = calls()[0]
     assert first.startswith("pip install ") and "-r requirements.txt" in first
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'y'\n")  # the package changed: reinstall
+    assert run("test").returncode == 0
+    assert [c.split(" MPLBACKEND")[0] for c in calls()[:2]] == [
+        "pip install --quiet --disable-pip-version-check -r requirements.txt",
+        "pip install --quiet --disable-pip-version-check --no-deps -e ."]

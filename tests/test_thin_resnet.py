@@ -10,10 +10,10 @@ import papermill
 import pytest
 import torch
 
-from lib import thin_resnet
-from lib.estimators import cdg, ste
-from lib.evaluate import cosine
-from lib.progress import Reporter
+from lib.experiments.thin_resnet import run as thin_resnet
+from lib.core.estimators import cdg, ste
+from lib.core.evaluate import cosine
+from lib.experiments.progress import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "thin_resnet.ipynb"

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib import plots, report, runner
-from lib.io import read_json
-from lib.report import build_report
-from lib.toy import diagnose, diagnosis_text
+from lib.experiments.toy import figures as plots
+from lib.report import build as report
+from lib.pipeline import runner
+from lib.common.files import read_json
+from lib.report.build import build_report
+from lib.experiments.toy.run import diagnose, diagnosis_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATE = "2025-01-01"
@@ -150,7 +152,7 @@ def test_summary_notebook_reads_results_files(report_dir, tmp_path):
     import papermill
 
     out = tmp_path / "summary.json"
-    with runner._kernel_environment(1, ROOT):  # the kernel environment the runner gives its runs
+    with runner._kernel_environment(1):  # the kernel environment the runner gives its runs
         papermill.execute_notebook(str(ROOT / "notebooks" / "summary.ipynb"), str(tmp_path / "summary.ipynb"),
                                    parameters={"results_dir": str(report_dir / "results"), "results_path": str(out)},
                                    kernel_name="python3", cwd=str(ROOT), progress_bar=False)

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from lib.data import toy_problem
-from lib.models import BinaryMLP, xnor_resnet18
-from lib.train import cached_train, params_key, train_ste
+from lib.training.gaussian import toy_problem
+from lib.core.models import BinaryMLP, xnor_resnet18
+from lib.common.files import canonical_json, content_key
+from lib.training.train import cached_train, train_ste
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +65,7 @@ def test_cached_train(tmp_path):
     assert not torch.equal(s2["fc1.weight"], build().state_dict()["fc1.weight"])
     assert not m2.training
 
-    key, text = params_key(params)
+    key, text = content_key(params), canonical_json(params)
     files = list(tmp_path.iterdir())
     assert [f.name for f in files] == [f"{key}.pt"]  # no temp file left behind
     ckpt = torch.load(files[0], weights_only=True)

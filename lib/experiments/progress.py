@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lib.checkpoint import partial_path
-from lib.io import atomic_write_json, read_json
+from lib.common.files import atomic_write_json, read_json
+from lib.experiments.resume import partial_path
 
 SUFFIX = ".progress"
 

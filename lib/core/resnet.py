@@ -1,4 +1,4 @@
-"""The thin XNOR-ResNet-18 of DESIGN §4 (Bi-Real / XNOR-ResNet-18 depth for 32×32 inputs).
+"""The thin XNOR-ResNet-18 of docs/design.md §4 (Bi-Real / XNOR-ResNet-18 depth for 32×32 inputs).
 
 Layout, with ``c = initial_channels`` and ``q`` a :class:`~lib.quantizers.Quantizer`::
 
@@ -22,7 +22,7 @@ Parameter names (``model.named_parameters()``)::
 ``model.units == [stem, layer1.0.conv1, layer1.0.conv2, layer1.1.conv1, …, layer4.1.conv2, head]``
 and ``model(x)`` is their composition.
 
-Single-weight perturbation (DESIGN §7): for a unit with conv input ``a = q(BN(h))`` (see
+Single-weight perturbation (docs/design.md §7): for a unit with conv input ``a = q(BN(h))`` (see
 :meth:`BinaryConvUnit.parts`), the conv is linear in its weight, so perturbing the
 full-precision weight ``W[j, c, kh, kw]`` by ``δ`` changes only output channel ``j``::
 
@@ -252,7 +252,7 @@ class XnorResNet(nn.Module):
 def xnor_resnet18(initial_channels: int = 8, num_classes: int = 10, act: str = "binary",
                   surrogate: str = "clipped", binary_weights: bool = False, in_channels: int = 3,
                   seed: int | None = None) -> XnorResNet:
-    """The thin XNOR-ResNet-18 of DESIGN §4 with widths ``c, 2c, 4c, 8c`` (``c = initial_channels``);
+    """The thin XNOR-ResNet-18 of docs/design.md §4 with widths ``c, 2c, 4c, 8c`` (``c = initial_channels``);
     ``act`` is the activation precision of the 16 binary conv units, ``binary_weights`` switches
     their convs to XNOR weights ``sign(W) · mean|W|``."""
     return XnorResNet(initial_channels, num_classes, act, surrogate, binary_weights, in_channels, seed)

@@ -1,4 +1,4 @@
-"""The toy experiments of the meeting notes (DESIGN §3): hyper-parameter search for CDG (ε) and
+"""The toy experiments of the meeting notes (docs/design.md §3): hyper-parameter search for CDG (ε) and
 NES (σ, samples), with and without pretraining, plus the STE variants and the NES diagnosis.
 
 One call of :func:`run_toy` is one grid point (one ``num_dim``, pretrained or not). For each
@@ -21,17 +21,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from . import estimators as E
-from . import evaluate as V
-from .checkpoint import Checkpoint
-from .data import gaussian_batch, seeded_generator, teacher_targets, toy_problem
-from .io import to_jsonable
-from .progress import Reporter
-from .runtime import resolve_device, versions
-from .train import cached_train, train_ste
+from lib.common.files import to_jsonable
+from lib.common.paths import repo_path
+from lib.common.versions import versions
+from lib.core import estimators as E
+from lib.core import evaluate as V
+from lib.core.device import resolve_device
+from lib.experiments.progress import Reporter
+from lib.experiments.resume import Checkpoint
+from lib.training.gaussian import gaussian_batch, seeded_generator, teacher_targets, toy_problem
+from lib.training.train import cached_train, train_ste
 
 DEFAULT_CACHE = "cache/pretrain"
-# The layers of the exact smoothed gradient (DESIGN §2): the last hidden layer and the readout.
+# The layers of the exact smoothed gradient (docs/design.md §2): the last hidden layer and the readout.
 LAST_TWO = ("fc3.weight", "readout.weight")
 
 
@@ -86,7 +88,8 @@ class ToyParams:
 def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torch.nn.Module, list[float], bool]:
     """Train the student with the STE ``pretrain_variant`` and Adam on ``pretrain_steps`` fresh
     batches of ``pretrain_batch_size`` rows ``x ~ N(0, I)`` (targets from the teacher); cached in
-    ``cache_dir`` by a hash of everything that determines the result."""
+    ``cache_dir`` (relative: from the repository root) by a hash of everything that determines the
+    result."""
     key = {"kind": "toy-pretrain", "num_dim": p.num_dim, "init_seed": problem.seed, "teacher_act": p.teacher_act,
            "steps": p.pretrain_steps, "batch_size": p.pretrain_batch_size, "lr": p.pretrain_lr,
            "variant": p.pretrain_variant, "torch": torch.__version__.split("+")[0]}
@@ -101,7 +104,7 @@ def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torc
         return train_ste(model, batch_fn, p.pretrain_steps, loss="mse", variant=p.pretrain_variant,
                          lr=p.pretrain_lr, progress=progress, desc=f"pretrain d={p.num_dim} init {problem.seed}")
 
-    model, curve, hit = cached_train(p.cache_dir, key, lambda: student, train)
+    model, curve, hit = cached_train(repo_path(p.cache_dir), key, lambda: student, train)
     return model, curve, hit
 
 

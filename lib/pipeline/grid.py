@@ -29,9 +29,10 @@ from typing import Any, Mapping, Sequence
 import papermill
 import yaml
 
-from lib.validate import check_value, format_value
+from lib.common.files import canonical_json, sha256_file
+from lib.common.paths import ROOT
+from lib.pipeline.validate import check_value, format_value
 
-ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL_KEYS = ("notebook", "grid", "profiles")
 RESULTS_KEY = "results_path"  # set by the runner in every run; notebooks must declare it
 
@@ -84,19 +85,6 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def canonical_json(obj: Any) -> str:
-    """One JSON text per value (sorted keys, no spaces, ASCII): the input of content hashes."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def params_hash(parameters: Mapping[str, Any], notebook_sha256: str) -> str:

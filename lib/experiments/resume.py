@@ -5,7 +5,7 @@ a killed job, the end of a session) the runner reruns the notebook, and the expe
 after its last finished step instead of starting over. After each step the experiment saves its
 accumulated state, atomically, as JSON; NaN and ±Infinity are written as such, so every float
 reads back bit for bit and a resumed run gives the same numbers as an uninterrupted one. The
-state is stored with a key, the sha256 of the run's parameters (:func:`lib.train.params_key`);
+state is stored with a key, the sha256 of the run's parameters (:func:`lib.common.files.content_key`);
 a partial file with another key (the parameters changed) is ignored and later overwritten.
 
 The runner deletes the partial file when the run has finished and its results are written, and
@@ -18,8 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lib.io import atomic_write_bytes, to_jsonable
-from lib.train import params_key
+from lib.common.files import atomic_write_bytes, content_key, to_jsonable
 
 SUFFIX = ".partial"
 FORMAT = 1  # bump when the layout of a saved state changes: older partial files are then ignored
@@ -38,7 +37,7 @@ class Checkpoint:
 
     def __init__(self, path: str | os.PathLike, parameters: dict[str, Any]) -> None:
         self.path = Path(path)
-        self.key = params_key({"format": FORMAT, "parameters": parameters})[0]
+        self.key = content_key({"format": FORMAT, "parameters": parameters})
 
     def load(self) -> dict[str, Any] | None:
         """The state saved under this key; ``None`` if there is none, it is unreadable, or it was

@@ -1,4 +1,4 @@
-"""Toy data (DESIGN §3): Gaussian inputs ``x ~ N(0, I_num_dim)`` and teacher targets.
+"""Toy data (docs/design.md §3): Gaussian inputs ``x ~ N(0, I_num_dim)`` and teacher targets.
 
 The teacher and the student are two independently initialised :class:`~lib.models.BinaryMLP`
 of the same architecture; the target of an input is the teacher's output.
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import BinaryMLP
+from lib.core.models import BinaryMLP
 
 
 def seeded_generator(seed: int) -> torch.Generator:

@@ -1,4 +1,4 @@
-"""Gradient estimators for binary-activation networks (DESIGN §2).
+"""Gradient estimators for binary-activation networks (docs/design.md §2).
 
 Every estimator takes ``(model, x, y, ...)`` and returns ``{parameter name as in
 model.named_parameters(): tensor shaped like that parameter}`` for the selected parameters

@@ -1,7 +1,7 @@
 """The perturbation engine: loss changes of many perturbed copies of one model, batched.
 
 All models of the project are compositions of *units* (``model.units``, see :mod:`lib.models`).
-The cost of CDG and NES is loss evaluations of perturbed copies of one model (DESIGN §7), so:
+The cost of CDG and NES is loss evaluations of perturbed copies of one model (docs/design.md §7), so:
 
 * the inputs of every unit are computed **once** (:func:`forward_cache`); a copy whose
   perturbation lives in unit ``u`` is evaluated from ``u`` on only;

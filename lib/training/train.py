@@ -1,12 +1,10 @@
-"""STE training (toy pretraining, DESIGN §3, and the thin ResNet, DESIGN §4) and a checkpoint cache.
+"""STE training (toy pretraining, docs/design.md §3, and the thin ResNet, §4) and a checkpoint cache.
 
 Checkpoints hold tensors and strings only and are read back with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -14,9 +12,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .io import atomic_write_bytes, to_jsonable
-from .losses import LossSpec, batch_loss, check_loss
-from .quantizers import get_surrogate, use_surrogate
+from lib.common.files import atomic_write_bytes, canonical_json, content_key
+from lib.core.losses import LossSpec, batch_loss, check_loss
+from lib.core.quantizers import get_surrogate, use_surrogate
 
 BatchFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -72,27 +70,19 @@ def train_ste(model: nn.Module, batch_fn: BatchFn, steps: int, loss: LossSpec = 
     return curve
 
 
-def params_key(params: dict[str, Any]) -> tuple[str, str]:
-    """``(sha256 hex of the canonical JSON, canonical JSON)``; canonical = :func:`lib.io.to_jsonable`,
-    sorted keys, no whitespace, ASCII, no NaN."""
-    if not isinstance(params, dict):
-        raise TypeError(f"params: expected a dict, got {type(params).__name__}")
-    text = json.dumps(to_jsonable(params), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
-
-
 def cached_train(cache_dir: str | os.PathLike, params: dict[str, Any], build_model: Callable[[], nn.Module],
                  train: Callable[[nn.Module], list[float]]) -> tuple[nn.Module, list[float], bool]:
     """Train once per ``params``: ``(model, curve, hit)``.
 
-    The checkpoint is ``cache_dir/<sha256(canonical JSON of params)>.pt`` holding
+    The checkpoint is ``cache_dir/<content_key(params)>.pt`` (:func:`lib.common.files.content_key`) holding
     ``{"state_dict", "curve" (float64 tensor), "params_json"}``. On a hit the model from
     ``build_model()`` gets the stored state (``torch.load(weights_only=True)``) and ``train`` is not
     called; otherwise ``train(model)`` runs and the checkpoint is written atomically (temporary
     file in the same folder, then ``os.replace``). The model is returned in eval mode.
     """
-    key, text = params_key(params)
+    if not isinstance(params, dict):
+        raise TypeError(f"params: expected a dict, got {type(params).__name__}")
+    key, text = content_key(params), canonical_json(params)
     path = Path(cache_dir) / f"{key}.pt"
     model = build_model()
     if path.is_file():

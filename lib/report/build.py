@@ -15,10 +15,10 @@ from typing import Any, Sequence
 import nbformat
 from nbconvert import HTMLExporter
 
-from . import plots
-from .io import atomic_write_bytes, read_json
-from .nbcells import figure, md, table
-from .toy import diagnosis_text
+from lib.common.files import atomic_write_bytes, read_json
+from lib.experiments.cells import figure, md, table
+from lib.experiments.toy import figures as plots
+from lib.experiments.toy.run import diagnosis_text
 
 # The meeting notes' headings, verbatim, beside their English.
 NOTES_TITLE = "2021/5/17结果反馈与讨论记录"
@@ -189,7 +189,7 @@ def toy_sections(runs: Sequence[dict[str, Any]]) -> list:
             cells.append(md(heading(4, *H_QUESTION) + f"\n\n**{QUESTION}** (NES grad does not seem to point "
                             "in a loss-decreasing direction)\n\n**Diagnosis.** NES restricted to the last hidden "
                             "layer and the readout is compared with the exact gradient of the Gaussian-smoothed "
-                            "loss there (closed form, DESIGN §2): its infinite-sample limit. *Variance*: NES far "
+                            "loss there (closed form, docs/design.md §2): its infinite-sample limit. *Variance*: NES far "
                             "from that limit, closer with more samples. *Smoothing bias*: the limit itself does "
                             "not go downhill as far as CDG."))
             for r in sorted(ok, key=lambda r: r["num_dim"]):
@@ -213,7 +213,7 @@ def thin_resnet_sections(runs: Sequence[dict[str, Any]]) -> list:
     if not part:
         return []
     ok = [r["results"] for r in part if r["results"] is not None]
-    from .thin_resnet import report_cells
+    from lib.experiments.thin_resnet.run import report_cells
 
     return report_cells(ok) + _failed_note(part)
 

@@ -1,4 +1,4 @@
-"""Thin XNOR-ResNet-18 CDG experiment (meeting notes: "Thin ResNet-18 CDG grad实验 - 1"; DESIGN §4).
+"""Thin XNOR-ResNet-18 CDG experiment (meeting notes: "Thin ResNet-18 CDG grad实验 - 1"; docs/design.md §4).
 
 For one ``initial_channels`` c, each model *state* (``init``: fresh weights, BatchNorm statistics
 estimated on training batches; ``trained``: a few epochs of STE + Adam, cached) and each
@@ -26,22 +26,23 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint
-from .estimators import cdg, ste
-from .evaluate import best_decrease, cosine, loss_decrease
-from .images import image_data, step_batches
-from .io import to_jsonable
-from .progress import Reporter
-from .runtime import resolve_device, versions
-from .quantizers import PRECISIONS, STE_VARIANTS
-from .resnet import XnorResNet, xnor_resnet18
-from .train import cached_train, train_ste
+from lib.common.files import to_jsonable
+from lib.common.paths import repo_path
+from lib.common.versions import versions
+from lib.core.device import resolve_device
+from lib.core.estimators import cdg, ste
+from lib.core.evaluate import best_decrease, cosine, loss_decrease
+from lib.core.quantizers import PRECISIONS, STE_VARIANTS
+from lib.core.resnet import XnorResNet, xnor_resnet18
+from lib.experiments.progress import Reporter
+from lib.experiments.resume import Checkpoint
+from lib.training.images import image_data, step_batches
+from lib.training.train import cached_train, train_ste
 
 EXPERIMENT = "thin_resnet"
 # The notes' heading beside its English, one level under "BinaryDuo设置实验后续" as in the notes.
@@ -153,17 +154,23 @@ def validate_params(params: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- data and states
 
+def data_path(p: dict[str, Any]) -> str:
+    """``data_source``: ``"digits"``, or a CIFAR-10 folder (relative: from the repository root)."""
+    source = p["data_source"]
+    return source if source == "digits" else str(repo_path(source).resolve())
+
+
 def load_data(p: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Training images (``train_limit``, 0 = all), the gradient batch (``batch_size`` training images
     drawn with ``seed``) and held-out images (``test_limit``) from ``data_source``."""
-    x_train, y_train = image_data(p["data_source"], "train", p["train_limit"] or None)
+    x_train, y_train = image_data(data_path(p), "train", p["train_limit"] or None)
     if p["batch_size"] > len(x_train):
         raise ValueError(f"batch_size: {p['batch_size']} > the {len(x_train)} training images")
     gen = torch.Generator().manual_seed(int(p["seed"]))
     idx = torch.randperm(len(x_train), generator=gen)[:p["batch_size"]]
     data = {"x_train": x_train, "y_train": y_train, "x": x_train[idx], "y": y_train[idx]}
     if p["test_limit"]:
-        data["x_test"], data["y_test"] = image_data(p["data_source"], "test", p["test_limit"])
+        data["x_test"], data["y_test"] = image_data(data_path(p), "test", p["test_limit"])
     return data
 
 
@@ -201,9 +208,7 @@ def calibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor, batch_size: int
 
 def train_params(p: dict[str, Any], act: str) -> dict[str, Any]:
     """What determines the trained weights: the key of the checkpoint cache."""
-    source = p["data_source"]
-    if source != "digits":
-        source = str(Path(source).resolve())
+    source = data_path(p)
     return {"experiment": EXPERIMENT, "cache_version": CACHE_VERSION, "model": "xnor_resnet18",
             "initial_channels": p["initial_channels"], "act": act, "binary_weights": p["binary_weights"],
             "num_classes": NUM_CLASSES, "in_channels": IN_CHANNELS, "data_source": source,
@@ -226,7 +231,7 @@ def make_state(p: dict[str, Any], act: str, state: str, data: dict[str, torch.Te
         batch_fn = step_batches(x_train, y_train, bs, p["seed"])
         t0 = time.perf_counter()
         model, curve, hit = cached_train(
-            Path(p["cache_dir"]), train_params(p, act), lambda: build_model(p, act).to(device),
+            repo_path(p["cache_dir"]), train_params(p, act), lambda: build_model(p, act).to(device),
             lambda m: train_ste(m, batch_fn, steps, loss=LOSS, variant=p["train_variant"],
                                 lr=p["train_lr"], progress=False, desc=f"train {act}"))
         info.update({"cache_hit": hit, "steps": steps, "train_s": time.perf_counter() - t0,
@@ -751,7 +756,7 @@ def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
 
 def report_cells(results: list[dict[str, Any]]) -> list:
     """The thin ResNet section of the static report (figures re-plotted from the results dicts)."""
-    from . import nbcells
+    from lib.experiments import cells as nbcells
 
     results = sorted(results, key=lambda r: (r["initial_channels"], r.get("seed", 0)))
     cells = [nbcells.md(HEADING)]

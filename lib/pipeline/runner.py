@@ -39,12 +39,12 @@ import papermill
 from papermill.exceptions import PapermillExecutionError
 from tqdm import tqdm
 
-from lib.checkpoint import partial_path
-from lib.grid import RESULTS_KEY, ROOT, ParamsError, Run, expand_grid, validate
-from lib.io import atomic_write_json, read_json
-from lib.priority import NICE_ENV
-from lib.progress import describe, progress_path, read_progress
-from lib.runtime import versions
+from lib.common.files import atomic_write_json, read_json
+from lib.common.versions import versions
+from lib.experiments.progress import describe, progress_path, read_progress
+from lib.experiments.resume import partial_path
+from lib.pipeline.grid import RESULTS_KEY, ROOT, ParamsError, Run, expand_grid, validate
+from lib.pipeline.priority import NICE_ENV
 
 KERNEL_NAME = "python3"
 # Kernels inherit the runner's environment; MPLBACKEND=Agg (set by run_all.sh for the tests)
@@ -54,7 +54,7 @@ KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
 # reach the executed notebook and the manifest.
 # Each kernel lowers its own CPU priority when the runner asks (--nice, lib/priority.py).
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR",
-               "--IPKernelApp.exec_lines=from lib.priority import lower_priority_from_env as _lp; _lp(); del _lp"]
+               "--IPKernelApp.exec_lines=from lib.pipeline.priority import lower_priority_from_env as _lp; _lp(); del _lp"]
 # Seconds between two looks at the progress files of the running notebooks (lib/progress.py).
 PROGRESS_POLL_S = 5.0
 # Seconds between two rewrites of the running invocation's record (wall_s, finished): a runner
@@ -108,12 +108,12 @@ DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
 
 
 @contextmanager
-def _kernel_environment(jobs: int, root: Path, nice: int = 0) -> Iterator[None]:
-    """Environment the kernels inherit: thread counts split between jobs, the repo importable,
-    the CPU priority they take (``nice``, see :mod:`lib.priority`)."""
+def _kernel_environment(jobs: int, nice: int = 0) -> Iterator[None]:
+    """Environment the kernels inherit: thread counts split between jobs, the CPU priority they
+    take (``nice``, see :mod:`lib.pipeline.priority`). ``lib`` is importable in every kernel of
+    the virtual environment: it is installed there editable."""
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    pythonpath = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
-    changes = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": pythonpath,
+    changes = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "MPLBACKEND": KERNEL_MPLBACKEND, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0"),
                NICE_ENV: str(nice)}
     saved = {key: os.environ.get(key) for key in changes}
@@ -302,7 +302,7 @@ def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str
     pending = iter(todo)
     active: set[Future] = set()
     try:
-        with _kernel_environment(jobs, root, nice), ThreadPoolExecutor(max_workers=jobs) as pool:
+        with _kernel_environment(jobs, nice), ThreadPoolExecutor(max_workers=jobs) as pool:
             try:
                 active.update(pool.submit(one, run) for run in itertools.islice(pending, jobs))
                 while active:
@@ -426,7 +426,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lib.runner",
+        prog="python -m lib.pipeline.runner",
         description="Validate params/*.yaml, run each notebook over its grid with papermill into "
                     "reports/<date>/, resume finished runs, build the report.")
     parser.add_argument("--profile", default="quick", help="profile in each params file: quick|full (default: quick)")
@@ -512,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = "skipped (--no-report)"
     if not args.no_report:
         try:
-            from lib.report import build_report
+            from lib.report.build import build_report
             build_report(report_dir)
             report = str(report_dir / "index.html")
         except Exception as exc:

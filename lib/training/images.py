@@ -1,4 +1,4 @@
-"""Image data for the thin ResNet (DESIGN §4); nothing is ever downloaded.
+"""Image data for the thin ResNet (docs/design.md §4); nothing is ever downloaded.
 
 * ``source="digits"`` (default): scikit-learn's embedded ``load_digits`` (1797 grayscale 8×8
   digits, 10 classes, shipped inside the package), upsampled to 32×32, replicated to 3 channels.

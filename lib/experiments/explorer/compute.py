@@ -1,7 +1,7 @@
 """Live explorer of the toy (issue 3, item 5): one small toy problem, every estimator, one lr sweep.
 
 :func:`explore` is the pure update function behind the notebook's sliders. For one
-initialisation ``seed`` of the toy (teacher and student :class:`~lib.models.BinaryMLP`, DESIGN §3),
+initialisation ``seed`` of the toy (teacher and student :class:`~lib.models.BinaryMLP`, docs/design.md §3),
 optionally pretrained (cheap, cached), and one gradient batch ``(x, y)`` of ``batch_size`` rows
 ``x ~ N(0, I_num_dim)`` it computes
 
@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import estimators as E
-from . import evaluate as V
-from .data import toy_problem
-from .quantizers import STE_VARIANTS
-from .toy import LAST_TWO, ToyParams, pretrain_student
+from lib.core import estimators as E
+from lib.core import evaluate as V
+from lib.core.quantizers import STE_VARIANTS
+from lib.experiments.toy.run import LAST_TWO, ToyParams, pretrain_student
+from lib.training.gaussian import toy_problem
 
 NUM_DIMS = (8, 16, 32, 64)
 SAMPLES = (100, 500, 2000, 5000)

@@ -29,7 +29,7 @@ class LinearAct(nn.Linear):
 
 class BinaryMLP(nn.Module):
     """``num_dim → num_dim`` ``hidden_layers`` times, each followed by a quantizer, then a linear
-    readout ``num_dim → out_dim`` (DESIGN §3). Parameters: ``fc1.weight … fcH.weight`` and
+    readout ``num_dim → out_dim`` (docs/design.md §3). Parameters: ``fc1.weight … fcH.weight`` and
     ``readout.weight`` (plus biases when ``bias=True``).
 
     Weights are drawn i.i.d. ``N(0, 1/fan_in)`` (so a hidden pre-activation on ±1 inputs has unit

@@ -1,0 +1,1 @@
+"""The static report ``reports/<date>/index.html``, built from the manifest and results files."""
