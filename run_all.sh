@@ -9,8 +9,7 @@
 # package `lib` is installed into it editable (pyproject.toml), when .venv is missing or when
 # requirements.txt or pyproject.toml changed since the last successful install (sha256 kept in
 # .venv/.requirements.sha256); otherwise no pip call is made. Set PYTHON to choose the
-# interpreter that creates it (default python3). In a git checkout, notebooks are committed
-# without outputs: the nbstripout filter (.gitattributes) is configured for this clone.
+# interpreter that creates it (default python3).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -45,13 +44,17 @@ if [[ "$want" != "$have" ]]; then
   echo "run_all: $VENV is up to date"
 fi
 
-# Strip notebook outputs when git reads them (git add, git status, git diff): a notebook run
-# and saved in JupyterLab leaves the checkout clean. Configured per clone, in .git/config.
+# Committed notebooks stay output-free (lib/common/notebooks.py): git stores every notebook
+# stripped (the filter of .gitattributes, configured for this clone in .git/config), and
+# JupyterLab run from .venv saves the repository's notebooks stripped (a pre-save hook), so a
+# notebook run and saved by hand leaves git status clean.
 if [[ "$(git rev-parse --show-toplevel 2>/dev/null)" == "$PWD" ]]; then
-  git config filter.nbstripout.clean "\"$PWD/$VENV/bin/python\" -m nbstripout"
-  git config filter.nbstripout.smudge cat
-  git config diff.ipynb.textconv "\"$PWD/$VENV/bin/python\" -m nbstripout -t"
+  git config filter.strip-outputs.clean "\"$PWD/$VENV/bin/python\" -m lib.common.notebooks"
+  git config filter.strip-outputs.smudge cat
 fi
+mkdir -p "$VENV/etc/jupyter"  # the Jupyter server of .venv reads its config from here
+echo '{"ContentsManager": {"pre_save_hook": "lib.common.notebooks.pre_save_hook"}}' \
+  > "$VENV/etc/jupyter/jupyter_server_config.json"
 
 if [[ "${1:-}" == "test" ]]; then
   shift
