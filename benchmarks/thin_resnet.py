@@ -33,7 +33,7 @@ from lib.core import engine
 from lib.training.images import image_data
 from lib.core.losses import per_sample_loss
 from lib.core.models import xnor_resnet18
-from lib.experiments.thin_resnet.run import calibrate_batchnorm
+from lib.experiments.thin_resnet.states import calibrate_batchnorm
 
 EPS = 0.1
 

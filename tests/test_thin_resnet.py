@@ -1,4 +1,4 @@
-"""The thin ResNet experiment (lib/thin_resnet.py), its notebook under papermill, its report section."""
+"""The thin ResNet experiment (lib/experiments/thin_resnet/), its notebook under papermill, its report section."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ import papermill
 import pytest
 import torch
 
-from lib.experiments.thin_resnet import run as thin_resnet
+from lib.experiments.thin_resnet import analysis, params, section, states
+from lib.experiments.thin_resnet.run import run as run_thin_resnet
 from lib.core.estimators import cdg, ste
 from lib.core.evaluate import cosine
 from lib.experiments.progress import Reporter
@@ -37,8 +38,8 @@ def tiny_results(tmp_path_factory):
     saved = torch.get_num_threads()  # module-scoped: set up before the autouse one-thread fixture
     torch.set_num_threads(1)
     try:
-        first = thin_resnet.run(tiny_params(tmp), log=None, on_step=lambda *a: STEPS.append(a))
-        second = thin_resnet.run(tiny_params(tmp), log=None)
+        first = run_thin_resnet(tiny_params(tmp), log=None, on_step=lambda *a: STEPS.append(a))
+        second = run_thin_resnet(tiny_params(tmp), log=None)
     finally:
         torch.set_num_threads(saved)
     return first, second
@@ -61,21 +62,21 @@ def tiny_results(tmp_path_factory):
 ])
 def test_invalid_parameters_name_the_key(key, value, match):
     with pytest.raises(ValueError, match=match):
-        thin_resnet.validate_params({key: value})
+        params.validate_params({key: value})
 
 
 def test_decrease_acts_must_be_analysed_acts():
     with pytest.raises(ValueError, match="decrease_acts"):
-        thin_resnet.validate_params({"acts": ["binary"], "decrease_acts": ["ternary"]})
-    assert thin_resnet.validate_params({"acts": ["fp"], "decrease_acts": []})["decrease_acts"] == []
+        params.validate_params({"acts": ["binary"], "decrease_acts": ["ternary"]})
+    assert params.validate_params({"acts": ["fp"], "decrease_acts": []})["decrease_acts"] == []
 
 
 def test_notebook_parameters_match_the_library():
     """The notebook's parameters cell has every library parameter (and results_path), same defaults."""
-    params = papermill.inspect_notebook(str(NOTEBOOK))
-    assert set(params) == set(thin_resnet.PARAM_NAMES) | {"results_path"}
-    for name, default in thin_resnet.DEFAULTS.items():
-        assert eval(params[name]["default"]) == default, name  # literals only
+    declared = papermill.inspect_notebook(str(NOTEBOOK))
+    assert set(declared) == set(params.PARAM_NAMES) | {"results_path"}
+    for name, default in params.DEFAULTS.items():
+        assert eval(declared[name]["default"]) == default, name  # literals only
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert nb.metadata.kernelspec.name == "python3"
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit without outputs"
@@ -84,10 +85,10 @@ def test_notebook_parameters_match_the_library():
 
 
 def test_decrease_layers_and_labels():
-    names = thin_resnet.build_model(thin_resnet.validate_params({"initial_channels": 2}), "binary").binary_conv_names()
-    assert thin_resnet.decrease_layers(names) == [
+    names = states.build_model(params.validate_params({"initial_channels": 2}), "binary").binary_conv_names()
+    assert analysis.decrease_layers(names) == [
         "layer1.0.conv1.conv.weight", "layer3.0.conv1.conv.weight", "layer4.1.conv2.conv.weight"]
-    assert thin_resnet.main_eps([0.03, 0.1, 0.3]) == 0.1 and thin_resnet.main_eps([0.3, 1.0]) == 0.3
+    assert analysis.main_eps([0.03, 0.1, 0.3]) == 0.1 and analysis.main_eps([0.3, 1.0]) == 0.3
 
 
 # ----------------------------------------------------------------------------- results
@@ -163,7 +164,7 @@ def test_resumes_from_its_checkpoint_with_the_same_numbers(tiny_results, tmp_pat
     params = tiny_params(tmp_path)
     torch.set_num_threads(1)
     with pytest.raises(Killed):
-        thin_resnet.run(params, log=None, on_step=DiesAfter3(results_path))
+        run_thin_resnet(params, log=None, on_step=DiesAfter3(results_path))
     steps = []
 
     class Recording(Reporter):
@@ -171,7 +172,7 @@ def test_resumes_from_its_checkpoint_with_the_same_numbers(tiny_results, tmp_pat
             super().__call__(done, total, what)
             steps.append((done, self.done_at_start, what))
 
-    resumed = thin_resnet.run(params, log=None, on_step=Recording(results_path))
+    resumed = run_thin_resnet(params, log=None, on_step=Recording(results_path))
     assert steps == [(3, 3, "resumed"), (4, 3, "trained/fp")]
     resumed["params"]["cache_dir"] = first["params"]["cache_dir"]  # each test has its own folder
     assert _strip(resumed) == _strip(first)
@@ -187,11 +188,11 @@ def test_full_precision_cdg_is_the_autograd_gradient(tiny_results):
 
 def test_cosines_agree_with_an_independent_computation(tmp_path):
     """Recompute one entry from the estimators directly (same seed ⇒ same sampled coordinates)."""
-    params = tiny_params(tmp_path, states=["init"], acts=["binary"], eps=[0.2], decrease_acts=[])
-    r = thin_resnet.run(params, log=None)
-    p = thin_resnet.validate_params(params)
-    data = thin_resnet.load_data(p)
-    model, _ = thin_resnet.make_state(p, "binary", "init", data, torch.device("cpu"))
+    given = tiny_params(tmp_path, states=["init"], acts=["binary"], eps=[0.2], decrease_acts=[])
+    r = run_thin_resnet(given, log=None)
+    p = params.validate_params(given)
+    data = states.load_data(p)
+    model, _ = states.make_state(p, "binary", "init", data, torch.device("cpu"))
     names = model.binary_conv_names()
     g = cdg(model, data["x"], data["y"], loss="cross_entropy", eps=0.2, layers=names, coords_per_layer=3, seed=3)
     s = ste(model, data["x"], data["y"], loss="cross_entropy", variant="clipped", layers=names)
@@ -219,7 +220,7 @@ def test_report_cells(tiny_results):
     other = json.loads(json.dumps(r))
     other["initial_channels"] = 4
     other["states"] = {"init": {"binary": other["states"]["init"]["binary"]}}  # a smaller run
-    cells = thin_resnet.report_cells([other, r])
+    cells = section.report_cells([other, r])
     assert cells[0].cell_type == "markdown"
     assert cells[0].source == "### Thin ResNet-18 CDG gradient experiment - 1 · Thin ResNet-18 CDG grad实验 - 1"
     text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
@@ -235,10 +236,10 @@ def test_report_cells(tiny_results):
 def test_report_cells_with_a_reduced_run(tmp_path):
     params = tiny_params(tmp_path, states=["init"], acts=["ternary"], eps=[0.1], decrease_acts=[],
                          ste_variants=["steep"])
-    r = thin_resnet.run(params, log=None)
-    cells = thin_resnet.report_cells([r])
+    r = run_thin_resnet(params, log=None)
+    cells = section.report_cells([r])
     assert len(_pngs(cells)) == 2  # cosine and magnitude only
-    assert thin_resnet.report_cells([])[0].source == thin_resnet.HEADING
+    assert section.report_cells([])[0].source == section.HEADING
 
 
 # ----------------------------------------------------------------------------- notebook

@@ -1,6 +1,6 @@
 """The perturbation engine: loss changes of many perturbed copies of one model, batched.
 
-All models of the project are compositions of *units* (``model.units``, see :mod:`lib.models`).
+All models of the project are compositions of *units* (``model.units``, see :mod:`lib.core.models`).
 The cost of CDG and NES is loss evaluations of perturbed copies of one model (docs/design.md §7), so:
 
 * the inputs of every unit are computed **once** (:func:`forward_cache`); a copy whose
@@ -49,7 +49,7 @@ def units_of(model: nn.Module) -> list[nn.Module]:
     """``model.units``; ``ValueError`` when the model does not follow the units protocol."""
     units = getattr(model, "units", None)
     if units is None:
-        raise ValueError("model: expected a model with a `units` list (see lib.models)")
+        raise ValueError("model: expected a model with a `units` list (see lib.core.models)")
     return list(units)
 
 

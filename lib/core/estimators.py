@@ -3,7 +3,7 @@
 Every estimator takes ``(model, x, y, ...)`` and returns ``{parameter name as in
 model.named_parameters(): tensor shaped like that parameter}`` for the selected parameters
 (``layers``; default all). ``loss`` is ``"mse"``, ``"cross_entropy"`` or a callable giving
-per-sample losses (:mod:`lib.losses`). The model is evaluated in eval mode (BatchNorm uses its
+per-sample losses (:mod:`lib.core.losses`). The model is evaluated in eval mode (BatchNorm uses its
 running statistics, so every sample is independent) and is never modified.
 
 * :func:`cdg`  coordinate discrete gradient (BinaryDuo): central

@@ -1,6 +1,6 @@
 """The thin XNOR-ResNet-18 of docs/design.md §4 (Bi-Real / XNOR-ResNet-18 depth for 32×32 inputs).
 
-Layout, with ``c = initial_channels`` and ``q`` a :class:`~lib.quantizers.Quantizer`::
+Layout, with ``c = initial_channels`` and ``q`` a :class:`~lib.core.quantizers.Quantizer`::
 
     stem      h = BN(conv3x3(x))                              full precision, in_channels → c
     16 units  h' = conv3x3(q(BN(h))) + shortcut(h)            four stages × two blocks × two convs,

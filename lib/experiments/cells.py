@@ -1,6 +1,6 @@
 """Cells of the static report notebook: markdown, inline figures, tables.
 
-The report builder (:mod:`lib.report`) assembles these into an ``nbformat`` notebook and
+The report builder (:mod:`lib.report.build`) assembles these into an ``nbformat`` notebook and
 converts it with nbconvert, code hidden; figures are embedded as base64 PNG outputs.
 """
 from __future__ import annotations

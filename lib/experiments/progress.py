@@ -8,7 +8,7 @@ atomically; ``written`` is the Unix time of the write) and the runner polls it. 
 time is extrapolated linearly from the last report and counts down between reports:
 ``left = elapsed · (total − done) / (done − done_at_start) − (now − written)``, at least 0, where
 ``done_at_start`` is the number of steps a resumed run had finished before this attempt
-(:mod:`lib.checkpoint`; 0 for a fresh run) and ``elapsed`` the time of this attempt.
+(:mod:`lib.experiments.resume`; 0 for a fresh run) and ``elapsed`` the time of this attempt.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class Reporter:
     """``report(done, total, what)``: write the progress of the run whose results go to
     ``results_path``. The clock starts when the reporter is made, or at :meth:`resumed`.
 
-    ``partial`` is where the run keeps its partial state (:mod:`lib.checkpoint`): an experiment
+    ``partial`` is where the run keeps its partial state (:mod:`lib.experiments.resume`): an experiment
     handed a reporter resumes from it."""
 
     def __init__(self, results_path: str | os.PathLike) -> None:

@@ -10,7 +10,7 @@ One parameter file per notebook, read with ``yaml.safe_load`` only::
       full:  {...}
 
 Keys are checked against the notebook's own ``parameters`` cell (``papermill.inspect_notebook``:
-unknown key, wrong type) and against the value ranges of :mod:`lib.validate`; an error is a
+unknown key, wrong type) and against the value ranges of :mod:`lib.pipeline.validate`; an error is a
 :class:`ParamsError` of one line per offending file, ``<file>: <key>: <why>``. Each grid point
 becomes a :class:`Run` whose ``params_hash`` covers its parameters and the notebook's bytes.
 """

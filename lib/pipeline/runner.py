@@ -2,11 +2,11 @@
 
 Usage (``./run_all.sh`` calls this after bootstrapping the virtual environment)::
 
-    python -m lib.runner                          # every params/*.yaml, profile "quick"
-    python -m lib.runner --profile full --jobs 2
-    python -m lib.runner --only toy,nes --params my_overrides.yaml --no-report
+    python -m lib.pipeline.runner                          # every params/*.yaml, profile "quick"
+    python -m lib.pipeline.runner --profile full --jobs 2
+    python -m lib.pipeline.runner --only toy,nes --params my_overrides.yaml --no-report
 
-Every selected parameter file is validated before anything runs (:mod:`lib.grid`); an error is
+Every selected parameter file is validated before anything runs (:mod:`lib.pipeline.grid`); an error is
 one line naming the file and the key, and the exit status is 2. Each grid point is one papermill
 execution writing ``reports/<date>/runs/<run_id>.ipynb``; the notebook itself writes
 ``reports/<date>/results/<run_id>.json`` to the ``results_path`` it is given. After each run the
@@ -85,7 +85,7 @@ def git_commit(root: Path = ROOT) -> tuple[str | None, bool | None]:
 
 def code_sha256(root: Path = ROOT) -> str:
     """sha256 over ``lib/**/*.py`` (relative path and bytes, in path order): the library version a
-    run was computed with. Not part of :func:`lib.grid.params_hash`, so editing ``lib/`` does not
+    run was computed with. Not part of :func:`lib.pipeline.grid.params_hash`, so editing ``lib/`` does not
     throw away hours of finished runs; the runner names the cached runs computed with another
     version (``--force`` recomputes them)."""
     h = hashlib.sha256()
@@ -193,7 +193,7 @@ def load_manifest(report_dir: Path) -> dict[str, Any]:
 def abandon_running_notebooks() -> None:
     """Exit with status 130 at once, leaving the running notebooks behind. They cannot be stopped
     from the main thread; each kernel notices that its parent (``JPY_PARENT_PID``) is gone and
-    exits, and the rerun resumes them from their saved steps (:mod:`lib.checkpoint`)."""
+    exits, and the rerun resumes them from their saved steps (:mod:`lib.experiments.resume`)."""
     os._exit(130)
 
 

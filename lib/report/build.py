@@ -2,8 +2,8 @@
 one (English heading, the notes' original heading beside it).
 
 Built from the run manifest and the results files of the dated folder (never from notebook
-outputs): the figures are re-drawn by :mod:`lib.plots` (toy) and :mod:`lib.thin_resnet`, put into
-an ``nbformat`` notebook of markdown and figure cells (:mod:`lib.nbcells`), and converted by
+outputs): the figures are re-drawn by :mod:`lib.experiments.toy.figures` (toy) and :mod:`lib.experiments.thin_resnet.run`, put into
+an ``nbformat`` notebook of markdown and figure cells (:mod:`lib.experiments.cells`), and converted by
 nbconvert with code hidden. One self-contained file: images inline, no external links.
 """
 from __future__ import annotations
@@ -213,7 +213,7 @@ def thin_resnet_sections(runs: Sequence[dict[str, Any]]) -> list:
     if not part:
         return []
     ok = [r["results"] for r in part if r["results"] is not None]
-    from lib.experiments.thin_resnet.run import report_cells
+    from lib.experiments.thin_resnet.section import report_cells
 
     return report_cells(ok) + _failed_note(part)
 

@@ -1,6 +1,6 @@
 """Toy data (docs/design.md §3): Gaussian inputs ``x ~ N(0, I_num_dim)`` and teacher targets.
 
-The teacher and the student are two independently initialised :class:`~lib.models.BinaryMLP`
+The teacher and the student are two independently initialised :class:`~lib.core.models.BinaryMLP`
 of the same architecture; the target of an input is the teacher's output.
 """
 from __future__ import annotations

@@ -155,7 +155,7 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch:
 
 def step_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
                  seed: int) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
-    """``batch_fn(step)`` for :func:`lib.train.train_ste`: full batches only, epoch after epoch;
+    """``batch_fn(step)`` for :func:`lib.training.train.train_ste`: full batches only, epoch after epoch;
     step ``t`` is batch ``t mod K`` of epoch ``t div K`` of :func:`batches` (``K = N div B``)."""
     if not isinstance(batch_size, int) or not 1 <= batch_size <= len(x):
         raise ValueError(f"batch_size: expected an integer in [1, {len(x)}], got {batch_size!r}")

@@ -1,7 +1,7 @@
 """Live explorer of the toy (issue 3, item 5): one small toy problem, every estimator, one lr sweep.
 
 :func:`explore` is the pure update function behind the notebook's sliders. For one
-initialisation ``seed`` of the toy (teacher and student :class:`~lib.models.BinaryMLP`, docs/design.md §3),
+initialisation ``seed`` of the toy (teacher and student :class:`~lib.core.models.BinaryMLP`, docs/design.md §3),
 optionally pretrained (cheap, cached), and one gradient batch ``(x, y)`` of ``batch_size`` rows
 ``x ~ N(0, I_num_dim)`` it computes
 
@@ -10,7 +10,7 @@ optionally pretrained (cheap, cached), and one gradient batch ``(x, y)`` of ``ba
   jointly (``2S`` loss evaluations);
 * ``ste``   back-propagation with the surrogate derivative of the STE ``variant``;
 * ``exact`` the exact gradient of the Gaussian-smoothed loss ``L_σ`` on the last hidden layer and
-  the readout (:func:`lib.estimators.smoothed_exact`), the infinite-sample limit of NES there;
+  the readout (:func:`lib.core.estimators.smoothed_exact`), the infinite-sample limit of NES there;
 * ``nes_last2`` NES with the same ``σ, S`` restricted to those two layers (its cosine with
   ``exact`` measures the NES variance alone),
 
@@ -71,7 +71,7 @@ class ExplorerResult:
     wall_s: float = float("nan")
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict (arrays as lists; pass through :func:`lib.io.to_jsonable` for NaN)."""
+        """A JSON-able dict (arrays as lists; pass through :func:`lib.common.files.to_jsonable` for NaN)."""
         out = asdict(self)
         out["lrs"] = self.lrs.tolist()
         out["curves"] = {k: v.tolist() for k, v in self.curves.items()}
@@ -142,8 +142,8 @@ def explore(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: in
             threads: int | None = 1) -> ExplorerResult:
     """Every estimator and its lr → loss-decrease curve on one toy problem (module docstring).
 
-    The problem is ``lib.data.toy_problem(num_dim, seed)``; with ``pretrained`` its student is
-    first trained by :func:`lib.toy.pretrain_student` (STE ``pretrain_variant`` + Adam,
+    The problem is ``lib.training.gaussian.toy_problem(num_dim, seed)``; with ``pretrained`` its student is
+    first trained by :func:`lib.experiments.toy.run.pretrain_student` (STE ``pretrain_variant`` + Adam,
     ``pretrain_steps`` fresh batches of ``pretrain_batch_size`` rows, learning rate
     ``pretrain_lr``; cached in ``cache_dir``, so only the first call pays). The gradient batch is
     ``problem.batch(batch_size, 0)``; NES draws its directions from a generator seeded with

@@ -5,7 +5,7 @@ One call of :func:`run_toy` is one grid point (one ``num_dim``, pretrained or no
 initialisation × gradient batch it computes every estimate once and its lr → loss-decrease
 curve ``ΔL(lr) = L(w) − L(w − lr ĝ)`` on the same batch (or a held-out one); curves are then
 averaged over the repetitions. The **NES diagnosis** restricts NES to the last hidden layer and
-the readout, where :func:`lib.estimators.smoothed_exact` is the infinite-sample limit: low
+the readout, where :func:`lib.core.estimators.smoothed_exact` is the infinite-sample limit: low
 cosine with it that rises with the sample count means *variance*; an exact smoothed gradient
 that itself fails to decrease the loss means *smoothing bias* (σ too large).
 """
@@ -127,13 +127,13 @@ def run_toy(p: ToyParams, progress: bool = True,
     The run is a sequence of ``num_init · num_batch · len(sigma_grid)`` steps, one per σ of NES
     for each initialisation × batch; the cheap CDG and STE estimates of an initialisation ×
     batch belong to its first step. The steps take about equal time, so a linear extrapolation
-    of the time left holds. ``on_step(done, total, what)`` (e.g. a :class:`lib.progress.Reporter`)
+    of the time left holds. ``on_step(done, total, what)`` (e.g. a :class:`lib.experiments.progress.Reporter`)
     is called after each step.
 
-    ``checkpoint``: a file (:mod:`lib.checkpoint`) where the state is saved after each step; a
+    ``checkpoint``: a file (:mod:`lib.experiments.resume`) where the state is saved after each step; a
     rerun with the same parameters skips the steps saved there and gives the same numbers as an
     uninterrupted run. By default the reporter's ``partial`` file when ``on_step`` is a
-    :class:`lib.progress.Reporter`, else none."""
+    :class:`lib.experiments.progress.Reporter`, else none."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()

@@ -1,0 +1,167 @@
+"""Figures of thin ResNet results (drawn from a results dict, never from notebook outputs)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .analysis import eps_key
+from .summary import ACT_TITLES, acts_of, eps_keys, layer_label, mean_cosine, states_of
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _layer_axis(ax, result: dict[str, Any]) -> None:
+    n = len(result["layers"])
+    ax.set_xticks(range(1, n + 1))
+    ax.set_xticklabels(result["layer_labels"], rotation=90, fontsize=7)
+    for i in range(1, n):
+        if result["layer_stage"][i] != result["layer_stage"][i - 1]:
+            ax.axvline(i + 0.5, color="0.85", lw=0.8, zorder=0)
+    ax.set_xlabel("binary conv layer (stage.block.conv), front → back")
+
+
+def _grid(rows: int, cols: int, width: float = 3.6, height: float = 2.9, sharey: bool = True):
+    plt = _plt()
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 1.0, height * rows + 0.6), layout="constrained",
+                             squeeze=False, sharey=sharey)
+    return fig, axes
+
+
+def plot_cosine(result: dict[str, Any], eps: float | None = None):
+    """Cosine of CDG with each STE variant per layer, front to back: rows = states, columns = precisions."""
+    ek = eps_key(result["eps_main"] if eps is None else eps)
+    states = states_of(result)
+    acts = acts_of(result, states[0])
+    fig, axes = _grid(len(states), len(acts))
+    xs = np.arange(1, len(result["layers"]) + 1)
+    for i, state in enumerate(states):
+        for j, act in enumerate(acts):
+            ax = axes[i][j]
+            curves = result["states"][state][act]["cosine"][ek]
+            for v in result["ste_variants"]:
+                ax.plot(xs, [np.nan if c is None else c for c in curves[v]], marker="o", ms=3, label=v)
+            ax.axhline(0, color="0.5", lw=0.6)
+            ax.set_ylim(-1.05, 1.05)
+            ax.set_title(f"{state}, {ACT_TITLES.get(act, act)}", fontsize=10)
+            _layer_axis(ax, result)
+            if j == 0:
+                ax.set_ylabel("cos(CDG, STE)")
+    axes[0][-1].legend(fontsize=7, title="STE variant", title_fontsize=7, loc="lower left")
+    fig.suptitle(f"c = {result['initial_channels']}: cosine of CDG (ε = {float(ek):g}, "
+                 f"{_sampled_text(result)}) with each STE variant, per layer")
+    return fig
+
+
+def _sampled_text(result: dict[str, Any]) -> str:
+    k = result["params"]["coords_per_layer"]
+    return f"{k} sampled coordinates per layer"
+
+
+def plot_magnitude(result: dict[str, Any]):
+    """RMS of CDG (each ε) and of each STE variant per layer, log scale; rows = states, columns = precisions."""
+    plt = _plt()
+    states = states_of(result)
+    acts = acts_of(result, states[0])
+    fig, axes = _grid(len(states), len(acts))
+    xs = np.arange(1, len(result["layers"]) + 1)
+    greys = plt.cm.Greys(np.linspace(0.95, 0.5, max(1, len(result["eps"]))))
+    for i, state in enumerate(states):
+        for j, act in enumerate(acts):
+            ax = axes[i][j]
+            mag = result["states"][state][act]["magnitude"]
+            for ek, col in zip(eps_keys(result), greys):
+                ax.plot(xs, _pos(mag["cdg"][ek]), color=col, lw=2.2, label=f"CDG ε={ek}")
+            for v in result["ste_variants"]:
+                ax.plot(xs, _pos(mag["ste"][v]), lw=1, marker=".", ms=3, label=f"STE {v}")
+            ax.set_yscale("log")
+            ax.set_title(f"{state}, {ACT_TITLES.get(act, act)}", fontsize=10)
+            _layer_axis(ax, result)
+            if j == 0:
+                ax.set_ylabel("RMS gradient (sampled coords)")
+    axes[0][-1].legend(fontsize=6, loc="best")
+    fig.suptitle(f"c = {result['initial_channels']}: gradient magnitude per layer, CDG vs STE")
+    return fig
+
+
+def _pos(values: Sequence[Any]) -> list[float]:
+    return [v if v is not None and v > 0 else np.nan for v in values]
+
+
+def plot_precisions(result: dict[str, Any]):
+    """Per-layer cosine averaged over the STE variants, one line per precision; one panel per state."""
+    states = states_of(result)
+    fig, axes = _grid(1, len(states), width=4.6, height=3.2)
+    xs = np.arange(1, len(result["layers"]) + 1)
+    for j, state in enumerate(states):
+        ax = axes[0][j]
+        for act in acts_of(result, state):
+            ax.plot(xs, mean_cosine(result, state, act), marker="o", ms=3, label=ACT_TITLES.get(act, act))
+        ax.axhline(0, color="0.5", lw=0.6)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_title(state, fontsize=10)
+        _layer_axis(ax, result)
+        if j == 0:
+            ax.set_ylabel("cos(CDG, STE), mean over variants")
+    axes[0][-1].legend(fontsize=8, title="activation", title_fontsize=8)
+    fig.suptitle(f"c = {result['initial_channels']}: binary vs ternary vs 2-bit vs full precision "
+                 f"(ε = {result['eps_main']:g})")
+    return fig
+
+
+def plot_decrease(result: dict[str, Any]):
+    """Single-layer lr → loss decrease, CDG (each ε) vs the STE variants; rows = (state, precision),
+    columns = first, middle, last binary layer. ``None`` when no precision had the analysis."""
+    plt = _plt()
+    rows = [(s, a) for s in states_of(result) for a in acts_of(result, s) if "decrease" in result["states"][s][a]]
+    if not rows:
+        return None
+    layers = result["decrease_layers"]
+    fig, axes = _grid(len(rows), len(layers), sharey=False)
+    lrs = result["lrs"]
+    greys = plt.cm.Greys(np.linspace(0.95, 0.5, max(1, len(result["eps"]))))
+    for i, (state, act) in enumerate(rows):
+        dec = result["states"][state][act]["decrease"]
+        for j, layer in enumerate(layers):
+            ax = axes[i][j]
+            for ek, col in zip(eps_keys(result), greys):
+                ax.plot(lrs, _nan(dec[layer]["cdg"][ek]), color=col, lw=2.2, marker="o", ms=3, label=f"CDG ε={ek}")
+            for v in result["ste_variants"]:
+                ax.plot(lrs, _nan(dec[layer]["ste"][v]), lw=1, marker=".", label=f"STE {v}")
+            ax.axhline(0, color="0.5", lw=0.6)
+            ax.set_xscale("log")
+            ax.set_title(f"{state}, {ACT_TITLES.get(act, act)}: layer {layer_label(result, layer)}", fontsize=9)
+            ax.set_xlabel("lr (step on the layer-normalised gradient)")
+            if j == 0:
+                ax.set_ylabel("loss decrease L(w) − L(w − lr ĝ)")
+    axes[0][-1].legend(fontsize=6, loc="best")
+    fig.suptitle(f"c = {result['initial_channels']}: single-layer loss decrease on "
+                 f"{result['params']['coords_per_layer']} sampled coordinates of the layer")
+    return fig
+
+
+def _nan(values: Sequence[Any]) -> list[float]:
+    return [np.nan if v is None else v for v in values]
+
+
+def plot_training(results: Sequence[dict[str, Any]] | dict[str, Any]):
+    """Training loss curves of the trained states (one line per c and precision); ``None`` if none."""
+    plt = _plt()
+    results = [results] if isinstance(results, dict) else list(results)
+    lines = [(r["initial_channels"], act, r["states"]["trained"][act]["state_info"]["curve"])
+             for r in results if "trained" in r["states"] for act in acts_of(r, "trained")
+             if r["states"]["trained"][act].get("state_info", {}).get("curve")]
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
+    for c, act, curve in lines:
+        ax.plot(np.arange(1, len(curve) + 1), curve, lw=1, label=f"c={c}, {ACT_TITLES.get(act, act)}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("cross-entropy (train batch)")
+    ax.set_title("STE + Adam training of the 'trained' states")
+    ax.legend(fontsize=7)
+    return fig

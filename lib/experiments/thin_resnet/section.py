@@ -1,0 +1,126 @@
+"""The thin ResNet section of the static report (figures re-drawn from the results dicts)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from lib.experiments import cells as nbcells
+
+from .figures import plot_cosine, plot_decrease, plot_magnitude, plot_precisions, plot_training
+from .summary import ACT_TITLES, acts_of, front_back, layer_label, states_of, summary_text
+
+# The notes' heading beside its English, one level under "BinaryDuo设置实验后续" as in the notes.
+HEADING = "### Thin ResNet-18 CDG gradient experiment - 1 · Thin ResNet-18 CDG grad实验 - 1"
+SETTING_NOTE = ("Standard XNOR-ResNet-18 depth, initial channels 8 / 16 "
+                "(标准XNOR-ResNet-18深度，但是initial channel分别设置为8/16)")
+
+
+def fmt2(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.2f}"
+
+
+def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
+    r0 = results[0]
+    p = r0["params"]
+    cs = sorted({r["initial_channels"] for r in results})
+    source = ("scikit-learn's embedded digits (8×8 greyscale, upsampled to 32×32, 3 channels; "
+              "no download)" if p["data_source"] == "digits" else f"CIFAR-10 from `{p['data_source']}`")
+    lines = [
+        "#### Setting · 实验设置",
+        "",
+        f"* {SETTING_NOTE}.",
+        f"* Runs here: initial channels {', '.join(map(str, cs))}; activations "
+        f"{', '.join(ACT_TITLES.get(a, a) for a in p['acts'])}; "
+        f"{'XNOR binary' if p['binary_weights'] else 'full-precision'} weights.",
+        f"* Data: {source}; gradients on one batch of {p['batch_size']} training images, cross-entropy, "
+        "BatchNorm in eval mode (every image independent).",
+        "* States: " + "; ".join(
+            {"init": f"`init` = fresh weights (seed {p['seed']}), BatchNorm statistics averaged over "
+                     f"{p['init_bn_batches']} training batches",
+             "trained": f"`trained` = {p['train_epochs']} epoch(s) of STE ({p['train_variant']}) + Adam "
+                        f"(lr {p['train_lr']:g}, batch {p['train_batch_size']}), one model per activation"}[s]
+            for s in p["states"]) + ".",
+        f"* CDG: central, ε ∈ {{{', '.join(f'{e:g}' for e in p['eps'])}}}, on {p['coords_per_layer']} "
+        "seeded coordinates of each of the 16 binary conv weights; the STE variants "
+        f"({', '.join(p['ste_variants'])}) are compared on the same coordinates.",
+        "* Single-layer loss decrease: first, middle and last binary layer, each estimate restricted to "
+        f"that layer's sampled coordinates and normalised ({p['normalize']}), lr ∈ "
+        f"{{{', '.join(f'{v:g}' for v in p['lrs'])}}}, on the gradient batch.",
+    ]
+    return "\n".join(lines)
+
+
+def report_cells(results: list[dict[str, Any]]) -> list:
+    """The thin ResNet section of the static report (figures re-plotted from the results dicts)."""
+    results = sorted(results, key=lambda r: (r["initial_channels"], r.get("seed", 0)))
+    cells = [nbcells.md(HEADING)]
+    if not results:
+        cells.append(nbcells.md("No successful run of the thin ResNet experiment."))
+        return cells
+    cells.append(nbcells.md(setting_markdown(results)))
+    fig = plot_training(results)
+    if fig is not None:
+        cells.append(nbcells.figure(fig, "training loss of the trained states"))
+    for r in results:
+        c = r["initial_channels"]
+        cells.append(nbcells.md(f"#### Initial channels = {c}"))
+        cells.append(nbcells.figure(plot_cosine(r), f"c={c}: cosine of CDG with STE per layer"))
+        cells.append(nbcells.figure(plot_magnitude(r), f"c={c}: gradient magnitude per layer"))
+        if len(acts_of(r, states_of(r)[0])) > 1:
+            cells.append(nbcells.figure(plot_precisions(r), f"c={c}: cosine per precision"))
+        fig = plot_decrease(r)
+        if fig is not None:
+            cells.append(nbcells.figure(fig, f"c={c}: single-layer loss decrease"))
+    cells.append(nbcells.md("#### Summary\n\n" + summary_text(results)))
+    cells.append(nbcells.md(f"Cosine of CDG (ε = {results[0]['eps_main']:g}) with each STE variant: mean over "
+                            "the front stage (stage 1) / mean over the back stage (stage 4 without the last "
+                            "conv) / the last binary conv / all 16 layers at once."))
+    header = ["c", "state", "activation", *results[0]["ste_variants"]]
+    rows = []
+    for r in results:
+        for state in states_of(r):
+            for act in acts_of(r, state):
+                row: list[Any] = [r["initial_channels"], state, ACT_TITLES.get(act, act)]
+                for v in results[0]["ste_variants"]:
+                    if v in r["ste_variants"]:
+                        fb = front_back(r, state, act, v)
+                        row.append(" / ".join(fmt2(fb[k]) for k in ("front", "back", "last", "all")))
+                    else:
+                        row.append("–")
+                rows.append(row)
+    cells.append(nbcells.table(header, rows))
+    dec_rows = []
+    for r in results:
+        for state in states_of(r):
+            for act in acts_of(r, state):
+                entry = r["states"][state][act]
+                for layer in (r["decrease_layers"] if "decrease" in entry else []):
+                    curves = entry["decrease"][layer]
+                    best = curves["best"]
+                    cdg_best = max(((k, v) for k, v in best.items() if k.startswith("cdg_eps_")),
+                                   key=lambda kv: kv[1][0] if kv[1][0] is not None else -math.inf)
+                    row = [r["initial_channels"], state, ACT_TITLES.get(act, act), layer_label(r, layer),
+                           f"{fmt3(cdg_best[1][0])} (ε={cdg_best[0][8:]}, lr={lr_text(r, cdg_best[1][1])})"]
+                    for v in results[0]["ste_variants"]:
+                        row.append(f"{fmt3(best[v][0])} (lr={lr_text(r, best[v][1])})" if v in best else "–")
+                    dec_rows.append(row)
+    if dec_rows:
+        cells.append(nbcells.md("Best single-layer loss decrease over the lr grid (and its lr; † = at the edge "
+                                "of the grid, so the best may lie outside it):"))
+        cells.append(nbcells.table(["c", "state", "activation", "layer", "CDG (best ε)",
+                                    *results[0]["ste_variants"]], dec_rows))
+    walls = ", ".join(f"c={r['initial_channels']}: {r['wall_s']:.0f} s" for r in results)
+    cells.append(nbcells.md(f"Wall time per run: {walls}."))
+    return cells
+
+
+def lr_text(result: dict[str, Any], lr: Any) -> str:
+    """An lr of the grid, marked † at the grid's edge."""
+    if lr is None:
+        return "–"
+    edge = lr in (min(result["lrs"]), max(result["lrs"]))
+    return f"{lr:.3g}{'†' if edge else ''}"
+
+
+def fmt3(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3g}"

@@ -1,0 +1,113 @@
+"""The model states of the thin ResNet experiment: data, the freshly initialised model with
+calibrated BatchNorm, the trained model (STE + Adam, cached), accuracy."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from lib.common.paths import repo_path
+from lib.core.resnet import XnorResNet, xnor_resnet18
+from lib.training.images import image_data, step_batches
+from lib.training.train import cached_train, train_ste
+
+from .params import CACHE_VERSION, EXPERIMENT, IN_CHANNELS, LOSS, NUM_CLASSES
+
+
+def data_path(p: dict[str, Any]) -> str:
+    """``data_source``: ``"digits"``, or a CIFAR-10 folder (relative: from the repository root)."""
+    source = p["data_source"]
+    return source if source == "digits" else str(repo_path(source).resolve())
+
+
+def load_data(p: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Training images (``train_limit``, 0 = all), the gradient batch (``batch_size`` training images
+    drawn with ``seed``) and held-out images (``test_limit``) from ``data_source``."""
+    x_train, y_train = image_data(data_path(p), "train", p["train_limit"] or None)
+    if p["batch_size"] > len(x_train):
+        raise ValueError(f"batch_size: {p['batch_size']} > the {len(x_train)} training images")
+    gen = torch.Generator().manual_seed(int(p["seed"]))
+    idx = torch.randperm(len(x_train), generator=gen)[:p["batch_size"]]
+    data = {"x_train": x_train, "y_train": y_train, "x": x_train[idx], "y": y_train[idx]}
+    if p["test_limit"]:
+        data["x_test"], data["y_test"] = image_data(data_path(p), "test", p["test_limit"])
+    return data
+
+
+def build_model(p: dict[str, Any], act: str) -> XnorResNet:
+    """The freshly initialised model (weights from ``seed``) with activation precision ``act``."""
+    return xnor_resnet18(p["initial_channels"], NUM_CLASSES, act=act, surrogate=p["train_variant"],
+                         binary_weights=p["binary_weights"], in_channels=IN_CHANNELS, seed=p["seed"])
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor, batch_size: int, batches: int,
+                        seed: int) -> None:
+    """Running statistics of every BatchNorm = the plain average of the batch statistics over
+    ``batches`` training batches (``momentum=None``), weights untouched; ends in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    dev = next(model.parameters()).device
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        gen = torch.Generator().manual_seed(int(seed) + 7919)
+        perm = torch.randperm(len(x), generator=gen)
+        for b in range(batches):
+            idx = perm[b * batch_size:(b + 1) * batch_size]
+            if len(idx) == 0:
+                break
+            model(x[idx].to(dev))
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.eval()
+
+
+def train_params(p: dict[str, Any], act: str) -> dict[str, Any]:
+    """What determines the trained weights: the key of the checkpoint cache."""
+    source = data_path(p)
+    return {"experiment": EXPERIMENT, "cache_version": CACHE_VERSION, "model": "xnor_resnet18",
+            "initial_channels": p["initial_channels"], "act": act, "binary_weights": p["binary_weights"],
+            "num_classes": NUM_CLASSES, "in_channels": IN_CHANNELS, "data_source": source,
+            "train_limit": p["train_limit"], "epochs": p["train_epochs"], "batch_size": p["train_batch_size"],
+            "lr": p["train_lr"], "variant": p["train_variant"], "seed": p["seed"], "loss": LOSS}
+
+
+def make_state(p: dict[str, Any], act: str, state: str, data: dict[str, torch.Tensor],
+               device: torch.device) -> tuple[XnorResNet, dict[str, Any]]:
+    """The model in ``state`` (on ``device``, eval mode) and what to record about it."""
+    x_train, y_train = data["x_train"], data["y_train"]
+    info: dict[str, Any] = {}
+    if state == "init":
+        model = build_model(p, act).to(device)
+        calibrate_batchnorm(model, x_train, p["train_batch_size"], p["init_bn_batches"], p["seed"])
+        info["bn_calibration_batches"] = p["init_bn_batches"]
+    elif state == "trained":
+        bs = min(p["train_batch_size"], len(x_train))
+        steps = p["train_epochs"] * (len(x_train) // bs)
+        batch_fn = step_batches(x_train, y_train, bs, p["seed"])
+        t0 = time.perf_counter()
+        model, curve, hit = cached_train(
+            repo_path(p["cache_dir"]), train_params(p, act), lambda: build_model(p, act).to(device),
+            lambda m: train_ste(m, batch_fn, steps, loss=LOSS, variant=p["train_variant"],
+                                lr=p["train_lr"], progress=False, desc=f"train {act}"))
+        info.update({"cache_hit": hit, "steps": steps, "train_s": time.perf_counter() - t0,
+                     "curve": curve, "final_loss": float(np.mean(curve[-max(1, len(curve) // 10):]))})
+    else:  # pragma: no cover - validated before
+        raise ValueError(f"states: unknown state {state!r}")
+    model.eval()
+    return model, info
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+             chunk: int = 256) -> float:
+    correct = 0
+    for s in range(0, len(x), chunk):
+        correct += int((model(x[s:s + chunk].to(device)).argmax(1).cpu() == y[s:s + chunk]).sum())
+    return correct / max(1, len(x))
