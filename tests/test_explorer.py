@@ -14,7 +14,8 @@ from lib.core import estimators as E
 from lib.core import evaluate as V
 from lib.training.gaussian import toy_problem
 from lib.experiments.explorer.compute import ESTIMATORS, ExplorerApp, explore, figure_png, make_widgets, plot_explorer
-from lib.experiments.toy.run import ToyParams, pretrain_student
+from lib.experiments.toy.params import ToyParams
+from lib.experiments.toy.run import pretrain_student
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(num_dim=8, samples=60, batch_size=64, num_lr=7, lr_min=1e-2, lr_max=1.0)

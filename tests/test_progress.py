@@ -10,7 +10,8 @@ import pytest
 
 from lib.experiments import progress
 from lib.experiments.resume import Checkpoint, partial_path
-from lib.experiments.toy.run import ToyParams, run_toy
+from lib.experiments.toy.params import ToyParams
+from lib.experiments.toy.run import run_toy
 
 
 def test_reporter_writes_what_read_progress_returns(tmp_path):

@@ -24,7 +24,7 @@ import nbformat
 import pytest
 
 from lib.pipeline import grid
-from lib.report import build as report
+from lib.report import manifest as report
 from lib.pipeline import runner
 from lib.common.files import read_json
 from lib.pipeline.validate import check_value

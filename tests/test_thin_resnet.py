@@ -220,7 +220,7 @@ def test_report_cells(tiny_results):
     other = json.loads(json.dumps(r))
     other["initial_channels"] = 4
     other["states"] = {"init": {"binary": other["states"]["init"]["binary"]}}  # a smaller run
-    cells = section.report_cells([other, r])
+    cells = section.results_cells([other, r])
     assert cells[0].cell_type == "markdown"
     assert cells[0].source == "### Thin ResNet-18 CDG gradient experiment - 1 · Thin ResNet-18 CDG grad实验 - 1"
     text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
@@ -237,9 +237,9 @@ def test_report_cells_with_a_reduced_run(tmp_path):
     params = tiny_params(tmp_path, states=["init"], acts=["ternary"], eps=[0.1], decrease_acts=[],
                          ste_variants=["steep"])
     r = run_thin_resnet(params, log=None)
-    cells = section.report_cells([r])
+    cells = section.results_cells([r])
     assert len(_pngs(cells)) == 2  # cosine and magnitude only
-    assert section.report_cells([])[0].source == section.HEADING
+    assert section.results_cells([])[0].source == section.HEADING
 
 
 # ----------------------------------------------------------------------------- notebook

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from lib.experiments.toy import figures as plots
-from lib.report import build as report
+from lib.report import manifest as report
 from lib.pipeline import runner
 from lib.common.files import read_json
 from lib.report.build import build_report
-from lib.experiments.toy.run import diagnose, diagnosis_text
+from lib.experiments.toy.diagnosis import diagnose, diagnosis_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATE = "2025-01-01"

@@ -1,14 +1,15 @@
 """Cells of the static report notebook: markdown, inline figures, tables.
 
-The report builder (:mod:`lib.report.build`) assembles these into an ``nbformat`` notebook and
-converts it with nbconvert, code hidden; figures are embedded as base64 PNG outputs.
+Each experiment's report section is a list of these cells; the report builder
+(:mod:`lib.report.build`) assembles the sections into an ``nbformat`` notebook and converts it
+with nbconvert, code hidden; figures are embedded as base64 PNG outputs.
 """
 from __future__ import annotations
 
 import base64
 import html
 import io
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 import nbformat
@@ -41,3 +42,19 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> NotebookNo
     lines = ["| " + " | ".join(fmt(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return md("\n".join(lines))
+
+
+def heading(level: int, english: str, original: str | None = None) -> str:
+    """``### English · original`` (the original only when it differs): the notes' headings."""
+    text = english if not original or original == english else f"{english} · {original}"
+    return f"{'#' * level} {text}"
+
+
+def failed_runs_note(runs: Sequence[dict[str, Any]]) -> list[NotebookNode]:
+    """A note listing the runs of a section (``{id, entry, results}``) that have no results."""
+    bad = [r for r in runs if r["results"] is None]
+    if not bad:
+        return []
+    lines = [f"- `{r['id']}`: {r['entry'].get('status', '?')}: {r['entry'].get('error') or 'no results file'}"
+             for r in bad]
+    return [md("**Runs of this section that failed** (see the manifest):\n\n" + "\n".join(lines))]

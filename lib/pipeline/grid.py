@@ -31,6 +31,7 @@ import yaml
 
 from lib.common.files import canonical_json, sha256_file
 from lib.common.paths import ROOT
+from lib.experiments.registry import by_notebook
 from lib.pipeline.validate import check_value, format_value
 
 TOP_LEVEL_KEYS = ("notebook", "grid", "profiles")
@@ -65,6 +66,7 @@ class ParamsFile:
     notebook: str             # as written in the file, relative to the repository root
     notebook_path: Path       # absolute
     notebook_sha256: str
+    experiment: str | None    # lib.experiments.registry name of the notebook (None: not registered)
     grid: list[str]
     profile: str
     values: dict[str, Any]    # the profile's values; grid axes are lists
@@ -82,6 +84,7 @@ class Run:
     profile: str
     parameters: dict[str, Any]   # what the notebook gets, except results_path
     params_hash: str
+    experiment: str | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -177,6 +180,11 @@ def _check_entry(key: Any, value: Any, nb_params: Mapping[str, Mapping[str, str]
                            f"got {format_value(value)}")
         value = _coerce(expected, value)
     return value, check_value(key, value)
+
+
+def _experiment_name(notebook_path: Path) -> str | None:
+    experiment = by_notebook(notebook_path)
+    return experiment.name if experiment else None
 
 
 def _load_yaml(path: Path, label: str) -> Any:
@@ -297,7 +305,8 @@ def load_params_file(path: str | os.PathLike, profile: str, overrides: Sequence[
             raise ParamsError(f"{label}: grid: {key} is a grid axis but profiles.{profile} does not set it")
 
     return ParamsFile(name=path.stem, path=path, notebook=notebook, notebook_path=notebook_path,
-                      notebook_sha256=sha256_file(notebook_path), grid=list(grid), profile=profile,
+                      notebook_sha256=sha256_file(notebook_path), experiment=_experiment_name(notebook_path),
+                      grid=list(grid), profile=profile,
                       values=values, applied_overrides=tuple(applied))
 
 
@@ -379,5 +388,5 @@ def expand_grid(params_file: ParamsFile) -> list[Run]:
         seen[run_id] = list(point)
         runs.append(Run(run_id=run_id, name=pf.name, notebook=pf.notebook, notebook_path=pf.notebook_path,
                         profile=pf.profile, parameters=parameters,
-                        params_hash=params_hash(parameters, pf.notebook_sha256)))
+                        params_hash=params_hash(parameters, pf.notebook_sha256), experiment=pf.experiment))
     return runs

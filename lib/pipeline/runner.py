@@ -155,6 +155,7 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
         partial_path(results).unlink(missing_ok=True)
     return {
         "name": run.name,
+        "experiment": run.experiment,
         "notebook": run.notebook,
         "profile": run.profile,
         "parameters": run.parameters,

@@ -38,7 +38,8 @@ import torch
 from lib.core import estimators as E
 from lib.core import evaluate as V
 from lib.core.quantizers import STE_VARIANTS
-from lib.experiments.toy.run import LAST_TWO, ToyParams, pretrain_student
+from lib.experiments.toy.params import LAST_TWO, ToyParams
+from lib.experiments.toy.run import pretrain_student
 from lib.training.gaussian import toy_problem
 
 NUM_DIMS = (8, 16, 32, 64)

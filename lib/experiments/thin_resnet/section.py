@@ -5,6 +5,7 @@ import math
 from typing import Any, Sequence
 
 from lib.experiments import cells as nbcells
+from lib.experiments.cells import failed_runs_note
 
 from .figures import plot_cosine, plot_decrease, plot_magnitude, plot_precisions, plot_training
 from .summary import ACT_TITLES, acts_of, front_back, layer_label, states_of, summary_text
@@ -50,7 +51,13 @@ def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def report_cells(results: list[dict[str, Any]]) -> list:
+def report_cells(runs: Sequence[dict[str, Any]]) -> list:
+    """The thin ResNet section from the thin ResNet runs of a report folder (``{id, entry,
+    results}``): :func:`results_cells` of those with results, then the failed ones."""
+    return results_cells([r["results"] for r in runs if r["results"] is not None]) + failed_runs_note(runs)
+
+
+def results_cells(results: list[dict[str, Any]]) -> list:
     """The thin ResNet section of the static report (figures re-plotted from the results dicts)."""
     results = sorted(results, key=lambda r: (r["initial_channels"], r.get("seed", 0)))
     cells = [nbcells.md(HEADING)]

@@ -1,0 +1,42 @@
+"""The experiments the pipeline runs and the report shows, in report order.
+
+Each experiment has a notebook (papermill runs it once per grid point; its results file records
+``"experiment": <name>``) and a report section, ``report_cells(runs)`` in its ``section`` module,
+which builds its part of the report from its runs (``{id, entry, results}``, see
+:func:`lib.report.build.load_runs`). The section is named by module path and imported only when
+the report is built, so the pipeline reads this table without importing torch. A new experiment
+is a subpackage of :mod:`lib.experiments` and one line here.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lib.common.paths import ROOT
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str        # as in the results files' "experiment"
+    notebook: str    # relative to the repository root
+    section: str     # module holding report_cells(runs) -> list of report cells
+
+
+EXPERIMENTS = (
+    Experiment("toy", "notebooks/toy.ipynb", "lib.experiments.toy.section"),
+    Experiment("thin_resnet", "notebooks/thin_resnet.ipynb", "lib.experiments.thin_resnet.section"),
+)
+
+
+def by_notebook(notebook_path: str | Path) -> Experiment | None:
+    """The experiment whose notebook is ``notebook_path`` (absolute, or relative to the root)."""
+    path = (ROOT / notebook_path).resolve()
+    return next((e for e in EXPERIMENTS if (ROOT / e.notebook).resolve() == path), None)
+
+
+def report_section(name: str) -> Callable[[list[dict[str, Any]]], list[Any]]:
+    """``report_cells`` of the experiment ``name``."""
+    experiment = next(e for e in EXPERIMENTS if e.name == name)
+    return importlib.import_module(experiment.section).report_cells

@@ -1,0 +1,159 @@
+"""The toy sections of the static report: the notes' first two sections (hyper-parameter search
+without and with pretraining), re-drawn from the runs' results files."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from lib.common.files import read_json
+from lib.experiments.cells import failed_runs_note, figure, heading, md, table
+
+from . import figures as plots
+from .diagnosis import diagnosis_text
+
+# The meeting notes' headings and sentences, verbatim, beside their English.
+H_SEARCH_1 = ("Hyper-parameter search (epsilon for CDG & sigma for NES) - 1", "搜索超参(epsilon for CDG & sigma for NES) - 1")
+H_SEARCH_2 = ("Hyper-parameter search (epsilon for CDG & sigma for NES) - 2", "搜索超参(epsilon for CDG & sigma for NES) - 2")
+H_SETTING = ("Setting", "实验设置")
+H_DIFFICULTY = ("Difficulty", "困难")
+H_QUESTION = ("Question", "问题")
+QUESTION = "NES grad似乎不能指向loss下降的方向"
+NOTES_SETTING_1 = ["沿用BinaryDuo上实验设置（2 models / gaussian data）；", "没有预训练，简单检查超参对CDG/NES的影响。"]
+NOTES_SETTING_2 = ["沿用BinaryDuo上实验设置（2 models / gaussian data）；",
+                   "进行了预训练，使用2000个(16000, num_dim)~N(0, 1)的数据将evaluate_model训练到基本收敛(loss不再出现明显下降)。"]
+NOTES_DIFFICULTY = ("NES的超参sigma搜索起来代价太大（花费时间太长），而CDG的超参epsilon在Toy model上搜索较快，可饱和搜索，"
+                    "因此希望CDG的表现持续弱于某一NES的表现（这样就不用搜索NES超参的最佳值了）。")
+
+
+def toy_results(results_dir: str | Path) -> list[dict[str, Any]]:
+    """Every toy results file (``experiment == "toy"``) in ``results_dir``, by (pretrained, num_dim)."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results_dir: {str(results_dir)!r} is not a folder")
+    runs = [read_json(p) for p in sorted(results_dir.glob("*.json"))]
+    runs = [r for r in runs if isinstance(r, dict) and r.get("experiment") == "toy"]
+    return sorted(runs, key=lambda r: (r["pretrained"], r["num_dim"]))
+
+
+def _setting_cells(notes_lines: Sequence[str], ok: Sequence[dict[str, Any]]) -> list:
+    cells = [md(heading(4, *H_SETTING) + "\n\n" + "\n".join(f"* {line}" for line in notes_lines))]
+    if ok:
+        p = ok[0]["parameters"]
+        dims = sorted(r["num_dim"] for r in ok)
+        text = (f"This run: num_dim ∈ {dims}; student and teacher: 3 binary hidden layers + linear readout, "
+                f"no bias, N(0, 1/fan_in) weights; inputs x ~ N(0, I); gradient batches of {p['batch_size']} rows; "
+                f"{p['num_init']} initialisation(s) × {p['num_batch']} batch(es); ε ∈ {p['eps_grid']} (central CDG); "
+                f"σ ∈ {p['sigma_grid']}, samples ∈ {p['nes_samples']} (antithetic, 2 loss evaluations per sample); "
+                f"STE variants {p['ste_variants']}; gradients normalised per {p['normalize']}; "
+                f"lr on a log grid {p['lr_min']:g}…{p['lr_max']:g} ({p['num_lr']} points) refined on "
+                f"{p['lr_refine']} ({p['num_lr_refine']} points); seed {p['seed']}.")
+        if ok[0]["pretrained"]:
+            text += (f" Pretraining: {p['pretrain_steps']} Adam steps (lr {p['pretrain_lr']:g}, STE "
+                     f"`{p['pretrain_variant']}`) on fresh batches of ({p['pretrain_batch_size']}, num_dim) ~ N(0, 1).")
+        cells.append(md(text))
+    return cells
+
+
+def _difficulty_answer(ok: Sequence[dict[str, Any]]) -> str:
+    """Is CDG consistently weaker than one fixed NES setting (the notes' hope)? And the costs."""
+    if not ok:
+        return "_No successful run to answer from._"
+    table_ = plots.best_by_dim(ok)
+    dims = sorted(r["num_dim"] for r in ok)
+    cdg = table_["CDG"]
+    lines = []
+    for s in plots.nes_samples(ok[0]):
+        sigmas = list(ok[0]["curves"][f"nes:{s}"])
+        winners = [sg for sg in sigmas
+                   if all(next(r for r in ok if r["num_dim"] == d)["curves"][f"nes:{s}"][sg]["best"] > cdg[d][0]
+                          for d in dims)]
+        if winners:
+            lines.append(f"with {s} samples, NES at σ = {', '.join(winners)} beats the best CDG at every num_dim")
+        else:
+            lines.append(f"with {s} samples, no single σ beats the best CDG at every num_dim")
+    cost = []
+    for r in sorted(ok, key=lambda r: r["num_dim"]):
+        t = r.get("seconds_per_estimate", {})
+        nes_key = next((k for k in t if k.startswith("nes_")), None)
+        if t.get("cdg") is not None and nes_key and t.get(nes_key) is not None:
+            cost.append(f"num_dim {r['num_dim']}: CDG {t['cdg']:.3g} s per ε, NES {t[nes_key]:.3g} s per σ "
+                        f"(all sample counts from one stream of {nes_key[4:]} directions)")
+    answer = "**Measured:** " + "; ".join(lines) + "."
+    if cost:
+        answer += " Cost on this machine: " + "; ".join(cost) + "."
+    return answer
+
+
+def _toy_block(level: int, ok: Sequence[dict[str, Any]], pretrained: bool) -> list:
+    """CDG plots per num_dim, NES plots per num_dim × samples, best loss decrease → num_dim."""
+    cells: list = []
+    by_dim = sorted(ok, key=lambda r: r["num_dim"])
+    cells.append(md(heading(level, "CDG lr-loss decrease plot")))
+    for r in by_dim:
+        cells += [md(heading(level + 1, f"Dim = {r['num_dim']}")), figure(plots.cdg_figure(r))]
+    cells.append(md(heading(level, "NES lr-loss decrease plot")))
+    for r in by_dim:
+        cells.append(md(heading(level + 1, f"Dim = {r['num_dim']}")))
+        for s in plots.nes_samples(r):
+            cells += [md(heading(level + 2, f"Sample = {s}")), figure(plots.nes_figure(r, s))]
+    cells.append(md(heading(level, "best loss decrease - num_dim plot")))
+    if by_dim:
+        cells.append(figure(plots.best_vs_dim_figure(
+            by_dim, f"best loss decrease → num_dim ({'pretrained' if pretrained else 'no pretraining'})")))
+        best = plots.best_by_dim(by_dim)
+        dims = sorted(r["num_dim"] for r in by_dim)
+        rows = [[name] + [f"{best[name][d][0]:.4g} ({best[name][d][1]})" if d in best[name] else "–" for d in dims]
+                for name in best]
+        cells.append(table(["estimator"] + [f"num_dim {d}" for d in dims], rows))
+        if any(plots.EDGE_MARK in v[1] for by in best.values() for v in by.values()):
+            cells.append(md(f"{plots.EDGE_MARK.strip()} the best ε or σ is at the edge of its grid: the true "
+                            "optimum may lie outside; widen the grid in `params/toy.yaml` or `params/toy_pretrained.yaml`."))
+        if any(plots.LR_EDGE_MARK in v[1] for by in best.values() for v in by.values()):
+            cells.append(md(f"{plots.LR_EDGE_MARK.strip()} the best learning rate is the largest of the lr grid: "
+                            "a longer step might decrease the loss more; raise `lr_max` in `params/toy*.yaml`."))
+    cells.append(md(heading(level, "STE variants against the best CDG (beyond the notes)")))
+    for r in by_dim:
+        cells += [md(heading(level + 1, f"Dim = {r['num_dim']}")), figure(plots.ste_figure(r))]
+    if by_dim:
+        cells.append(md(heading(level, "Cosine with CDG (beyond the notes)")))
+        layers = plots.ste_cosine_layers(by_dim[0])
+        cos = plots.cosine_with_cdg(by_dim)
+        cells.append(md(f"How well each estimate points where CDG (ε = {by_dim[0]['parameters']['reference_eps']:g}) "
+                        f"points: cosine over all weights, then per layer ({' / '.join(layers)}) for the STE "
+                        "variants; for NES at the σ with the best loss decrease, over all weights."))
+        dims = [r["num_dim"] for r in by_dim]
+        cells.append(table(["estimator"] + [f"num_dim {d}" for d in dims],
+                           [[name] + [by.get(d, "–") for d in dims] for name, by in cos.items()]))
+    return cells
+
+
+def report_cells(runs: Sequence[dict[str, Any]]) -> list:
+    """The notes' two toy sections from the toy runs of a report folder (``{id, entry, results}``)."""
+    toy = list(runs)
+    cells: list = []
+    for pretrained, h, notes in ((False, H_SEARCH_1, NOTES_SETTING_1), (True, H_SEARCH_2, NOTES_SETTING_2)):
+        part = [r for r in toy if r["entry"].get("parameters", {}).get("pretrained") == pretrained]
+        ok = [r["results"] for r in part if r["results"] is not None]
+        cells.append(md(heading(3, *h)))
+        cells += _setting_cells(notes, ok)
+        if not pretrained:
+            cells.append(md(heading(4, *H_DIFFICULTY) + f"\n\n> {NOTES_DIFFICULTY}\n\n" + _difficulty_answer(ok)))
+        else:
+            cells.append(md(heading(4, *H_QUESTION) + f"\n\n**{QUESTION}** (NES grad does not seem to point "
+                            "in a loss-decreasing direction)\n\n**Diagnosis.** NES restricted to the last hidden "
+                            "layer and the readout is compared with the exact gradient of the Gaussian-smoothed "
+                            "loss there (closed form, docs/design.md §2): its infinite-sample limit. *Variance*: NES far "
+                            "from that limit, closer with more samples. *Smoothing bias*: the limit itself does "
+                            "not go downhill as far as CDG."))
+            for r in sorted(ok, key=lambda r: r["num_dim"]):
+                cells.append(md(diagnosis_text(r)))
+            for r in sorted(ok, key=lambda r: r["num_dim"]):
+                fig = plots.diagnosis_figure(r)
+                if fig is not None:
+                    cells.append(figure(fig))
+                fig = plots.pretrain_figure(r)
+                if fig is not None:
+                    cells.append(figure(fig))
+        cells += failed_runs_note(part)
+        cells += _toy_block(4, ok, pretrained)
+    return cells
