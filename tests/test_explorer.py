@@ -13,7 +13,9 @@ import torch
 from lib.core import estimators as E
 from lib.core import evaluate as V
 from lib.training.gaussian import toy_problem
-from lib.experiments.explorer.compute import ESTIMATORS, ExplorerApp, explore, figure_png, make_widgets, plot_explorer
+from lib.experiments.explorer.compute import ESTIMATORS, explore
+from lib.experiments.explorer.figure import figure_png, plot_explorer
+from lib.experiments.explorer.widgets import ExplorerApp, make_widgets
 from lib.experiments.toy.params import ToyParams
 from lib.experiments.toy.run import pretrain_student
 

@@ -25,7 +25,8 @@ import pytest
 
 from lib.pipeline import grid
 from lib.report import manifest as report
-from lib.pipeline import runner
+from lib.pipeline import execute, runner
+from lib.pipeline import manifest as manifests
 from lib.common.files import read_json
 from lib.pipeline.validate import check_value
 
@@ -282,7 +283,7 @@ def test_grid_runs_and_manifest(base_grid):
         assert res["cwd"] == str(ROOT)
     assert results(base_grid, TOY_IDS[3])["num_dim"] == 16 and results(base_grid, TOY_IDS[3])["pretrained"] is True
     # every entry names the library version that computed it; the invocation is on record
-    assert {e["code_sha256"] for e in m["runs"].values()} == {runner.code_sha256(ROOT)}
+    assert {e["code_sha256"] for e in m["runs"].values()} == {manifests.code_sha256(ROOT)}
     assert all("git_commit" in e for e in m["runs"].values())
     [inv] = m["invocations"]
     assert sorted(inv["ran"]) == sorted(TOY_IDS) and inv["cached"] == 0 and inv["jobs"] == 2
@@ -305,8 +306,8 @@ def test_rerun_is_all_cached(base_grid, tmp_path, capsys):
     assert sorted(first["ran"]) == sorted(TOY_IDS) and (second["ran"], second["cached"]) == ([], 4)
     # resume is per date folder: another date's manifest does not count
     run = grid.expand_grid(grid.load_params_file(tmp / "params/toy.yaml", "quick"))[0]
-    assert runner.is_cached(run, manifest(tmp), report_dir(tmp))
-    assert not runner.is_cached(run, manifest(tmp), tmp / "reports" / "2024-01-03")
+    assert manifests.is_cached(run, manifest(tmp), report_dir(tmp))
+    assert not manifests.is_cached(run, manifest(tmp), tmp / "reports" / "2024-01-03")
 
 
 def test_cached_runs_of_other_library_version_named_not_recomputed(base_grid, tmp_path, capsys):
@@ -326,14 +327,14 @@ def test_code_sha256_follows_library_sources(tmp_path):
     write(tmp_path / "lib/a.py", "x = 1\n")
     write(tmp_path / "lib/sub/b.py", "y = 2\n")
     write(tmp_path / "notes.txt", "not code")
-    first = runner.code_sha256(tmp_path)
+    first = manifests.code_sha256(tmp_path)
     write(tmp_path / "notes.txt", "still not code")
-    assert runner.code_sha256(tmp_path) == first
+    assert manifests.code_sha256(tmp_path) == first
     write(tmp_path / "lib/sub/b.py", "y = 3\n")
-    assert runner.code_sha256(tmp_path) != first
+    assert manifests.code_sha256(tmp_path) != first
     (tmp_path / "lib/sub/b.py").rename(tmp_path / "lib/sub/c.py")  # same bytes, other module
     write(tmp_path / "lib/sub/c.py", "y = 2\n")
-    assert runner.code_sha256(tmp_path) != first
+    assert manifests.code_sha256(tmp_path) != first
 
 
 def test_unfinished_grid_of_an_earlier_day_is_pointed_out(tmp_path):
@@ -351,12 +352,12 @@ def test_unfinished_grid_of_an_earlier_day_is_pointed_out(tmp_path):
     day("2024-01-04", "full", ["a"], "other")    # other parameters: resuming would recompute
     day("2024-01-09", "full", ["a"])             # a later day
     write(reports / "scratch" / "manifest.json", json.dumps({"profile": "full", "runs": {"a": {"status": "ok"}}}))
-    assert runner.unfinished_elsewhere(reports, "2024-01-05", "full", runs) == "2024-01-01"
-    assert runner.unfinished_elsewhere(reports, "2024-01-05", "quick", runs) == "2024-01-03"
-    assert runner.unfinished_elsewhere(reports, "2024-01-01", "full", runs) is None  # resuming already
-    assert runner.unfinished_elsewhere(reports, "2024-01-05", "full", runs[:1]) is None  # a: done on 01-01
-    assert runner.unfinished_elsewhere(reports, "2023-12-31", "full", runs) is None
-    assert runner.unfinished_elsewhere(tmp_path / "none", "2024-01-05", "full", runs) is None
+    assert manifests.unfinished_elsewhere(reports, "2024-01-05", "full", runs) == "2024-01-01"
+    assert manifests.unfinished_elsewhere(reports, "2024-01-05", "quick", runs) == "2024-01-03"
+    assert manifests.unfinished_elsewhere(reports, "2024-01-01", "full", runs) is None  # resuming already
+    assert manifests.unfinished_elsewhere(reports, "2024-01-05", "full", runs[:1]) is None  # a: done on 01-01
+    assert manifests.unfinished_elsewhere(reports, "2023-12-31", "full", runs) is None
+    assert manifests.unfinished_elsewhere(tmp_path / "none", "2024-01-05", "full", runs) is None
 
 
 def test_interrupted_invocation_is_recorded(tmp_path, monkeypatch):
@@ -371,11 +372,11 @@ def test_interrupted_invocation_is_recorded(tmp_path, monkeypatch):
         (report_dir / "results" / f"{run.run_id}.json").write_text("{}")
         return {"status": "ok", "params_hash": run.params_hash, "wall_s": 0.01, "error": None, **code}
 
-    monkeypatch.setattr(runner, "execute_run", fake_execute)
+    monkeypatch.setattr(execute, "execute_run", fake_execute)
     assert run_main(tmp_path, "--jobs", "1") == 130
     assert len(calls) == 2  # no run starts after the interrupt
     m = manifest(tmp_path)
-    assert list(m["runs"]) == [TOY_IDS[0]] and m["runs"][TOY_IDS[0]]["code_sha256"] == runner.code_sha256(ROOT)
+    assert list(m["runs"]) == [TOY_IDS[0]] and m["runs"][TOY_IDS[0]]["code_sha256"] == manifests.code_sha256(ROOT)
     [inv] = m["invocations"]
     assert inv["interrupted"] is True and inv["ran"] == [TOY_IDS[0]] and inv["finished"] is not None
     assert report.not_run_yet(m) == sorted(TOY_IDS[1:])    # what the report lists as not run yet
@@ -398,8 +399,8 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, monkeypatch, capsys):
         (report_dir / "results" / f"{run.run_id}.json").write_text("{}")
         return {"status": "ok", "params_hash": run.params_hash, "wall_s": 0.01, "error": None, **code}
 
-    monkeypatch.setattr(runner, "execute_run", fake_execute)
-    monkeypatch.setattr(runner, "abandon_running_notebooks", abandoned.set)  # instead of os._exit(130)
+    monkeypatch.setattr(execute, "execute_run", fake_execute)
+    monkeypatch.setattr(execute, "abandon_running_notebooks", abandoned.set)  # instead of os._exit(130)
     before = signal.getsignal(signal.SIGTERM)
     assert run_main(tmp_path, "--jobs", "1") == 130
     assert abandoned.is_set() and "interrupted: 1 running notebook(s) stopped" in capsys.readouterr().err
@@ -420,9 +421,9 @@ def test_running_invocation_writes_its_wall_time_while_it_runs(tmp_path, monkeyp
         (report_dir / "results" / f"{run.run_id}.json").write_text("{}")
         return {"status": "ok", "params_hash": run.params_hash, "wall_s": 1.0, "error": None, **code}
 
-    monkeypatch.setattr(runner, "execute_run", fake_execute)
-    monkeypatch.setattr(runner, "PROGRESS_POLL_S", 0.05)
-    monkeypatch.setattr(runner, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(execute, "execute_run", fake_execute)
+    monkeypatch.setattr(execute, "PROGRESS_POLL_S", 0.05)
+    monkeypatch.setattr(execute, "HEARTBEAT_S", 0.2)
     assert run_main(tmp_path) == 0
     assert 0.2 <= seen[0] < 1.0  # written during the run, before it finished
 
@@ -561,7 +562,7 @@ def test_progress_of_running_notebooks_is_shown(tmp_path, capsys, monkeypatch):
         profiles:
           quick: {{mode: progress}}
         """)
-    monkeypatch.setattr(runner, "PROGRESS_POLL_S", 0.1)
+    monkeypatch.setattr(execute, "PROGRESS_POLL_S", 0.1)
     assert run_main(tmp_path) == 0
     captured = capsys.readouterr()
     assert "1 ok, 0 cached, 0 failed" in captured.out

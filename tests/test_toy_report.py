@@ -13,7 +13,7 @@ import yaml
 
 from lib.experiments.toy import figures as plots
 from lib.report import manifest as report
-from lib.pipeline import runner
+from lib.pipeline import execute, runner
 from lib.common.files import read_json
 from lib.report.build import build_report
 from lib.experiments.toy.diagnosis import diagnose, diagnosis_text
@@ -152,7 +152,7 @@ def test_summary_notebook_reads_results_files(report_dir, tmp_path):
     import papermill
 
     out = tmp_path / "summary.json"
-    with runner._kernel_environment(1):  # the kernel environment the runner gives its runs
+    with execute._kernel_environment(1):  # the kernel environment the runner gives its runs
         papermill.execute_notebook(str(ROOT / "notebooks" / "summary.ipynb"), str(tmp_path / "summary.ipynb"),
                                    parameters={"results_dir": str(report_dir / "results"), "results_path": str(out)},
                                    kernel_name="python3", cwd=str(ROOT), progress_bar=False)

@@ -18,14 +18,12 @@ and for each the loss-decrease curve ``ΔL(lr) = L(w) − L(w − lr ĝ)`` with 
 layer, on the same batch, for ``num_lr`` learning rates log-spaced on ``[lr_min, lr_max]``; the
 best decrease ``max_lr ΔL(lr)`` with its lr; and cosine similarities ``a·b / (‖a‖‖b‖)`` with CDG.
 
-:func:`plot_explorer` draws a result; :class:`ExplorerApp` wires ipywidgets controls to
-:func:`explore` and redraws into an ``Output`` widget.
+:func:`lib.experiments.explorer.figure.plot_explorer` draws a result;
+:class:`lib.experiments.explorer.widgets.ExplorerApp` wires ipywidgets controls to :func:`explore`
+and redraws into an ``Output`` widget.
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 import os
 import time
@@ -93,7 +91,7 @@ def _pos(name: str, value: Any) -> None:
         raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
 
 
-def _check_controls(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float, lr_max: float,
+def check_controls(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float, lr_max: float,
                     variant: str) -> None:
     """The checks shared by :func:`explore` and the widgets' starting values."""
     _int("num_dim", num_dim)
@@ -111,7 +109,7 @@ def check_explore_args(num_dim: int, eps: float, sigma: float, samples: int, lr_
                        pretrain_steps: int, pretrain_batch_size: int, pretrain_lr: float,
                        pretrain_variant: str, cache_dir: str | os.PathLike) -> None:
     """``ValueError`` naming the first invalid argument of :func:`explore`; nothing computed."""
-    _check_controls(num_dim, eps, sigma, samples, lr_min, lr_max, variant)
+    check_controls(num_dim, eps, sigma, samples, lr_min, lr_max, variant)
     if lr_max <= lr_min:
         raise ValueError(f"lr_max: expected lr_max > lr_min = {lr_min!r}, got {lr_max!r}")
     _int("num_lr", num_lr, 2)
@@ -240,184 +238,3 @@ def _explore(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float
         loss_evaluations={"cdg": 2 * n_weights, "nes": 2 * params["samples"],
                           **({"nes_last2": 2 * params["samples"]} if diagnose else {})},
         pretrain=pretrain, timings=timings, wall_s=time.perf_counter() - t0)
-
-
-# ----------------------------------------------------------------------------- plotting
-
-_STYLE = {"cdg": dict(color="C0", lw=2), "nes": dict(color="C1"), "ste": dict(color="C2"),
-          "exact": dict(color="C3", ls="--"), "nes_last2": dict(color="C1", ls=":")}
-
-
-def plot_explorer(result: ExplorerResult, figsize: tuple[float, float] = (11.0, 4.2)):
-    """Left: ``lr → ΔL(lr)`` on a log x-axis, one line per estimator, its best point marked.
-    Right: cosine similarity with CDG (over all the layers both define) per estimator, and the
-    cosine of NES on the last two layers with the exact smoothed gradient. Returns the Figure
-    (not shown; the caller displays or closes it)."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
-
-    fig = Figure(figsize=figsize)
-    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.16, top=0.9, wspace=0.22)
-    ax, bx = fig.subplots(1, 2, width_ratios=[1.7, 1])
-    for k in ESTIMATORS:
-        if k not in result.curves:
-            continue
-        style = _STYLE[k]
-        ax.plot(result.lrs, result.curves[k], label=result.labels[k], **style)
-        best, lr = result.best[k]
-        if math.isfinite(best):
-            ax.plot([lr], [best], marker="o", ms=7, color=style["color"], mec="black", ls="none")
-    ax.axhline(0.0, color="grey", lw=0.8)
-    # Keep the downhill part readable: loss increases at large lr are clipped at −2 × the best decrease
-    # (no clipping when nothing goes downhill).
-    top = max([b for b, _ in result.best.values() if math.isfinite(b)], default=float("nan"))
-    if math.isfinite(top) and top > 0:
-        low = min(float(np.nanmin(c)) for c in result.curves.values())
-        ax.set_ylim(max(low, -2.0 * top) - 0.05 * top, 1.15 * top)
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10.0))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # no mathtext: faster redraws
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss decrease  L(w) − L(w − lr ĝ)")
-    p = result.params
-    state = "pretrained" if p["pretrained"] else "random init"
-    ax.set_title(f"num_dim={p['num_dim']}, {state}, L(w)={result.base_loss:.3g}, batch {p['batch_size']}"
-                 f"  (● best; {result.wall_s:.2f} s)", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
-    ax.grid(True, alpha=0.3)
-
-    bars = [("NES", result.cosines["nes_vs_cdg"]["all"], "C1"),
-            (f"STE\n{p['variant']}", result.cosines["ste_vs_cdg"]["all"], "C2"),
-            ("exact\n(last 2)", result.cosines["exact_vs_cdg"]["all"], "C3")]
-    if "nes_last2_vs_exact" in result.cosines:
-        bars.append(("NES last 2\nvs exact", result.cosines["nes_last2_vs_exact"]["all"], "white"))
-    names = [b[0] for b in bars]
-    values = [b[1] if math.isfinite(b[1]) else 0.0 for b in bars]
-    patches = bx.bar(names, values, color=[b[2] for b in bars], edgecolor="black")
-    if len(bars) == 4:
-        patches[-1].set_hatch("//")
-    for i, (_, v, _) in enumerate(bars):
-        bx.text(i, (v if math.isfinite(v) else 0.0), f"{v:.2f}" if math.isfinite(v) else "nan",
-                ha="center", va="bottom" if not math.isfinite(v) or v >= 0 else "top", fontsize=8)
-    bx.axhline(0.0, color="grey", lw=0.8)
-    bx.set_ylim(min(-0.1, min(values) - 0.1), 1.1)
-    bx.set_ylabel("cosine similarity")
-    bx.set_title("cosine with CDG" + (" (hatched: with exact)" if len(bars) == 4 else ""), fontsize=10)
-    bx.tick_params(axis="x", labelsize=8)
-    return fig
-
-
-def figure_png(fig, dpi: int = 90) -> bytes:
-    """The figure rendered as PNG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
-# ----------------------------------------------------------------------------- widgets
-
-def make_widgets(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
-                 lr_min: float = 1e-3, lr_max: float = 1.0, pretrained: bool = False,
-                 variant: str = "clipped") -> dict[str, Any]:
-    """The controls, keyed by :func:`explore` argument (``lr_range`` holds ``(log10 lr_min,
-    log10 lr_max)``), all with ``continuous_update=False`` where the widget has it."""
-    import ipywidgets as W
-
-    _check_controls(num_dim, eps, sigma, samples, lr_min, lr_max, variant)
-    style = {"description_width": "90px"}
-    layout = W.Layout(width="340px")
-    common = dict(continuous_update=False, style=style, layout=layout)
-    # A value off the standard choices (e.g. tiny test parameters) joins the options.
-    dims = sorted(set(NUM_DIMS) | {int(num_dim)})
-    counts = sorted(set(SAMPLES) | {int(samples)})
-    return {
-        "num_dim": W.SelectionSlider(options=dims, value=int(num_dim), description="num_dim", **common),
-        "eps": W.FloatLogSlider(value=eps, base=10, min=-3, max=0.5, step=0.125, description="CDG ε",
-                                readout_format=".3g", **common),
-        "sigma": W.FloatLogSlider(value=sigma, base=10, min=-3, max=0.5, step=0.125, description="NES σ",
-                                  readout_format=".3g", **common),
-        "samples": W.SelectionSlider(options=counts, value=int(samples), description="NES samples", **common),
-        "lr_range": W.FloatRangeSlider(value=(math.log10(lr_min), math.log10(lr_max)), min=-5.0, max=1.0,
-                                       step=0.25, description="log10 lr", readout_format=".2f", **common),
-        "pretrained": W.Checkbox(value=pretrained, description="pretrained student", indent=False,
-                                 layout=W.Layout(width="200px")),
-        "variant": W.Dropdown(options=list(STE_VARIANTS), value=variant, description="STE variant",
-                              style=style, layout=layout),
-    }
-
-
-class ExplorerApp:
-    """ipywidgets front end of :func:`explore`: every control change (on release) recomputes and
-    redraws into ``output`` (a PNG display-data entry, or the error text).
-
-    ``calls`` counts updates, ``last_result`` / ``last_figure`` hold the latest ones, ``ui`` is the
-    widget to display. Extra keyword arguments (``batch_size``, ``seed``, ``cache_dir``,
-    ``pretrain_steps`` …) are passed to every :func:`explore` call.
-    """
-
-    def __init__(self, num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
-                 lr_min: float = 1e-3, lr_max: float = 1.0, pretrained: bool = False, variant: str = "clipped",
-                 auto_update: bool = True, **explore_kwargs: Any) -> None:
-        import ipywidgets as W
-
-        self.explore_kwargs = explore_kwargs
-        self.controls = make_widgets(num_dim, eps, sigma, samples, lr_min, lr_max, pretrained, variant)
-        self.output = W.Output(layout=W.Layout(min_height="380px"))
-        self.status = W.HTML(value="")
-        self.calls = 0
-        self.last_result: ExplorerResult | None = None
-        self.last_figure = None
-        self.last_error: str | None = None
-        for w in self.controls.values():
-            w.observe(self._on_change, names="value")
-        c = self.controls
-        self.ui = W.VBox([
-            W.HBox([W.VBox([c["num_dim"], c["eps"], c["sigma"], c["samples"]]),
-                    W.VBox([c["lr_range"], c["variant"], c["pretrained"], self.status])]),
-            self.output,
-        ])
-        if auto_update:
-            self.update()
-
-    def arguments(self) -> dict[str, Any]:
-        """The :func:`explore` arguments the controls stand for now."""
-        c = self.controls
-        lo, hi = c["lr_range"].value
-        return {"num_dim": c["num_dim"].value, "eps": float(c["eps"].value), "sigma": float(c["sigma"].value),
-                "samples": c["samples"].value, "lr_min": 10.0 ** lo, "lr_max": 10.0 ** hi,
-                "pretrained": bool(c["pretrained"].value), "variant": c["variant"].value, **self.explore_kwargs}
-
-    def _on_change(self, change: dict[str, Any]) -> None:
-        self.update()
-
-    def update(self) -> ExplorerResult | None:
-        """Recompute with the current controls and redraw; errors are shown, not raised."""
-        self.calls += 1
-        self.status.value = "<i>computing…</i>"
-        try:
-            result = explore(**self.arguments())
-            fig = plot_explorer(result)
-            png = figure_png(fig)
-        except (ValueError, FloatingPointError) as err:
-            self.last_error = f"{type(err).__name__}: {err}"
-            self.output.outputs = ({"output_type": "stream", "name": "stderr", "text": self.last_error + "\n"},)
-            self.status.value = f"<b>error</b>: {html.escape(self.last_error)}"
-            return None
-        self.last_error = None
-        self.last_result, self.last_figure = result, fig
-        b = result.best
-        summary = ", ".join(f"{k} {b[k][0]:.3g}@{b[k][1]:.2g}" for k in ("cdg", "nes", "ste", "exact"))
-        self.output.outputs = ({"output_type": "display_data",
-                                "data": {"image/png": base64.b64encode(png).decode("ascii"),
-                                         "text/plain": f"<explorer figure: best ΔL@lr {summary}>"},
-                                "metadata": {}},)
-        self.status.value = f"{result.wall_s:.2f} s" + (
-            f" (pretrain {'cached' if result.pretrain['cached'] else 'trained'}, "
-            f"loss {result.pretrain['final_loss']:.3g})" if result.pretrain else "")
-        return result
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.ui)

@@ -1,0 +1,118 @@
+"""The explorer's controls: ipywidgets sliders wired to :func:`~lib.experiments.explorer.compute.explore`."""
+from __future__ import annotations
+
+import base64
+import html
+import math
+from typing import Any
+
+from lib.core.quantizers import STE_VARIANTS
+
+from .compute import NUM_DIMS, SAMPLES, ExplorerResult, check_controls, explore
+from .figure import figure_png, plot_explorer
+
+
+def make_widgets(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
+                 lr_min: float = 1e-3, lr_max: float = 1.0, pretrained: bool = False,
+                 variant: str = "clipped") -> dict[str, Any]:
+    """The controls, keyed by :func:`explore` argument (``lr_range`` holds ``(log10 lr_min,
+    log10 lr_max)``), all with ``continuous_update=False`` where the widget has it."""
+    import ipywidgets as W
+
+    check_controls(num_dim, eps, sigma, samples, lr_min, lr_max, variant)
+    style = {"description_width": "90px"}
+    layout = W.Layout(width="340px")
+    common = dict(continuous_update=False, style=style, layout=layout)
+    # A value off the standard choices (e.g. tiny test parameters) joins the options.
+    dims = sorted(set(NUM_DIMS) | {int(num_dim)})
+    counts = sorted(set(SAMPLES) | {int(samples)})
+    return {
+        "num_dim": W.SelectionSlider(options=dims, value=int(num_dim), description="num_dim", **common),
+        "eps": W.FloatLogSlider(value=eps, base=10, min=-3, max=0.5, step=0.125, description="CDG ε",
+                                readout_format=".3g", **common),
+        "sigma": W.FloatLogSlider(value=sigma, base=10, min=-3, max=0.5, step=0.125, description="NES σ",
+                                  readout_format=".3g", **common),
+        "samples": W.SelectionSlider(options=counts, value=int(samples), description="NES samples", **common),
+        "lr_range": W.FloatRangeSlider(value=(math.log10(lr_min), math.log10(lr_max)), min=-5.0, max=1.0,
+                                       step=0.25, description="log10 lr", readout_format=".2f", **common),
+        "pretrained": W.Checkbox(value=pretrained, description="pretrained student", indent=False,
+                                 layout=W.Layout(width="200px")),
+        "variant": W.Dropdown(options=list(STE_VARIANTS), value=variant, description="STE variant",
+                              style=style, layout=layout),
+    }
+
+
+class ExplorerApp:
+    """ipywidgets front end of :func:`explore`: every control change (on release) recomputes and
+    redraws into ``output`` (a PNG display-data entry, or the error text).
+
+    ``calls`` counts updates, ``last_result`` / ``last_figure`` hold the latest ones, ``ui`` is the
+    widget to display. Extra keyword arguments (``batch_size``, ``seed``, ``cache_dir``,
+    ``pretrain_steps`` …) are passed to every :func:`explore` call.
+    """
+
+    def __init__(self, num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
+                 lr_min: float = 1e-3, lr_max: float = 1.0, pretrained: bool = False, variant: str = "clipped",
+                 auto_update: bool = True, **explore_kwargs: Any) -> None:
+        import ipywidgets as W
+
+        self.explore_kwargs = explore_kwargs
+        self.controls = make_widgets(num_dim, eps, sigma, samples, lr_min, lr_max, pretrained, variant)
+        self.output = W.Output(layout=W.Layout(min_height="380px"))
+        self.status = W.HTML(value="")
+        self.calls = 0
+        self.last_result: ExplorerResult | None = None
+        self.last_figure = None
+        self.last_error: str | None = None
+        for w in self.controls.values():
+            w.observe(self._on_change, names="value")
+        c = self.controls
+        self.ui = W.VBox([
+            W.HBox([W.VBox([c["num_dim"], c["eps"], c["sigma"], c["samples"]]),
+                    W.VBox([c["lr_range"], c["variant"], c["pretrained"], self.status])]),
+            self.output,
+        ])
+        if auto_update:
+            self.update()
+
+    def arguments(self) -> dict[str, Any]:
+        """The :func:`explore` arguments the controls stand for now."""
+        c = self.controls
+        lo, hi = c["lr_range"].value
+        return {"num_dim": c["num_dim"].value, "eps": float(c["eps"].value), "sigma": float(c["sigma"].value),
+                "samples": c["samples"].value, "lr_min": 10.0 ** lo, "lr_max": 10.0 ** hi,
+                "pretrained": bool(c["pretrained"].value), "variant": c["variant"].value, **self.explore_kwargs}
+
+    def _on_change(self, change: dict[str, Any]) -> None:
+        self.update()
+
+    def update(self) -> ExplorerResult | None:
+        """Recompute with the current controls and redraw; errors are shown, not raised."""
+        self.calls += 1
+        self.status.value = "<i>computing…</i>"
+        try:
+            result = explore(**self.arguments())
+            fig = plot_explorer(result)
+            png = figure_png(fig)
+        except (ValueError, FloatingPointError) as err:
+            self.last_error = f"{type(err).__name__}: {err}"
+            self.output.outputs = ({"output_type": "stream", "name": "stderr", "text": self.last_error + "\n"},)
+            self.status.value = f"<b>error</b>: {html.escape(self.last_error)}"
+            return None
+        self.last_error = None
+        self.last_result, self.last_figure = result, fig
+        b = result.best
+        summary = ", ".join(f"{k} {b[k][0]:.3g}@{b[k][1]:.2g}" for k in ("cdg", "nes", "ste", "exact"))
+        self.output.outputs = ({"output_type": "display_data",
+                                "data": {"image/png": base64.b64encode(png).decode("ascii"),
+                                         "text/plain": f"<explorer figure: best ΔL@lr {summary}>"},
+                                "metadata": {}},)
+        self.status.value = f"{result.wall_s:.2f} s" + (
+            f" (pretrain {'cached' if result.pretrain['cached'] else 'trained'}, "
+            f"loss {result.pretrain['final_loss']:.3g})" if result.pretrain else "")
+        return result
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.ui)

@@ -1,0 +1,285 @@
+"""Executing runs: one papermill execution per grid point, in a pool of worker threads, each
+recorded in the manifest when it ends; the progress bar shows every running notebook's steps.
+
+:func:`run_grid` is the runner's engine (:mod:`lib.pipeline.runner` is its command line). A run's
+kernel gets ``cores / jobs`` threads and the CPU priority ``--nice`` asks for
+(:mod:`lib.pipeline.priority`); ``lib`` is importable in every kernel of the virtual environment
+because it is installed there editable.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import papermill
+from papermill.exceptions import PapermillExecutionError
+from tqdm import tqdm
+
+from lib.common.files import atomic_write_json
+from lib.common.paths import ROOT
+from lib.common.versions import versions
+from lib.experiments.progress import describe, progress_path, read_progress
+from lib.experiments.resume import partial_path
+from lib.pipeline.grid import RESULTS_KEY, Run
+from lib.pipeline.manifest import code_sha256, git_commit, is_cached, load_manifest, now
+from lib.pipeline.priority import NICE_ENV
+
+KERNEL_NAME = "python3"
+# Kernels inherit the runner's environment; MPLBACKEND=Agg (set by run_all.sh for the tests)
+# would stop figures from being embedded in the executed notebooks, so kernels get the inline one.
+KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
+# Quiet the kernel's own log (e.g. its warning about unencrypted TCP); errors in cells still
+# reach the executed notebook and the manifest.
+# Each kernel lowers its own CPU priority when the runner asks (--nice, lib/priority.py).
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR",
+               "--IPKernelApp.exec_lines=from lib.pipeline.priority import lower_priority_from_env as _lp; _lp(); del _lp"]
+# Seconds between two looks at the progress files of the running notebooks (lib/progress.py).
+PROGRESS_POLL_S = 5.0
+# Seconds between two rewrites of the running invocation's record (wall_s, finished): a runner
+# killed without warning (SIGKILL, a machine switched off) leaves its wall time up to the last one.
+HEARTBEAT_S = 60.0
+
+
+def short_error(exc: BaseException) -> str:
+    if isinstance(exc, PapermillExecutionError):
+        text = f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
+    else:
+        lines = [ln for ln in "".join(traceback.format_exception_only(type(exc), exc)).splitlines() if ln.strip()]
+        text = " | ".join(lines[-2:])
+    return " ".join(text.split())[:2000]  # one line: it goes into the summary line and the manifest
+
+
+DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
+
+
+@contextmanager
+def _kernel_environment(jobs: int, nice: int = 0) -> Iterator[None]:
+    """Environment the kernels inherit: thread counts split between jobs, the CPU priority they
+    take (``nice``, see :mod:`lib.pipeline.priority`). ``lib`` is importable in every kernel of
+    the virtual environment: it is installed there editable."""
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    changes = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               "MPLBACKEND": KERNEL_MPLBACKEND, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0"),
+               NICE_ENV: str(nice)}
+    saved = {key: os.environ.get(key) for key in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
+                code: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Execute one run with papermill; return its manifest entry (never raises for notebook errors).
+
+    ``code`` (``git_commit``, ``git_dirty``, ``code_sha256``) is copied into the entry: a grid
+    resumed over several days can mix library versions, and the entry says which one made it."""
+    executed = report_dir / "runs" / f"{run.run_id}.ipynb"
+    results = report_dir / "results" / f"{run.run_id}.json"
+    results.unlink(missing_ok=True)  # a stale file must not pass for this run's output
+    status, error = "ok", None
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(run.notebook_path), str(executed),
+            parameters={**run.parameters, RESULTS_KEY: str(results.resolve())},
+            kernel_name=KERNEL_NAME, cwd=str(root), progress_bar=False, log_output=False,
+            extra_arguments=KERNEL_ARGS,
+        )
+        if not results.is_file():
+            status, error = "failed", f"the notebook finished without writing results/{results.name}"
+    except Exception as exc:  # KeyboardInterrupt passes through: the run stays unrecorded
+        status, error = "failed", short_error(exc)
+    progress_path(results).unlink(missing_ok=True)
+    if status == "ok":  # kept after a failure or an interrupt: the rerun resumes from it
+        partial_path(results).unlink(missing_ok=True)
+    return {
+        "name": run.name,
+        "experiment": run.experiment,
+        "notebook": run.notebook,
+        "profile": run.profile,
+        "parameters": run.parameters,
+        "params_hash": run.params_hash,
+        "status": status,
+        "wall_s": round(time.perf_counter() - start, 3),
+        "error": error,
+        "executed_notebook": f"runs/{executed.name}",
+        "results": f"results/{results.name}",
+        "finished": now(),
+        **(code or {}),
+    }
+
+
+def abandon_running_notebooks() -> None:
+    """Exit with status 130 at once, leaving the running notebooks behind. They cannot be stopped
+    from the main thread; each kernel notices that its parent (``JPY_PARENT_PID``) is gone and
+    exits, and the rerun resumes them from their saved steps (:mod:`lib.experiments.resume`)."""
+    os._exit(130)
+
+
+class _GridRun:
+    """One invocation's execution of a grid into a report folder: the manifest, this invocation's
+    record in it, the progress bar, the outcome. Methods marked *under the lock* are called with
+    ``self.lock`` held (worker threads and the progress poller share the state)."""
+
+    def __init__(self, runs: Sequence[Run], report_dir: Path, profile: str, date: str, jobs: int,
+                 force: bool, root: Path) -> None:
+        self.report_dir, self.root, self.jobs = report_dir, root, jobs
+        (report_dir / "runs").mkdir(parents=True, exist_ok=True)
+        (report_dir / "results").mkdir(parents=True, exist_ok=True)
+        self.manifest_path = report_dir / "manifest.json"
+        self.manifest = load_manifest(report_dir)
+        commit, dirty = git_commit(root)
+        self.manifest.update({"profile": profile, "date": date, "started": now(), "git_commit": commit,
+                              "git_dirty": dirty, "versions": versions(), "platform": platform.platform()})
+        self.todo = [run for run in runs if force or not is_cached(run, self.manifest, report_dir)]
+        if force:  # recompute from the start, not from the steps an interrupted run saved
+            for run in self.todo:
+                partial_path(self.results_file(run)).unlink(missing_ok=True)
+        todo_ids = {run.run_id for run in self.todo}
+        self.outcome: dict[str, list[str]] = {"ok": [], "cached": [r.run_id for r in runs if r.run_id not in todo_ids],
+                                              "failed": []}
+        # One record per invocation, rewritten with the manifest after every run and when the
+        # invocation ends or is interrupted: the wall time of a grid finished over several
+        # (interrupted, resumed) invocations is the sum of their wall_s.
+        self.t0 = time.perf_counter()
+        self.invocation = {"started": self.manifest["started"], "finished": None, "wall_s": 0.0, "jobs": jobs,
+                           "git_commit": commit, "planned": [run.run_id for run in runs], "ran": [],
+                           "cached": len(self.outcome["cached"]), "interrupted": False}
+        self.manifest.setdefault("invocations", []).append(self.invocation)
+        atomic_write_json(self.manifest_path, self.manifest)
+        self.lock = threading.Lock()
+        self.running: dict[str, Path] = {}  # run id -> its results file, whose progress file is polled
+        self.stop = threading.Event()
+        self.bar = tqdm(total=len(runs), unit="run", dynamic_ncols=True)
+        self.bar.update(len(self.outcome["cached"]))
+        self._note_cached()
+
+    def results_file(self, run: Run) -> Path:
+        return self.report_dir / "results" / f"{run.run_id}.json"
+
+    def _note_cached(self) -> None:
+        cached = self.outcome["cached"]
+        if not cached:
+            return
+        tqdm.write(f"cached {len(cached)} run(s) in {self.manifest_path}")
+        current = code_sha256(self.root)
+        other = [rid for rid in cached if self.manifest["runs"][rid].get("code_sha256") != current]
+        if other:
+            names = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+            tqdm.write(f"note: {len(other)} cached run(s) were computed with another or an unrecorded version "
+                       f"of lib/ ({names}; see git_commit in the manifest); --force recomputes them")
+
+    def record(self, entry: dict[str, Any] | None = None, run_id: str | None = None) -> None:
+        """Under the lock: store ``entry``, bring this invocation's record up to date, write."""
+        if entry is not None:
+            self.manifest["runs"][run_id] = entry
+            self.invocation["ran"].append(run_id)
+        self.invocation["wall_s"] = round(time.perf_counter() - self.t0, 3)
+        self.invocation["finished"] = now()
+        atomic_write_json(self.manifest_path, self.manifest)
+
+    def refresh(self) -> None:
+        """Under the lock: the bar shows how many runs are in progress and each one's progress."""
+        self.bar.set_description(f"{len(self.running)} running", refresh=False)
+        self.bar.set_postfix_str("; ".join(f"{rid} {describe(read_progress(path))}"
+                                           for rid, path in self.running.items()))
+
+    def poll_progress(self) -> None:
+        """The poller thread: refresh the bar, and rewrite this invocation's record every minute."""
+        beat = time.perf_counter()
+        while not self.stop.wait(PROGRESS_POLL_S):
+            with self.lock:
+                if time.perf_counter() - beat >= HEARTBEAT_S:
+                    beat = time.perf_counter()
+                    self.record()
+                self.refresh()
+
+    def one(self, run: Run) -> dict[str, Any]:
+        """A worker thread: execute ``run``, record it."""
+        results = self.results_file(run)
+        progress_path(results).unlink(missing_ok=True)  # left by an interrupted attempt
+        with self.lock:
+            self.running[run.run_id] = results
+            self.refresh()
+        # The library version is read per run: a kernel imports lib/ when its run starts.
+        code = dict(zip(("git_commit", "git_dirty"), git_commit(self.root)), code_sha256=code_sha256(self.root))
+        entry = execute_run(run, self.report_dir, self.root, code)
+        with self.lock:
+            self.running.pop(run.run_id, None)
+            self.record(entry, run.run_id)
+            ok = entry["status"] == "ok"
+            self.outcome["ok" if ok else "failed"].append(run.run_id)
+            tqdm.write(f"ok {entry['wall_s']:.1f}s {run.run_id}" if ok else
+                       f"FAILED {entry['wall_s']:.1f}s {run.run_id}: {entry['error']}")
+            self.bar.update(1)
+            self.refresh()
+        return entry
+
+    def execute(self, nice: int) -> None:
+        """Run ``self.todo`` on ``jobs`` worker threads, also with one job: papermill never sees
+        Ctrl-C, so it does not shut a busy kernel down (which printed the kernel's ZMQ errors). A
+        new run starts only when one has finished, so after an interrupt nothing new starts."""
+        poller = threading.Thread(target=self.poll_progress, name="progress", daemon=True)
+        poller.start()
+        pending = iter(self.todo)
+        active: set[Future] = set()
+        try:
+            with _kernel_environment(self.jobs, nice), ThreadPoolExecutor(max_workers=self.jobs) as pool:
+                try:
+                    active.update(pool.submit(self.one, run) for run in itertools.islice(pending, self.jobs))
+                    while active:
+                        done, active = wait(active, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            future.result()
+                        active.update(pool.submit(self.one, run) for run in itertools.islice(pending, len(done)))
+                except KeyboardInterrupt:
+                    self.interrupted(sum(not future.done() for future in active), poller)
+                    raise
+        finally:
+            self.stop.set()
+            poller.join()
+            self.bar.close()
+        with self.lock:
+            self.record()
+
+    def interrupted(self, n_running: int, poller: threading.Thread) -> None:
+        """Record the interrupt (finished runs are already in the manifest); with notebooks still
+        running, leave them behind at once (:func:`abandon_running_notebooks`)."""
+        with self.lock:
+            self.invocation["interrupted"] = True
+            self.record()
+        if n_running:
+            self.stop.set()
+            poller.join()
+            self.bar.close()
+            sys.stderr.write(f"\ninterrupted: {n_running} running notebook(s) stopped; "
+                             "rerun the same command to resume\n")
+            sys.stderr.flush()
+            abandon_running_notebooks()
+
+
+def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str, date: str, jobs: int = 1,
+             force: bool = False, nice: int = 0, root: Path = ROOT) -> dict[str, list[str]]:
+    """Execute ``runs`` into ``report_dir`` (resuming from its manifest); return run ids by outcome.
+
+    The result has keys ``ok``, ``cached`` and ``failed``. The manifest is rewritten atomically
+    after every finished run, so killing the process loses at most the runs in progress.
+    """
+    grid = _GridRun(runs, Path(report_dir), profile, date, jobs, force, root)
+    grid.execute(nice)
+    return grid.outcome

@@ -1,0 +1,137 @@
+"""The manifest of a report folder, ``reports/<date>/manifest.json``: what ran, with which
+parameters and code, and which runs are finished.
+
+Only the runner writes it (atomically, after every finished run). Each entry records the run's
+parameters, its ``params_hash`` (parameters + notebook bytes), status, wall time, error, the git
+commit and :func:`code_sha256` of ``lib/`` that computed it; each invocation of the runner is
+recorded in ``invocations``. A run is finished (:func:`is_cached`) when its entry is ``ok`` with
+the same hash and its results file exists.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from lib.common.files import atomic_write_json, read_json
+from lib.common.paths import ROOT
+from lib.experiments.resume import partial_path
+from lib.pipeline.grid import Run
+
+
+def now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def git_commit(root: Path = ROOT) -> tuple[str | None, bool | None]:
+    """``(HEAD commit, whether the work tree has uncommitted changes)``; ``(None, None)`` outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30)
+        if head.returncode != 0:
+            return None, None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=30)
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+        return head.stdout.strip() or None, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def code_sha256(root: Path = ROOT) -> str:
+    """sha256 over ``lib/**/*.py`` (relative path and bytes, in path order): the library version a
+    run was computed with. Not part of :func:`lib.pipeline.grid.params_hash`, so editing ``lib/`` does not
+    throw away hours of finished runs; the runner names the cached runs computed with another
+    version (``--force`` recomputes them)."""
+    h = hashlib.sha256()
+    for path in sorted((root / "lib").rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def is_cached(run: Run, manifest: Mapping[str, Any], report_dir: Path) -> bool:
+    """Finished before: recorded ok, same parameters and notebook, results file present."""
+    entry = manifest.get("runs", {}).get(run.run_id)
+    return (isinstance(entry, dict) and entry.get("status") == "ok"
+            and entry.get("params_hash") == run.params_hash
+            and (report_dir / "results" / f"{run.run_id}.json").is_file())
+
+
+def load_manifest(report_dir: Path) -> dict[str, Any]:
+    path = report_dir / "manifest.json"
+    if path.is_file():
+        try:
+            manifest = read_json(path)
+            if isinstance(manifest, dict) and isinstance(manifest.get("runs"), dict):
+                return manifest
+        except (OSError, ValueError):
+            pass
+        print(f"warning: {path} is unreadable; starting a new manifest", file=sys.stderr)
+    return {"runs": {}}
+
+
+def prune(runs: Sequence[Run], names: Sequence[str], report_dir: Path) -> list[str]:
+    """Take out of ``report_dir`` the runs of the params files ``names`` that their grid, as
+    expanded now (``runs``), no longer has, e.g. after a value was removed from a grid axis; the
+    report shows every run in the manifest. Returns the pruned run ids.
+
+    Nothing is deleted: a pruned run's results, executed notebook and partial state move to
+    ``pruned/results/`` and ``pruned/runs/``, and its manifest entry to the manifest's ``pruned``
+    list (with the time). Its id also leaves the ``planned`` lists of earlier invocations, which
+    only serve the report's "not run yet" list. Runs still in the grid whose parameters changed
+    are not pruned: the next run recomputes them."""
+    manifest_path = report_dir / "manifest.json"
+    if not manifest_path.is_file():
+        return []
+    manifest = load_manifest(report_dir)
+    current = {run.run_id for run in runs}
+
+    def stale(rid: str) -> bool:
+        return rid not in current and any(rid == n or rid.startswith(n + "__") for n in names)
+
+    gone = sorted(rid for rid in manifest["runs"] if stale(rid))
+    for rid in gone:
+        entry = manifest["runs"].pop(rid)
+        for sub, path in (("results", entry.get("results")), ("runs", entry.get("executed_notebook"))):
+            src = report_dir / path if path else None
+            if src is not None and src.is_file():
+                (report_dir / "pruned" / sub).mkdir(parents=True, exist_ok=True)
+                os.replace(src, report_dir / "pruned" / sub / src.name)
+        partial_path(report_dir / "results" / f"{rid}.json").unlink(missing_ok=True)
+        manifest.setdefault("pruned", []).append({"run_id": rid, "pruned": now(), "entry": entry})
+    dropped = False
+    for inv in manifest.get("invocations") or []:
+        if isinstance(inv, dict) and isinstance(inv.get("planned"), list):
+            kept = [rid for rid in inv["planned"] if not stale(rid)]
+            dropped |= len(kept) != len(inv["planned"])
+            inv["planned"] = kept
+    if gone or dropped:
+        atomic_write_json(manifest_path, manifest)
+    return gone
+
+
+def unfinished_elsewhere(reports_dir: Path, date: str, profile: str, runs: Sequence[Run]) -> str | None:
+    """The latest date folder before ``date`` holding some, not all, of ``runs`` finished with the
+    same ``profile`` and parameters: a grid started on an earlier day, which ``--date`` resumes.
+    ``None`` when ``date`` already has a manifest or no such folder exists."""
+    if (reports_dir / date / "manifest.json").is_file() or not reports_dir.is_dir():
+        return None
+    wanted = {(run.run_id, run.params_hash) for run in runs}
+    earlier = sorted((d for d in reports_dir.glob("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]")
+                      if d.is_dir() and d.name < date), reverse=True)
+    for folder in earlier:
+        try:
+            manifest = read_json(folder / "manifest.json")
+        except (OSError, ValueError):
+            continue
+        if not isinstance(manifest, dict) or manifest.get("profile") != profile:
+            continue
+        done = {(rid, e.get("params_hash")) for rid, e in (manifest.get("runs") or {}).items()
+                if isinstance(e, dict) and e.get("status") == "ok"} & wanted
+        if done and done != wanted:
+            return folder.name
+    return None
