@@ -1,5 +1,10 @@
+from dataclasses import dataclass
+
 import pytest
 import torch
+
+from lib.experiments import registry
+from lib.experiments.schema import DEVICE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, one_of, param, validate
 
 
 @pytest.fixture(autouse=True)
@@ -9,3 +14,30 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@dataclass
+class FixtureParams:
+    """The parameters of tests/fixtures/toy.ipynb, a fast stand-in notebook for the runner's tests."""
+
+    num_dim: int = param(8, POSITIVE_INT)
+    pretrained: bool = param(False)
+    eps: float = param(0.1, POSITIVE)
+    seed: int = param(0, NON_NEGATIVE_INT)
+    mode: str = param("ok", one_of("ok", "raise", "nowrite", "progress"))
+    lrs: list[float] = param([0.1, 0.01], POSITIVE)
+    device: str = param("cpu", DEVICE)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [("eps", f"expected eps < 1 with mode progress, got {self.eps}")] \
+            if self.mode == "progress" and self.eps >= 1 else []
+
+
+def register_fixture_notebook(monkeypatch, notebook: str = "tests/fixtures/toy.ipynb") -> None:
+    """Make ``notebook`` (relative to the repository root, or absolute) an experiment of the
+    registry for the duration of a test, with :class:`FixtureParams` and no report section."""
+    experiments = [*registry.EXPERIMENTS, registry.Experiment(f"fixture:{notebook}", notebook, FixtureParams, None)]
+    monkeypatch.setattr(registry, "EXPERIMENTS", experiments)

@@ -28,7 +28,7 @@ from lib.report import manifest as report
 from lib.pipeline import execute, runner
 from lib.pipeline import manifest as manifests
 from lib.common.files import read_json
-from lib.pipeline.validate import check_value
+from conftest import register_fixture_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "tests/fixtures/toy.ipynb"
@@ -81,23 +81,12 @@ def manifest(tmp: Path) -> dict:
 # ----------------------------------------------------------------------------- pure functions
 
 
-def test_check_value_rules():
-    assert check_value("eps", 0.1) is None
-    assert check_value("eps", [0.01, 0.1]) is None
-    assert check_value("eps", [-1]) == "expected positive numbers, got [-1]"
-    assert check_value("num_dim", 0) == "expected positive integers, got 0"
-    assert check_value("num_dim", True) is not None          # a bool is not a count
-    assert check_value("num_dim", 2.0) is not None
-    assert check_value("seed", 0) is None and check_value("seed", -1) is not None
-    assert check_value("samples", [10, 100]) is None and check_value("samples", [10, 0]) is not None
-    assert check_value("lrs", [[0.1, 0.01], [1.0]]) is None  # a grid over list-valued lrs
-    assert check_value("lrs", [float("nan")]) is not None
-    assert check_value("device", "cuda:1") is None and check_value("device", "tpu") is not None
-    assert check_value("device", "cuda:") is not None
-    assert check_value("ste_variants", ["identity", "swishsign"]) is None
-    assert check_value("acts", ["binary", "3bit"]) is not None
-    assert check_value("loss", "cross_entropy") is None and check_value("normalize", "batch") is not None
-    assert check_value("no_such_rule", -5) is None
+@pytest.fixture(scope="module", autouse=True)
+def _fixture_experiment():
+    """tests/fixtures/toy.ipynb is an experiment while these tests run (conftest.FixtureParams)."""
+    with pytest.MonkeyPatch.context() as mp:
+        register_fixture_notebook(mp)
+        yield
 
 
 def test_make_run_id_is_file_name_safe():
@@ -161,13 +150,23 @@ BAD_FILES = {
     "bool for int": (TOY_YAML.replace("seed: 0}", "seed: true}"), [],
                      ["toy.yaml: profiles.quick.seed: expected int", "got true"]),
     "wrong type in grid axis": (TOY_YAML.replace("num_dim: [8, 16]", "num_dim: [8, x]"), [],
-                                ["toy.yaml: profiles.quick.num_dim: grid axis: expected int values", '"x"']),
+                                ["toy.yaml: profiles.quick.num_dim: expected int", '"x"']),
     "grid axis not a list": (TOY_YAML.replace("num_dim: [8, 16]", "num_dim: 8"), [],
                              ["toy.yaml: profiles.quick.num_dim: grid axis: expected a non-empty list, got 8"]),
     "out of range": (TOY_YAML.replace("eps: 0.1", "eps: -1"), [],
                      ["toy.yaml: profiles.quick.eps: expected positive numbers, got -1.0"]),
     "out of range in grid axis": (TOY_YAML.replace("num_dim: [8, 16]", "num_dim: [8, 0]"), [],
-                                  ["toy.yaml: profiles.quick.num_dim: expected positive integers, got [8, 0]"]),
+                                  ["toy.yaml: profiles.quick.num_dim: expected positive integers, got 0"]),
+    "repeated in grid axis": (TOY_YAML.replace("num_dim: [8, 16]", "num_dim: [8, 8]"), [],
+                              ["toy.yaml: profiles.quick.num_dim: grid axis has repeated values: [8, 8]"]),
+    "repeated list values": (TOY_YAML.replace("seed: 0}", "seed: 0, lrs: [0.1, 0.1]}"), [],
+                             ["toy.yaml: profiles.quick.lrs: repeated values in [0.1, 0.1]"]),
+    "inconsistent values": (TOY_YAML.replace("eps: 0.1", "eps: 2, mode: progress"), [],
+                            ["toy.yaml: profiles.quick.eps: expected eps < 1 with mode progress, got 2.0",
+                             "(grid point num_dim=8, pretrained=false)"]),
+    "not an experiment's notebook": (TOY_YAML.replace(NOTEBOOK, "notebooks/summary.ipynb"), [],
+                                     ["toy.yaml: notebook: notebooks/summary.ipynb is not the notebook of an "
+                                      "experiment"]),
     "bad choice": (TOY_YAML.replace("seed: 0}", 'seed: 0, device: "tpu"}'), [],
                    ["toy.yaml: profiles.quick.device: expected one of cpu, cuda, auto"]),
     "results_path set": (TOY_YAML.replace("seed: 0}", "seed: 0, results_path: r.json}"), [],
@@ -227,22 +226,36 @@ def test_one_line_per_bad_file(tmp_path, capsys):
     assert "a.yaml: profiles.quick.eps:" in lines[0] and "b.yaml: profiles.quick.seed:" in lines[1]
 
 
-def test_notebook_without_results_path_rejected(tmp_path, capsys):
+def test_parameters_cell_must_match_the_schema(tmp_path, capsys, monkeypatch):
+    nb = nbformat.read(ROOT / NOTEBOOK, as_version=4)
+    params_cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params_cell.source = params_cell.source.replace("eps = 0.1", "epsilon = 0.1")
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    register_fixture_notebook(monkeypatch, str(tmp_path / "nb.ipynb"))
+    write(tmp_path / "params/x.yaml", TOY_YAML.replace(NOTEBOOK, str(tmp_path / "nb.ipynb")).replace("eps: 0.1, ", ""))
+    assert run_main(tmp_path) == 2
+    assert ("x.yaml: notebook: the parameters cell of nb.ipynb does not match FixtureParams; missing eps; "
+            "not in the schema epsilon") in capsys.readouterr().err
+
+
+def test_notebook_without_results_path_rejected(tmp_path, capsys, monkeypatch):
     nb = nbformat.read(ROOT / NOTEBOOK, as_version=4)
     params_cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params_cell.source = "\n".join(ln for ln in params_cell.source.splitlines() if "results_path" not in ln)
     nbformat.write(nb, tmp_path / "nb.ipynb")
+    register_fixture_notebook(monkeypatch, str(tmp_path / "nb.ipynb"))
     write(tmp_path / "params/x.yaml", TOY_YAML.replace(NOTEBOOK, str(tmp_path / "nb.ipynb")))
     assert run_main(tmp_path) == 2
     assert "x.yaml: notebook: nb.ipynb has no results_path parameter" in capsys.readouterr().err
 
 
-def test_parameter_line_papermill_cannot_parse_rejected(tmp_path, capsys):
+def test_parameter_line_papermill_cannot_parse_rejected(tmp_path, capsys, monkeypatch):
     nb = nbformat.read(ROOT / NOTEBOOK, as_version=4)
     params_cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params_cell.source = params_cell.source.replace("eps = 0.1", "eps = 0.1  # the step, e.g. eps = 0.3", 1)
     assert "e.g. eps = 0.3" in params_cell.source
     nbformat.write(nb, tmp_path / "nb.ipynb")
+    register_fixture_notebook(monkeypatch, str(tmp_path / "nb.ipynb"))
     write(tmp_path / "params/x.yaml", TOY_YAML.replace(NOTEBOOK, str(tmp_path / "nb.ipynb")))
     assert run_main(tmp_path) == 2
     assert "x.yaml: notebook: nb.ipynb: papermill cannot parse the parameters-cell line of eps" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The thin ResNet experiment (lib/experiments/thin_resnet/), its notebook under papermill, its report section."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,9 @@ import papermill
 import pytest
 import torch
 
-from lib.experiments.thin_resnet import analysis, params, section, states
+from lib.experiments.schema import build
+from lib.experiments.thin_resnet import analysis, section, states
+from lib.experiments.thin_resnet.params import ThinResNetParams
 from lib.experiments.thin_resnet.run import run as run_thin_resnet
 from lib.core.estimators import cdg, ste
 from lib.core.evaluate import cosine
@@ -62,21 +65,17 @@ def tiny_results(tmp_path_factory):
 ])
 def test_invalid_parameters_name_the_key(key, value, match):
     with pytest.raises(ValueError, match=match):
-        params.validate_params({key: value})
+        build(ThinResNetParams, {key: value})
 
 
 def test_decrease_acts_must_be_analysed_acts():
     with pytest.raises(ValueError, match="decrease_acts"):
-        params.validate_params({"acts": ["binary"], "decrease_acts": ["ternary"]})
-    assert params.validate_params({"acts": ["fp"], "decrease_acts": []})["decrease_acts"] == []
+        ThinResNetParams(acts=["binary"], decrease_acts=["ternary"])
+    assert ThinResNetParams(acts=["fp"], decrease_acts=[]).decrease_acts == []
 
 
-def test_notebook_parameters_match_the_library():
-    """The notebook's parameters cell has every library parameter (and results_path), same defaults."""
-    declared = papermill.inspect_notebook(str(NOTEBOOK))
-    assert set(declared) == set(params.PARAM_NAMES) | {"results_path"}
-    for name, default in params.DEFAULTS.items():
-        assert eval(declared[name]["default"]) == default, name  # literals only
+def test_notebook_kernel_and_parameters_cell():
+    """(Its names and defaults are the schema's: tests/test_schema.py.)"""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert nb.metadata.kernelspec.name == "python3"
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit without outputs"
@@ -85,7 +84,7 @@ def test_notebook_parameters_match_the_library():
 
 
 def test_decrease_layers_and_labels():
-    names = states.build_model(params.validate_params({"initial_channels": 2}), "binary").binary_conv_names()
+    names = states.build_model(dataclasses.asdict(ThinResNetParams(initial_channels=2)), "binary").binary_conv_names()
     assert analysis.decrease_layers(names) == [
         "layer1.0.conv1.conv.weight", "layer3.0.conv1.conv.weight", "layer4.1.conv2.conv.weight"]
     assert analysis.main_eps([0.03, 0.1, 0.3]) == 0.1 and analysis.main_eps([0.3, 1.0]) == 0.3
@@ -174,7 +173,7 @@ def test_resumes_from_its_checkpoint_with_the_same_numbers(tiny_results, tmp_pat
 
     resumed = run_thin_resnet(params, log=None, on_step=Recording(results_path))
     assert steps == [(3, 3, "resumed"), (4, 3, "trained/fp")]
-    resumed["params"]["cache_dir"] = first["params"]["cache_dir"]  # each test has its own folder
+    resumed["parameters"]["cache_dir"] = first["parameters"]["cache_dir"]  # each test has its own folder
     assert _strip(resumed) == _strip(first)
 
 
@@ -190,7 +189,7 @@ def test_cosines_agree_with_an_independent_computation(tmp_path):
     """Recompute one entry from the estimators directly (same seed ⇒ same sampled coordinates)."""
     given = tiny_params(tmp_path, states=["init"], acts=["binary"], eps=[0.2], decrease_acts=[])
     r = run_thin_resnet(given, log=None)
-    p = params.validate_params(given)
+    p = dataclasses.asdict(build(ThinResNetParams, given))
     data = states.load_data(p)
     model, _ = states.make_state(p, "binary", "init", data, torch.device("cpu"))
     names = model.binary_conv_names()

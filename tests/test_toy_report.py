@@ -120,6 +120,15 @@ def test_real_params_file_rejects_bad_keys_before_compute(tmp_path, capsys):
     code = runner.main(["--params-dir", str(tmp_path / "params"), "--reports-dir", str(tmp_path / "r"), "--only", "toy"])
     err = capsys.readouterr().err
     assert code == 2 and "sigma_grid" in err
+    # values that are each fine but inconsistent together: refused naming the file that set them
+    (tmp_path / "params" / "toy.yaml").write_text(text)
+    (tmp_path / "over.yaml").write_text("lr_min: 100\n")
+    code = runner.main(["--params-dir", str(tmp_path / "params"), "--reports-dir", str(tmp_path / "r"), "--only", "toy",
+                        "--params", str(tmp_path / "over.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "over.yaml: lr_min: expected lr_min < lr_max, got 100 and 10 (grid point pretrained=false, num_dim=8)" in err
+    assert not (tmp_path / "r").exists()
 
 
 def _synthetic(exact_best, cos_lo, cos_hi, cdg2=1.0):

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from lib.core.names import NORMALIZATIONS
+
 from .engine import eval_mode
 from .losses import LossSpec, batch_loss, check_loss
 
-NORMALIZATIONS = ("layer", "global", "none")
 
 
 def normalize(grads: dict[str, torch.Tensor], mode: str = "layer") -> dict[str, torch.Tensor]:

@@ -11,8 +11,9 @@ from typing import Callable, Union
 import torch
 import torch.nn.functional as F
 
+from lib.core.names import LOSSES
+
 LossSpec = Union[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
-LOSSES = ("mse", "cross_entropy")
 
 
 def check_loss(loss: LossSpec) -> None:

@@ -31,7 +31,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-PRECISIONS = ("binary", "ternary", "2bit", "fp")
+from lib.core.names import PRECISIONS, STE_VARIANTS
 
 
 # ----------------------------------------------------------------------------- forward quantizers
@@ -111,10 +111,10 @@ class PolynomialSte(Surrogate):
         return torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
 
 
+# One class per STE variant, in the order of lib.core.names.STE_VARIANTS (tests check that they agree).
 SURROGATES: dict[str, Surrogate] = {
     cls.name: cls() for cls in (IdentitySte, ClippedSte, SteepSte, SwishSignSte, PolynomialSte)
 }
-STE_VARIANTS = tuple(SURROGATES)
 
 
 def get_surrogate(variant: str) -> Surrogate:

@@ -1,11 +1,13 @@
 """The experiments the pipeline runs and the report shows, in report order.
 
 Each experiment has a notebook (papermill runs it once per grid point; its results file records
-``"experiment": <name>``) and a report section, ``report_cells(runs)`` in its ``section`` module,
-which builds its part of the report from its runs (``{id, entry, results}``, see
-:func:`lib.report.build.load_runs`). The section is named by module path and imported only when
-the report is built, so the pipeline reads this table without importing torch. A new experiment
-is a subpackage of :mod:`lib.experiments` and one line here.
+``"experiment": <name>``), a parameter class (:mod:`lib.experiments.schema`; the pipeline
+validates parameter files against it) and a report section, ``report_cells(runs)`` in its
+``section`` module, which builds its part of the report from its runs (``{id, entry, results}``,
+see :func:`lib.report.build.load_runs`). The parameter classes import no torch, and the section is
+named by module path and imported only when the report is built, so the pipeline reads this
+table without importing torch. A new experiment is a subpackage of :mod:`lib.experiments`, a
+notebook, a params file and one line here.
 """
 from __future__ import annotations
 
@@ -15,19 +17,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lib.common.paths import ROOT
+from lib.experiments.thin_resnet.params import ThinResNetParams
+from lib.experiments.toy.params import ToyParams
 
 
 @dataclass(frozen=True)
 class Experiment:
-    name: str        # as in the results files' "experiment"
-    notebook: str    # relative to the repository root
-    section: str     # module holding report_cells(runs) -> list of report cells
+    name: str             # as in the results files' "experiment"
+    notebook: str         # relative to the repository root (or absolute)
+    schema: type          # the parameter class
+    section: str | None   # module holding report_cells(runs) -> list of report cells; None: no section
 
 
-EXPERIMENTS = (
-    Experiment("toy", "notebooks/toy.ipynb", "lib.experiments.toy.section"),
-    Experiment("thin_resnet", "notebooks/thin_resnet.ipynb", "lib.experiments.thin_resnet.section"),
-)
+EXPERIMENTS = [
+    Experiment("toy", "notebooks/toy.ipynb", ToyParams, "lib.experiments.toy.section"),
+    Experiment("thin_resnet", "notebooks/thin_resnet.ipynb", ThinResNetParams, "lib.experiments.thin_resnet.section"),
+]
 
 
 def by_notebook(notebook_path: str | Path) -> Experiment | None:
@@ -36,7 +41,6 @@ def by_notebook(notebook_path: str | Path) -> Experiment | None:
     return next((e for e in EXPERIMENTS if (ROOT / e.notebook).resolve() == path), None)
 
 
-def report_section(name: str) -> Callable[[list[dict[str, Any]]], list[Any]]:
-    """``report_cells`` of the experiment ``name``."""
-    experiment = next(e for e in EXPERIMENTS if e.name == name)
-    return importlib.import_module(experiment.section).report_cells
+def report_section(experiment: Experiment) -> Callable[[list[dict[str, Any]]], list[Any]] | None:
+    """``report_cells`` of ``experiment``; ``None`` when it has no report section."""
+    return importlib.import_module(experiment.section).report_cells if experiment.section else None

@@ -1,5 +1,5 @@
-"""Parameter files and their grids: read ``params/<name>.yaml``, validate it against its notebook,
-expand the grid into runs.
+"""Parameter files and their grids: read ``params/<name>.yaml``, validate it against its
+experiment's schema, expand the grid into runs.
 
 One parameter file per notebook, read with ``yaml.safe_load`` only::
 
@@ -9,8 +9,11 @@ One parameter file per notebook, read with ``yaml.safe_load`` only::
       quick: {num_dim: [8, 16], pretrained: [false, true], eps: 0.1, seed: 0}
       full:  {...}
 
-Keys are checked against the notebook's own ``parameters`` cell (``papermill.inspect_notebook``:
-unknown key, wrong type) and against the value ranges of :mod:`lib.pipeline.validate`; an error is a
+The notebook names the experiment (:mod:`lib.experiments.registry`), whose parameter class is
+the one declaration of the names, types, defaults, ranges and cross-field rules
+(:mod:`lib.experiments.schema`): every value is checked against it, and every grid point as a
+whole, before anything runs; the notebook's ``parameters`` cell must declare exactly those names
+(read with ``papermill.inspect_notebook``, which is what papermill will inject into). An error is a
 :class:`ParamsError` of one line per offending file, ``<file>: <key>: <why>``. Each grid point
 becomes a :class:`Run` whose ``params_hash`` covers its parameters and the notebook's bytes.
 """
@@ -31,8 +34,8 @@ import yaml
 
 from lib.common.files import canonical_json, sha256_file
 from lib.common.paths import ROOT
-from lib.experiments.registry import by_notebook
-from lib.pipeline.validate import check_value, format_value
+from lib.experiments.registry import EXPERIMENTS, Experiment, by_notebook
+from lib.experiments.schema import SchemaError, build, check_entry, field_types, format_value
 
 TOP_LEVEL_KEYS = ("notebook", "grid", "profiles")
 RESULTS_KEY = "results_path"  # set by the runner in every run; notebooks must declare it
@@ -66,7 +69,7 @@ class ParamsFile:
     notebook: str             # as written in the file, relative to the repository root
     notebook_path: Path       # absolute
     notebook_sha256: str
-    experiment: str | None    # lib.experiments.registry name of the notebook (None: not registered)
+    experiment: str           # the notebook's experiment (lib/experiments/registry.py)
     grid: list[str]
     profile: str
     values: dict[str, Any]    # the profile's values; grid axes are lists
@@ -114,77 +117,16 @@ def make_run_id(name: str, point: Sequence[tuple[str, Any]]) -> str:
     return "__".join([name] + [f"{key}-{_slug(value)}" for key, value in point])
 
 
-def _expected_type(param: Mapping[str, str]) -> str | None:
-    """Type a notebook parameter expects: from its annotation, else from its default literal.
-
-    One of ``int float str bool list dict``; ``None`` when unknown (no type check then).
-    """
-    annotation = (param.get("inferred_type_name") or "None").strip()
-    if annotation != "None":
-        base = annotation.split("[")[0].strip().lower()
-        return {"int": "int", "float": "float", "str": "str", "bool": "bool", "list": "list",
-                "tuple": "list", "dict": "dict"}.get(base)
-    try:
-        default = ast.literal_eval(param.get("default", ""))
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
-    for typ, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"),
-                      ((list, tuple), "list"), (dict, "dict")):
-        if isinstance(default, typ):
-            return name
-    return None
-
-
-def _type_ok(expected: str | None, value: Any) -> bool:
-    if expected is None:
-        return True
-    if expected == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if expected == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, {"str": str, "bool": bool, "list": list, "dict": dict}[expected])
-
-
-def _coerce(expected: str | None, value: Any) -> Any:
-    """Ints given for a float parameter become floats (same hash and behaviour as ``1.0``)."""
-    if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _check_entry(key: Any, value: Any, nb_params: Mapping[str, Mapping[str, str]], grid: Sequence[str],
-                 notebook: str) -> tuple[Any, str | None]:
-    """Check one profile/override entry. Returns ``(value with ints made floats, error or None)``."""
+def _check_entry(key: Any, value: Any, schema: type, grid: Sequence[str], notebook: str) -> Any:
+    """One profile or override entry, checked against the experiment's schema: the value (ints
+    made floats), or :class:`SchemaError` naming the key."""
     if not isinstance(key, str):
-        return value, "parameter names must be strings"
+        raise SchemaError(str(key), "parameter names must be strings")
     if key == RESULTS_KEY:
-        return value, f"{RESULTS_KEY} is set by the runner; remove it"
-    if key not in nb_params:
-        known = ", ".join(k for k in nb_params if k != RESULTS_KEY)
-        return value, f"not a parameter of {notebook} (its parameters: {known})"
-    expected = _expected_type(nb_params[key])
-    default = nb_params[key].get("default")
-    if key in grid:
-        if not isinstance(value, list) or not value:
-            return value, f"grid axis: expected a non-empty list, got {format_value(value)}"
-        bad = [v for v in value if not _type_ok(expected, v)]
-        if bad:
-            return value, (f"grid axis: expected {expected} values (the notebook's default is {default}), "
-                           f"got {format_value(bad[0])} in {format_value(value)}")
-        value = [_coerce(expected, v) for v in value]
-        if len({canonical_json(v) for v in value}) != len(value):
-            return value, f"grid axis has repeated values: {format_value(value)}"
-    else:
-        if not _type_ok(expected, value):
-            return value, (f"expected {expected} (the notebook's default is {default}), "
-                           f"got {format_value(value)}")
-        value = _coerce(expected, value)
-    return value, check_value(key, value)
-
-
-def _experiment_name(notebook_path: Path) -> str | None:
-    experiment = by_notebook(notebook_path)
-    return experiment.name if experiment else None
+        raise SchemaError(key, f"{RESULTS_KEY} is set by the runner; remove it")
+    if key not in field_types(schema):
+        raise SchemaError(key, f"not a parameter of {notebook} (its parameters: {', '.join(field_types(schema))})")
+    return check_entry(schema, key, value, axis=key in grid)
 
 
 def _load_yaml(path: Path, label: str) -> Any:
@@ -237,13 +179,9 @@ def _assigned_names(notebook_path: Path) -> list[str]:
 # ----------------------------------------------------------------------------- parameter files
 
 
-def load_params_file(path: str | os.PathLike, profile: str, overrides: Sequence[Override] = (),
-                     root: Path = ROOT) -> ParamsFile:
-    """Read and validate one parameter file for ``profile``; apply ``overrides`` (from ``--params``).
-
-    Raises :class:`ParamsError` with the first problem found, as ``<file>: <key>: <why>``.
-    """
-    path = Path(path)
+def _read_file(path: Path, profile: str, root: Path) -> tuple[str, Path, list[str], dict[str, Any]]:
+    """The checked structure of a parameter file: ``(notebook, its path, grid axes, the profile's
+    raw values)``."""
     label = str(path)
     data = _load_yaml(path, label)
     if not isinstance(data, dict):
@@ -254,60 +192,98 @@ def load_params_file(path: str | os.PathLike, profile: str, overrides: Sequence[
     for key in TOP_LEVEL_KEYS:
         if key not in data:
             raise ParamsError(f"{label}: {key}: missing top-level key")
-
     notebook = data["notebook"]
     if not isinstance(notebook, str) or not notebook.endswith(".ipynb"):
         raise ParamsError(f"{label}: notebook: expected a path to an .ipynb file, got {format_value(notebook)}")
     notebook_path = (root / notebook).resolve()
     if not notebook_path.is_file():
         raise ParamsError(f"{label}: notebook: {notebook} not found (paths are relative to {root})")
-
     grid = data["grid"]
     if not isinstance(grid, list) or not all(isinstance(k, str) for k in grid):
         raise ParamsError(f"{label}: grid: expected a list of parameter names, got {format_value(grid)}")
     if len(set(grid)) != len(grid):
         raise ParamsError(f"{label}: grid: repeated names in {format_value(grid)}")
-
     profiles = data["profiles"]
     if not isinstance(profiles, dict):
         raise ParamsError(f"{label}: profiles: expected a mapping from profile name to parameters")
     if profile not in profiles:
         available = ", ".join(map(str, profiles)) or "none"
         raise ParamsError(f"{label}: profiles.{profile}: profile not found (available: {available})")
-    raw = profiles[profile]
-    if not isinstance(raw, dict):
+    if not isinstance(profiles[profile], dict):
         raise ParamsError(f"{label}: profiles.{profile}: expected a mapping of parameter: value")
+    return notebook, notebook_path, grid, profiles[profile]
 
-    nb_params = notebook_parameters(notebook_path, f"{label}: notebook")
+
+def _experiment_of(notebook: str, notebook_path: Path, label: str) -> Experiment:
+    """The experiment whose notebook this is; its ``parameters`` cell must declare exactly the
+    experiment's schema (and ``results_path``)."""
+    experiment = by_notebook(notebook_path)
+    if experiment is None:
+        known = ", ".join(f"{e.name} ({e.notebook})" for e in EXPERIMENTS)
+        raise ParamsError(f"{label}: notebook: {notebook} is not the notebook of an experiment "
+                          f"(lib/experiments/registry.py: {known})")
+    declared = set(notebook_parameters(notebook_path, f"{label}: notebook")) - {RESULTS_KEY}
+    expected = set(field_types(experiment.schema))
+    if declared != expected:
+        missing, extra = sorted(expected - declared), sorted(declared - expected)
+        raise ParamsError(f"{label}: notebook: the parameters cell of {notebook_path.name} does not match "
+                          f"{experiment.schema.__name__}" + (f"; missing {', '.join(missing)}" if missing else "")
+                          + (f"; not in the schema {', '.join(extra)}" if extra else ""))
+    return experiment
+
+
+def _check_grid_points(values: dict[str, Any], grid: Sequence[str], schema: type, where: Mapping[str, str],
+                       fallback: str) -> None:
+    """Every grid point as a whole (defaults, values, the point): cross-field rules such as
+    ``lr_min < lr_max``. ``where`` names the entry that set each key (``fallback`` otherwise)."""
+    for point in itertools.product(*(values[key] for key in grid)):
+        try:
+            build(schema, {**values, **dict(zip(grid, point))})
+        except SchemaError as exc:
+            at = f" (grid point {', '.join(f'{k}={format_value(v)}' for k, v in zip(grid, point))})" if grid else ""
+            raise ParamsError(f"{where.get(exc.key, f'{fallback}.{exc.key}')}: {exc.message}{at}") from None
+
+
+def load_params_file(path: str | os.PathLike, profile: str, overrides: Sequence[Override] = (),
+                     root: Path = ROOT) -> ParamsFile:
+    """Read and validate one parameter file for ``profile``; apply ``overrides`` (from ``--params``).
+
+    Every value is checked against the schema of the notebook's experiment, then every grid point
+    as a whole. Raises :class:`ParamsError` with the first problem found, as ``<file>: <key>: <why>``.
+    """
+    path = Path(path)
+    label = str(path)
+    notebook, notebook_path, grid, raw = _read_file(path, profile, root)
+    experiment = _experiment_of(notebook, notebook_path, label)
+    schema = experiment.schema
     for key in grid:
-        if key not in nb_params or key == RESULTS_KEY:
+        if key not in field_types(schema):
             raise ParamsError(f"{label}: grid: {key} is not a parameter of {notebook}")
-
     values: dict[str, Any] = {}
+    where: dict[str, str] = {}
     for key, value in raw.items():
-        value, error = _check_entry(key, value, nb_params, grid, notebook)
-        if error:
-            raise ParamsError(f"{label}: profiles.{profile}.{key}: {error}")
-        values[key] = value
-
+        where[str(key)] = f"{label}: profiles.{profile}.{key}"
+        try:
+            values[key] = _check_entry(key, value, schema, grid, notebook)
+        except SchemaError as exc:
+            raise ParamsError(f"{where[str(key)]}: {exc.message}") from None
     applied = []
     for ov in overrides:
-        if ov.key not in nb_params and not ov.strict:
+        if ov.key not in field_types(schema) and not ov.strict:
             continue  # a flat override for another notebook's parameter
-        value, error = _check_entry(ov.key, ov.value, nb_params, grid, notebook)
-        if error:
-            raise ParamsError(f"{ov.where}: {error}")
-        values[ov.key] = value
+        try:
+            values[ov.key] = _check_entry(ov.key, ov.value, schema, grid, notebook)
+        except SchemaError as exc:
+            raise ParamsError(f"{ov.where}: {exc.message}") from None
+        where[ov.key] = ov.where
         applied.append(ov.key)
-
     for key in grid:
         if key not in values:
             raise ParamsError(f"{label}: grid: {key} is a grid axis but profiles.{profile} does not set it")
-
+    _check_grid_points(values, grid, schema, where, f"{label}: profiles.{profile}")
     return ParamsFile(name=path.stem, path=path, notebook=notebook, notebook_path=notebook_path,
-                      notebook_sha256=sha256_file(notebook_path), experiment=_experiment_name(notebook_path),
-                      grid=list(grid), profile=profile,
-                      values=values, applied_overrides=tuple(applied))
+                      notebook_sha256=sha256_file(notebook_path), experiment=experiment.name,
+                      grid=list(grid), profile=profile, values=values, applied_overrides=tuple(applied))
 
 
 def load_overrides(path: str | os.PathLike, known_names: Sequence[str]) -> dict[str, list[Override]]:

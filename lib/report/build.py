@@ -79,8 +79,9 @@ def report_notebook(report_dir: str | Path) -> nbformat.NotebookNode:
                            "(listed in the run manifest at the end); sections without them show what exists."))
     for experiment in EXPERIMENTS:
         mine = [r for r in runs if experiment_of(r) == experiment.name]
-        if mine:
-            cells += report_section(experiment.name)(mine)
+        section = report_section(experiment)
+        if mine and section:
+            cells += section(mine)
     cells += manifest_section(manifest, runs)
     nb.cells = cells
     return nb

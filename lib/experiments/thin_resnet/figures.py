@@ -58,7 +58,7 @@ def plot_cosine(result: dict[str, Any], eps: float | None = None):
 
 
 def _sampled_text(result: dict[str, Any]) -> str:
-    k = result["params"]["coords_per_layer"]
+    k = result["parameters"]["coords_per_layer"]
     return f"{k} sampled coordinates per layer"
 
 
@@ -140,7 +140,7 @@ def plot_decrease(result: dict[str, Any]):
                 ax.set_ylabel("loss decrease L(w) − L(w − lr ĝ)")
     axes[0][-1].legend(fontsize=6, loc="best")
     fig.suptitle(f"c = {result['initial_channels']}: single-layer loss decrease on "
-                 f"{result['params']['coords_per_layer']} sampled coordinates of the layer")
+                 f"{result['parameters']['coords_per_layer']} sampled coordinates of the layer")
     return fig
 
 

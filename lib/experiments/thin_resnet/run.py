@@ -25,9 +25,10 @@ and :mod:`.section` (the report section).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -38,11 +39,13 @@ from lib.experiments.progress import Reporter
 from lib.experiments.resume import Checkpoint
 
 from .analysis import analyse, decrease_layers, main_eps
-from .params import EXPERIMENT, NUM_CLASSES, validate_params
+from lib.experiments.schema import build
+
+from .params import EXPERIMENT, NUM_CLASSES, ThinResNetParams
 from .states import accuracy, load_data, make_state
 
 
-def run(params: dict[str, Any], log: Callable[[str], None] | None = print,
+def run(params: ThinResNetParams | Mapping[str, Any], log: Callable[[str], None] | None = print,
         on_step: Callable[[int, int, str], None] | None = None,
         checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run the experiment for one ``initial_channels``; returns the results dict (JSON-able).
@@ -54,7 +57,7 @@ def run(params: dict[str, Any], log: Callable[[str], None] | None = print,
     seeded, so the numbers are those of an uninterrupted run). By default the reporter's
     ``partial`` file when ``on_step`` is a :class:`lib.experiments.progress.Reporter`, else none. The results:
 
-    ``experiment``, ``params`` (validated, all keys), ``seed``, ``versions``, ``device``,
+    ``experiment``, ``parameters`` (all of them, validated), ``seed``, ``versions``, ``device``,
     ``wall_s``, ``initial_channels``, ``layers`` (the 16 binary conv weight names, front to back),
     ``layer_labels`` (``"1.0.1"`` = stage.block.conv), ``layer_numel``, ``layer_stage``,
     ``decrease_layers``, ``eps``, ``eps_main``, ``lrs``, ``ste_variants``, ``data``
@@ -77,7 +80,9 @@ def run(params: dict[str, Any], log: Callable[[str], None] | None = print,
     """
     log = log or (lambda s: None)
     start = time.perf_counter()
-    p = validate_params(params)
+    if not isinstance(params, ThinResNetParams):
+        params = build(ThinResNetParams, params)
+    p = dataclasses.asdict(params)
     device = resolve_device(p["device"])
     torch.manual_seed(p["seed"])
     data = load_data(p)
@@ -93,7 +98,7 @@ def run(params: dict[str, Any], log: Callable[[str], None] | None = print,
         return sum(len(v) for v in results["states"].values())
 
     results: dict[str, Any] = saved["results"] if saved else {
-        "experiment": EXPERIMENT, "params": dict(p), "seed": p["seed"], "versions": versions(),
+        "experiment": EXPERIMENT, "parameters": dict(p), "seed": p["seed"], "versions": versions(),
         "device": str(device), "initial_channels": p["initial_channels"],
         "eps": p["eps"], "eps_main": main_eps(p["eps"]), "lrs": p["lrs"], "ste_variants": p["ste_variants"],
         "data": {"source": p["data_source"], "train_images": len(data["x_train"]),

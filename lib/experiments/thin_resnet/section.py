@@ -22,7 +22,7 @@ def fmt2(v: Any) -> str:
 
 def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
     r0 = results[0]
-    p = r0["params"]
+    p = r0["parameters"]
     cs = sorted({r["initial_channels"] for r in results})
     source = ("scikit-learn's embedded digits (8×8 greyscale, upsampled to 32×32, 3 channels; "
               "no download)" if p["data_source"] == "digits" else f"CIFAR-10 from `{p['data_source']}`")

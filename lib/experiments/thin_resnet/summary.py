@@ -13,11 +13,11 @@ ACT_TITLES = {"binary": "binary", "ternary": "ternary", "2bit": "2-bit", "fp": "
 
 def states_of(result: dict[str, Any]) -> list[str]:
     """States of a result in the order of its parameters (a JSON round trip may sort the keys)."""
-    return [s for s in result["params"]["states"] if s in result["states"]]
+    return [s for s in result["parameters"]["states"] if s in result["states"]]
 
 
 def acts_of(result: dict[str, Any], state: str) -> list[str]:
-    return [a for a in result["params"]["acts"] if a in result["states"][state]]
+    return [a for a in result["parameters"]["acts"] if a in result["states"][state]]
 
 
 def eps_keys(result: dict[str, Any]) -> list[str]:

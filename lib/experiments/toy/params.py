@@ -1,53 +1,62 @@
-"""Parameters of one toy run (docs/design.md §3): names, types and defaults, and the lr grid."""
+"""Parameters of one toy run (docs/design.md §3): the single declaration of their names, types,
+defaults and ranges (:mod:`lib.experiments.schema`), the cross-field rules, and the lr grid."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_CACHE = "cache/pretrain"
+from lib.experiments.schema import (DEVICE, NON_EMPTY, NON_NEGATIVE_INT, NORMALIZATION, POSITIVE, POSITIVE_INT,
+                                    PRECISION, STE_VARIANT, param, validate)
+
+EXPERIMENT = "toy"
 # The layers of the exact smoothed gradient (docs/design.md §2): the last hidden layer and the readout.
 LAST_TWO = ("fc3.weight", "readout.weight")
 
 
 @dataclass
 class ToyParams:
-    """Parameters of one toy run (the notebooks' ``parameters`` cell, minus ``results_path``)."""
+    """Parameters of one toy run (the notebook's ``parameters`` cell, minus ``results_path``)."""
 
-    num_dim: int = 8
-    pretrained: bool = False
-    teacher_act: str = "binary"
-    eps_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
-    sigma_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
-    nes_samples: list[int] = field(default_factory=lambda: [500, 5000, 50000])
-    ste_variants: list[str] = field(default_factory=lambda: ["identity", "clipped", "steep", "swishsign", "polynomial"])
-    lr_min: float = 1e-5
-    lr_max: float = 10.0
-    num_lr: int = 11
-    lr_refine: list[float] = field(default_factory=lambda: [1e-2, 10.0])
-    num_lr_refine: int = 9
-    batch_size: int = 1024
-    num_init: int = 3
-    num_batch: int = 3
-    normalize: str = "layer"
-    held_out: bool = False
-    reference_eps: float = 0.1
-    diagnose: bool = True
-    pretrain_steps: int = 2000
-    pretrain_batch_size: int = 16000
-    pretrain_lr: float = 1e-3
-    pretrain_variant: str = "clipped"
-    seed: int = 0
-    device: str = "cpu"
-    cache_dir: str = DEFAULT_CACHE
+    num_dim: int = param(8, POSITIVE_INT)
+    pretrained: bool = param(False)
+    teacher_act: str = param("binary", PRECISION)
+    eps_grid: list[float] = param([0.01, 0.03, 0.1, 0.3, 1.0], POSITIVE)
+    sigma_grid: list[float] = param([0.01, 0.03, 0.1, 0.3, 1.0], POSITIVE)
+    nes_samples: list[int] = param([500, 5000, 50000], POSITIVE_INT)
+    ste_variants: list[str] = param(["identity", "clipped", "steep", "swishsign", "polynomial"], STE_VARIANT)
+    lr_min: float = param(1e-5, POSITIVE)
+    lr_max: float = param(10.0, POSITIVE)
+    num_lr: int = param(11, POSITIVE_INT)
+    lr_refine: list[float] = param([1e-2, 10.0], POSITIVE)
+    num_lr_refine: int = param(9, NON_NEGATIVE_INT)
+    batch_size: int = param(1024, POSITIVE_INT)
+    num_init: int = param(3, POSITIVE_INT)
+    num_batch: int = param(3, POSITIVE_INT)
+    normalize: str = param("layer", NORMALIZATION)
+    held_out: bool = param(False)
+    reference_eps: float = param(0.1, POSITIVE)
+    diagnose: bool = param(True)
+    pretrain_steps: int = param(2000, POSITIVE_INT)
+    pretrain_batch_size: int = param(16000, POSITIVE_INT)
+    pretrain_lr: float = param(1e-3, POSITIVE)
+    pretrain_variant: str = param("clipped", STE_VARIANT)
+    seed: int = param(0, NON_NEGATIVE_INT)
+    device: str = param("cpu", DEVICE)
+    cache_dir: str = param("cache/pretrain", NON_EMPTY)
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Inconsistent values, as ``(key, message)``."""
+        out = []
         if not self.lr_min < self.lr_max:
-            raise ValueError(f"lr_min: expected lr_min < lr_max, got {self.lr_min} and {self.lr_max}")
-        if len(self.lr_refine) != 2 or not 0 < self.lr_refine[0] < self.lr_refine[1]:
-            raise ValueError(f"lr_refine: expected [low, high] with 0 < low < high, got {self.lr_refine}")
-        if not self.eps_grid or not self.sigma_grid or not self.nes_samples:
-            raise ValueError("eps_grid, sigma_grid, nes_samples: expected non-empty lists")
+            out.append(("lr_min", f"expected lr_min < lr_max, got {self.lr_min:g} and {self.lr_max:g}"))
+        low_high = self.lr_refine
+        if len(low_high) != 2 or not low_high[0] < low_high[1]:
+            out.append(("lr_refine", f"expected [low, high] with low < high, got {low_high}"))
+        return out
 
     def lrs(self) -> list[float]:
         """The log grid ``lr_min … lr_max`` (``num_lr`` points) merged with the refinement grid
