@@ -1,5 +1,5 @@
-"""Progress files of running notebooks (lib/progress.py), the steps the toy reports, and resuming
-a toy run from its partial state (lib/checkpoint.py)."""
+"""Progress files of running notebooks (lib/experiments/progress.py), the steps the toy reports, and
+resuming a toy run from its partial state (lib/experiments/resume.py)."""
 from __future__ import annotations
 
 import json
@@ -95,7 +95,7 @@ def test_toy_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, killed_
     results = tmp_path / "run.json"
     with pytest.raises(_Killed):
         run_toy(p, progress=False, on_step=_DiesAfter(results, killed_after))
-    assert json.loads(partial_path(results).read_text())["state"]["done"] == killed_after
+    assert json.loads(partial_path(results).read_text())["state"]["finished"] == killed_after
     calls = []
 
     class Counting(progress.Reporter):
@@ -115,7 +115,13 @@ def test_toy_checkpoint_of_other_parameters_is_ignored(tmp_path):
         run_toy(_tiny(seed=1), progress=False, on_step=_DiesAfter(results, 2))
     p = _tiny()
     calls = []
-    resumed = run_toy(p, progress=False, on_step=lambda *a: calls.append(a[0]), checkpoint=partial_path(results))
+
+    class Recording(progress.Reporter):
+        def __call__(self, done, total, what=""):
+            super().__call__(done, total, what)
+            calls.append(done)
+
+    resumed = run_toy(p, progress=False, on_step=Recording(results))
     assert calls == list(range(1, 13))
     assert _numbers(resumed) == _numbers(run_toy(p, progress=False))
 

@@ -16,6 +16,7 @@ from lib.report import manifest as report
 from lib.pipeline import execute, runner
 from lib.common.files import read_json
 from lib.report.build import build_report
+from lib.experiments.records import distinct, select
 from lib.experiments.toy.diagnosis import diagnose, diagnosis_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,15 +49,17 @@ def test_toy_runs_write_complete_results(report_dir):
     for pre in ("false", "true"):
         r = read_json(report_dir / "results" / f"toy__pretrained-{pre}__num_dim-4.json")
         assert r["num_dim"] == 4 and r["pretrained"] == (pre == "true")
-        assert set(r["curves"]["cdg"]) == {"0.1", "0.3"}
-        assert {k for k in r["curves"] if k.startswith("nes:")} == {"nes:20", "nes:100"}
-        assert set(r["curves"]["ste"]) == {"clipped", "identity"}
-        for stats in r["curves"]["cdg"].values():
+        assert distinct(r["curves"], "eps", estimator="cdg", layers="all") == [0.1, 0.3]
+        assert distinct(r["curves"], "samples", estimator="nes", layers="all") == [20, 100]
+        assert distinct(r["curves"], "sigma", estimator="nes", layers="all") == [0.1, 0.5]
+        assert distinct(r["curves"], "variant", estimator="ste") == ["clipped", "identity"]
+        assert len(select(r["curves"], estimator="nes", layers="last_two")) == 4  # the diagnosis
+        for stats in select(r["curves"], estimator="cdg", layers="all"):
             assert len(stats["mean"]) == len(r["lrs"]) and all(math.isfinite(v) for v in stats["mean"])
-            assert stats["best"] == max(stats["mean"])
+            assert stats["best"] == max(stats["mean"]) and stats["n"] == 2  # 1 initialisation × 2 batches
         assert r["parameters"]["seed"] == 0 and r["versions"]["torch"] and r["wall_s"] > 0
         assert (len(r["pretrain"]) == 1) == (pre == "true")
-        assert r["diagnosis"]["per_sigma"].keys() == {"0.1", "0.5"}
+        assert [e["sigma"] for e in r["diagnosis"]["per_sigma"]] == [0.1, 0.5]
     executed = (report_dir / "runs" / "toy__pretrained-false__num_dim-4.ipynb").read_text()
     assert "image/png" in executed  # the notebook shows its figures
 
@@ -133,13 +136,20 @@ def test_real_params_file_rejects_bad_keys_before_compute(tmp_path, capsys):
 
 def _synthetic(exact_best, cos_lo, cos_hi, cdg2=1.0):
     """A results dict with hand-made numbers for one σ, to test the verdict logic."""
+    exact = {"estimator": "smoothed_exact", "layers": "last_two", "sigma": 0.3}
+
+    def nes(layers, samples):
+        return {"estimator": "nes", "layers": layers, "sigma": 0.3, "samples": samples}
+
     return {"num_dim": 16, "pretrained": True,
-            "curves": {"cdg_last2": {"0.1": {"best": cdg2}}, "cdg": {"0.1": {"best": cdg2}},
-                       "exact_smoothed": {"0.3": {"best": exact_best}},
-                       "nes:500": {"0.3": {"best": 0.1}}, "nes:50000": {"0.3": {"best": 0.2}}},
-            "cosines": {"nes_last2_vs_exact:500": {"0.3": {"mean": cos_lo}},
-                        "nes_last2_vs_exact:50000": {"0.3": {"mean": cos_hi}},
-                        "exact_vs_cdg": {"0.3": {"mean": 0.4}}}}
+            "curves": [{"estimator": "cdg", "layers": "last_two", "eps": 0.1, "best": cdg2},
+                       {"estimator": "cdg", "layers": "all", "eps": 0.1, "best": cdg2},
+                       {**exact, "best": exact_best},
+                       {**nes("all", 500), "best": 0.1}, {**nes("all", 50000), "best": 0.2}],
+            "cosines": [{"estimate": nes("last_two", 500), "reference": exact, "layer": "all", "mean": cos_lo},
+                        {"estimate": nes("last_two", 50000), "reference": exact, "layer": "all", "mean": cos_hi},
+                        {"estimate": exact, "reference": {"estimator": "cdg", "layers": "all", "eps": 0.1},
+                         "layer": "all", "mean": 0.4}]}
 
 
 @pytest.mark.parametrize("exact_best, cos_lo, cos_hi, cause", [
@@ -152,9 +162,12 @@ def _synthetic(exact_best, cos_lo, cos_hi, cdg2=1.0):
 def test_diagnosis_verdicts(exact_best, cos_lo, cos_hi, cause):
     r = _synthetic(exact_best, cos_lo, cos_hi)
     r["diagnosis"] = diagnose(r)
-    assert r["diagnosis"]["per_sigma"]["0.3"]["cause"] == cause
+    assert [e["cause"] for e in r["diagnosis"]["per_sigma"]] == [cause]
+    assert r["diagnosis"]["best_sigma"] == [{"samples": 500, "sigma": 0.3}, {"samples": 50000, "sigma": 0.3}]
     text = diagnosis_text(r)
     assert {"variance": "*Variance*", "bias": "*Smoothing bias*", "fine": "points downhill"}[cause] in text
+    if cause == "variance":
+        assert "σ ∈ {0.3}" in text and "at 500 samples" in text
 
 
 def test_summary_notebook_reads_results_files(report_dir, tmp_path):
@@ -167,7 +180,7 @@ def test_summary_notebook_reads_results_files(report_dir, tmp_path):
                                    kernel_name="python3", cwd=str(ROOT), progress_bar=False)
     summary = read_json(out)
     ok = read_json(report_dir / "results" / "toy__pretrained-false__num_dim-4.json")
-    best_cdg = max(v["best"] for v in ok["curves"]["cdg"].values())
+    best_cdg = max(v["best"] for v in select(ok["curves"], estimator="cdg", layers="all"))
     assert summary["best"]["no pretraining"]["CDG"]["4"]["best"] == pytest.approx(best_cdg)
     assert set(summary["best"]) == {"no pretraining", "pretrained"}
     assert "image/png" in (tmp_path / "summary.ipynb").read_text()
@@ -175,13 +188,14 @@ def test_summary_notebook_reads_results_files(report_dir, tmp_path):
 
 def test_best_by_dim_marks_grid_edges():
     """Hand-made curves: † for a best ε/σ at the edge of its grid, ‡ for a best lr at the top."""
-    def curve(best, best_lr):
-        return {"best": best, "best_lr": best_lr}
+    def curve(best, best_lr, estimator, **hyper):
+        return {"estimator": estimator, "layers": "all", **hyper, "best": best, "best_lr": best_lr}
 
     run = {"num_dim": 8, "lrs": [0.1, 1.0, 10.0],
-           "curves": {"cdg": {"0.1": curve(0.5, 1.0), "0.3": curve(0.7, 10.0)},
-                      "nes:100": {"0.03": curve(0.1, 1.0), "0.1": curve(0.2, 1.0), "0.3": curve(0.15, 10.0)},
-                      "ste": {"identity": curve(0.3, 10.0), "clipped": curve(0.4, 0.1)}}}
+           "curves": [curve(0.5, 1.0, "cdg", eps=0.1), curve(0.7, 10.0, "cdg", eps=0.3),
+                      curve(0.1, 1.0, "nes", sigma=0.03, samples=100), curve(0.2, 1.0, "nes", sigma=0.1, samples=100),
+                      curve(0.15, 10.0, "nes", sigma=0.3, samples=100),
+                      curve(0.3, 10.0, "ste", variant="identity"), curve(0.4, 0.1, "ste", variant="clipped")]}
     best = plots.best_by_dim([run])
     assert best["CDG"][8] == (0.7, "ε=0.3 † ‡")
     assert best["NES 100"][8] == (0.2, "σ=0.1")
@@ -190,16 +204,23 @@ def test_best_by_dim_marks_grid_edges():
 
 def test_cosine_with_cdg_table():
     """Hand-made cosines: STE cells list all weights then layers front to back; NES its best σ."""
-    def cos(all_, fc1, fc2, readout):
-        return {"all": {"mean": all_}, "readout.weight": {"mean": readout},
-                "fc2.weight": {"mean": fc2}, "fc1.weight": {"mean": fc1}}
+    reference = {"estimator": "cdg", "layers": "all", "eps": 0.1}
 
-    run = {"num_dim": 4,
-           "curves": {"ste": {"clipped": {}, "identity": {}},
-                      "nes:100": {"0.1": {"best": 0.2}, "0.3": {"best": 0.5}}},
-           "cosines": {"ste_vs_cdg:clipped": cos(0.5, 0.25, 0.125, 1.0),
-                       "ste_vs_cdg:identity": cos(0.3, None, -0.5, 0.99),
-                       "nes_vs_cdg:100": {"0.1": {"mean": 0.9}, "0.3": {"mean": 0.4}}}}
+    def cos(variant, all_, fc1, fc2, readout):
+        of = {"estimator": "ste", "layers": "all", "variant": variant}
+        return [{"estimate": of, "reference": reference, "layer": layer, "mean": value}
+                for layer, value in (("all", all_), ("readout.weight", readout), ("fc2.weight", fc2),
+                                     ("fc1.weight", fc1))]
+
+    def nes(sigma, best, cosine):
+        key = {"estimator": "nes", "layers": "all", "sigma": sigma, "samples": 100}
+        return {**key, "best": best}, {"estimate": key, "reference": reference, "layer": "all", "mean": cosine}
+
+    (n1, c1), (n3, c3) = nes(0.1, 0.2, 0.9), nes(0.3, 0.5, 0.4)
+    run = {"num_dim": 4, "parameters": {"reference_eps": 0.1},
+           "curves": [{"estimator": "ste", "layers": "all", "variant": "clipped"},
+                      {"estimator": "ste", "layers": "all", "variant": "identity"}, n1, n3],
+           "cosines": cos("clipped", 0.5, 0.25, 0.125, 1.0) + cos("identity", 0.3, None, -0.5, 0.99) + [c1, c3]}
     assert plots.ste_cosine_layers(run) == ["fc1.weight", "fc2.weight", "readout.weight"]
     assert plots.cosine_with_cdg([run]) == {"STE clipped": {4: "0.50 (0.25 / 0.12 / 1.00)"},
                                             "STE identity": {4: "0.30 (– / -0.50 / 0.99)"},

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from lib.common.files import atomic_write_json, read_json
-from lib.experiments.resume import partial_path
 
 SUFFIX = ".progress"
 
@@ -32,12 +31,12 @@ class Reporter:
     """``report(done, total, what)``: write the progress of the run whose results go to
     ``results_path``. The clock starts when the reporter is made, or at :meth:`resumed`.
 
-    ``partial`` is where the run keeps its partial state (:mod:`lib.experiments.resume`): an experiment
-    handed a reporter resumes from it."""
+    An experiment handed a reporter also keeps its partial state beside ``results_path`` and
+    resumes from it (:class:`lib.experiments.resume.Steps`)."""
 
     def __init__(self, results_path: str | os.PathLike) -> None:
+        self.results_path = Path(results_path)
         self.path = progress_path(results_path)
-        self.partial = partial_path(results_path)
         self.start = time.perf_counter()
         self.done_at_start = 0
 

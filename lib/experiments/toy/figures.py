@@ -10,11 +10,15 @@ import numpy as np
 
 import matplotlib.pyplot as plt
 
+from lib.experiments.records import distinct, only, select
+
 Results = Mapping[str, Any]
 
 
-def _sorted_keys(keys) -> list[str]:
-    return sorted(keys, key=lambda k: float(k))
+def _by(records: Sequence[Mapping[str, Any]], field: str) -> dict[str, Mapping[str, Any]]:
+    """``{f"{value:g}": record}`` of curve records, sorted by the value of ``field`` (ε, σ): the
+    legend's labels."""
+    return {f"{r[field]:g}": r for r in sorted(records, key=lambda r: r[field])}
 
 
 def _log_x(ax: "plt.Axes") -> None:
@@ -78,7 +82,7 @@ def _setting(r: Results) -> str:
 def cdg_figure(r: Results) -> "plt.Figure":
     """CDG lr → loss decrease, one curve per ε."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    stats = {k: r["curves"]["cdg"][k] for k in _sorted_keys(r["curves"]["cdg"])}
+    stats = _by(select(r["curves"], estimator="cdg", layers="all"), "eps")
     lr_curves(ax, r["lrs"], stats, f"CDG (central)\n{_setting(r)}", "ε = {}")
     _clip_view(ax, stats)
     fig.tight_layout()
@@ -86,14 +90,14 @@ def cdg_figure(r: Results) -> "plt.Figure":
 
 
 def nes_samples(r: Results) -> list[int]:
-    return sorted(int(k.split(":")[1]) for k in r["curves"] if k.startswith("nes:"))
+    """The NES sample counts of a run, ascending."""
+    return distinct(r["curves"], "samples", estimator="nes", layers="all")
 
 
 def nes_figure(r: Results, samples: int) -> "plt.Figure":
     """NES with ``samples`` directions (2·samples loss evaluations): one curve per σ."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    by_sigma = r["curves"][f"nes:{samples}"]
-    stats = {k: by_sigma[k] for k in _sorted_keys(by_sigma)}
+    stats = _by(select(r["curves"], estimator="nes", layers="all", samples=samples), "sigma")
     lr_curves(ax, r["lrs"], stats, f"NES, {samples} samples ({2 * samples} loss evaluations)\n{_setting(r)}",
               "σ = {}")
     _clip_view(ax, stats)
@@ -104,13 +108,18 @@ def nes_figure(r: Results, samples: int) -> "plt.Figure":
 def ste_figure(r: Results) -> "plt.Figure":
     """The STE variants against the best CDG curve."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    stats = dict(r["curves"]["ste"])
-    best_eps = max(r["curves"]["cdg"], key=lambda k: r["curves"]["cdg"][k]["best"])
-    stats[f"CDG ε={best_eps}"] = r["curves"]["cdg"][best_eps]
+    stats = {c["variant"]: c for c in select(r["curves"], estimator="ste")}
+    best_cdg = best_of(r, estimator="cdg", layers="all")
+    stats[f"CDG ε={best_cdg['eps']:g}"] = best_cdg
     lr_curves(ax, r["lrs"], stats, f"STE variants vs best CDG\n{_setting(r)}")
     _clip_view(ax, stats)
     fig.tight_layout()
     return fig
+
+
+def best_of(r: Results, **fields: Any) -> Mapping[str, Any]:
+    """The curve record with the best loss decrease among those with ``fields``."""
+    return max(select(r["curves"], **fields), key=lambda c: c["best"])
 
 
 def pretrain_figure(r: Results) -> "plt.Figure | None":
@@ -139,13 +148,11 @@ def diagnosis_figure(r: Results) -> "plt.Figure | None":
     if not d:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    sigmas = _sorted_keys(d["per_sigma"])
+    per = sorted(d["per_sigma"], key=lambda e: e["sigma"])
     cmap = plt.get_cmap("viridis")
-    for i, sg in enumerate(sigmas):
-        cos = d["per_sigma"][sg]["cos_nes_exact"]
-        ss = sorted(cos, key=int)
-        a1.plot([int(s) for s in ss], [cos[s] for s in ss], marker="o",
-                color=cmap(i / max(1, len(sigmas) - 1)), label=f"σ = {sg}")
+    for i, e in enumerate(per):
+        a1.plot([b["samples"] for b in e["by_samples"]], [b["cos_nes_exact"] for b in e["by_samples"]], marker="o",
+                color=cmap(i / max(1, len(per) - 1)), label=f"σ = {e['sigma']:g}")
     _log_x(a1)
     a1.set_ylim(-0.1, 1.05)
     a1.set_xlabel("NES samples")
@@ -153,11 +160,11 @@ def diagnosis_figure(r: Results) -> "plt.Figure | None":
     a1.set_title("Variance: NES vs its infinite-sample limit")
     a1.grid(True, which="both", alpha=0.3)
     a1.legend(fontsize=8)
-    xs = [float(s) for s in sigmas]
+    xs = [e["sigma"] for e in per]
     for s in nes_samples(r):
-        a2.plot(xs, [d["per_sigma"][sg]["nes_best"][str(s)] for sg in sigmas], marker=".", label=f"NES {s} (all layers)")
-    a2.plot(xs, [d["per_sigma"][sg]["exact_best"] for sg in sigmas], marker="s", color="black",
-            label="exact smoothed (last 2 layers)")
+        a2.plot(xs, [next(b["nes_best"] for b in e["by_samples"] if b["samples"] == s) for e in per], marker=".",
+                label=f"NES {s} (all layers)")
+    a2.plot(xs, [e["exact_best"] for e in per], marker="s", color="black", label="exact smoothed (last 2 layers)")
     a2.axhline(d["cdg_last2_best"], color="C3", linestyle="--", label="CDG (last 2 layers)")
     a2.axhline(d["cdg_best"], color="C3", linestyle=":", label="CDG (all layers, best ε)")
     _log_x(a2)
@@ -176,34 +183,33 @@ def best_by_dim(runs: Sequence[Results]) -> dict[str, dict[int, tuple[float, str
     CDG best over ε, NES per sample count best over σ, each STE variant. A best ε or σ at the edge
     of its grid is marked with :data:`EDGE_MARK`, a best lr at the top of the lr grid with
     :data:`LR_EDGE_MARK` (either grid should be widened)."""
-    def at(symbol: str, key: str, grid) -> str:
-        edge = len(grid) > 1 and float(key) in (min(map(float, grid)), max(map(float, grid)))
-        return f"{symbol}={key}{EDGE_MARK if edge else ''}"
+    def at(symbol: str, value: float, grid: Sequence[float]) -> str:
+        edge = len(grid) > 1 and value in (min(grid), max(grid))
+        return f"{symbol}={value:g}{EDGE_MARK if edge else ''}"
 
     table: dict[str, dict[int, tuple[float, str]]] = {}
     for r in runs:
         d = r["num_dim"]
-        c = r["curves"]
 
         def lr_edge(stats: Mapping[str, Any]) -> str:
             return LR_EDGE_MARK if at_lr_edge(stats, r["lrs"]) else ""
 
-        eps = max(c["cdg"], key=lambda k: c["cdg"][k]["best"])
-        table.setdefault("CDG", {})[d] = (c["cdg"][eps]["best"], at("ε", eps, c["cdg"]) + lr_edge(c["cdg"][eps]))
+        cdg = best_of(r, estimator="cdg", layers="all")
+        eps_grid = distinct(r["curves"], "eps", estimator="cdg", layers="all")
+        table.setdefault("CDG", {})[d] = (cdg["best"], at("ε", cdg["eps"], eps_grid) + lr_edge(cdg))
         for s in nes_samples(r):
-            by = c[f"nes:{s}"]
-            sg = max(by, key=lambda k: by[k]["best"])
-            table.setdefault(f"NES {s}", {})[d] = (by[sg]["best"], at("σ", sg, by) + lr_edge(by[sg]))
-        for v, st in c["ste"].items():
-            table.setdefault(f"STE {v}", {})[d] = (st["best"], f"lr={st['best_lr']:.3g}{lr_edge(st)}")
+            nes = best_of(r, estimator="nes", layers="all", samples=s)
+            sigma_grid = distinct(r["curves"], "sigma", estimator="nes", layers="all", samples=s)
+            table.setdefault(f"NES {s}", {})[d] = (nes["best"], at("σ", nes["sigma"], sigma_grid) + lr_edge(nes))
+        for st in select(r["curves"], estimator="ste"):
+            table.setdefault(f"STE {st['variant']}", {})[d] = (st["best"], f"lr={st['best_lr']:.3g}{lr_edge(st)}")
     return table
 
 
 def ste_cosine_layers(r: Results) -> list[str]:
     """The layers of a run's STE-vs-CDG cosines, front to back (``fc1.weight`` … ``readout.weight``)."""
-    first = next(iter(r["curves"]["ste"]))
-    return sorted((k for k in r["cosines"][f"ste_vs_cdg:{first}"] if k != "all"),
-                  key=lambda name: (name.startswith("readout"), name))
+    layers = {c["layer"] for c in r["cosines"] if c["estimate"]["estimator"] == "ste" and c["layer"] != "all"}
+    return sorted(layers, key=lambda name: (name.startswith("readout"), name))
 
 
 def cosine_with_cdg(runs: Sequence[Results]) -> dict[str, dict[int, str]]:
@@ -211,23 +217,25 @@ def cosine_with_cdg(runs: Sequence[Results]) -> dict[str, dict[int, str]]:
     (means over initialisations × batches). STE variants: ``"all (layer / layer / …)"``, over all
     weights then per layer front to back; NES per sample count: ``"all (σ=…)"`` at the σ with the
     best loss decrease."""
-    def cell(by_layer: Mapping[str, Mapping[str, Any]]) -> str:
-        def fmt(name: str) -> str:
-            v = by_layer[name]["mean"]
-            return "–" if v is None or not math.isfinite(v) else f"{v:.2f}"
-
-        return f"{fmt('all')} ({' / '.join(fmt(k) for k in layers)})"
+    def fmt(v: float | None) -> str:
+        return "–" if v is None or not math.isfinite(v) else f"{v:.2f}"
 
     table: dict[str, dict[int, str]] = {}
     for r in runs:
-        d, c, cos = r["num_dim"], r["curves"], r["cosines"]
+        d, cos = r["num_dim"], r["cosines"]
+        reference = {"estimator": "cdg", "layers": "all", "eps": r["parameters"]["reference_eps"]}
         layers = ste_cosine_layers(r)
-        for v in c["ste"]:
-            table.setdefault(f"STE {v}", {})[d] = cell(cos[f"ste_vs_cdg:{v}"])
+        for st in select(r["curves"], estimator="ste"):
+            mine = select(cos, estimate={"estimator": "ste", "layers": "all", "variant": st["variant"]},
+                          reference=reference)
+            by_layer = {c["layer"]: c["mean"] for c in mine}
+            table.setdefault(f"STE {st['variant']}", {})[d] = \
+                f"{fmt(by_layer['all'])} ({' / '.join(fmt(by_layer[k]) for k in layers)})"
         for s in nes_samples(r):
-            by = c[f"nes:{s}"]
-            sg = max(by, key=lambda k: by[k]["best"])
-            table.setdefault(f"NES {s}", {})[d] = f"{cos[f'nes_vs_cdg:{s}'][sg]['mean']:.2f} (σ={sg})"
+            nes = best_of(r, estimator="nes", layers="all", samples=s)
+            key = {"estimator": "nes", "layers": "all", "sigma": nes["sigma"], "samples": s}
+            table.setdefault(f"NES {s}", {})[d] = \
+                f"{fmt(only(cos, estimate=key, reference=reference)['mean'])} (σ={nes['sigma']:g})"
     return table
 
 

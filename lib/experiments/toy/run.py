@@ -1,5 +1,5 @@
-"""The toy experiments of the meeting notes (docs/design.md §3): hyper-parameter search for CDG (ε) and
-NES (σ, samples), with and without pretraining, plus the STE variants and the NES diagnosis.
+"""The toy experiments of the meeting notes (docs/design.md §3): hyper-parameter search for CDG (ε)
+and NES (σ, samples), with and without pretraining, plus the STE variants and the NES diagnosis.
 
 One call of :func:`run_toy` is one grid point (one ``num_dim``, pretrained or not). For each
 initialisation × gradient batch it computes every estimate once and its lr → loss-decrease
@@ -8,12 +8,29 @@ averaged over the repetitions. The **NES diagnosis** restricts NES to the last h
 the readout, where :func:`lib.core.estimators.smoothed_exact` is the infinite-sample limit: low
 cosine with it that rises with the sample count means *variance*; an exact smoothed gradient
 that itself fails to decrease the loss means *smoothing bias* (σ too large).
+
+The results (a JSON-able dict) hold, besides ``experiment``, ``parameters``, ``num_dim``,
+``pretrained``, ``lrs``, ``versions``, ``device`` and ``wall_s`` (compute time of all attempts):
+
+* ``curves``: one record per estimate (:mod:`lib.experiments.records`), identified by
+  ``estimator`` (``cdg``, ``nes``, ``ste``, ``smoothed_exact``), ``layers`` (``all``, or
+  ``last_two``: the last hidden layer and the readout) and its hyper-parameters (``eps``; ``sigma``
+  and ``samples``; ``variant``; ``sigma``), with the loss-decrease curve over ``lrs`` as ``mean``
+  and ``std`` over the ``n`` initialisations × batches, and ``best`` / ``best_lr`` of the mean;
+* ``cosines``: one record per (estimate, reference, layer): ``estimate`` and ``reference`` (each
+  ``{estimator, layers, hyper-parameters}``), ``layer`` (a parameter name, or ``all``), ``mean``,
+  ``std`` and ``n``; STE variants against CDG at ``reference_eps`` per layer and over all, NES and
+  the exact smoothed gradient against that CDG, NES on the last two layers against the exact one;
+* ``base_loss``, ``pretrain`` (per initialisation: ``init``, ``curve``, ``cached``,
+  ``final_loss``), ``seconds`` per estimate (``cdg``, ``ste``, ``nes`` for ``nes_samples``
+  directions, all sample counts at once) and ``loss_evaluations`` per estimate (``cdg``; ``nes``:
+  ``[{samples, evaluations}]``);
+* ``diagnosis`` (:func:`lib.experiments.toy.diagnosis.diagnose`), or ``None``.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict
 from typing import Any, Callable, Sequence
@@ -21,19 +38,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lib.common.files import to_jsonable
+from lib.common.files import canonical_json, to_jsonable
 from lib.common.paths import repo_path
 from lib.common.versions import versions
 from lib.core import estimators as E
 from lib.core import evaluate as V
 from lib.core.device import resolve_device
-from lib.experiments.progress import Reporter
-from lib.experiments.resume import Checkpoint
+from lib.experiments.resume import Steps
 from lib.training.gaussian import gaussian_batch, seeded_generator, teacher_targets, toy_problem
 from lib.training.train import cached_train, train_ste
 
 from .diagnosis import diagnose
-from .params import LAST_TWO, ToyParams
+from .params import EXPERIMENT, LAST_TWO, ToyParams
 
 
 def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torch.nn.Module, list[float], bool]:
@@ -59,10 +75,9 @@ def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torc
     return model, curve, hit
 
 
-def _curve_stats(lrs: Sequence[float], curves: list[np.ndarray]) -> dict[str, Any]:
-    mean, std = V.mean_and_spread(curves)
-    best, best_lr = V.best_decrease(lrs, mean)
-    return {"mean": mean, "std": std, "best": best, "best_lr": best_lr}
+def estimate(estimator: str, layers: str = "all", **hyper: Any) -> dict[str, Any]:
+    """The identity of an estimate in the results: ``{estimator, layers, hyper-parameters}``."""
+    return {"estimator": estimator, "layers": layers, **hyper}
 
 
 def _mean(values: list[float]) -> float:
@@ -70,153 +85,179 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+class _Tally:
+    """What the repetitions produced so far, in the order they produced it (a resumed run
+    appends in the same order as an uninterrupted one, so means and spreads agree bit for bit)."""
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        data = data or {"curves": [], "cosines": [], "seconds": {}, "base_losses": [], "pretrain": []}
+        self.curves = {canonical_json(e["key"]): (e["key"], [np.asarray(c, dtype=float) for c in e["values"]])
+                       for e in data["curves"]}
+        self.cosines = {canonical_json(e["key"]): (e["key"], list(e["values"])) for e in data["cosines"]}
+        self.seconds: dict[str, list[float]] = data["seconds"]
+        self.base_losses: list[float] = data["base_losses"]
+        self.pretrain: list[dict[str, Any]] = data["pretrain"]
+
+    def curve(self, key: dict[str, Any], values: np.ndarray) -> None:
+        self.curves.setdefault(canonical_json(key), (key, []))[1].append(values)
+
+    def cosine(self, of: dict[str, Any], reference: dict[str, Any], layer: str, value: float) -> None:
+        key = {"estimate": of, "reference": reference, "layer": layer}
+        self.cosines.setdefault(canonical_json(key), (key, []))[1].append(value)
+
+    def timed(self, kind: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.seconds.setdefault(kind, []).append(time.perf_counter() - t)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"curves": [{"key": k, "values": v} for k, v in self.curves.values()],
+                "cosines": [{"key": k, "values": v} for k, v in self.cosines.values()],
+                "seconds": self.seconds, "base_losses": self.base_losses, "pretrain": self.pretrain}
+
+    def curve_records(self, lrs: Sequence[float]) -> list[dict[str, Any]]:
+        out = []
+        for key, curves in self.curves.values():
+            mean, std = V.mean_and_spread(curves)
+            best, best_lr = V.best_decrease(lrs, mean)
+            out.append({**key, "mean": mean, "std": std, "best": best, "best_lr": best_lr, "n": len(curves)})
+        return out
+
+    def cosine_records(self) -> list[dict[str, Any]]:
+        return [{**key, "mean": _mean(v), "std": float(np.std(v)), "n": len(v)} for key, v in self.cosines.values()]
+
+
+class _Repetition:
+    """One initialisation × gradient batch: the model, its batch, and the estimates of its steps."""
+
+    def __init__(self, p: ToyParams, model: torch.nn.Module, problem, init: int, b: int, device: str,
+                 tally: _Tally) -> None:
+        self.p, self.model, self.tally = p, model, tally
+        self.x, self.y = problem.batch(p.batch_size, b, device=device)
+        self.xe, self.ye = problem.batch(p.batch_size, 10_000 + b, device=device) if p.held_out else (self.x, self.y)
+        self.seed = p.seed * 1_000_003 + init * 1009 + b
+        self.lrs = p.lrs()
+        self.cdg_ref: dict[str, torch.Tensor] | None = None
+        self.reference = estimate("cdg", eps=p.reference_eps)
+
+    def curve(self, key: dict[str, Any], grads: dict[str, torch.Tensor]) -> None:
+        self.tally.curve(key, V.loss_decrease(self.model, self.xe, self.ye, grads, self.lrs, self.p.normalize))
+
+    def first(self) -> None:
+        """The base loss, CDG at every ε and the STE variants (with their cosines with CDG)."""
+        p, model, x, y = self.p, self.model, self.x, self.y
+        with torch.no_grad():
+            self.tally.base_losses.append(float(((model(self.xe) - self.ye) ** 2).mean()))
+        for eps in p.eps_grid:
+            g = self.tally.timed("cdg", E.cdg, model, x, y, eps=eps, seed=self.seed)
+            self.curve(estimate("cdg", eps=eps), g)
+            if math.isclose(eps, p.reference_eps):
+                self.cdg_ref = g
+        for variant in p.ste_variants:
+            g = self.tally.timed("ste", E.ste, model, x, y, variant=variant)
+            self.curve(estimate("ste", variant=variant), g)
+            for name, value in V.cosine(g, self.reference_gradient()).items():
+                self.tally.cosine(estimate("ste", variant=variant), self.reference, name, value)
+
+    def reference_gradient(self) -> dict[str, torch.Tensor]:
+        """CDG at ``reference_eps`` (computed again when a resumed run needs it)."""
+        if self.cdg_ref is None:
+            self.cdg_ref = E.cdg(self.model, self.x, self.y, eps=self.p.reference_eps, seed=self.seed)
+        return self.cdg_ref
+
+    def sigma_step(self, sigma: float, last: bool) -> None:
+        """NES at ``sigma`` (all sample counts), and the diagnosis on the last two layers."""
+        p, model, x, y, ref = self.p, self.model, self.x, self.y, self.reference_gradient()
+        ests = self.tally.timed("nes", E.nes_multi, model, x, y, sigma=sigma, samples=p.nes_samples, seed=self.seed)
+        for s, g in ests.items():
+            self.curve(estimate("nes", sigma=sigma, samples=s), g)
+            self.tally.cosine(estimate("nes", sigma=sigma, samples=s), self.reference, "all", V.cosine(g, ref)["all"])
+        if p.diagnose:
+            exact_key = estimate("smoothed_exact", "last_two", sigma=sigma)
+            exact = E.smoothed_exact(model, x, y, sigma)
+            self.curve(exact_key, exact)
+            self.tally.cosine(exact_key, self.reference, "all", V.cosine(exact, ref)["all"])
+            two = E.nes_multi(model, x, y, sigma=sigma, samples=p.nes_samples, layers=list(LAST_TWO), seed=self.seed)
+            for s, g in two.items():
+                nes_key = estimate("nes", "last_two", sigma=sigma, samples=s)
+                self.curve(nes_key, g)
+                self.tally.cosine(nes_key, exact_key, "all", V.cosine(g, exact)["all"])
+        if last:
+            self.curve(estimate("cdg", "last_two", eps=p.reference_eps), {n: ref[n] for n in LAST_TWO})
+
+
 def run_toy(p: ToyParams, progress: bool = True,
-            on_step: Callable[[int, int, str], None] | None = None,
-            checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
+            on_step: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Run one toy grid point; returns the JSON-able results (see the module docstring).
 
     The run is a sequence of ``num_init · num_batch · len(sigma_grid)`` steps, one per σ of NES
     for each initialisation × batch; the cheap CDG and STE estimates of an initialisation ×
     batch belong to its first step. The steps take about equal time, so a linear extrapolation
-    of the time left holds. ``on_step(done, total, what)`` (e.g. a :class:`lib.experiments.progress.Reporter`)
-    is called after each step.
-
-    ``checkpoint``: a file (:mod:`lib.experiments.resume`) where the state is saved after each step; a
-    rerun with the same parameters skips the steps saved there and gives the same numbers as an
-    uninterrupted run. By default the reporter's ``partial`` file when ``on_step`` is a
-    :class:`lib.experiments.progress.Reporter`, else none."""
+    of the time left holds. ``on_step(done, total, what)`` is called after each step; with a
+    :class:`lib.experiments.progress.Reporter` the run also saves its state after each step and
+    resumes from it (:class:`lib.experiments.resume.Steps`), with the same numbers as an
+    uninterrupted run."""
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
     device = str(resolve_device(p.device))
-    lrs = p.lrs()
-    if checkpoint is None and isinstance(on_step, Reporter):
-        checkpoint = on_step.partial
-    saver = Checkpoint(checkpoint, asdict(p)) if checkpoint is not None else None
-    saved = saver.load() if saver else None
-    saved = saved or {"done": 0, "raw": {}, "cos": {}, "timing": {}, "base_losses": [], "pretrain": [],
-                      "elapsed_s": 0.0}
-    done = int(saved["done"])
-    # Lists of curves in the order they were added: a resumed run appends to them in the same
-    # order as an uninterrupted one, so means and spreads agree bit for bit.
-    raw: dict[str, dict[str, list[np.ndarray]]] = {
-        kind: {key: [np.asarray(c, dtype=float) for c in curves] for key, curves in by_key.items()}
-        for kind, by_key in saved["raw"].items()}
-    cos: dict[str, dict[str, list[float]]] = saved["cos"]
-    timing: dict[str, list[float]] = saved["timing"]
-    base_losses: list[float] = saved["base_losses"]
-    pretrain_info: list[dict[str, Any]] = saved["pretrain"]
-
-    def timed(kind: str, fn, *args, **kwargs):
-        t = time.perf_counter()
-        out = fn(*args, **kwargs)
-        timing.setdefault(kind, []).append(time.perf_counter() - t)
-        return out
-
-    def add(kind: str, key: str, curve: np.ndarray) -> None:
-        raw.setdefault(kind, {}).setdefault(key, []).append(curve)
-
-    def add_cos(kind: str, key: str, value: float) -> None:
-        cos.setdefault(kind, {}).setdefault(key, []).append(value)
-
-    def elapsed() -> float:
-        return float(saved["elapsed_s"]) + time.perf_counter() - t0
-
-    reps = p.num_init * p.num_batch
     per_rep = len(p.sigma_grid)
-    steps = reps * per_rep
-    if done and isinstance(on_step, Reporter):
-        on_step.resumed(done, steps)
-    bar = tqdm(total=reps, initial=done // per_rep, disable=not progress,
+    steps = Steps(asdict(p), p.num_init * p.num_batch * per_rep, on_step)
+    tally = _Tally(steps.data)
+    bar = tqdm(total=p.num_init * p.num_batch, initial=steps.finished // per_rep, disable=not progress,
                desc=f"toy d={p.num_dim}{' pretrained' if p.pretrained else ''}")
     for init in range(p.num_init):
-        if (init + 1) * p.num_batch * per_rep <= done:
+        if steps.done((init + 1) * p.num_batch * per_rep - 1):
             continue  # this initialisation was finished by an earlier attempt
         problem = toy_problem(p.num_dim, p.seed * 1000 + init, teacher_act=p.teacher_act)
-        if p.pretrained:
-            student, curve, hit = pretrain_student(problem, p, progress)
-            problem.student = student
-            if not any(info["init"] == init for info in pretrain_info):
-                pretrain_info.append({"init": init, "curve": curve, "cached": hit,
-                                      "final_loss": _mean(curve[-max(1, len(curve) // 20):])})
-        model = problem.student.to(device)
+        model = _student(p, problem, init, tally, progress).to(device)
         problem.teacher.to(device)
         for b in range(p.num_batch):
-            first = (init * p.num_batch + b) * per_rep  # index of this initialisation × batch's first step
-            if first + per_rep <= done:
+            first = (init * p.num_batch + b) * per_rep  # the index of this repetition's first step
+            if steps.done(first + per_rep - 1):
                 continue
-            x, y = problem.batch(p.batch_size, b, device=device)
-            xe, ye = problem.batch(p.batch_size, 10_000 + b, device=device) if p.held_out else (x, y)
-            seed = p.seed * 1_000_003 + init * 1009 + b
-
-            def curve_of(grads: dict[str, torch.Tensor]) -> np.ndarray:
-                return V.loss_decrease(model, xe, ye, grads, lrs, p.normalize)
-
-            if first >= done:  # the first step: base loss, CDG and the STE variants
-                with torch.no_grad():
-                    base_losses.append(float(((model(xe) - ye) ** 2).mean()))
-                cdg_ref = None
-                for eps in p.eps_grid:
-                    g = timed("cdg", E.cdg, model, x, y, eps=eps, seed=seed)
-                    add("cdg", f"{eps:g}", curve_of(g))
-                    if math.isclose(eps, p.reference_eps):
-                        cdg_ref = g
-                if cdg_ref is None:
-                    cdg_ref = E.cdg(model, x, y, eps=p.reference_eps, seed=seed)
-                for variant in p.ste_variants:
-                    g = timed("ste", E.ste, model, x, y, variant=variant)
-                    add("ste", variant, curve_of(g))
-                    for name, value in V.cosine(g, cdg_ref).items():
-                        add_cos(f"ste_vs_cdg:{variant}", name, value)
-            else:  # resumed inside this initialisation × batch: only the reference is needed again
-                cdg_ref = E.cdg(model, x, y, eps=p.reference_eps, seed=seed)
+            rep = _Repetition(p, model, problem, init, b, device, tally)
+            if not steps.done(first):
+                rep.first()
             for i, sigma in enumerate(p.sigma_grid):
-                if first + i < done:
-                    continue
-                ests = timed("nes", E.nes_multi, model, x, y, sigma=sigma, samples=p.nes_samples, seed=seed)
-                for s, g in ests.items():
-                    add(f"nes:{s}", f"{sigma:g}", curve_of(g))
-                    add_cos(f"nes_vs_cdg:{s}", f"{sigma:g}", V.cosine(g, cdg_ref)["all"])
-                if p.diagnose:
-                    exact = E.smoothed_exact(model, x, y, sigma)
-                    add("exact_smoothed", f"{sigma:g}", curve_of(exact))
-                    add_cos("exact_vs_cdg", f"{sigma:g}", V.cosine(exact, cdg_ref)["all"])
-                    two = E.nes_multi(model, x, y, sigma=sigma, samples=p.nes_samples, layers=list(LAST_TWO), seed=seed)
-                    for s, g in two.items():
-                        add(f"nes_last2:{s}", f"{sigma:g}", curve_of(g))
-                        add_cos(f"nes_last2_vs_exact:{s}", f"{sigma:g}", V.cosine(g, exact)["all"])
-                if i == per_rep - 1:
-                    cdg_last2 = {n: cdg_ref[n] for n in LAST_TWO}
-                    add("cdg_last2", f"{p.reference_eps:g}", curve_of(cdg_last2))
-                done = first + i + 1
-                if saver:
-                    saver.save({"done": done, "raw": raw, "cos": cos, "timing": timing, "base_losses": base_losses,
-                                "pretrain": pretrain_info, "elapsed_s": elapsed()})
-                if on_step:
-                    on_step(done, steps, f"init {init} batch {b}: NES σ={sigma:g}")
+                if not steps.done(first + i):
+                    rep.sigma_step(sigma, last=i == per_rep - 1)
+                    steps.step_finished(first + i, tally.state(), f"init {init} batch {b}: NES σ={sigma:g}")
             bar.update(1)
     bar.close()
+    return _results(p, tally, device, steps.elapsed())
 
-    curves = {kind: {key: _curve_stats(lrs, vals) for key, vals in by_key.items()} for kind, by_key in raw.items()}
-    cosines = {kind: {key: {"mean": _mean(v), "std": float(np.std(v))} for key, v in by_key.items()}
-               for kind, by_key in cos.items()}
+
+def _student(p: ToyParams, problem, init: int, tally: _Tally, progress: bool) -> torch.nn.Module:
+    """The evaluated model of initialisation ``init``: fresh, or pretrained (cached)."""
+    if not p.pretrained:
+        return problem.student
+    student, curve, hit = pretrain_student(problem, p, progress)
+    if not any(info["init"] == init for info in tally.pretrain):
+        tally.pretrain.append({"init": init, "curve": curve, "cached": hit,
+                               "final_loss": _mean(curve[-max(1, len(curve) // 20):])})
+    return student
+
+
+def _results(p: ToyParams, tally: _Tally, device: str, wall_s: float) -> dict[str, Any]:
+    lrs = p.lrs()
     results = {
-        "experiment": "toy",
+        "experiment": EXPERIMENT,
         "parameters": asdict(p),
         "num_dim": p.num_dim,
         "pretrained": p.pretrained,
         "lrs": lrs,
-        "loss_evaluations": {"cdg_per_estimate": 2 * (3 * p.num_dim**2 + p.num_dim),
-                             "nes_per_estimate": {str(s): 2 * s for s in p.nes_samples}},
-        "base_loss": _mean(base_losses),
-        "seconds_per_estimate": {"cdg": _mean(timing.get("cdg", [])), "ste": _mean(timing.get("ste", [])),
-                                 f"nes_{max(p.nes_samples)}": _mean(timing.get("nes", []))},
-        "pretrain": pretrain_info,
-        "curves": curves,
-        "cosines": cosines,
+        "loss_evaluations": {"cdg": 2 * (3 * p.num_dim**2 + p.num_dim),
+                             "nes": [{"samples": s, "evaluations": 2 * s} for s in p.nes_samples]},
+        "base_loss": _mean(tally.base_losses),
+        "seconds": {"cdg": _mean(tally.seconds.get("cdg", [])), "ste": _mean(tally.seconds.get("ste", [])),
+                    "nes": _mean(tally.seconds.get("nes", [])), "nes_samples": max(p.nes_samples)},
+        "pretrain": tally.pretrain,
+        "curves": tally.curve_records(lrs),
+        "cosines": tally.cosine_records(),
         "versions": versions(),
         "device": device,
-        "wall_s": elapsed(),
+        "wall_s": wall_s,
     }
     results = json.loads(json.dumps(to_jsonable(results)))  # exactly what the JSON file holds
     results["diagnosis"] = diagnose(results) if p.diagnose else None

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from lib.common.files import read_json
 from lib.experiments.cells import failed_runs_note, figure, heading, md, table
+from lib.experiments.records import distinct, only
 
 from . import figures as plots
 from .diagnosis import diagnosis_text
@@ -63,21 +64,21 @@ def _difficulty_answer(ok: Sequence[dict[str, Any]]) -> str:
     cdg = table_["CDG"]
     lines = []
     for s in plots.nes_samples(ok[0]):
-        sigmas = list(ok[0]["curves"][f"nes:{s}"])
+        sigmas = distinct(ok[0]["curves"], "sigma", estimator="nes", layers="all", samples=s)
         winners = [sg for sg in sigmas
-                   if all(next(r for r in ok if r["num_dim"] == d)["curves"][f"nes:{s}"][sg]["best"] > cdg[d][0]
-                          for d in dims)]
+                   if all(only(next(r for r in ok if r["num_dim"] == d)["curves"], estimator="nes", layers="all",
+                               samples=s, sigma=sg)["best"] > cdg[d][0] for d in dims)]
         if winners:
-            lines.append(f"with {s} samples, NES at σ = {', '.join(winners)} beats the best CDG at every num_dim")
+            lines.append(f"with {s} samples, NES at σ = {', '.join(f'{sg:g}' for sg in winners)} beats the best "
+                         "CDG at every num_dim")
         else:
             lines.append(f"with {s} samples, no single σ beats the best CDG at every num_dim")
     cost = []
     for r in sorted(ok, key=lambda r: r["num_dim"]):
-        t = r.get("seconds_per_estimate", {})
-        nes_key = next((k for k in t if k.startswith("nes_")), None)
-        if t.get("cdg") is not None and nes_key and t.get(nes_key) is not None:
-            cost.append(f"num_dim {r['num_dim']}: CDG {t['cdg']:.3g} s per ε, NES {t[nes_key]:.3g} s per σ "
-                        f"(all sample counts from one stream of {nes_key[4:]} directions)")
+        t = r["seconds"]
+        if t.get("cdg") is not None and t.get("nes") is not None:
+            cost.append(f"num_dim {r['num_dim']}: CDG {t['cdg']:.3g} s per ε, NES {t['nes']:.3g} s per σ "
+                        f"(all sample counts from one stream of {t['nes_samples']} directions)")
     answer = "**Measured:** " + "; ".join(lines) + "."
     if cost:
         answer += " Cost on this machine: " + "; ".join(cost) + "."
