@@ -142,7 +142,6 @@ def test_notebook_runs_under_papermill(tmp_path, monkeypatch):
     import nbformat
     import papermill
 
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
     nb_path = ROOT / "notebooks" / "explorer.ipynb"
     src = nbformat.read(nb_path, as_version=4)
     assert src.nbformat == 4 and src.metadata.kernelspec.name == "python3"

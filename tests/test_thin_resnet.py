@@ -11,6 +11,7 @@ import papermill
 import pytest
 import torch
 
+from lib.experiments.records import only, select
 from lib.experiments.schema import build
 from lib.experiments.thin_resnet import analysis, section, states
 from lib.experiments.thin_resnet.params import ThinResNetParams
@@ -98,28 +99,31 @@ def test_results_schema_and_json(tiny_results):
     assert r["experiment"] == "thin_resnet" and r["initial_channels"] == 2 and r["seed"] == 3
     assert {"torch", "numpy", "python"} <= set(r["versions"])
     assert r["wall_s"] > 0 and r["device"] == "cpu"
-    assert len(r["layers"]) == 16 and r["layer_labels"][0] == "1.0.1" and r["layer_labels"][-1] == "4.1.2"
-    assert r["layer_stage"] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
+    labels = [layer["label"] for layer in r["layers"]]
+    assert len(r["layers"]) == 16 and labels[0] == "1.0.1" and labels[-1] == "4.1.2"
+    assert [layer["stage"] for layer in r["layers"]] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
+    assert r["layers"][0]["name"] == "layer1.0.conv1.conv.weight" and r["layers"][0]["numel"] == 2 * 2 * 9
     assert r["eps_main"] == 0.1 and r["data"]["batch_size"] == 8 and r["data"]["train_images"] == 64
-    assert list(r["states"]) == ["init", "trained"]
-    for state in ("init", "trained"):
-        assert list(r["states"][state]) == ["binary", "fp"]
-        for act, e in r["states"][state].items():
-            assert set(e["cosine"]) == {"0.1", "0.3"}
-            for ek in ("0.1", "0.3"):
-                for v in ("identity", "clipped"):
-                    cos = e["cosine"][ek][v]
-                    assert len(cos) == 16 and all(c is None or -1 - 1e-9 <= c <= 1 + 1e-9 for c in cos)
-                assert len(e["magnitude"]["cdg"][ek]) == 16
-            assert e["sampled"] == [3] * 16
-            assert ("decrease" in e) == (act == "binary")
-    info = r["states"]["trained"]["binary"]["state_info"]
+    assert [(e["state"], e["act"]) for e in r["analyses"]] == [
+        ("init", "binary"), ("init", "fp"), ("trained", "binary"), ("trained", "fp")]
+    for e in r["analyses"]:
+        assert sorted((c["eps"], c["variant"]) for c in e["cosines"]) == [
+            (0.1, "clipped"), (0.1, "identity"), (0.3, "clipped"), (0.3, "identity")]
+        for c in e["cosines"]:
+            assert len(c["per_layer"]) == 16
+            assert all(v is None or -1 - 1e-9 <= v <= 1 + 1e-9 for v in c["per_layer"] + [c["all"]])
+        assert [m["eps"] for m in select(e["magnitudes"], estimator="cdg")] == [0.1, 0.3]
+        assert all(len(m["per_layer"]) == 16 for m in e["magnitudes"])
+        assert e["sampled"] == [3] * 16
+        assert ("decrease" in e) == (e["act"] == "binary")
+    info = only(r["analyses"], state="trained", act="binary")["state_info"]
     assert info["steps"] == 2 and len(info["curve"]) == 2 and info["cache_hit"] is False
-    dec = r["states"]["init"]["binary"]["decrease"]
-    assert list(dec) == r["decrease_layers"]
-    for curves in dec.values():
-        assert set(curves["cdg"]) == {"0.1", "0.3"} and set(curves["ste"]) == {"identity", "clipped"}
-        assert all(len(c) == 3 for c in curves["ste"].values())
+    dec = only(r["analyses"], state="init", act="binary")["decrease"]
+    assert [d["layer"] for d in dec][::4] == r["decrease_layers"]  # per layer: CDG at 2 ε, 2 STE variants
+    for layer in r["decrease_layers"]:
+        assert [d.get("eps") for d in select(dec, layer=layer, estimator="cdg")] == [0.1, 0.3]
+        assert [d["variant"] for d in select(dec, layer=layer, estimator="ste")] == ["identity", "clipped"]
+        assert all(len(d["curve"]) == 3 and d["best"] == max(d["curve"]) for d in select(dec, layer=layer))
 
 
 def test_progress_steps_count_state_precision_pairs(tiny_results):
@@ -130,17 +134,16 @@ def _strip(r):
     """The numbers of a result, without timings and cache flags."""
     r = json.loads(json.dumps(r))
     r.pop("wall_s")
-    for by_act in r["states"].values():
-        for e in by_act.values():
-            e.pop("timings")
-            e["state_info"].pop("cache_hit", None)
-            e["state_info"].pop("train_s", None)
+    for e in r["analyses"]:
+        e.pop("timings")
+        e["state_info"].pop("cache_hit", None)
+        e["state_info"].pop("train_s", None)
     return r
 
 
 def test_same_parameters_same_numbers_and_cache_hit(tiny_results):
     first, second = tiny_results
-    assert second["states"]["trained"]["binary"]["state_info"]["cache_hit"] is True
+    assert only(second["analyses"], state="trained", act="binary")["state_info"]["cache_hit"] is True
 
     assert _strip(first) == _strip(second)
 
@@ -181,7 +184,7 @@ def test_full_precision_cdg_is_the_autograd_gradient(tiny_results):
     """With fp activations the loss is smooth: CDG (a plain finite difference) ≈ autograd."""
     r, _ = tiny_results
     for state in ("init", "trained"):
-        cos = r["states"][state]["fp"]["cosine"]["0.1"]["identity"]
+        cos = only(only(r["analyses"], state=state, act="fp")["cosines"], eps=0.1, variant="identity")["per_layer"]
         assert min(cos) > 0.95, (state, cos)
 
 
@@ -196,7 +199,8 @@ def test_cosines_agree_with_an_independent_computation(tmp_path):
     g = cdg(model, data["x"], data["y"], loss="cross_entropy", eps=0.2, layers=names, coords_per_layer=3, seed=3)
     s = ste(model, data["x"], data["y"], loss="cross_entropy", variant="clipped", layers=names)
     expected = cosine(g, s)
-    got = r["states"]["init"]["binary"]["cosine"]["0.2"]["clipped"]
+    entry = only(r["analyses"], state="init", act="binary")
+    got = only(entry["cosines"], eps=0.2, variant="clipped")["per_layer"]
     for name, value in zip(names, got):
         if value is None:
             assert math.isnan(expected[name])
@@ -205,7 +209,7 @@ def test_cosines_agree_with_an_independent_computation(tmp_path):
     # magnitude on the sampled coordinates
     mask = torch.isfinite(g[names[0]])
     rms = float(g[names[0]][mask].double().pow(2).mean().sqrt())
-    assert r["states"]["init"]["binary"]["magnitude"]["cdg"]["0.2"][0] == pytest.approx(rms, rel=1e-6)
+    assert only(entry["magnitudes"], estimator="cdg", eps=0.2)["per_layer"][0] == pytest.approx(rms, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- report
@@ -218,7 +222,7 @@ def test_report_cells(tiny_results):
     r, _ = tiny_results
     other = json.loads(json.dumps(r))
     other["initial_channels"] = 4
-    other["states"] = {"init": {"binary": other["states"]["init"]["binary"]}}  # a smaller run
+    other["analyses"] = select(other["analyses"], state="init", act="binary")  # a smaller run
     cells = section.results_cells([other, r])
     assert cells[0].cell_type == "markdown"
     assert cells[0].source == "### Thin ResNet-18 CDG gradient experiment - 1 · Thin ResNet-18 CDG grad实验 - 1"
@@ -244,7 +248,6 @@ def test_report_cells_with_a_reduced_run(tmp_path):
 # ----------------------------------------------------------------------------- notebook
 
 def test_notebook_runs_under_papermill(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     results_path = tmp_path / "results.json"
@@ -253,7 +256,7 @@ def test_notebook_runs_under_papermill(tmp_path, monkeypatch):
     papermill.execute_notebook(str(NOTEBOOK), str(out), parameters=params, kernel_name="python3",
                                cwd=str(ROOT), progress_bar=False)
     results = json.loads(results_path.read_text())
-    assert results["initial_channels"] == 2 and list(results["states"]) == ["init", "trained"]
+    assert results["initial_channels"] == 2 and [e["state"] for e in results["analyses"]][::2] == ["init", "trained"]
     nb = nbformat.read(out, as_version=4)
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]

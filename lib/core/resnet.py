@@ -210,10 +210,15 @@ class XnorResNet(nn.Module):
         """``[stem, 16 binary conv units, head]``; ``model(x)`` is their composition."""
         return [self.stem, *self.binary_units, self.head]
 
+    def binary_convs(self) -> list[dict[str, object]]:
+        """The 16 binary-input conv weights, front to back: ``{name, stage, block, conv}`` with the
+        parameter name ``layer{stage}.{block}.conv{conv}.conv.weight``, stage 1–4, block 0–1, conv 1–2."""
+        return [{"name": f"layer{s}.{b}.conv{k}.conv.weight", "stage": s, "block": b, "conv": k}
+                for s in range(1, 5) for b in range(2) for k in (1, 2)]
+
     def binary_conv_names(self) -> list[str]:
-        """Parameter names of the 16 binary-input conv weights, front to back,
-        ``layer{s}.{b}.conv{k}.conv.weight``."""
-        return [f"layer{s}.{b}.conv{k}.conv.weight" for s in range(1, 5) for b in range(2) for k in (1, 2)]
+        """Parameter names of the 16 binary-input conv weights, front to back."""
+        return [c["name"] for c in self.binary_convs()]
 
     @torch.no_grad()
     def reset_parameters(self, seed: int | None = None) -> None:

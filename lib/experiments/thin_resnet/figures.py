@@ -5,8 +5,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .analysis import eps_key
-from .summary import ACT_TITLES, acts_of, eps_keys, layer_label, mean_cosine, states_of
+from lib.experiments.records import select
+
+from .summary import ACT_TITLES, acts_of, analysis_of, cosine_of, layer_label, mean_cosine, states_of
 
 
 def _plt():
@@ -18,9 +19,9 @@ def _plt():
 def _layer_axis(ax, result: dict[str, Any]) -> None:
     n = len(result["layers"])
     ax.set_xticks(range(1, n + 1))
-    ax.set_xticklabels(result["layer_labels"], rotation=90, fontsize=7)
+    ax.set_xticklabels([layer["label"] for layer in result["layers"]], rotation=90, fontsize=7)
     for i in range(1, n):
-        if result["layer_stage"][i] != result["layer_stage"][i - 1]:
+        if result["layers"][i]["stage"] != result["layers"][i - 1]["stage"]:
             ax.axvline(i + 0.5, color="0.85", lw=0.8, zorder=0)
     ax.set_xlabel("binary conv layer (stage.block.conv), front → back")
 
@@ -34,7 +35,7 @@ def _grid(rows: int, cols: int, width: float = 3.6, height: float = 2.9, sharey:
 
 def plot_cosine(result: dict[str, Any], eps: float | None = None):
     """Cosine of CDG with each STE variant per layer, front to back: rows = states, columns = precisions."""
-    ek = eps_key(result["eps_main"] if eps is None else eps)
+    eps = result["eps_main"] if eps is None else eps
     states = states_of(result)
     acts = acts_of(result, states[0])
     fig, axes = _grid(len(states), len(acts))
@@ -42,9 +43,9 @@ def plot_cosine(result: dict[str, Any], eps: float | None = None):
     for i, state in enumerate(states):
         for j, act in enumerate(acts):
             ax = axes[i][j]
-            curves = result["states"][state][act]["cosine"][ek]
+            entry = analysis_of(result, state, act)
             for v in result["ste_variants"]:
-                ax.plot(xs, [np.nan if c is None else c for c in curves[v]], marker="o", ms=3, label=v)
+                ax.plot(xs, _nan(cosine_of(entry, v, eps)["per_layer"]), marker="o", ms=3, label=v)
             ax.axhline(0, color="0.5", lw=0.6)
             ax.set_ylim(-1.05, 1.05)
             ax.set_title(f"{state}, {ACT_TITLES.get(act, act)}", fontsize=10)
@@ -52,7 +53,7 @@ def plot_cosine(result: dict[str, Any], eps: float | None = None):
             if j == 0:
                 ax.set_ylabel("cos(CDG, STE)")
     axes[0][-1].legend(fontsize=7, title="STE variant", title_fontsize=7, loc="lower left")
-    fig.suptitle(f"c = {result['initial_channels']}: cosine of CDG (ε = {float(ek):g}, "
+    fig.suptitle(f"c = {result['initial_channels']}: cosine of CDG (ε = {eps:g}, "
                  f"{_sampled_text(result)}) with each STE variant, per layer")
     return fig
 
@@ -73,11 +74,11 @@ def plot_magnitude(result: dict[str, Any]):
     for i, state in enumerate(states):
         for j, act in enumerate(acts):
             ax = axes[i][j]
-            mag = result["states"][state][act]["magnitude"]
-            for ek, col in zip(eps_keys(result), greys):
-                ax.plot(xs, _pos(mag["cdg"][ek]), color=col, lw=2.2, label=f"CDG ε={ek}")
-            for v in result["ste_variants"]:
-                ax.plot(xs, _pos(mag["ste"][v]), lw=1, marker=".", ms=3, label=f"STE {v}")
+            mags = analysis_of(result, state, act)["magnitudes"]
+            for m, col in zip(select(mags, estimator="cdg"), greys):
+                ax.plot(xs, _pos(m["per_layer"]), color=col, lw=2.2, label=f"CDG ε={m['eps']:g}")
+            for m in select(mags, estimator="ste"):
+                ax.plot(xs, _pos(m["per_layer"]), lw=1, marker=".", ms=3, label=f"STE {m['variant']}")
             ax.set_yscale("log")
             ax.set_title(f"{state}, {ACT_TITLES.get(act, act)}", fontsize=10)
             _layer_axis(ax, result)
@@ -117,7 +118,7 @@ def plot_decrease(result: dict[str, Any]):
     """Single-layer lr → loss decrease, CDG (each ε) vs the STE variants; rows = (state, precision),
     columns = first, middle, last binary layer. ``None`` when no precision had the analysis."""
     plt = _plt()
-    rows = [(s, a) for s in states_of(result) for a in acts_of(result, s) if "decrease" in result["states"][s][a]]
+    rows = [(s, a) for s in states_of(result) for a in acts_of(result, s) if "decrease" in analysis_of(result, s, a)]
     if not rows:
         return None
     layers = result["decrease_layers"]
@@ -125,13 +126,13 @@ def plot_decrease(result: dict[str, Any]):
     lrs = result["lrs"]
     greys = plt.cm.Greys(np.linspace(0.95, 0.5, max(1, len(result["eps"]))))
     for i, (state, act) in enumerate(rows):
-        dec = result["states"][state][act]["decrease"]
+        dec = analysis_of(result, state, act)["decrease"]
         for j, layer in enumerate(layers):
             ax = axes[i][j]
-            for ek, col in zip(eps_keys(result), greys):
-                ax.plot(lrs, _nan(dec[layer]["cdg"][ek]), color=col, lw=2.2, marker="o", ms=3, label=f"CDG ε={ek}")
-            for v in result["ste_variants"]:
-                ax.plot(lrs, _nan(dec[layer]["ste"][v]), lw=1, marker=".", label=f"STE {v}")
+            for d, col in zip(select(dec, layer=layer, estimator="cdg"), greys):
+                ax.plot(lrs, _nan(d["curve"]), color=col, lw=2.2, marker="o", ms=3, label=f"CDG ε={d['eps']:g}")
+            for d in select(dec, layer=layer, estimator="ste"):
+                ax.plot(lrs, _nan(d["curve"]), lw=1, marker=".", label=f"STE {d['variant']}")
             ax.axhline(0, color="0.5", lw=0.6)
             ax.set_xscale("log")
             ax.set_title(f"{state}, {ACT_TITLES.get(act, act)}: layer {layer_label(result, layer)}", fontsize=9)
@@ -152,9 +153,8 @@ def plot_training(results: Sequence[dict[str, Any]] | dict[str, Any]):
     """Training loss curves of the trained states (one line per c and precision); ``None`` if none."""
     plt = _plt()
     results = [results] if isinstance(results, dict) else list(results)
-    lines = [(r["initial_channels"], act, r["states"]["trained"][act]["state_info"]["curve"])
-             for r in results if "trained" in r["states"] for act in acts_of(r, "trained")
-             if r["states"]["trained"][act].get("state_info", {}).get("curve")]
+    lines = [(r["initial_channels"], e["act"], e["state_info"]["curve"])
+             for r in results for e in select(r["analyses"], state="trained") if e["state_info"].get("curve")]
     if not lines:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")

@@ -26,7 +26,6 @@ and :mod:`.section` (the report section).
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Callable, Mapping
 
@@ -35,115 +34,95 @@ import torch
 from lib.common.files import to_jsonable
 from lib.common.versions import versions
 from lib.core.device import resolve_device
-from lib.experiments.progress import Reporter
-from lib.experiments.resume import Checkpoint
-
-from .analysis import analyse, decrease_layers, main_eps
+from lib.core.resnet import XnorResNet
+from lib.experiments.resume import Steps
 from lib.experiments.schema import build
 
+from .analysis import analyse, decrease_layers, main_eps
 from .params import EXPERIMENT, NUM_CLASSES, ThinResNetParams
 from .states import accuracy, load_data, make_state
 
 
 def run(params: ThinResNetParams | Mapping[str, Any], log: Callable[[str], None] | None = print,
-        on_step: Callable[[int, int, str], None] | None = None,
-        checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
+        on_step: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Run the experiment for one ``initial_channels``; returns the results dict (JSON-able).
-    ``on_step(done, total, what)`` (e.g. a :class:`lib.experiments.progress.Reporter`) is called after each
-    of the ``len(states) · len(acts)`` (state, precision) analyses.
 
-    ``checkpoint``: a file (:mod:`lib.experiments.resume`) where the results so far are saved after each
-    analysis; a rerun with the same parameters skips the analyses saved there (every draw is
-    seeded, so the numbers are those of an uninterrupted run). By default the reporter's
-    ``partial`` file when ``on_step`` is a :class:`lib.experiments.progress.Reporter`, else none. The results:
+    The run is ``len(states) · len(acts)`` steps, one (state, precision) analysis each;
+    ``on_step(done, total, what)`` is called after each. With a
+    :class:`lib.experiments.progress.Reporter` the results so far are saved after each step and a
+    rerun with the same parameters resumes after the last one saved
+    (:class:`lib.experiments.resume.Steps`); every draw is seeded, so the numbers are those of an
+    uninterrupted run. The results:
 
     ``experiment``, ``parameters`` (all of them, validated), ``seed``, ``versions``, ``device``,
-    ``wall_s``, ``initial_channels``, ``layers`` (the 16 binary conv weight names, front to back),
-    ``layer_labels`` (``"1.0.1"`` = stage.block.conv), ``layer_numel``, ``layer_stage``,
-    ``decrease_layers``, ``eps``, ``eps_main``, ``lrs``, ``ste_variants``, ``data``
-    (source, image counts, batch size, batch class counts) and ``states``:
-    ``{state: {act: entry}}`` with ``entry`` =
-
-    * ``loss``, ``batch_accuracy``, ``test_accuracy`` of the model on the gradient batch / held out;
-    * ``state_info``: init: ``bn_calibration_batches``; trained: ``cache_hit``, ``steps``,
-      ``train_s``, ``curve`` (per-step training loss), ``final_loss``;
-    * ``cosine[eps][variant]``: 16 cosines, front to back; ``cosine_all[eps][variant]``: over all
-      16 layers;
-    * ``magnitude``: ``cdg[eps]`` and ``ste[variant]``: 16 RMS values on the sampled coordinates;
-      ``ste_all_coords[variant]``: RMS over all coordinates;
-    * ``sampled``: sampled coordinates per layer;
-    * ``decrease`` (acts in ``decrease_acts``): ``{layer: {"cdg": {eps: curve}, "ste": {variant:
-      curve}, "best": {"cdg_eps_<eps>" or variant: [best ΔL, its lr]}}}``, curves over ``lrs``;
-    * ``timings``: seconds for STE, CDG per ε, the loss decrease.
+    ``wall_s`` (compute time of all attempts), ``initial_channels``, ``eps``, ``eps_main``, ``lrs``,
+    ``ste_variants``, ``data`` (source, image counts, batch size, batch class counts), ``layers``
+    (the 16 binary conv weights, front to back: ``{name, label ("1.0.1" = stage.block.conv),
+    stage, numel}``), ``decrease_layers`` (names) and ``analyses``, one record per (state,
+    precision) in the order of the parameters: ``{state, act, loss, batch_accuracy,
+    test_accuracy, state_info, timings, ...}`` with the records of
+    :func:`lib.experiments.thin_resnet.analysis.analyse` (``cosines``, ``magnitudes``,
+    ``decrease``, ``sampled``). ``state_info``: init: ``bn_calibration_batches``; trained:
+    ``cache_hit``, ``steps``, ``train_s``, ``curve`` (per-step training loss), ``final_loss``.
 
     NaN (e.g. a cosine with an all-zero estimate) is stored as ``null``.
     """
     log = log or (lambda s: None)
-    start = time.perf_counter()
     if not isinstance(params, ThinResNetParams):
         params = build(ThinResNetParams, params)
     p = dataclasses.asdict(params)
+    pairs = [(state, act) for state in p["states"] for act in p["acts"]]
+    steps = Steps(p, len(pairs), on_step)
     device = resolve_device(p["device"])
     torch.manual_seed(p["seed"])
     data = load_data(p)
     x, y = data["x"].to(device), data["y"].to(device)
-    if checkpoint is None and isinstance(on_step, Reporter):
-        checkpoint = on_step.partial
-    saver = Checkpoint(checkpoint, to_jsonable(dict(p))) if checkpoint is not None else None
-    saved = saver.load() if saver else None
-    elapsed_before = float(saved["elapsed_s"]) if saved else 0.0
-    total = len(p["states"]) * len(p["acts"])
-
-    def done_count() -> int:
-        return sum(len(v) for v in results["states"].values())
-
-    results: dict[str, Any] = saved["results"] if saved else {
-        "experiment": EXPERIMENT, "parameters": dict(p), "seed": p["seed"], "versions": versions(),
-        "device": str(device), "initial_channels": p["initial_channels"],
-        "eps": p["eps"], "eps_main": main_eps(p["eps"]), "lrs": p["lrs"], "ste_variants": p["ste_variants"],
-        "data": {"source": p["data_source"], "train_images": len(data["x_train"]),
-                 "test_images": len(data.get("x_test", [])), "batch_size": p["batch_size"],
-                 "image_shape": list(data["x"].shape[1:]),
-                 "batch_class_counts": torch.bincount(data["y"], minlength=NUM_CLASSES).tolist()},
-        "states": {},
-    }
-    if saved and isinstance(on_step, Reporter):
-        on_step.resumed(done_count(), total)
-    for state in p["states"]:
-        results["states"].setdefault(state, {})
-        for act in p["acts"]:
-            if act in results["states"][state]:
-                continue  # analysed by an earlier attempt
-            t0 = time.perf_counter()
-            model, info = make_state(p, act, state, data, device)
-            if "layers" not in results:
-                names = model.binary_conv_names()
-                params_by_name = dict(model.named_parameters())
-                results["layers"] = names
-                results["layer_labels"] = [n.replace("layer", "").replace(".conv.weight", "").replace("conv", "")
-                                           for n in names]
-                results["layer_numel"] = [params_by_name[n].numel() for n in names]
-                results["layer_stage"] = [int(n[5]) for n in names]
-                results["decrease_layers"] = decrease_layers(names)
-            with torch.no_grad():
-                logits = model(x)
-                base = float(torch.nn.functional.cross_entropy(logits, y))
-                batch_acc = float((logits.argmax(1) == y).double().mean())
-            test_acc = accuracy(model, data["x_test"], data["y_test"], device) if "x_test" in data else None
-            if state == "trained":
-                how = "cached" if info["cache_hit"] else f"{info['train_s']:.1f}s"
-                log(f"c={p['initial_channels']} {state}/{act}: trained {info['steps']} steps ({how}), "
-                    f"test accuracy {test_acc}")
-            entry = {"loss": base, "batch_accuracy": batch_acc, "test_accuracy": test_acc, "state_info": info}
-            entry.update(analyse(model, p, act, x, y, device, log))
-            entry["timings"]["total_s"] = time.perf_counter() - t0
-            log(f"c={p['initial_channels']} {state}/{act}: loss {base:.3f}, "
-                f"{entry['timings']['total_s']:.1f}s")
-            results["states"][state][act] = entry
-            if saver:
-                saver.save({"results": to_jsonable(results),
-                            "elapsed_s": elapsed_before + time.perf_counter() - start})
-            if on_step:
-                on_step(done_count(), total, f"{state}/{act}")
-    results["wall_s"] = elapsed_before + time.perf_counter() - start
+    results: dict[str, Any] = steps.data or _header(p, data, device)
+    for i, (state, act) in enumerate(pairs):
+        if steps.done(i):
+            continue  # analysed by an earlier attempt
+        t0 = time.perf_counter()
+        model, info = make_state(p, act, state, data, device)
+        results.setdefault("layers", _layers(model))
+        results.setdefault("decrease_layers", decrease_layers(model.binary_conv_names()))
+        entry = {"state": state, "act": act, **_evaluate(model, x, y, data, device), "state_info": info}
+        if state == "trained":
+            how = "cached" if info["cache_hit"] else f"{info['train_s']:.1f}s"
+            log(f"c={p['initial_channels']} {state}/{act}: trained {info['steps']} steps ({how}), "
+                f"test accuracy {entry['test_accuracy']}")
+        entry.update(analyse(model, p, act, x, y, device, log))
+        entry["timings"]["total_s"] = time.perf_counter() - t0
+        log(f"c={p['initial_channels']} {state}/{act}: loss {entry['loss']:.3f}, {entry['timings']['total_s']:.1f}s")
+        results["analyses"].append(entry)
+        results = to_jsonable(results)
+        steps.step_finished(i, results, f"{state}/{act}")
+    results["wall_s"] = steps.elapsed()
     return to_jsonable(results)
+
+
+def _header(p: dict[str, Any], data: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
+    """What the results record before the first analysis."""
+    return {"experiment": EXPERIMENT, "parameters": dict(p), "seed": p["seed"], "versions": versions(),
+            "device": str(device), "initial_channels": p["initial_channels"],
+            "eps": p["eps"], "eps_main": main_eps(p["eps"]), "lrs": p["lrs"], "ste_variants": p["ste_variants"],
+            "data": {"source": p["data_source"], "train_images": len(data["x_train"]),
+                     "test_images": len(data.get("x_test", [])), "batch_size": p["batch_size"],
+                     "image_shape": list(data["x"].shape[1:]),
+                     "batch_class_counts": torch.bincount(data["y"], minlength=NUM_CLASSES).tolist()},
+            "analyses": []}
+
+
+def _layers(model: XnorResNet) -> list[dict[str, Any]]:
+    params_by_name = dict(model.named_parameters())
+    return [{"name": c["name"], "label": f"{c['stage']}.{c['block']}.{c['conv']}", "stage": c["stage"],
+             "numel": params_by_name[c["name"]].numel()} for c in model.binary_convs()]
+
+
+@torch.no_grad()
+def _evaluate(model: XnorResNet, x: torch.Tensor, y: torch.Tensor, data: dict[str, torch.Tensor],
+              device: torch.device) -> dict[str, Any]:
+    """Loss and accuracy on the gradient batch, accuracy on the held-out images (or None)."""
+    logits = model(x)
+    return {"loss": float(torch.nn.functional.cross_entropy(logits, y)),
+            "batch_accuracy": float((logits.argmax(1) == y).double().mean()),
+            "test_accuracy": accuracy(model, data["x_test"], data["y_test"], device) if "x_test" in data else None}

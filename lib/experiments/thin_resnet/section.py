@@ -6,9 +6,10 @@ from typing import Any, Sequence
 
 from lib.experiments import cells as nbcells
 from lib.experiments.cells import failed_runs_note
+from lib.experiments.records import select
 
 from .figures import plot_cosine, plot_decrease, plot_magnitude, plot_precisions, plot_training
-from .summary import ACT_TITLES, acts_of, front_back, layer_label, states_of, summary_text
+from .summary import ACT_TITLES, acts_of, analysis_of, front_back, layer_label, states_of, summary_text
 
 # The notes' heading beside its English, one level under "BinaryDuo设置实验后续" as in the notes.
 HEADING = "### Thin ResNet-18 CDG gradient experiment - 1 · Thin ResNet-18 CDG grad实验 - 1"
@@ -100,16 +101,16 @@ def results_cells(results: list[dict[str, Any]]) -> list:
     for r in results:
         for state in states_of(r):
             for act in acts_of(r, state):
-                entry = r["states"][state][act]
+                entry = analysis_of(r, state, act)
                 for layer in (r["decrease_layers"] if "decrease" in entry else []):
-                    curves = entry["decrease"][layer]
-                    best = curves["best"]
-                    cdg_best = max(((k, v) for k, v in best.items() if k.startswith("cdg_eps_")),
-                                   key=lambda kv: kv[1][0] if kv[1][0] is not None else -math.inf)
+                    cdg_best = max(select(entry["decrease"], layer=layer, estimator="cdg"),
+                                   key=lambda d: d["best"] if d["best"] is not None else -math.inf)
+                    ste_best = {d["variant"]: d for d in select(entry["decrease"], layer=layer, estimator="ste")}
                     row = [r["initial_channels"], state, ACT_TITLES.get(act, act), layer_label(r, layer),
-                           f"{fmt3(cdg_best[1][0])} (ε={cdg_best[0][8:]}, lr={lr_text(r, cdg_best[1][1])})"]
+                           f"{fmt3(cdg_best['best'])} (ε={cdg_best['eps']:g}, lr={lr_text(r, cdg_best['best_lr'])})"]
                     for v in results[0]["ste_variants"]:
-                        row.append(f"{fmt3(best[v][0])} (lr={lr_text(r, best[v][1])})" if v in best else "–")
+                        d = ste_best.get(v)
+                        row.append(f"{fmt3(d['best'])} (lr={lr_text(r, d['best_lr'])})" if d else "–")
                     dec_rows.append(row)
     if dec_rows:
         cells.append(nbcells.md("Best single-layer loss decrease over the lr grid (and its lr; † = at the edge "

@@ -6,22 +6,29 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .analysis import eps_key
+from lib.experiments.records import only, select
 
 ACT_TITLES = {"binary": "binary", "ternary": "ternary", "2bit": "2-bit", "fp": "full precision"}
 
 
+def analysis_of(result: dict[str, Any], state: str, act: str) -> dict[str, Any]:
+    """The analysis record of one (state, precision)."""
+    return only(result["analyses"], state=state, act=act)
+
+
 def states_of(result: dict[str, Any]) -> list[str]:
-    """States of a result in the order of its parameters (a JSON round trip may sort the keys)."""
-    return [s for s in result["parameters"]["states"] if s in result["states"]]
+    """States of a result that have an analysis, in the order of its parameters."""
+    return [s for s in result["parameters"]["states"] if select(result["analyses"], state=s)]
 
 
 def acts_of(result: dict[str, Any], state: str) -> list[str]:
-    return [a for a in result["parameters"]["acts"] if a in result["states"][state]]
+    """Precisions analysed in ``state``, in the order of the parameters."""
+    return [a for a in result["parameters"]["acts"] if select(result["analyses"], state=state, act=a)]
 
 
-def eps_keys(result: dict[str, Any]) -> list[str]:
-    return [eps_key(e) for e in result["eps"]]
+def cosine_of(entry: dict[str, Any], variant: str, eps: float) -> dict[str, Any]:
+    """The cosine record of an STE variant against CDG at step ``eps`` (``per_layer``, ``all``)."""
+    return only(entry["cosines"], variant=variant, eps=eps)
 
 
 def nanmean(values: Sequence[Any]) -> float:
@@ -33,8 +40,8 @@ def stage_mean(result: dict[str, Any], values: Sequence[Any], stage: int, skip_l
     """Mean of per-layer ``values`` over the layers of ``stage`` (1 = front, 4 = back), optionally
     without the last binary conv."""
     n = len(values)
-    return nanmean([v for i, (v, s) in enumerate(zip(values, result["layer_stage"]))
-                     if s == stage and not (skip_last and i == n - 1)])
+    return nanmean([v for i, (v, layer) in enumerate(zip(values, result["layers"]))
+                    if layer["stage"] == stage and not (skip_last and i == n - 1)])
 
 
 def front_back(result: dict[str, Any], state: str, act: str, variant: str,
@@ -43,10 +50,8 @@ def front_back(result: dict[str, Any], state: str, act: str, variant: str,
     ``back`` = mean over stage 4 without the last binary conv, ``last`` = the last binary conv
     (no quantizer after it, so its STE gradient is exact up to the ε-smoothing of CDG),
     ``all`` = the cosine over all 16 layers at once."""
-    ek = eps_key(result["eps_main"] if eps is None else eps)
-    entry = result["states"][state][act]
-    cos = entry["cosine"][ek][variant]
-    allc = entry["cosine_all"][ek][variant]
+    record = cosine_of(analysis_of(result, state, act), variant, result["eps_main"] if eps is None else eps)
+    cos, allc = record["per_layer"], record["all"]
     return {"front": stage_mean(result, cos, 1), "back": stage_mean(result, cos, 4, skip_last=True),
             "last": float("nan") if cos[-1] is None else float(cos[-1]),
             "all": float("nan") if allc is None else float(allc)}
@@ -54,9 +59,10 @@ def front_back(result: dict[str, Any], state: str, act: str, variant: str,
 
 def mean_cosine(result: dict[str, Any], state: str, act: str, eps: float | None = None) -> list[float]:
     """Per-layer cosine averaged over the STE variants."""
-    ek = eps_key(result["eps_main"] if eps is None else eps)
-    curves = result["states"][state][act]["cosine"][ek]
-    return [nanmean([curves[v][i] for v in result["ste_variants"]]) for i in range(len(result["layers"]))]
+    entry = analysis_of(result, state, act)
+    eps = result["eps_main"] if eps is None else eps
+    per_variant = [cosine_of(entry, v, eps)["per_layer"] for v in result["ste_variants"]]
+    return [nanmean([cos[i] for cos in per_variant]) for i in range(len(result["layers"]))]
 
 
 def _compare(a: float, b: float, rel: float = 1e-3) -> str:
@@ -71,13 +77,11 @@ def summary_text(results: Sequence[dict[str, Any]]) -> str:
     parts: list[str] = []
     for r in sorted(results, key=lambda r: r["initial_channels"]):
         c = r["initial_channels"]
-        ek = eps_key(r["eps_main"])
         for state in states_of(r):
-            by_act = r["states"][state]
             sentences = []
-            if "binary" in by_act:
+            if "binary" in acts_of(r, state):
                 rows = {v: front_back(r, state, "binary", v) for v in r["ste_variants"]}
-                finite = {v: fb for v, fb in rows.items() 
+                finite = {v: fb for v, fb in rows.items()
                           if math.isfinite(fb["front"]) and math.isfinite(fb["back"])}
                 if finite:
                     n_front = sum(fb["front"] > fb["back"] for fb in finite.values())
@@ -103,14 +107,14 @@ def summary_text(results: Sequence[dict[str, Any]]) -> str:
                 sentences.append(f"the mean cosine over the 16 layers and the STE variants orders the "
                                  f"activations {listing}")
             for act in acts_of(r, state):
-                entry = by_act[act]
+                entry = analysis_of(r, state, act)
                 if "decrease" not in entry:
                     continue
                 notes = []
                 for layer in r["decrease_layers"]:
-                    best = entry["decrease"][layer]["best"]
-                    cd = best.get(f"cdg_eps_{ek}", [None])[0]
-                    ste_best = [(best[v][0], v) for v in r["ste_variants"] if best[v][0] is not None]
+                    cd = only(entry["decrease"], layer=layer, estimator="cdg", eps=r["eps_main"])["best"]
+                    ste_best = [(d["best"], d["variant"]) for d in select(entry["decrease"], layer=layer, estimator="ste")
+                                if d["best"] is not None]
                     if cd is None or not ste_best:
                         continue
                     top, top_v = max(ste_best)
@@ -126,4 +130,5 @@ def summary_text(results: Sequence[dict[str, Any]]) -> str:
 
 
 def layer_label(result: dict[str, Any], name: str) -> str:
-    return result["layer_labels"][result["layers"].index(name)]
+    """``"1.0.1"`` (stage.block.conv) of a binary conv weight."""
+    return next(layer["label"] for layer in result["layers"] if layer["name"] == name)
