@@ -11,7 +11,7 @@ import pytest
 from lib.experiments import progress
 from lib.experiments.resume import Checkpoint, partial_path
 from lib.experiments.toy.params import ToyParams
-from lib.experiments.toy.run import run_toy
+from lib.experiments.toy.run import run as run_toy
 
 
 def test_reporter_writes_what_read_progress_returns(tmp_path):

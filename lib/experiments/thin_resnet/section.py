@@ -80,24 +80,38 @@ def results_cells(results: list[dict[str, Any]]) -> list:
         if fig is not None:
             cells.append(nbcells.figure(fig, f"c={c}: single-layer loss decrease"))
     cells.append(nbcells.md("#### Summary\n\n" + summary_text(results)))
-    cells.append(nbcells.md(f"Cosine of CDG (ε = {results[0]['eps_main']:g}) with each STE variant: mean over "
-                            "the front stage (stage 1) / mean over the back stage (stage 4 without the last "
-                            "conv) / the last binary conv / all 16 layers at once."))
-    header = ["c", "state", "activation", *results[0]["ste_variants"]]
+    cells += _cosine_table(results) + _decrease_table(results)
+    walls = ", ".join(f"c={r['initial_channels']}: {r['wall_s']:.0f} s" for r in results)
+    cells.append(nbcells.md(f"Wall time per run: {walls}."))
+    return cells
+
+
+def _cosine_table(results: list[dict[str, Any]]) -> list:
+    """Per (c, state, precision): each STE variant's cosine with CDG, front / back / last / all."""
+    variants = results[0]["ste_variants"]
     rows = []
     for r in results:
         for state in states_of(r):
             for act in acts_of(r, state):
                 row: list[Any] = [r["initial_channels"], state, ACT_TITLES.get(act, act)]
-                for v in results[0]["ste_variants"]:
+                for v in variants:
                     if v in r["ste_variants"]:
                         fb = front_back(r, state, act, v)
                         row.append(" / ".join(fmt2(fb[k]) for k in ("front", "back", "last", "all")))
                     else:
                         row.append("–")
                 rows.append(row)
-    cells.append(nbcells.table(header, rows))
-    dec_rows = []
+    return [nbcells.md(f"Cosine of CDG (ε = {results[0]['eps_main']:g}) with each STE variant: mean over "
+                       "the front stage (stage 1) / mean over the back stage (stage 4 without the last "
+                       "conv) / the last binary conv / all 16 layers at once."),
+            nbcells.table(["c", "state", "activation", *variants], rows)]
+
+
+def _decrease_table(results: list[dict[str, Any]]) -> list:
+    """Per (c, state, precision, layer): the best single-layer loss decrease of CDG (best ε) and
+    of each STE variant, with its lr; empty when no run had the analysis."""
+    variants = results[0]["ste_variants"]
+    rows = []
     for r in results:
         for state in states_of(r):
             for act in acts_of(r, state):
@@ -108,18 +122,15 @@ def results_cells(results: list[dict[str, Any]]) -> list:
                     ste_best = {d["variant"]: d for d in select(entry["decrease"], layer=layer, estimator="ste")}
                     row = [r["initial_channels"], state, ACT_TITLES.get(act, act), layer_label(r, layer),
                            f"{fmt3(cdg_best['best'])} (ε={cdg_best['eps']:g}, lr={lr_text(r, cdg_best['best_lr'])})"]
-                    for v in results[0]["ste_variants"]:
+                    for v in variants:
                         d = ste_best.get(v)
                         row.append(f"{fmt3(d['best'])} (lr={lr_text(r, d['best_lr'])})" if d else "–")
-                    dec_rows.append(row)
-    if dec_rows:
-        cells.append(nbcells.md("Best single-layer loss decrease over the lr grid (and its lr; † = at the edge "
-                                "of the grid, so the best may lie outside it):"))
-        cells.append(nbcells.table(["c", "state", "activation", "layer", "CDG (best ε)",
-                                    *results[0]["ste_variants"]], dec_rows))
-    walls = ", ".join(f"c={r['initial_channels']}: {r['wall_s']:.0f} s" for r in results)
-    cells.append(nbcells.md(f"Wall time per run: {walls}."))
-    return cells
+                    rows.append(row)
+    if not rows:
+        return []
+    return [nbcells.md("Best single-layer loss decrease over the lr grid (and its lr; † = at the edge "
+                       "of the grid, so the best may lie outside it):"),
+            nbcells.table(["c", "state", "activation", "layer", "CDG (best ε)", *variants], rows)]
 
 
 def lr_text(result: dict[str, Any], lr: Any) -> str:

@@ -1,7 +1,7 @@
 """The toy experiments of the meeting notes (docs/design.md §3): hyper-parameter search for CDG (ε)
 and NES (σ, samples), with and without pretraining, plus the STE variants and the NES diagnosis.
 
-One call of :func:`run_toy` is one grid point (one ``num_dim``, pretrained or not). For each
+One call of :func:`run` is one grid point (one ``num_dim``, pretrained or not). For each
 initialisation × gradient batch it computes every estimate once and its lr → loss-decrease
 curve ``ΔL(lr) = L(w) − L(w − lr ĝ)`` on the same batch (or a held-out one); curves are then
 averaged over the repetitions. The **NES diagnosis** restricts NES to the last hidden layer and
@@ -187,8 +187,8 @@ class _Repetition:
             self.curve(estimate("cdg", "last_two", eps=p.reference_eps), {n: ref[n] for n in LAST_TWO})
 
 
-def run_toy(p: ToyParams, progress: bool = True,
-            on_step: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
+        progress: bool = True) -> dict[str, Any]:
     """Run one toy grid point; returns the JSON-able results (see the module docstring).
 
     The run is a sequence of ``num_init · num_batch · len(sigma_grid)`` steps, one per σ of NES
