@@ -186,6 +186,24 @@ def test_summary_notebook_reads_results_files(report_dir, tmp_path):
     assert "image/png" in (tmp_path / "summary.ipynb").read_text()
 
 
+def test_summary_notebook_from_notebooks_folder_finds_the_newest_report(report_dir, tmp_path):
+    """Opened where JupyterLab opens it (cwd notebooks/), with no folder given: the newest dated
+    folder under the repository's reports/."""
+    import papermill
+
+    newest = ROOT / "reports" / "9999-12-31"  # newer than any real report folder; removed below
+    out = tmp_path / "summary.json"
+    try:
+        shutil.copytree(report_dir / "results", newest / "results")
+        with execute._kernel_environment(1):
+            papermill.execute_notebook(str(ROOT / "notebooks" / "summary.ipynb"), str(tmp_path / "summary.ipynb"),
+                                       parameters={"results_path": str(out)}, kernel_name="python3",
+                                       cwd=str(ROOT / "notebooks"), progress_bar=False)
+        assert read_json(out)["results_dir"] == str(newest / "results")
+    finally:
+        shutil.rmtree(newest, ignore_errors=True)
+
+
 def test_best_by_dim_marks_grid_edges():
     """Hand-made curves: † for a best ε/σ at the edge of its grid, ‡ for a best lr at the top."""
     def curve(best, best_lr, estimator, **hyper):
