@@ -558,7 +558,7 @@ def test_partial_state_kept_after_a_failure_dropped_after_success_and_by_force(t
           quick: {{mode: [raise, ok], num_dim: 3}}
         """)
     partial = {m: report_dir(tmp_path) / "results" / f"modes__mode-{m}.json.partial" for m in ("raise", "ok")}
-    for path in partial.values():  # as left by interrupted attempts (lib/checkpoint.py)
+    for path in partial.values():  # as left by interrupted attempts (lib/experiments/resume.py)
         write(path, "{}")
     assert run_main(tmp_path) == 1
     assert partial["raise"].is_file() and not partial["ok"].exists()  # the failed run resumes from it

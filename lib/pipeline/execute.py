@@ -42,7 +42,7 @@ KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
 # Each kernel lowers its own CPU priority when the runner asks (--nice, lib/priority.py).
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR",
                "--IPKernelApp.exec_lines=from lib.pipeline.priority import lower_priority_from_env as _lp; _lp(); del _lp"]
-# Seconds between two looks at the progress files of the running notebooks (lib/progress.py).
+# Seconds between two looks at the progress files of the running notebooks (lib/experiments/progress.py).
 PROGRESS_POLL_S = 5.0
 # Seconds between two rewrites of the running invocation's record (wall_s, finished): a runner
 # killed without warning (SIGKILL, a machine switched off) leaves its wall time up to the last one.

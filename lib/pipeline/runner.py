@@ -6,11 +6,11 @@ Usage (``./run_all.sh`` calls this after bootstrapping the virtual environment):
     python -m lib.pipeline.runner --profile full --jobs 2
     python -m lib.pipeline.runner --only toy,nes --params my_overrides.yaml --no-report
 
-Every selected parameter file is validated before anything runs (:mod:`lib.pipeline.grid`); an error is
-one line naming the file and the key, and the exit status is 2. Each grid point is one papermill
-execution writing ``reports/<date>/runs/<run_id>.ipynb``; the notebook itself writes
+Every selected parameter file is validated against its experiment's schema before anything runs
+(:mod:`lib.pipeline.grid`); an error is one line naming the file and the key, and the exit status
+is 2. Each grid point is one papermill execution (:mod:`lib.pipeline.execute`) writing ``reports/<date>/runs/<run_id>.ipynb``; the notebook itself writes
 ``reports/<date>/results/<run_id>.json`` to the ``results_path`` it is given. After each run the
-runner records it in ``reports/<date>/manifest.json`` (atomically); a rerun on the same date
+runner records it in ``reports/<date>/manifest.json`` (atomically, :mod:`lib.pipeline.manifest`); a rerun on the same date
 skips runs recorded ``ok`` with the same parameters and notebook and an existing results file,
 so an interrupted grid resumes where it stopped. A failed run is recorded with its error and
 the grid goes on. Exit status: 0 all runs ok, 1 some run (or the report) failed, 2 invalid
