@@ -7,7 +7,7 @@ For each initial channel count c and each parameter of the model (the 16 binary 
 first), on one batch of ``--batch`` images of the embedded default data, cross-entropy, central
 differences with ε = 0.1:
 
-* **engine**: :func:`lib.core.engine.coordinate_loss_changes` (what :func:`lib.core.estimators.cdg` runs
+* **engine**: :func:`lib.core.coordinates.coordinate_loss_changes` (what :func:`lib.core.estimators.cdg` runs
   per layer) on ``--coords`` sampled coordinates, the prefix cache computed once beforehand
   (its cost, one forward pass, is amortised over all coordinates and printed separately);
 * **naive**: perturb one weight in place, two full forward passes, restore (``--naive-coords``
@@ -29,7 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lib.core import engine
+from lib.core import coordinates, engine
 from lib.training.images import image_data
 from lib.core.losses import per_sample_loss
 from lib.core.models import xnor_resnet18
@@ -45,7 +45,7 @@ def sample(numel: int, k: int, gen: torch.Generator) -> torch.Tensor:
 @torch.no_grad()
 def engine_seconds(model, cache, base, y, loc, coords) -> tuple[float, torch.Tensor]:
     t = time.perf_counter()
-    changes = engine.coordinate_loss_changes(model, cache, base, y, "cross_entropy", loc, coords, (EPS, -EPS))
+    changes = coordinates.coordinate_loss_changes(model, cache, base, y, "cross_entropy", loc, coords, (EPS, -EPS))
     seconds = time.perf_counter() - t
     return seconds / len(coords), (changes[0] - changes[1]) / (2 * EPS)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.core import engine
+from lib.core import coordinates
 from lib.core.estimators import cdg
 from lib.core.models import xnor_resnet18
 
@@ -144,7 +144,7 @@ def test_fast_path_is_used_for_binary_convs(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("generic path used for a conv weight")
 
-    monkeypatch.setattr(engine, "_generic_unit_outputs", refuse)
+    monkeypatch.setattr(coordinates, "_generic_unit_outputs", refuse)
     x, y = batch(seed=10)
     for binary_weights in (False, True):
         model = tiny_resnet(binary_weights=binary_weights, seed=11)
@@ -178,6 +178,6 @@ def test_windows_equal_patches_columns():
         a, out = unit.parts(hin)
         patches = unit.patches(a)
         coords = torch.arange(unit.conv.weight.numel())
-        j, c, kh, kw, i = engine._conv_coords(unit.conv.weight.shape, coords)
-        windows = engine._conv_windows(unit.conv, a, c, kh, kw, tuple(out.shape[-2:]))
+        j, c, kh, kw, i = coordinates._conv_coords(unit.conv.weight.shape, coords)
+        windows = coordinates._conv_windows(unit.conv, a, c, kh, kw, tuple(out.shape[-2:]))
         torch.testing.assert_close(windows, patches[:, i].transpose(0, 1), rtol=0, atol=0)

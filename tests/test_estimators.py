@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.core import engine
+from lib.core import directions, engine
 from lib.core import estimators as E
 from lib.core import evaluate as V
 from lib.training.gaussian import toy_problem
@@ -311,7 +311,7 @@ def test_loss_decrease_equals_explicit_step_and_cosine_ignores_nan():
     ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "readout.weight", "readout.bias"],
 ])
 def test_direction_losses_equal_a_loop_over_perturbed_copies(names):
-    """engine.direction_losses against perturbing a float64 copy of the model and running it."""
+    """directions.direction_losses against perturbing a float64 copy of the model and running it."""
     model = BinaryMLP(5, hidden_layers=2, out_dim=3, act="ternary", bias=True, seed=4).double()
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -324,7 +324,7 @@ def test_direction_losses_equal_a_loop_over_perturbed_copies(names):
     dirs = {n: torch.randn(4, *params[n].shape, generator=gen, dtype=torch.float64) for n in names}
     locs = [engine.locate_parameters(model)[n] for n in names]
     scales = (0.3, -0.3, 1.5)
-    got = engine.direction_losses(model, engine.forward_cache(model, x), y, "mse", locs, dirs, scales)
+    got = directions.direction_losses(model, engine.forward_cache(model, x), y, "mse", locs, dirs, scales)
     assert got.shape == (3, 4)
     for i, s in enumerate(scales):
         for k in range(4):

@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from . import engine
+from . import coordinates, directions, engine
 from .losses import LossSpec, batch_loss, check_loss, per_sample_loss
 from .models import BinaryMLP
 from .quantizers import get_surrogate, use_surrogate
@@ -127,7 +127,7 @@ def cdg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "ms
             p = params[name]
             coords = _sampled_coords(p.numel(), coords_per_layer, gen).to(x.device)
             deltas = (eps, -eps) if central else (eps,)
-            changes = engine.coordinate_loss_changes(model, cache, base, y, loss, locs[name], coords,
+            changes = coordinates.coordinate_loss_changes(model, cache, base, y, loss, locs[name], coords,
                                                      deltas, budget_mb)
             values = (changes[0] - changes[1]) / (2 * eps) if central else changes[0] / eps
             g = torch.full((p.numel(),), float("nan"), dtype=p.dtype, device=p.device)
@@ -202,7 +202,7 @@ def nes_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec
 
         for start, flat, dirs in stream():
             k = flat.shape[0]
-            losses = engine.direction_losses(model, cache, y, loss, sel, dirs, (sigma, -sigma) if antithetic else (sigma,))
+            losses = directions.direction_losses(model, cache, y, loss, sel, dirs, (sigma, -sigma) if antithetic else (sigma,))
             plus[start:start + k] = losses[0]
             if antithetic:
                 minus[start:start + k] = losses[1]

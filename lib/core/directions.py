@@ -1,0 +1,98 @@
+"""The NES engine: batch losses of many jointly perturbed copies ``w + s · u_k`` of one model
+(docs/design.md §7; the principles are in :mod:`lib.core.engine`)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .engine import ParamLocation, run_units, units_of
+from .losses import LossSpec, per_sample_loss
+from .models import LinearAct
+
+
+@torch.no_grad()
+def direction_losses(
+    model: nn.Module,
+    cache: list[torch.Tensor],
+    y: torch.Tensor,
+    loss: LossSpec,
+    locs: Sequence[ParamLocation],
+    directions: dict[str, torch.Tensor],
+    scales: Sequence[float],
+) -> torch.Tensor:
+    """Batch losses ``L(w + s · u_k)`` for every scale ``s`` and each of ``K`` joint directions,
+    shape ``(len(scales), K)``.
+
+    ``directions[name]`` has shape ``(K, *param.shape)``. Units before the first perturbed one
+    come from ``cache``. When that first unit is linear (``z = W h + b``), its input ``h`` is
+    shared by all copies, so ``z = W h + b + s · (U h + u_b)`` with the projection ``U h`` of
+    every direction computed once in one matmul and reused for every scale; the remaining units
+    run over the ``len(scales) · K`` copies as batched matmuls when they are all linear units,
+    else as one ``vmap``-ed pass.
+    """
+    units = units_of(model)
+    first = min(loc.unit for loc in locs)
+    k = next(iter(directions.values())).shape[0]
+    model_params = dict(model.named_parameters())
+    h = cache[first]
+    batched = None
+    start = first
+    head = units[first]
+    if isinstance(head, LinearAct):
+        base = torch.nn.functional.linear(h, head.weight, head.bias)          # (N, out)
+        proj = torch.zeros((k, *base.shape), dtype=base.dtype, device=base.device)
+        for loc in locs:
+            if loc.unit != first:
+                continue
+            u = directions[loc.name]
+            proj += torch.matmul(h, u.transpose(1, 2)) if loc.local == "weight" else u.unsqueeze(1)
+        z = torch.cat([base + s * proj for s in scales])                      # (S·K, N, out)
+        batched = z if head.act is None else head.act(z)
+        start = first + 1
+    rest = [loc for loc in locs if loc.unit >= start]
+    pert = {loc.name: torch.cat([s * directions[loc.name] for s in scales]) for loc in rest}
+    by_unit: dict[int, list[ParamLocation]] = {}
+    for loc in rest:
+        by_unit.setdefault(loc.unit, []).append(loc)
+
+    def copy_loss(perturbation: dict[str, torch.Tensor], h_in: torch.Tensor) -> torch.Tensor:
+        out = h_in
+        for u in range(start, len(units)):
+            unit = units[u]
+            if u in by_unit:
+                params = dict(unit.named_parameters())
+                for loc in by_unit[u]:
+                    params[loc.local] = model_params[loc.name] + perturbation[loc.name]
+                out = functional_call(unit, (params, dict(unit.named_buffers())), (out,))
+            else:
+                out = unit(out)
+        return per_sample_loss(out, y, loss).mean()
+
+    copies = len(scales) * k
+    if batched is not None and rest and all(isinstance(u, LinearAct) for u in units[start:]):
+        # A chain of linear units (the toy MLP): explicit batched matmuls, the same arithmetic as
+        # the vmap below (equal bit for bit in float32 here) without vmap's per-op overhead,
+        # which matters for small layers.
+        out = batched
+        for u in range(start, len(units)):
+            unit = units[u]
+            delta = {loc.local: pert[loc.name] for loc in by_unit.get(u, [])}
+            if "weight" in delta:
+                z = torch.bmm(out, (unit.weight + delta["weight"]).transpose(1, 2))
+            else:
+                z = torch.matmul(out, unit.weight.t())
+            if unit.bias is not None:
+                z = z + ((unit.bias + delta["bias"]).unsqueeze(1) if "bias" in delta else unit.bias)
+            out = z if unit.act is None else unit.act(z)
+        losses = per_sample_loss(out, y, loss).mean(dim=1)
+    elif not rest:  # nothing perturbed after the head: one plain pass over all copies' rows
+        out = run_units(units[start:], batched.reshape(copies * h.shape[0], *batched.shape[2:]))
+        losses = per_sample_loss(out.reshape(copies, h.shape[0], *out.shape[1:]), y, loss).mean(dim=1)
+    elif batched is None:
+        losses = vmap(copy_loss, in_dims=(0, None))(pert, h)
+    else:
+        losses = vmap(copy_loss)(pert, batched)
+    return losses.reshape(len(scales), k)
