@@ -17,6 +17,7 @@ from lib.pipeline import execute, runner
 from lib.common.files import read_json
 from lib.report.build import build_report
 from lib.experiments.records import distinct, select
+from lib.experiments.stats import finite
 from lib.experiments.toy.diagnosis import diagnose, diagnosis_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,13 @@ def test_toy_runs_write_complete_results(report_dir):
         for stats in select(r["curves"], estimator="cdg", layers="all"):
             assert len(stats["mean"]) == len(r["lrs"]) and all(math.isfinite(v) for v in stats["mean"])
             assert stats["best"] == max(stats["mean"]) and stats["n"] == 2  # 1 initialisation × 2 batches
+            # the interval of the best: t_{0.975, 1} · s / √2 around it, from the two batches' values there
+            lo, hi = stats["interval"]
+            a, b = stats["at_best"]
+            assert (a + b) / 2 == pytest.approx(stats["best"])
+            assert hi - stats["best"] == pytest.approx(12.7062047 * abs(a - b) / math.sqrt(2) / math.sqrt(2), rel=1e-6)
+        for c in r["cosines"]:
+            assert len(c["values"]) == c["n"] and (c["interval"] is None) == (len(finite(c["values"])) < 2)
         assert r["parameters"]["seed"] == 0 and r["versions"]["torch"] and r["wall_s"] > 0
         assert (len(r["pretrain"]) == 1) == (pre == "true")
         assert [e["sigma"] for e in r["diagnosis"]["per_sigma"]] == [0.1, 0.5]
@@ -215,9 +223,9 @@ def test_best_by_dim_marks_grid_edges():
                       curve(0.15, 10.0, "nes", sigma=0.3, samples=100),
                       curve(0.3, 10.0, "ste", variant="identity"), curve(0.4, 0.1, "ste", variant="clipped")]}
     best = plots.best_by_dim([run])
-    assert best["CDG"][8] == (0.7, "ε=0.3 † ‡")
-    assert best["NES 100"][8] == (0.2, "σ=0.1")
-    assert best["STE identity"][8] == (0.3, "lr=10 ‡") and best["STE clipped"][8] == (0.4, "lr=0.1")
+    assert best["CDG"][8][:2] == (0.7, "ε=0.3 † ‡")
+    assert best["NES 100"][8][:2] == (0.2, "σ=0.1")
+    assert best["STE identity"][8][:2] == (0.3, "lr=10 ‡") and best["STE clipped"][8][:2] == (0.4, "lr=0.1")
 
 
 def test_cosine_with_cdg_table():

@@ -3,7 +3,7 @@ outputs: the run notebooks, the summary notebook and the static report share the
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import matplotlib
 import numpy as np
@@ -178,31 +178,42 @@ def diagnosis_figure(r: Results) -> "plt.Figure | None":
     return fig
 
 
-def best_by_dim(runs: Sequence[Results]) -> dict[str, dict[int, tuple[float, str]]]:
-    """``{estimator: {num_dim: (best loss decrease, best hyper-parameter)}}`` over the given runs:
-    CDG best over ε, NES per sample count best over σ, each STE variant. A best ε or σ at the edge
-    of its grid is marked with :data:`EDGE_MARK`, a best lr at the top of the lr grid with
-    :data:`LR_EDGE_MARK` (either grid should be widened)."""
+class Best(NamedTuple):
+    """The best loss decrease of an estimator at one num_dim: its ``value``, where it is (``at``:
+    ``"ε=0.1"``, ``"σ=0.3 †"``, ``"lr=0.316"``), its 95% ``interval`` (or ``None``) and ``n``."""
+
+    value: float
+    at: str
+    interval: list[float] | None = None
+    n: int = 0
+
+
+def best_by_dim(runs: Sequence[Results]) -> dict[str, dict[int, Best]]:
+    """``{estimator: {num_dim: Best}}`` over the given runs: CDG best over ε, NES per sample count
+    best over σ, each STE variant. A best ε or σ at the edge of its grid is marked with
+    :data:`EDGE_MARK`, a best lr at the top of the lr grid with :data:`LR_EDGE_MARK` (either grid
+    should be widened)."""
     def at(symbol: str, value: float, grid: Sequence[float]) -> str:
         edge = len(grid) > 1 and value in (min(grid), max(grid))
         return f"{symbol}={value:g}{EDGE_MARK if edge else ''}"
 
-    table: dict[str, dict[int, tuple[float, str]]] = {}
+    table: dict[str, dict[int, Best]] = {}
     for r in runs:
         d = r["num_dim"]
 
-        def lr_edge(stats: Mapping[str, Any]) -> str:
-            return LR_EDGE_MARK if at_lr_edge(stats, r["lrs"]) else ""
+        def best(c: Mapping[str, Any], where: str) -> Best:
+            edge = LR_EDGE_MARK if at_lr_edge(c, r["lrs"]) else ""
+            return Best(c["best"], where + edge, c.get("interval"), c.get("n", 0))
 
         cdg = best_of(r, estimator="cdg", layers="all")
         eps_grid = distinct(r["curves"], "eps", estimator="cdg", layers="all")
-        table.setdefault("CDG", {})[d] = (cdg["best"], at("ε", cdg["eps"], eps_grid) + lr_edge(cdg))
+        table.setdefault("CDG", {})[d] = best(cdg, at("ε", cdg["eps"], eps_grid))
         for s in nes_samples(r):
             nes = best_of(r, estimator="nes", layers="all", samples=s)
             sigma_grid = distinct(r["curves"], "sigma", estimator="nes", layers="all", samples=s)
-            table.setdefault(f"NES {s}", {})[d] = (nes["best"], at("σ", nes["sigma"], sigma_grid) + lr_edge(nes))
+            table.setdefault(f"NES {s}", {})[d] = best(nes, at("σ", nes["sigma"], sigma_grid))
         for st in select(r["curves"], estimator="ste"):
-            table.setdefault(f"STE {st['variant']}", {})[d] = (st["best"], f"lr={st['best_lr']:.3g}{lr_edge(st)}")
+            table.setdefault(f"STE {st['variant']}", {})[d] = best(st, f"lr={st['best_lr']:.3g}")
     return table
 
 
@@ -214,11 +225,15 @@ def ste_cosine_layers(r: Results) -> list[str]:
 
 def cosine_with_cdg(runs: Sequence[Results]) -> dict[str, dict[int, str]]:
     """``{estimator: {num_dim: cell}}``: the cosine similarity with CDG at ``reference_eps``
-    (means over initialisations × batches). STE variants: ``"all (layer / layer / …)"``, over all
-    weights then per layer front to back; NES per sample count: ``"all (σ=…)"`` at the σ with the
-    best loss decrease."""
+    (means over initialisations × batches, the overall one with its 95% interval when there is
+    one). STE variants: ``"all (layer / layer / …)"``, over all weights then per layer front to
+    back; NES per sample count: ``"all (σ=…)"`` at the σ with the best loss decrease."""
     def fmt(v: float | None) -> str:
         return "–" if v is None or not math.isfinite(v) else f"{v:.2f}"
+
+    def fmt_iv(c: Mapping[str, Any]) -> str:  # the mean and, when there is one, its 95% interval
+        iv = c.get("interval")
+        return fmt(c["mean"]) + (f" [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else "")
 
     table: dict[str, dict[int, str]] = {}
     for r in runs:
@@ -228,14 +243,14 @@ def cosine_with_cdg(runs: Sequence[Results]) -> dict[str, dict[int, str]]:
         for st in select(r["curves"], estimator="ste"):
             mine = select(cos, estimate={"estimator": "ste", "layers": "all", "variant": st["variant"]},
                           reference=reference)
-            by_layer = {c["layer"]: c["mean"] for c in mine}
+            by_layer = {c["layer"]: c for c in mine}
             table.setdefault(f"STE {st['variant']}", {})[d] = \
-                f"{fmt(by_layer['all'])} ({' / '.join(fmt(by_layer[k]) for k in layers)})"
+                f"{fmt_iv(by_layer['all'])} ({' / '.join(fmt(by_layer[k]['mean']) for k in layers)})"
         for s in nes_samples(r):
             nes = best_of(r, estimator="nes", layers="all", samples=s)
             key = {"estimator": "nes", "layers": "all", "sigma": nes["sigma"], "samples": s}
             table.setdefault(f"NES {s}", {})[d] = \
-                f"{fmt(only(cos, estimate=key, reference=reference)['mean'])} (σ={nes['sigma']:g})"
+                f"{fmt_iv(only(cos, estimate=key, reference=reference))} (σ={nes['sigma']:g})"
     return table
 
 
@@ -248,18 +263,26 @@ def best_vs_dim_figure(runs: Sequence[Results], title: str = "") -> "plt.Figure"
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for i, (name, by_dim) in enumerate(table.items()):
         dims = sorted(by_dim)
-        vals = [by_dim[d][0] for d in dims]
+        vals = [by_dim[d].value for d in dims]
+        dodge = 2 ** ((i - (len(table) - 1) / 2) * 0.02)  # side by side at each num_dim, so the bars stay apart
         style = "-" if not name.startswith("STE") else ":"
-        ax.plot(dims, vals, style, marker="o", label=name, color=f"C{i % 10}")
+        ax.plot([d * dodge for d in dims], vals, style, marker="o", label=name, color=f"C{i % 10}")
+        bars = [(d, by_dim[d]) for d in dims if by_dim[d].interval is not None]
+        if bars:  # the 95% intervals over initialisations × batches
+            ax.errorbar([d * dodge for d, _ in bars], [b.value for _, b in bars], fmt="none", ecolor=f"C{i % 10}",
+                        yerr=[[b.value - b.interval[0] for _, b in bars], [b.interval[1] - b.value for _, b in bars]],
+                        capsize=3, lw=0.8)
         if name in annotated:
             for d, v in zip(dims, vals):
-                ax.annotate(by_dim[d][1], (d, v), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                ax.annotate(by_dim[d].at, (d * dodge, v), textcoords="offset points", xytext=(4, 4), fontsize=7,
                             color=f"C{i % 10}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({r["num_dim"] for r in runs}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("num_dim")
-    ax.set_ylabel("best loss decrease (mean over reps)")
+    n = max((b.n for by in table.values() for b in by.values()), default=0)
+    ax.set_ylabel(f"best loss decrease (mean, n = {n}; bars: 95% interval)" if n > 1 else
+                  "best loss decrease (n = 1: no interval)")
     ax.set_title(title or "best loss decrease → num_dim")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, ncol=2)

@@ -16,11 +16,14 @@ The results (a JSON-able dict) hold, besides ``experiment``, ``parameters``, ``n
   ``estimator`` (``cdg``, ``nes``, ``ste``, ``smoothed_exact``), ``layers`` (``all``, or
   ``last_two``: the last hidden layer and the readout) and its hyper-parameters (``eps``; ``sigma``
   and ``samples``; ``variant``; ``sigma``), with the loss-decrease curve over ``lrs`` as ``mean``
-  and ``std`` over the ``n`` initialisations × batches, and ``best`` / ``best_lr`` of the mean;
+  and ``std`` over the ``n`` initialisations × batches, ``best`` / ``best_lr`` of the mean,
+  ``at_best`` (each repetition's loss decrease at ``best_lr``) and ``interval`` (the 95%
+  t-interval of ``best`` over them, :mod:`lib.experiments.stats`; ``None`` for ``n < 2``);
 * ``cosines``: one record per (estimate, reference, layer): ``estimate`` and ``reference`` (each
   ``{estimator, layers, hyper-parameters}``), ``layer`` (a parameter name, or ``all``), ``mean``,
-  ``std`` and ``n``; STE variants against CDG at ``reference_eps`` per layer and over all, NES and
-  the exact smoothed gradient against that CDG, NES on the last two layers against the exact one;
+  ``std``, ``n``, ``values`` (per repetition) and ``interval`` (95%); STE variants against CDG at
+  ``reference_eps`` per layer and over all, NES and the exact smoothed gradient against that CDG,
+  NES on the last two layers against the exact one;
 * ``base_loss``, ``pretrain`` (per initialisation: ``init``, ``curve``, ``cached``,
   ``final_loss``), ``seconds`` per estimate (``cdg``, ``ste``, ``nes`` for ``nes_samples``
   directions, all sample counts at once) and ``loss_evaluations`` per estimate (``cdg``; ``nes``:
@@ -45,6 +48,7 @@ from lib.core import estimators as E
 from lib.core import evaluate as V
 from lib.core.device import resolve_device
 from lib.experiments.resume import Steps
+from lib.experiments.stats import interval
 from lib.training.gaussian import gaussian_batch, seeded_generator, teacher_targets, toy_problem
 from lib.training.train import cached_train, train_ste
 
@@ -117,15 +121,21 @@ class _Tally:
                 "seconds": self.seconds, "base_losses": self.base_losses, "pretrain": self.pretrain}
 
     def curve_records(self, lrs: Sequence[float]) -> list[dict[str, Any]]:
+        """Per estimate: the mean curve and its spread, the best of the mean curve with its lr,
+        each repetition's value at that lr (``at_best``) and the 95% interval of the best."""
         out = []
         for key, curves in self.curves.values():
             mean, std = V.mean_and_spread(curves)
             best, best_lr = V.best_decrease(lrs, mean)
-            out.append({**key, "mean": mean, "std": std, "best": best, "best_lr": best_lr, "n": len(curves)})
+            at_best = [float(c[int(np.nanargmax(mean))]) for c in curves] if math.isfinite(best) else []
+            out.append({**key, "mean": mean, "std": std, "best": best, "best_lr": best_lr, "n": len(curves),
+                        "at_best": at_best, "interval": interval(best, at_best)})
         return out
 
     def cosine_records(self) -> list[dict[str, Any]]:
-        return [{**key, "mean": _mean(v), "std": float(np.std(v)), "n": len(v)} for key, v in self.cosines.values()]
+        """Per (estimate, reference, layer): mean, spread, the repetitions' values, 95% interval."""
+        return [{**key, "mean": _mean(v), "std": float(np.std(v)), "n": len(v), "values": v,
+                 "interval": interval(_mean(v), v)} for key, v in self.cosines.values()]
 
 
 class _Repetition:

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from lib.common.files import read_json
 from lib.experiments.cells import failed_runs_note, figure, heading, md, table
 from lib.experiments.records import distinct, only
+from lib.experiments.stats import separated, with_interval
 
 from . import figures as plots
 from .diagnosis import diagnosis_text
@@ -48,6 +49,9 @@ def _setting_cells(notes_lines: Sequence[str], ok: Sequence[dict[str, Any]]) -> 
                 f"STE variants {p['ste_variants']}; gradients normalised per {p['normalize']}; "
                 f"lr on a log grid {p['lr_min']:g}…{p['lr_max']:g} ({p['num_lr']} points) refined on "
                 f"{p['lr_refine']} ({p['num_lr_refine']} points); seed {p['seed']}.")
+        if p["num_init"] * p["num_batch"] == 1:
+            text += (" **One initialisation × one batch per point:** no intervals, so this section shows the "
+                     "structure of the results, not conclusions (the `full` profile has 3 × 3).")
         if ok[0]["pretrained"]:
             text += (f" Pretraining: {p['pretrain_steps']} Adam steps (lr {p['pretrain_lr']:g}, STE "
                      f"`{p['pretrain_variant']}`) on fresh batches of ({p['pretrain_batch_size']}, num_dim) ~ N(0, 1).")
@@ -65,14 +69,19 @@ def _difficulty_answer(ok: Sequence[dict[str, Any]]) -> str:
     lines = []
     for s in plots.nes_samples(ok[0]):
         sigmas = distinct(ok[0]["curves"], "sigma", estimator="nes", layers="all", samples=s)
-        winners = [sg for sg in sigmas
-                   if all(only(next(r for r in ok if r["num_dim"] == d)["curves"], estimator="nes", layers="all",
-                               samples=s, sigma=sg)["best"] > cdg[d][0] for d in dims)]
-        if winners:
-            lines.append(f"with {s} samples, NES at σ = {', '.join(f'{sg:g}' for sg in winners)} beats the best "
-                         "CDG at every num_dim")
+        above = {sg: [only(next(r for r in ok if r["num_dim"] == d)["curves"], estimator="nes", layers="all",
+                            samples=s, sigma=sg) for d in dims] for sg in sigmas}
+        above = {sg: nes for sg, nes in above.items() if all(n["best"] > cdg[d].value for n, d in zip(nes, dims))}
+        sure = [sg for sg, nes in above.items() if all(separated(n["interval"], cdg[d].interval) for n, d in zip(nes, dims))]
+        if sure:
+            lines.append(f"with {s} samples, NES at σ = {', '.join(f'{sg:g}' for sg in sure)} beats the best "
+                         "CDG at every num_dim (95% intervals separate)")
+        elif above:
+            lines.append(f"with {s} samples, NES at σ = {', '.join(f'{sg:g}' for sg in above)} is above the best "
+                         "CDG at every num_dim, but not distinguishable from it at some num_dim (95% intervals "
+                         "overlap, or n = 1)")
         else:
-            lines.append(f"with {s} samples, no single σ beats the best CDG at every num_dim")
+            lines.append(f"with {s} samples, no single σ is above the best CDG at every num_dim")
     cost = []
     for r in sorted(ok, key=lambda r: r["num_dim"]):
         t = r["seconds"]
@@ -103,13 +112,17 @@ def _toy_block(level: int, ok: Sequence[dict[str, Any]], pretrained: bool) -> li
             by_dim, f"best loss decrease → num_dim ({'pretrained' if pretrained else 'no pretraining'})")))
         best = plots.best_by_dim(by_dim)
         dims = sorted(r["num_dim"] for r in by_dim)
-        rows = [[name] + [f"{best[name][d][0]:.4g} ({best[name][d][1]})" if d in best[name] else "–" for d in dims]
-                for name in best]
+        rows = [[name] + [f"{with_interval(by[d].value, by[d].interval)} ({by[d].at})" if d in by else "–"
+                          for d in dims] for name, by in best.items()]
+        n = max(b.n for by in best.values() for b in by.values())
+        cells.append(md(f"Best loss decrease (mean over n = {n} initialisations × batches; in brackets the 95% "
+                        "t-interval over them) and where it is reached:" if n > 1 else
+                        "Best loss decrease (n = 1 initialisation × batch: no interval) and where it is reached:"))
         cells.append(table(["estimator"] + [f"num_dim {d}" for d in dims], rows))
-        if any(plots.EDGE_MARK in v[1] for by in best.values() for v in by.values()):
+        if any(plots.EDGE_MARK in v.at for by in best.values() for v in by.values()):
             cells.append(md(f"{plots.EDGE_MARK.strip()} the best ε or σ is at the edge of its grid: the true "
                             "optimum may lie outside; widen the grid in `params/toy.yaml` or `params/toy_pretrained.yaml`."))
-        if any(plots.LR_EDGE_MARK in v[1] for by in best.values() for v in by.values()):
+        if any(plots.LR_EDGE_MARK in v.at for by in best.values() for v in by.values()):
             cells.append(md(f"{plots.LR_EDGE_MARK.strip()} the best learning rate is the largest of the lr grid: "
                             "a longer step might decrease the loss more; raise `lr_max` in `params/toy*.yaml`."))
     cells.append(md(heading(level, "STE variants against the best CDG (beyond the notes)")))
