@@ -67,6 +67,8 @@ def test_jupyter_save_of_a_committed_notebook_leaves_git_status_clean(tmp_path):
     shutil.copy(target, backup)
     before = _git_status(target)  # the notebook may be edited and not yet committed
     mine = ROOT / "notebooks" / "my_scratch_test_notebook.ipynb"
+    checkpoints = ROOT / "notebooks" / ".ipynb_checkpoints"  # the manager keeps one per saved notebook
+    had = {p.name for p in checkpoints.glob("*")} if checkpoints.is_dir() else None
     try:
         for name in ("explorer.ipynb", mine.name):
             nb = _with_outputs(nbformat.read(target if name == "explorer.ipynb" else backup, as_version=4))
@@ -78,6 +80,11 @@ def test_jupyter_save_of_a_committed_notebook_leaves_git_status_clean(tmp_path):
     finally:
         shutil.copy(backup, target)
         mine.unlink(missing_ok=True)
+        for p in checkpoints.glob("*") if checkpoints.is_dir() else []:
+            if had is None or p.name not in had:
+                p.unlink()
+        if had is None and checkpoints.is_dir():
+            checkpoints.rmdir()
 
 
 @needs_git

@@ -86,6 +86,11 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     # CDG 2 + NES 2×2 + best 2 + STE 2 + diagnosis/pretraining figures
     assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', html)) >= 12
     assert not re.search(r'(src|href)="https?://', html)
+    # unique heading ids, every in-page link resolves, the contents before the first section
+    ids = re.findall(r'\sid="([^"]*)"', html)
+    assert len(ids) == len(set(ids))
+    assert all(link in set(ids) for link in re.findall(r'href="#([^"]*)"', html))
+    assert html.index('<nav class="toc">') < html.index('<h2 id="follow-up-of-the-binaryduo-setting-experiments"')
     assert "toy__pretrained-false__num_dim-6" in html and "failed" in html
     assert re.search(r"toy__pretrained-false__num_dim-6.{0,400}(CUDA|cuda|Torch)", html, re.S)
     # two invocations computed something: the grid, then the failing run
@@ -142,40 +147,71 @@ def test_real_params_file_rejects_bad_keys_before_compute(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def _synthetic(exact_best, cos_lo, cos_hi, cdg2=1.0):
-    """A results dict with hand-made numbers for one σ, to test the verdict logic."""
-    exact = {"estimator": "smoothed_exact", "layers": "last_two", "sigma": 0.3}
+def _synthetic(exact, cos_lo, cos_hi, cdg2=(1.0, None), n=9):
+    """A results dict with hand-made numbers for one σ, to test the verdict rules: ``exact`` and
+    ``cdg2`` are (best loss decrease, 95% interval) on the last two layers, ``cos_lo`` / ``cos_hi``
+    (cosine, interval) of NES with 500 / 50000 samples against the exact smoothed gradient."""
+    exact_key = {"estimator": "smoothed_exact", "layers": "last_two", "sigma": 0.3}
 
     def nes(layers, samples):
         return {"estimator": "nes", "layers": layers, "sigma": 0.3, "samples": samples}
 
+    def cos(samples, value):
+        return {"estimate": nes("last_two", samples), "reference": exact_key, "layer": "all",
+                "mean": value[0], "interval": value[1]}
+
     return {"num_dim": 16, "pretrained": True,
-            "curves": [{"estimator": "cdg", "layers": "last_two", "eps": 0.1, "best": cdg2},
-                       {"estimator": "cdg", "layers": "all", "eps": 0.1, "best": cdg2},
-                       {**exact, "best": exact_best},
-                       {**nes("all", 500), "best": 0.1}, {**nes("all", 50000), "best": 0.2}],
-            "cosines": [{"estimate": nes("last_two", 500), "reference": exact, "layer": "all", "mean": cos_lo},
-                        {"estimate": nes("last_two", 50000), "reference": exact, "layer": "all", "mean": cos_hi},
-                        {"estimate": exact, "reference": {"estimator": "cdg", "layers": "all", "eps": 0.1},
+            "curves": [{"estimator": "cdg", "layers": "last_two", "eps": 0.1, "best": cdg2[0], "interval": cdg2[1],
+                        "n": n},
+                       {"estimator": "cdg", "layers": "all", "eps": 0.1, "best": 2.0},
+                       {**exact_key, "best": exact[0], "interval": exact[1]},
+                       {**nes("all", 500), "best": 0.1}, {**nes("all", 50000), "best": 0.2},
+                       {**nes("last_two", 500), "best": 0.05}, {**nes("last_two", 50000), "best": 0.15}],
+            "cosines": [cos(500, cos_lo), cos(50000, cos_hi),
+                        {"estimate": exact_key, "reference": {"estimator": "cdg", "layers": "all", "eps": 0.1},
                          "layer": "all", "mean": 0.4}]}
 
 
-@pytest.mark.parametrize("exact_best, cos_lo, cos_hi, cause", [
-    (0.9, 0.1, 0.9, "variance"),   # the limit goes downhill, few samples do not
-    (0.9, 0.2, 0.3, "variance"),   # still far from the limit at the most samples
-    (0.1, 0.9, 0.99, "bias"),      # the limit itself barely goes downhill
-    (-0.2, 0.1, 0.9, "bias"),
-    (0.9, 0.9, 0.95, "fine"),
+CDG2 = (1.0, [0.9, 1.1])
+
+
+@pytest.mark.parametrize("exact, cos_lo, cos_hi, cdg2, cause", [
+    # the limit goes downhill as far as CDG; few samples far from it, many close: more samples help
+    ((0.9, [0.8, 1.0]), (0.1, [0.0, 0.2]), (0.9, [0.85, 0.95]), CDG2, "variance"),
+    # still far from the limit with the most samples
+    ((0.9, [0.8, 1.0]), (0.2, [0.1, 0.3]), (0.3, [0.2, 0.4]), CDG2, "variance"),
+    # the limit itself barely goes downhill (interval below CDG's); NES at its limit
+    ((0.1, [0.0, 0.2]), (0.9, [0.85, 0.95]), (0.99, [0.98, 1.0]), CDG2, "bias"),
+    ((-0.2, [-0.3, -0.1]), (0.9, [0.85, 0.95]), (0.95, [0.9, 1.0]), CDG2, "bias"),
+    # the notes' case: the limit goes less than half as far as CDG AND few samples are far from it
+    ((0.3, [0.2, 0.4]), (0.3, [0.2, 0.4]), (0.95, [0.9, 1.0]), CDG2, "both"),
+    # below half of CDG but the intervals overlap: no bias claimed
+    ((0.4, [0.1, 0.95]), (0.9, [0.85, 0.95]), (0.95, [0.9, 1.0]), CDG2, "neither"),
+    # a rise of the cosine that the intervals do not support is not variance
+    ((0.9, [0.8, 1.0]), (0.6, [0.3, 0.9]), (0.85, [0.5, 1.0]), CDG2, "neither"),
+    ((0.9, [0.8, 1.0]), (0.9, [0.85, 0.95]), (0.95, [0.9, 1.0]), CDG2, "neither"),
+    # one repetition: no intervals, the means alone decide
+    ((0.3, None), (0.3, None), (0.95, None), (1.0, None), "both"),
 ])
-def test_diagnosis_verdicts(exact_best, cos_lo, cos_hi, cause):
-    r = _synthetic(exact_best, cos_lo, cos_hi)
+def test_diagnosis_verdicts(exact, cos_lo, cos_hi, cdg2, cause):
+    n = 9 if cdg2[1] else 1
+    r = _synthetic(exact, cos_lo, cos_hi, cdg2, n=n)
     r["diagnosis"] = diagnose(r)
     assert [e["cause"] for e in r["diagnosis"]["per_sigma"]] == [cause]
     assert r["diagnosis"]["best_sigma"] == [{"samples": 500, "sigma": 0.3}, {"samples": 50000, "sigma": 0.3}]
     text = diagnosis_text(r)
-    assert {"variance": "*Variance*", "bias": "*Smoothing bias*", "fine": "points downhill"}[cause] in text
-    if cause == "variance":
-        assert "σ ∈ {0.3}" in text and "at 500 samples" in text
+    label = {"variance": "*Variance* at σ ∈ {0.3}", "bias": "*Smoothing bias* at σ ∈ {0.3}",
+             "both": "*Variance and smoothing bias* at σ ∈ {0.3}", "neither": "*Neither* at σ ∈ {0.3}"}[cause]
+    assert label in text and "at 500 samples" in text
+    assert ("n = 1: no intervals, the means alone decide" in text) == (n == 1)
+
+
+def test_diagnosis_states_its_numbers_with_intervals():
+    r = _synthetic((0.3, [0.2, 0.4]), (0.3, [0.2, 0.4]), (0.95, [0.9, 1.0]), CDG2)
+    r["diagnosis"] = diagnose(r)
+    text = diagnosis_text(r)
+    assert "0.3 [0.2, 0.4] against 1 [0.9, 1.1] for CDG on the same two layers" in text
+    assert "cosine 0.30 with it at 500 samples and 0.95 at 50000" in text and "n = 9" in text
 
 
 def test_summary_notebook_reads_results_files(report_dir, tmp_path):

@@ -142,8 +142,8 @@ def pretrain_figure(r: Results) -> "plt.Figure | None":
 
 def diagnosis_figure(r: Results) -> "plt.Figure | None":
     """Left: cosine of NES (last two layers) with the exact smoothed gradient vs samples, per σ.
-    Right: best loss decrease vs σ of NES (all layers, per sample count), of the exact smoothed
-    gradient (last two layers, infinite samples) and of CDG on the same two layers."""
+    Right: best loss decrease vs σ on the last two layers, like with like: NES per sample count,
+    the exact smoothed gradient (infinite samples; 95% intervals) and CDG (band: 95% interval)."""
     d = r.get("diagnosis")
     if not d:
         return None
@@ -162,14 +162,21 @@ def diagnosis_figure(r: Results) -> "plt.Figure | None":
     a1.legend(fontsize=8)
     xs = [e["sigma"] for e in per]
     for s in nes_samples(r):
-        a2.plot(xs, [next(b["nes_best"] for b in e["by_samples"] if b["samples"] == s) for e in per], marker=".",
-                label=f"NES {s} (all layers)")
-    a2.plot(xs, [e["exact_best"] for e in per], marker="s", color="black", label="exact smoothed (last 2 layers)")
-    a2.axhline(d["cdg_last2_best"], color="C3", linestyle="--", label="CDG (last 2 layers)")
-    a2.axhline(d["cdg_best"], color="C3", linestyle=":", label="CDG (all layers, best ε)")
+        a2.plot(xs, [next(b["nes_last2_best"] for b in e["by_samples"] if b["samples"] == s) for e in per],
+                marker=".", label=f"NES {s}")
+    a2.plot(xs, [e["exact_best"] for e in per], marker="s", color="black", label="exact smoothed (∞ samples)")
+    bars = [e for e in per if e.get("exact_interval")]
+    if bars:
+        a2.errorbar([e["sigma"] for e in bars], [e["exact_best"] for e in bars], fmt="none", ecolor="black",
+                    yerr=[[e["exact_best"] - e["exact_interval"][0] for e in bars],
+                          [e["exact_interval"][1] - e["exact_best"] for e in bars]], capsize=3, lw=0.8)
+    cdg2 = d["cdg_last2"]
+    a2.axhline(cdg2["best"], color="C3", linestyle="--", label="CDG")
+    if cdg2.get("interval"):
+        a2.axhspan(*cdg2["interval"], color="C3", alpha=0.1, lw=0)
     _log_x(a2)
     a2.set_xlabel("σ")
-    a2.set_ylabel("best loss decrease")
+    a2.set_ylabel(f"best loss decrease, last 2 layers (n = {d.get('n', 0)})")
     a2.set_title("Bias: does the smoothed gradient itself go downhill?")
     a2.grid(True, which="both", alpha=0.3)
     a2.legend(fontsize=7)

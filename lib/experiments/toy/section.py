@@ -11,7 +11,7 @@ from lib.experiments.records import distinct, only
 from lib.experiments.stats import separated, with_interval
 
 from . import figures as plots
-from .diagnosis import diagnosis_text
+from .diagnosis import RULES, diagnosis_text
 
 # The meeting notes' headings and sentences, verbatim, beside their English.
 H_SEARCH_1 = ("Hyper-parameter search (epsilon for CDG & sigma for NES) - 1", "搜索超参(epsilon for CDG & sigma for NES) - 1")
@@ -154,11 +154,10 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
             cells.append(md(heading(4, *H_DIFFICULTY) + f"\n\n> {NOTES_DIFFICULTY}\n\n" + _difficulty_answer(ok)))
         else:
             cells.append(md(heading(4, *H_QUESTION) + f"\n\n**{QUESTION}** (NES grad does not seem to point "
-                            "in a loss-decreasing direction)\n\n**Diagnosis.** NES restricted to the last hidden "
-                            "layer and the readout is compared with the exact gradient of the Gaussian-smoothed "
-                            "loss there (closed form, docs/design.md §2): its infinite-sample limit. *Variance*: NES far "
-                            "from that limit, closer with more samples. *Smoothing bias*: the limit itself does "
-                            "not go downhill as far as CDG."))
+                            "in a loss-decreasing direction)\n\n**Diagnosis.** On the last hidden layer and the readout, "
+                            "NES is compared with the exact gradient of the Gaussian-smoothed loss there (closed "
+                            "form, docs/design.md §2), its infinite-sample limit, and both with CDG on the same two "
+                            f"layers. Per σ: {RULES}."))
             for r in sorted(ok, key=lambda r: r["num_dim"]):
                 cells.append(md(diagnosis_text(r)))
             for r in sorted(ok, key=lambda r: r["num_dim"]):
