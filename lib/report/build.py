@@ -21,6 +21,7 @@ from nbconvert import HTMLExporter
 from lib.common.files import atomic_write_bytes, read_json
 from lib.experiments.cells import heading, md
 from lib.experiments.registry import EXPERIMENTS, report_section
+from lib.report.anchors import with_contents
 from lib.report.manifest import manifest_section, not_run_yet
 
 # The meeting notes' headings, verbatim, beside their English.
@@ -28,11 +29,18 @@ NOTES_TITLE = "2021/5/17结果反馈与讨论记录"
 H_FOLLOW_UP = ("Follow-up of the BinaryDuo-setting experiments", "BinaryDuo设置实验后续")
 
 
+def natural_key(text: str) -> list:
+    """Sort key that orders the numbers inside run ids by value: ``num_dim-8`` before ``num_dim-16``."""
+    return [(0, float(part), "") if i % 2 else (1, 0.0, part)
+            for i, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", text)) if part]
+
+
 def load_runs(report_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The manifest and, for each run in it, ``{id, entry, results (or None)}``."""
+    """The manifest and, for each run in it (by :func:`natural_key` of its id), ``{id, entry,
+    results (or None)}``."""
     manifest = read_json(report_dir / "manifest.json")
     runs = []
-    for run_id, entry in sorted(manifest.get("runs", {}).items()):
+    for run_id, entry in sorted(manifest.get("runs", {}).items(), key=lambda item: natural_key(item[0])):
         results = None
         path = report_dir / entry.get("results", f"results/{run_id}.json")
         if entry.get("status") == "ok" and path.is_file():
@@ -100,6 +108,7 @@ def build_report(report_dir: str | Path) -> Path:
     body, _ = exporter.from_notebook_node(nb)
     for pattern in (_EXTERNAL_SCRIPT, _EXTERNAL_LINK, _REMOTE_MODULE):  # self-contained: nothing fetched
         body = pattern.sub("", body)
+    body = with_contents(body)  # unique heading ids, a table of contents before the first section
     path = report_dir / "index.html"
     atomic_write_bytes(path, body.encode("utf-8"))
     return path
