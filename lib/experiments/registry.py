@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lib.common.paths import ROOT
+from lib.experiments.convergence.params import ConvergenceParams
 from lib.experiments.thin_resnet.params import ThinResNetParams
 from lib.experiments.toy.params import ToyParams
 
@@ -32,6 +33,7 @@ class Experiment:
 EXPERIMENTS = [
     Experiment("toy", "notebooks/toy.ipynb", ToyParams, "lib.experiments.toy.section"),
     Experiment("thin_resnet", "notebooks/thin_resnet.ipynb", ThinResNetParams, "lib.experiments.thin_resnet.section"),
+    Experiment("convergence", "notebooks/convergence.ipynb", ConvergenceParams, "lib.experiments.convergence.section"),
 ]
 
 

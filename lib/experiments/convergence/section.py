@@ -1,0 +1,71 @@
+"""The "Reference convergence" section of the static report."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from lib.experiments.cells import failed_runs_note, figure, heading, md, table
+from lib.experiments.stats import separated, with_interval
+
+from .figures import PRECISION_TITLES, convergence_figure, series
+from .run import CEILING, ste_estimate
+
+HEADING = "Reference convergence"  # beyond the notes: no heading of theirs beside it
+RULE = ("CDG stops being the limiting factor at the first N where its noise ceiling lies above the best STE "
+        "variant's (mean per-layer) cosine with CDG on an independent batch, both 95% intervals apart: from there on, CDG agrees "
+        "with itself better than any STE agrees with it, so a low STE–CDG cosine measures the STE")
+
+
+def limiting_until(r: dict[str, Any], precision: str, eps: float) -> int | None:
+    """The first batch size at which the reference no longer limits (see :data:`RULE`); ``None``
+    when it limits at every N of the run."""
+    ceiling = {c["batch_size"]: c for c in series(r, precision, eps, CEILING)}
+    for n in sorted(ceiling):
+        best = max((series(r, precision, eps, ste_estimate(v, "independent")) for v in r["parameters"]["ste_variants"]),
+                   key=lambda recs: next(c["mean"] for c in recs if c["batch_size"] == n))
+        ste = next(c for c in best if c["batch_size"] == n)
+        if ceiling[n]["mean"] > ste["mean"] and separated(ceiling[n].get("interval"), ste.get("interval")):
+            return n
+    return None
+
+
+def _table(r: dict[str, Any], eps: float) -> list:
+    rows = []
+    for precision in r["parameters"]["precisions"]:
+        for ceil in series(r, precision, eps, CEILING):
+            n = ceil["batch_size"]
+            best = {kind: max((c for v in r["parameters"]["ste_variants"]
+                               for c in series(r, precision, eps, ste_estimate(v, kind)) if c["batch_size"] == n),
+                              key=lambda c: c["mean"]) for kind in ("same", "independent")}
+            rows.append([PRECISION_TITLES.get(precision, precision), n, with_interval(ceil["mean"], ceil["interval"]),
+                         f"{with_interval(best['same']['mean'], best['same']['interval'])} "
+                         f"({best['same']['estimate']['variant']})",
+                         f"{with_interval(best['independent']['mean'], best['independent']['interval'])} "
+                         f"({best['independent']['estimate']['variant']})"])
+    return [table(["activation", "N", "CDG noise ceiling", "best STE, same batch", "best STE, independent batch"],
+                  rows)]
+
+
+def report_cells(runs: Sequence[dict[str, Any]]) -> list:
+    """The section from the convergence runs of a report folder (``{id, entry, results}``)."""
+    cells = [md(heading(3, HEADING))]
+    for r in [run["results"] for run in runs if run["results"] is not None]:
+        p = r["parameters"]
+        coords = "every weight" if not p["coords_per_layer"] else f"{p['coords_per_layer']} sampled weights per layer"
+        cells.append(md(f"The toy with 3 hidden layers of {p['num_dim']} units; the student's activation varies, the "
+                        f"teacher's is {'the same' if p['teacher_act'] == 'same' else p['teacher_act']}. CDG "
+                        f"(central, on {coords}) on two independent batches of N rows gives the reference's noise "
+                        f"ceiling; each STE variant is compared with CDG on its own batch (the lab's measure) and on "
+                        f"the other one. Mean over n = {p['num_init']} initialisations, 95% t-intervals. {RULE}."))
+        cells.append(figure(convergence_figure(r), "reference convergence"))
+        notes = []
+        for eps in p["eps"]:
+            for precision in p["precisions"]:
+                n = limiting_until(r, precision, eps)
+                name = PRECISION_TITLES.get(precision, precision)
+                notes.append(f"{name}, ε = {eps:g}: " + (f"from N = {n}" if n else
+                             f"limiting at every N up to {max(p['batch_sizes'])}"))
+        cells.append(md("**Where the reference stops limiting:** " + "; ".join(notes) + "."))
+        cells.append(md(f"Mean per-layer cosine at ε = {p['eps'][0]:g} (mean over initialisations [95% interval]; "
+                        "the variant in brackets is the best one):"))
+        cells += _table(r, p["eps"][0])
+    return cells + failed_runs_note(runs)

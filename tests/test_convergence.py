@@ -1,0 +1,110 @@
+"""The reference-convergence experiment: the noise ceiling, the records, resume, its notebook and
+its report section."""
+import json
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+import torch
+
+from lib.experiments.convergence import section
+from lib.experiments.convergence.params import ConvergenceParams
+from lib.experiments.convergence.run import CEILING, LAYER_MEAN, noise_ceiling, run, ste_estimate
+from lib.experiments.progress import Reporter
+from lib.experiments.records import only, select
+from lib.pipeline import execute
+from lib.training.gaussian import toy_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(num_dim=8, precisions=["binary", "fp"], eps=[0.1], batch_sizes=[100, 20000], num_init=3,
+            ste_variants=["clipped", "identity"], coords_per_layer=6)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the function-scoped tests run (conftest), so the numbers compare exactly
+    try:
+        return run(TINY, progress=False)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_noise_ceiling_is_one_on_the_same_batch():
+    problem = toy_problem(8, 0)
+    batch = problem.batch(500, 0)
+    _, _, cos = noise_ceiling(problem.student, batch, batch, 0.1, 5, seed=1)
+    assert cos["all"] == pytest.approx(1.0, abs=1e-12)
+    _, _, other = noise_ceiling(problem.student, batch, problem.batch(500, 1), 0.1, 5, seed=1)
+    assert other["all"] < 0.999
+
+
+def test_noise_ceiling_rises_with_the_batch_and_faster_for_full_precision(tiny):
+    def ceiling(precision, n):
+        return only(tiny["cosines"], precision=precision, eps=0.1, batch_size=n, layer=LAYER_MEAN,
+                    estimate=CEILING)["mean"]
+
+    assert ceiling("binary", 20000) > ceiling("binary", 100) + 0.2
+    assert ceiling("fp", 100) > ceiling("binary", 100) and ceiling("fp", 20000) > 0.99
+
+
+def test_records(tiny):
+    assert tiny["experiment"] == "convergence" and tiny["parameters"]["num_init"] == 3
+    assert tiny["layers"] == ["fc1.weight", "fc2.weight", "fc3.weight", "readout.weight"]
+    for precision in ("binary", "fp"):
+        for n in (100, 20000):
+            recs = select(tiny["cosines"], precision=precision, eps=0.1, batch_size=n, layer="all")
+            assert len(recs) == 1 + 2 * 2  # the ceiling, 2 variants × same / independent batch
+            for r in recs:
+                assert r["n"] == 3 and len(r["values"]) == 3
+                assert r["mean"] == pytest.approx(sum(r["values"]) / 3)
+                assert r["interval"][0] < r["mean"] < r["interval"][1]
+    same = only(tiny["cosines"], precision="fp", eps=0.1, batch_size=20000, layer="all",
+                estimate=ste_estimate("identity", "same"))
+    assert same["mean"] > 0.99  # full precision: the STE is the exact gradient, CDG a finite difference of it
+
+
+def test_resume_gives_the_same_numbers(tiny, tmp_path):
+    class Killed(Exception):
+        pass
+
+    class DiesAfter2(Reporter):
+        def __call__(self, done, total, what=""):
+            super().__call__(done, total, what)
+            if done == 2:
+                raise Killed
+
+    with pytest.raises(Killed):
+        run(TINY, on_step=DiesAfter2(tmp_path / "r.json"), progress=False)
+    calls = []
+
+    class Recording(Reporter):
+        def __call__(self, done, total, what=""):
+            super().__call__(done, total, what)
+            calls.append(done)
+
+    resumed = run(TINY, on_step=Recording(tmp_path / "r.json"), progress=False)
+    assert calls == [2, 3, 4, 5, 6]  # reported at once, then the rest
+    assert resumed["cosines"] == tiny["cosines"]
+
+
+def test_section_says_where_the_reference_stops_limiting(tiny):
+    cells = section.report_cells([{"id": "convergence", "entry": {}, "results": tiny}])
+    text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+    assert text.startswith("### Reference convergence") and "Where the reference stops limiting" in text
+    assert "binary, ε = 0.1: " in text and "full precision, ε = 0.1: " in text
+    assert sum(1 for c in cells if c.cell_type == "code") == 1  # one figure
+    assert ConvergenceParams(**tiny["parameters"]) == ConvergenceParams(**TINY)
+
+
+def test_notebook_runs_under_papermill(tmp_path):
+    out = tmp_path / "results.json"
+    with execute._kernel_environment(1):
+        papermill.execute_notebook(str(ROOT / "notebooks" / "convergence.ipynb"), str(tmp_path / "run.ipynb"),
+                                   parameters={**TINY, "batch_sizes": [100, 400], "results_path": str(out)},
+                                   kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    results = json.loads(out.read_text())
+    assert results["experiment"] == "convergence" and results["parameters"]["batch_sizes"] == [100, 400]
+    nb = nbformat.read(tmp_path / "run.ipynb", as_version=4)
+    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
