@@ -1,4 +1,4 @@
-"""The explorer (issue 3, item 5): update function, widgets, notebook under papermill."""
+"""The explorer: update function, widgets, notebook under papermill."""
 from __future__ import annotations
 
 import json

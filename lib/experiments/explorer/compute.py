@@ -1,4 +1,4 @@
-"""Live explorer of the toy (issue 3, item 5): one small toy problem, every estimator, one lr sweep.
+"""Live explorer of the toy: one small toy problem, every estimator, one lr sweep.
 
 :func:`explore` is the pure update function behind the notebook's sliders. For one
 initialisation ``seed`` of the toy (teacher and student :class:`~lib.core.models.BinaryMLP`, docs/design.md §3),
