@@ -172,3 +172,27 @@ def test_seconds_per_update_warm(tmp_path):
                      f"(explore {app.last_result.wall_s:.2f} s, figure + PNG the rest)")
         assert app.calls == 2 and app.last_error is None and app.last_result.params["num_dim"] == d
     print("\n" + "\n".join(lines))
+
+
+def test_a_newer_change_cancels_a_queued_recompute(tmp_path):
+    """In a running event loop (a kernel), three quick changes cost one recompute, with the last values."""
+    import asyncio
+
+    from lib.experiments.explorer import widgets
+
+    app = ExplorerApp(num_dim=8, samples=100, auto_update=False, batch_size=64, num_lr=5, cache_dir=tmp_path)
+
+    async def three_presses():
+        for eps in (0.05, 0.07, 0.09):
+            app.controls["eps"].value = eps
+        assert app.calls == 0  # nothing computed while the controls move
+        await asyncio.sleep(widgets.DEBOUNCE_S + 0.2)
+
+    asyncio.run(three_presses())
+    assert (app.calls, app.cancelled) == (1, 2)
+    assert math.isclose(app.last_result.params["eps"], 0.09) and app.last_error is None
+
+
+def test_labels_are_rounded():
+    result = explore(**{**SMALL, "sigma": 0.1333521432, "eps": 0.0316227766})
+    assert result.labels["nes"].startswith("NES σ=0.133, S=") and result.labels["cdg"] == "CDG ε=0.0316"

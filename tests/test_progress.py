@@ -134,3 +134,23 @@ def test_checkpoint_keeps_floats_bit_for_bit(tmp_path):
     assert np.array(back["v"]).tobytes() == np.array(values).tobytes() and back["n"] == 3
     assert Checkpoint(tmp_path / "x.partial", {"a": 2}).load() is None
     assert Checkpoint(tmp_path / "missing.partial", {"a": 1}).load() is None
+
+
+def test_toy_student_precision_is_a_parameter():
+    """act: ternary evaluates a ternary student: its loss before the step is that of an
+    independently built ternary student on the same batch."""
+    import torch
+
+    from lib.training.gaussian import toy_problem
+
+    p = ToyParams(num_dim=4, act="ternary", diagnose=False, eps_grid=[0.1], sigma_grid=[0.1], nes_samples=[20],
+                  ste_variants=["clipped"], num_lr=3, num_lr_refine=0, batch_size=32, num_init=1, num_batch=1)
+    r = run_toy(p, progress=False)
+    problem = toy_problem(4, 0, act="ternary")
+    x, y = problem.batch(32, 0)
+    with torch.no_grad():
+        expected = float(((problem.student(x) - y) ** 2).mean())
+    assert r["parameters"]["act"] == "ternary" and r["base_loss"] == expected
+    binary = toy_problem(4, 0)
+    with torch.no_grad():
+        assert float(((binary.student(x) - y) ** 2).mean()) != expected  # the precision matters here

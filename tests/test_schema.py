@@ -73,6 +73,7 @@ def test_grid_axes():
     (ToyParams, {"lr_min": 1.0, "lr_max": 0.1}, "lr_min"),
     (ToyParams, {"lr_refine": [1.0]}, "lr_refine"),
     (ToyParams, {"lr_refine": [1.0, 0.5]}, "lr_refine"),
+    (ToyParams, {"act": "ternary"}, "diagnose"),  # the exact smoothed gradient needs a binary student
     (ThinResNetParams, {"acts": ["binary"], "decrease_acts": ["ternary"]}, "decrease_acts"),
     (ThinResNetParams, {"states": ["trained"], "train_epochs": 0}, "train_epochs"),
 ])

@@ -33,10 +33,10 @@ def figure(fig: "plt.Figure", alt: str = "") -> NotebookNode:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> NotebookNode:
-    """A markdown table (cells are escaped; floats shown with 4 significant digits)."""
+    """A markdown table (cells are escaped; floats shown with 3 significant digits)."""
     def fmt(v: object) -> str:
         if isinstance(v, float):
-            return f"{v:.4g}"
+            return f"{v:.3g}"
         return html.escape(str(v)).replace("|", "\\|")
 
     lines = ["| " + " | ".join(fmt(h) for h in header) + " |", "|" + "---|" * len(header)]

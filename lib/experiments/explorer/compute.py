@@ -134,7 +134,7 @@ def explore_lrs(lr_min: float, lr_max: float, num_lr: int) -> np.ndarray:
 
 
 def explore(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
-            lr_min: float = 1e-3, lr_max: float = 1.0, num_lr: int = 25, pretrained: bool = False,
+            lr_min: float = 1e-5, lr_max: float = 10.0, num_lr: int = 25, pretrained: bool = False,
             variant: str = "clipped", batch_size: int = 256, seed: int = 0, pretrain_steps: int = 300,
             pretrain_batch_size: int = 512, pretrain_lr: float = 3e-3, pretrain_variant: str = "clipped",
             cache_dir: str | os.PathLike = DEFAULT_CACHE, diagnose: bool = True,
@@ -224,11 +224,11 @@ def _explore(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float
         cosines["nes_last2_vs_exact"] = V.cosine(grads["nes_last2"], grads["exact"])
     n_weights = sum(p.numel() for p in model.parameters())
     labels = {
-        "cdg": f"CDG ε={params['eps']:g}",
-        "nes": f"NES σ={params['sigma']:g}, S={params['samples']}",
+        "cdg": f"CDG ε={params['eps']:.3g}",
+        "nes": f"NES σ={params['sigma']:.3g}, S={params['samples']}",
         "ste": f"STE {variant}",
-        "exact": f"exact smoothed σ={params['sigma']:g} (last 2 layers)",
-        "nes_last2": f"NES σ={params['sigma']:g}, S={params['samples']} (last 2 layers)",
+        "exact": f"exact smoothed σ={params['sigma']:.3g} (last 2 layers)",
+        "nes_last2": f"NES σ={params['sigma']:.3g}, S={params['samples']} (last 2 layers)",
     }
     labels = {k: v for k, v in labels.items() if k in curves}
     return ExplorerResult(

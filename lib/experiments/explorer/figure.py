@@ -31,7 +31,7 @@ def plot_explorer(result: ExplorerResult, figsize: tuple[float, float] = (11.0, 
         ax.plot(result.lrs, result.curves[k], label=result.labels[k], **style)
         best, lr = result.best[k]
         if math.isfinite(best):
-            ax.plot([lr], [best], marker="o", ms=7, color=style["color"], mec="black", ls="none")
+            ax.plot([lr], [best], marker="*", ms=11, color=style["color"], mec="black", mew=0.5, ls="none")
     ax.axhline(0.0, color="grey", lw=0.8)
     # Keep the downhill part readable: loss increases at large lr are clipped at −2 × the best decrease
     # (no clipping when nothing goes downhill).
@@ -48,7 +48,7 @@ def plot_explorer(result: ExplorerResult, figsize: tuple[float, float] = (11.0, 
     p = result.params
     state = "pretrained" if p["pretrained"] else "random init"
     ax.set_title(f"num_dim={p['num_dim']}, {state}, L(w)={result.base_loss:.3g}, batch {p['batch_size']}"
-                 f"  (● best; {result.wall_s:.2f} s)", fontsize=10)
+                 f"  (★ best; {result.wall_s:.2f} s)", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(True, alpha=0.3)
 

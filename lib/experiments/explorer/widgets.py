@@ -1,6 +1,7 @@
 """The explorer's controls: ipywidgets sliders wired to :func:`~lib.experiments.explorer.compute.explore`."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 import math
@@ -11,9 +12,11 @@ from lib.core.quantizers import STE_VARIANTS
 from .compute import NUM_DIMS, SAMPLES, ExplorerResult, check_controls, explore
 from .figure import figure_png, plot_explorer
 
+DEBOUNCE_S = 0.3  # seconds the controls must stay still before a recompute starts
+
 
 def make_widgets(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
-                 lr_min: float = 1e-3, lr_max: float = 1.0, pretrained: bool = False,
+                 lr_min: float = 1e-5, lr_max: float = 10.0, pretrained: bool = False,
                  variant: str = "clipped") -> dict[str, Any]:
     """The controls, keyed by :func:`explore` argument (``lr_range`` holds ``(log10 lr_min,
     log10 lr_max)``), all with ``continuous_update=False`` where the widget has it."""
@@ -46,13 +49,13 @@ class ExplorerApp:
     """ipywidgets front end of :func:`explore`: every control change (on release) recomputes and
     redraws into ``output`` (a PNG display-data entry, or the error text).
 
-    ``calls`` counts updates, ``last_result`` / ``last_figure`` hold the latest ones, ``ui`` is the
+    ``calls`` counts updates (``cancelled`` the queued ones a newer change replaced), ``last_result`` / ``last_figure`` hold the latest ones, ``ui`` is the
     widget to display. Extra keyword arguments (``batch_size``, ``seed``, ``cache_dir``,
     ``pretrain_steps`` …) are passed to every :func:`explore` call.
     """
 
     def __init__(self, num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
-                 lr_min: float = 1e-3, lr_max: float = 1.0, pretrained: bool = False, variant: str = "clipped",
+                 lr_min: float = 1e-5, lr_max: float = 10.0, pretrained: bool = False, variant: str = "clipped",
                  auto_update: bool = True, **explore_kwargs: Any) -> None:
         import ipywidgets as W
 
@@ -61,6 +64,8 @@ class ExplorerApp:
         self.output = W.Output(layout=W.Layout(min_height="380px"))
         self.status = W.HTML(value="")
         self.calls = 0
+        self.cancelled = 0  # recomputes a newer change cancelled before they started
+        self._pending: asyncio.TimerHandle | None = None
         self.last_result: ExplorerResult | None = None
         self.last_figure = None
         self.last_error: str | None = None
@@ -84,6 +89,21 @@ class ExplorerApp:
                 "pretrained": bool(c["pretrained"].value), "variant": c["variant"].value, **self.explore_kwargs}
 
     def _on_change(self, change: dict[str, Any]) -> None:
+        """Recompute once the controls have been still for :data:`DEBOUNCE_S`: a newer change
+        cancels the recompute an earlier one queued. Without a running event loop (a script, a
+        test), at once."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.update()
+            return
+        if self._pending is not None:
+            self._pending.cancel()
+            self.cancelled += 1
+        self._pending = loop.call_later(DEBOUNCE_S, self._run_pending)
+
+    def _run_pending(self) -> None:
+        self._pending = None
         self.update()
 
     def update(self) -> ExplorerResult | None:

@@ -20,6 +20,7 @@ class ToyParams:
 
     num_dim: int = param(8, POSITIVE_INT)
     pretrained: bool = param(False)
+    act: str = param("binary", PRECISION)  # the evaluated model's (student's) activation
     teacher_act: str = param("binary", PRECISION)
     eps_grid: list[float] = param([0.01, 0.03, 0.1, 0.3, 1.0], POSITIVE)
     sigma_grid: list[float] = param([0.01, 0.03, 0.1, 0.3, 1.0], POSITIVE)
@@ -53,6 +54,9 @@ class ToyParams:
         out = []
         if not self.lr_min < self.lr_max:
             out.append(("lr_min", f"expected lr_min < lr_max, got {self.lr_min:g} and {self.lr_max:g}"))
+        if self.diagnose and self.act != "binary":
+            out.append(("diagnose", f"the exact smoothed gradient needs a binary student, got act {self.act!r}; "
+                                    "set diagnose: false"))
         low_high = self.lr_refine
         if len(low_high) != 2 or not low_high[0] < low_high[1]:
             out.append(("lr_refine", f"expected [low, high] with low < high, got {low_high}"))

@@ -62,6 +62,7 @@ def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torc
     ``cache_dir`` (relative: from the repository root) by a hash of everything that determines the
     result."""
     key = {"kind": "toy-pretrain", "num_dim": p.num_dim, "init_seed": problem.seed, "teacher_act": p.teacher_act,
+           **({"act": p.act} if p.act != "binary" else {}),  # binary students keep their cached checkpoints
            "steps": p.pretrain_steps, "batch_size": p.pretrain_batch_size, "lr": p.pretrain_lr,
            "variant": p.pretrain_variant, "torch": torch.__version__.split("+")[0]}
     student = problem.student
@@ -219,7 +220,7 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
     for init in range(p.num_init):
         if steps.done((init + 1) * p.num_batch * per_rep - 1):
             continue  # this initialisation was finished by an earlier attempt
-        problem = toy_problem(p.num_dim, p.seed * 1000 + init, teacher_act=p.teacher_act)
+        problem = toy_problem(p.num_dim, p.seed * 1000 + init, act=p.act, teacher_act=p.teacher_act)
         model = _student(p, problem, init, tally, progress).to(device)
         problem.teacher.to(device)
         for b in range(p.num_batch):
