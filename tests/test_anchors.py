@@ -1,7 +1,8 @@
 """Unique heading ids and the table of contents of the report's HTML."""
 import re
 
-from lib.report.anchors import slug, unique_anchors, with_contents
+from lib.experiments.cells import slug
+from lib.report.anchors import unique_anchors, with_contents
 
 
 def _heading(level, text):

@@ -108,3 +108,9 @@ def test_notebook_runs_under_papermill(tmp_path):
     assert results["experiment"] == "convergence" and results["parameters"]["batch_sizes"] == [100, 400]
     nb = nbformat.read(tmp_path / "run.ipynb", as_version=4)
     assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_findings_sentence(tiny):
+    (sentence,) = section.findings([{"id": "convergence", "entry": {}, "results": tiny}])
+    assert sentence.startswith("**Reference convergence** ([section](#reference-convergence))")
+    assert "at N = 20000, ε = 0.1" in sentence and "binary ceiling" in sentence and "n = 3" in sentence

@@ -263,3 +263,10 @@ def test_notebook_runs_under_papermill(tmp_path, monkeypatch):
     assert len(images) >= 5  # cosine, magnitude, precisions, loss decrease, training
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
     assert (tmp_path / "cache").is_dir()  # the trained checkpoints went to cache_dir
+
+
+def test_findings_sentence(tiny_results):
+    r, _ = tiny_results
+    (sentence,) = section.findings([{"id": "thin_resnet", "entry": {}, "results": r}])
+    assert "(#thin-resnet-18-cdg-gradient-experiment-1--summary)" in sentence
+    assert "c = 2 init: front" in sentence and "c = 2 trained: front" in sentence

@@ -91,6 +91,13 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     assert len(ids) == len(set(ids))
     assert all(link in set(ids) for link in re.findall(r'href="#([^"]*)"', html))
     assert html.index('<nav class="toc">') < html.index('<h2 id="follow-up-of-the-binaryduo-setting-experiments"')
+    # it opens with its findings, each linking to its evidence in the report
+    findings = html[html.index('<h2 id="findings"'):html.index('<nav class="toc">')]
+    for claim in ("Difficulty", "STE against CDG", "Question"):
+        assert f"<strong>{claim}</strong>" in findings, claim
+    assert 'href="#hyper-parameter-search-epsilon-for-cdg-sigma-for-nes-1--difficulty"' in findings
+    assert 'href="#hyper-parameter-search-epsilon-for-cdg-sigma-for-nes-2--question"' in findings
+    assert "n = 2" in findings  # 1 initialisation × 2 batches
     assert "toy__pretrained-false__num_dim-6" in html and "failed" in html
     assert re.search(r"toy__pretrained-false__num_dim-6.{0,400}(CUDA|cuda|Torch)", html, re.S)
     # two invocations computed something: the grid, then the failing run

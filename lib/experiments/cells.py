@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
@@ -48,6 +49,18 @@ def heading(level: int, english: str, original: str | None = None) -> str:
     """``### English · original`` (the original only when it differs): the notes' headings."""
     text = english if not original or original == english else f"{english} · {original}"
     return f"{'#' * level} {text}"
+
+
+def slug(text: str) -> str:
+    """The English part of a heading (before `` · ``) as lowercase ASCII words joined by ``-``."""
+    english = html.unescape(re.sub(r"<[^>]+>", "", text)).split(" · ")[0]
+    return re.sub(r"[^a-z0-9]+", "-", english.lower()).strip("-") or "section"
+
+
+def anchor(*headings: str) -> str:
+    """The report's id of a heading from the English of it and of the section headings above it
+    (levels 3 and below), as :mod:`lib.report.anchors` assigns ids: ``search-1--difficulty``."""
+    return "--".join(slug(h) for h in headings)
 
 
 def failed_runs_note(runs: Sequence[dict[str, Any]]) -> list[NotebookNode]:

@@ -4,14 +4,16 @@ nbconvert gives every heading an id made of its text, so the many "Dim = 8" and 
 headings of the toy sections share ids and their links jump to the first. :func:`unique_anchors`
 gives each heading an ASCII id prefixed by its section headings (``search-1--cdg-lr-loss-
 decrease-plot--dim-8``), numbered on a clash, and points its anchor link at it;
-:func:`table_of_contents` lists the headings of levels 2 to 4 as nested links, inserted before
-the first section.
+:func:`table_of_contents` lists the headings of levels 2 to 4 as nested links, inserted after the
+Findings, before the first section.
 """
 from __future__ import annotations
 
 import html
 import re
 from typing import NamedTuple
+
+from lib.experiments.cells import slug
 
 _HEADING = re.compile(r'<h([1-6]) id="([^"]*)">(.*?)<a class="anchor-link" href="#\2">', re.S)
 
@@ -20,12 +22,6 @@ class Heading(NamedTuple):
     level: int
     id: str
     text: str
-
-
-def slug(text: str) -> str:
-    """The English part of a heading (before `` · ``) as lowercase ASCII words joined by ``-``."""
-    english = html.unescape(re.sub(r"<[^>]+>", "", text)).split(" · ")[0]
-    return re.sub(r"[^a-z0-9]+", "-", english.lower()).strip("-") or "section"
 
 
 def unique_anchors(body: str) -> tuple[str, list[Heading]]:
@@ -75,9 +71,10 @@ def table_of_contents(headings: list[Heading], levels: tuple[int, int] = (2, 4))
 
 
 def with_contents(body: str) -> str:
-    """Unique heading ids, and the table of contents before the first section heading (level 2)."""
+    """Unique heading ids, and the table of contents before the first section heading (level 2)
+    that is not the Findings: the report opens with its answers, then its contents."""
     body, headings = unique_anchors(body)
-    first = re.search(r"<h2 id=", body)
+    first = next((m for m in re.finditer(r'<h2 id="([^"]*)"', body) if m.group(1) != "findings"), None)
     if first is None:
         return body
     return body[:first.start()] + table_of_contents(headings) + "\n" + body[first.start():]

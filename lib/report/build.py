@@ -20,7 +20,7 @@ from nbconvert import HTMLExporter
 
 from lib.common.files import atomic_write_bytes, read_json
 from lib.experiments.cells import heading, md
-from lib.experiments.registry import EXPERIMENTS, report_section
+from lib.experiments.registry import EXPERIMENTS, report_findings, report_section
 from lib.report.anchors import with_contents
 from lib.report.manifest import manifest_section, not_run_yet
 
@@ -67,6 +67,20 @@ def latest_report_dir(reports: str | Path = "reports") -> Path:
 
 # ----------------------------------------------------------------------------- build
 
+def findings_cells(runs: list[dict[str, Any]]) -> list:
+    """The report's opening: "Findings", each experiment's sentences (with their numbers, intervals
+    and a link to the evidence) as a list; nothing when no experiment has any."""
+    sentences = []
+    for experiment in EXPERIMENTS:
+        mine = [r for r in runs if experiment_of(r) == experiment.name]
+        findings = report_findings(experiment)
+        if mine and findings:
+            sentences += findings(mine)
+    if not sentences:
+        return []
+    return [md(heading(2, "Findings") + "\n\n" + "\n".join(f"- {s}" for s in sentences))]
+
+
 def report_notebook(report_dir: str | Path) -> nbformat.NotebookNode:
     """The report as a notebook of markdown and figure cells."""
     report_dir = Path(report_dir)
@@ -80,7 +94,7 @@ def report_notebook(report_dir: str | Path) -> nbformat.NotebookNode:
                 "(σ, antithetic samples); STE: straight-through estimators. Loss decrease = L(w) − L(w − lr·ĝ) "
                 "with ĝ normalised per layer, mean over initialisations × batches (shaded: ± one standard "
                 "deviation; star: best lr)."),
-             md(heading(2, *H_FOLLOW_UP))]
+             *findings_cells(runs), md(heading(2, *H_FOLLOW_UP))]
     missing = not_run_yet(manifest)
     if missing:
         cells.insert(1, md(f"**Partial report:** {len(missing)} planned run(s) have not finished yet "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from lib.experiments.cells import failed_runs_note, figure, heading, md, table
+from lib.experiments.cells import anchor, failed_runs_note, figure, heading, md, table
 from lib.experiments.stats import separated, with_interval
 
 from .figures import PRECISION_TITLES, convergence_figure, series
@@ -69,3 +69,25 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
                         "the variant in brackets is the best one):"))
         cells += _table(r, p["eps"][0])
     return cells + failed_runs_note(runs)
+
+
+def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """At the largest batch of each run: CDG's noise ceiling and the best STE's cosine with CDG on an
+    independent batch per precision, and whether the reference still limits."""
+    out = []
+    for r in [run["results"] for run in runs if run["results"] is not None]:
+        p = r["parameters"]
+        eps, n_max = p["eps"][0], max(p["batch_sizes"])
+        parts = []
+        for precision in p["precisions"]:
+            ceiling = next(c for c in series(r, precision, eps, CEILING) if c["batch_size"] == n_max)
+            best = max((c for v in p["ste_variants"] for c in series(r, precision, eps, ste_estimate(v, "independent"))
+                        if c["batch_size"] == n_max), key=lambda c: c["mean"])
+            n = limiting_until(r, precision, eps)
+            parts.append(f"{PRECISION_TITLES.get(precision, precision)} ceiling "
+                         f"{with_interval(ceiling['mean'], ceiling['interval'])}, best STE "
+                         f"{with_interval(best['mean'], best['interval'])} ({best['estimate']['variant']}; "
+                         + (f"the reference stops limiting at N = {n}" if n else "the reference still limits") + ")")
+        out.append(f"**Reference convergence** ([section](#{anchor(HEADING)})): at N = {n_max}, ε = {eps:g}, mean "
+                   f"per-layer cosine: {'; '.join(parts)} (n = {p['num_init']} initialisations).")
+    return out

@@ -9,7 +9,7 @@ from lib.experiments.cells import failed_runs_note
 from lib.experiments.records import select
 
 from .figures import plot_cosine, plot_decrease, plot_magnitude, plot_precisions, plot_training
-from .summary import ACT_TITLES, acts_of, analysis_of, front_back, layer_label, states_of, summary_text
+from .summary import ACT_TITLES, acts_of, analysis_of, front_back, layer_label, nanmean, states_of, summary_text
 
 # The notes' heading beside its English, one level under "BinaryDuo设置实验后续" as in the notes.
 HEADING = "### Thin ResNet-18 CDG gradient experiment - 1 · Thin ResNet-18 CDG grad实验 - 1"
@@ -143,3 +143,23 @@ def lr_text(result: dict[str, Any], lr: Any) -> str:
 
 def fmt3(v: Any) -> str:
     return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3g}"
+
+
+def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Per initial width and state: the binary activations' cosine of CDG with the STE, front stage
+    against back stage (means over the variants; one batch, one sample of coordinates: no interval)."""
+    results = sorted((r["results"] for r in runs if r["results"] is not None), key=lambda r: r["initial_channels"])
+    parts = []
+    for r in results:
+        for state in states_of(r):
+            if "binary" not in acts_of(r, state):
+                continue
+            rows = [front_back(r, state, "binary", v) for v in r["ste_variants"]]
+            front = nanmean([fb["front"] for fb in rows])
+            back = nanmean([fb["back"] for fb in rows])
+            parts.append(f"c = {r['initial_channels']} {state}: front {fmt2(front)}, back {fmt2(back)}")
+    if not parts:
+        return []
+    return [f"**Thin ResNet** ([summary](#{nbcells.anchor(HEADING.lstrip('# '), 'Summary')})): cosine of CDG "
+            f"(ε = {results[0]['eps_main']:g}) with the STE, binary activations, mean over the variants: "
+            f"{'; '.join(parts)} (one batch and one sample of coordinates per run: no interval yet)."]

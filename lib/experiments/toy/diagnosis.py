@@ -21,6 +21,7 @@ from typing import Any
 from lib.experiments.records import distinct, only, select
 from lib.experiments.stats import separated, with_interval
 
+CAUSES = ("bias", "variance", "both", "neither")  # the verdicts
 BIAS_RATIO = 0.5  # the exact smoothed gradient reaches less than this share of CDG's decrease
 FAR_COSINE = 0.5  # NES with the most samples below this cosine with its limit
 RISE = 0.2  # or its cosine rises by more than this from the fewest to the most samples

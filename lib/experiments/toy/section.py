@@ -7,15 +7,15 @@ from typing import Any, Sequence
 
 from lib.common.files import read_json
 from lib.experiments.cells import failed_runs_note, figure, heading, md, table
-from lib.experiments.records import distinct, only
-from lib.experiments.stats import separated, with_interval
+from lib.experiments.stats import with_interval
 
 from . import figures as plots
 from .diagnosis import RULES, diagnosis_text
+from .findings import SEARCH_1, SEARCH_2, nes_sentence
 
 # The meeting notes' headings and sentences, verbatim, beside their English.
-H_SEARCH_1 = ("Hyper-parameter search (epsilon for CDG & sigma for NES) - 1", "搜索超参(epsilon for CDG & sigma for NES) - 1")
-H_SEARCH_2 = ("Hyper-parameter search (epsilon for CDG & sigma for NES) - 2", "搜索超参(epsilon for CDG & sigma for NES) - 2")
+H_SEARCH_1 = (SEARCH_1, "搜索超参(epsilon for CDG & sigma for NES) - 1")
+H_SEARCH_2 = (SEARCH_2, "搜索超参(epsilon for CDG & sigma for NES) - 2")
 H_SETTING = ("Setting", "实验设置")
 H_DIFFICULTY = ("Difficulty", "困难")
 H_QUESTION = ("Question", "问题")
@@ -63,25 +63,7 @@ def _difficulty_answer(ok: Sequence[dict[str, Any]]) -> str:
     """Is CDG consistently weaker than one fixed NES setting (the notes' hope)? And the costs."""
     if not ok:
         return "_No successful run to answer from._"
-    table_ = plots.best_by_dim(ok)
-    dims = sorted(r["num_dim"] for r in ok)
-    cdg = table_["CDG"]
-    lines = []
-    for s in plots.nes_samples(ok[0]):
-        sigmas = distinct(ok[0]["curves"], "sigma", estimator="nes", layers="all", samples=s)
-        above = {sg: [only(next(r for r in ok if r["num_dim"] == d)["curves"], estimator="nes", layers="all",
-                            samples=s, sigma=sg) for d in dims] for sg in sigmas}
-        above = {sg: nes for sg, nes in above.items() if all(n["best"] > cdg[d].value for n, d in zip(nes, dims))}
-        sure = [sg for sg, nes in above.items() if all(separated(n["interval"], cdg[d].interval) for n, d in zip(nes, dims))]
-        if sure:
-            lines.append(f"with {s} samples, NES at σ = {', '.join(f'{sg:g}' for sg in sure)} beats the best "
-                         "CDG at every num_dim (95% intervals separate)")
-        elif above:
-            lines.append(f"with {s} samples, NES at σ = {', '.join(f'{sg:g}' for sg in above)} is above the best "
-                         "CDG at every num_dim, but not distinguishable from it at some num_dim (95% intervals "
-                         "overlap, or n = 1)")
-        else:
-            lines.append(f"with {s} samples, no single σ is above the best CDG at every num_dim")
+    lines = [nes_sentence(ok, s) for s in plots.nes_samples(ok[0])]
     cost = []
     for r in sorted(ok, key=lambda r: r["num_dim"]):
         t = r["seconds"]
