@@ -16,6 +16,7 @@ cross-field rules (a ``problems()`` method returning ``[(key, message)]``). From
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import typing
@@ -79,8 +80,10 @@ def param(default: Any, rule: Rule | None = None, *, may_be_empty: bool = False)
 _TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "str"}
 
 
+@functools.cache
 def field_types(schema: type) -> dict[str, tuple[type, type | None]]:
-    """``{name: (type, element type or None)}`` of a parameter class, from its annotations."""
+    """``{name: (type, element type or None)}`` of a parameter class, from its annotations (read
+    once per class)."""
     hints = typing.get_type_hints(schema)
     out = {}
     for f in dataclasses.fields(schema):
@@ -123,8 +126,7 @@ def check_value(schema: type, key: str, value: Any) -> Any:
         raise SchemaError(key, f"not a parameter of {schema.__name__} (its parameters: {', '.join(types)})")
     typ, elem = types[key]
     meta = next(f.metadata for f in dataclasses.fields(schema) if f.name == key)
-    default = next(f for f in dataclasses.fields(schema) if f.name == key)
-    default = default.default_factory() if default.default is dataclasses.MISSING else default.default
+    default = defaults(schema)[key]
     try:
         if typ is list:
             if not isinstance(value, list):
