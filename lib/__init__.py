@@ -9,8 +9,8 @@ experiments over parameter grids and builds the report. The maths and protocols 
       │            papermill execution, the manifest, --nice; it builds the report at the end
     report/        the static report: builder (nbconvert), manifest section
       │
-    experiments/   toy/, thin_resnet/, explorer/: schema, run, figures, report section; shared:
-      │            schema, registry, resume (partial state), progress, records, report cells
+    experiments/   toy/, thin_resnet/, convergence/ (schema, run, figures, report section, findings),
+      │            explorer/; shared: schema, registry, resume, progress, records, stats, cells
     training/      toy data, image data, STE + Adam training with a checkpoint cache
       │
     core/          quantizers, losses, models, perturbation engine, estimators, evaluation

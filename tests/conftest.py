@@ -36,8 +36,14 @@ class FixtureParams:
             if self.mode == "progress" and self.eps >= 1 else []
 
 
-def register_fixture_notebook(monkeypatch, notebook: str = "tests/fixtures/toy.ipynb") -> None:
+def _register(monkeypatch, notebook: str = "tests/fixtures/toy.ipynb") -> None:
     """Make ``notebook`` (relative to the repository root, or absolute) an experiment of the
-    registry for the duration of a test, with :class:`FixtureParams` and no report section."""
+    registry while ``monkeypatch`` lasts, with :class:`FixtureParams` and no report section."""
     experiments = [*registry.EXPERIMENTS, registry.Experiment(f"fixture:{notebook}", notebook, FixtureParams, None)]
     monkeypatch.setattr(registry, "EXPERIMENTS", experiments)
+
+
+@pytest.fixture(scope="session")
+def register_fixture_notebook():
+    """``register(monkeypatch, notebook="tests/fixtures/toy.ipynb")``: see :func:`_register`."""
+    return _register

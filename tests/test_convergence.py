@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from lib.experiments.convergence import section
-from lib.experiments.convergence.params import ConvergenceParams
 from lib.experiments.convergence.run import CEILING, LAYER_MEAN, noise_ceiling, run, ste_estimate
 from lib.experiments.progress import Reporter
 from lib.experiments.records import only, select
@@ -89,13 +88,34 @@ def test_resume_gives_the_same_numbers(tiny, tmp_path):
     assert resumed["cosines"] == tiny["cosines"]
 
 
-def test_section_says_where_the_reference_stops_limiting(tiny):
+def _records(ceilings, stes):
+    """Hand-made mean per-layer cosines at N = 10, 100, 1000: (mean, interval) per N."""
+    out = []
+    for estimate, values in [(CEILING, ceilings)] + [(ste_estimate(v, "independent"), x) for v, x in stes.items()]:
+        out += [{"precision": "binary", "eps": 0.1, "batch_size": n, "layer": LAYER_MEAN, "estimate": estimate,
+                 "mean": m, "interval": iv} for n, (m, iv) in zip((10, 100, 1000), values)]
+    return {"parameters": {"ste_variants": list(stes)}, "cosines": out}
+
+
+def test_where_the_reference_stops_limiting():
+    """The first N at which the ceiling is above the best STE's independent-batch cosine, intervals apart."""
+    ceil = [(0.3, [0.2, 0.4]), (0.7, [0.6, 0.8]), (0.99, [0.98, 1.0])]
+    r = _records(ceil, {"a": [(0.5, [0.4, 0.6])] * 3, "b": [(0.4, [0.3, 0.5]), (0.6, [0.55, 0.65]), (0.8, [0.7, 0.9])]})
+    assert section.limiting_until(r, "binary", 0.1) == 1000  # at N = 100 the ceiling 0.7 is above 0.6, intervals touch
+    r = _records(ceil, {"a": [(0.5, [0.4, 0.6]), (0.5, [0.4, 0.55]), (0.995, [0.99, 1.0])]})
+    assert section.limiting_until(r, "binary", 0.1) == 100
+    r = _records(ceil, {"a": [(0.5, None)] * 3})  # no intervals: nothing is claimed
+    assert section.limiting_until(r, "binary", 0.1) is None
+    r = _records(ceil, {"a": [(None, None)] * 3})  # a missing number is no STE agreement to beat
+    assert section.limiting_until(r, "binary", 0.1) is None
+
+
+def test_section_cells(tiny):
     cells = section.report_cells([{"id": "convergence", "entry": {}, "results": tiny}])
     text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
     assert text.startswith("### Reference convergence") and "Where the reference stops limiting" in text
     assert "binary, ε = 0.1: " in text and "full precision, ε = 0.1: " in text
     assert sum(1 for c in cells if c.cell_type == "code") == 1  # one figure
-    assert ConvergenceParams(**tiny["parameters"]) == ConvergenceParams(**TINY)
 
 
 def test_notebook_runs_under_papermill(tmp_path):

@@ -43,7 +43,9 @@ def test_imports_point_down(path):
 @pytest.mark.parametrize("modules", [
     "lib.common.files, lib.common.paths, lib.common.versions, lib.common.notebooks",
     "lib.pipeline.runner, lib.pipeline.grid, lib.pipeline.execute, lib.pipeline.manifest",
-    "lib.experiments.registry, lib.experiments.schema, lib.experiments.resume",
+    "lib.experiments.registry, lib.experiments.schema, lib.experiments.resume, lib.experiments.progress, "
+    "lib.experiments.records, lib.experiments.stats, lib.experiments.cells",
+    "lib.report.build, lib.report.anchors, lib.report.manifest",
 ])
 def test_no_torch_below_the_line(modules):
     code = f"import sys, {modules}; print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))"

@@ -111,7 +111,7 @@ def test_git_filter_stores_notebooks_stripped(tmp_path):
 
 @needs_git
 def test_toy_notebook_runs_from_notebooks_folder_without_touching_the_checkout():
-    """The hand run of the issue: papermill from notebooks/ reuses the repository's cache/ and
+    """A hand run as users do it: papermill from notebooks/ reuses the repository's cache/ and
     writes only ignored files (results under reports/notebooks/, the executed notebook)."""
     before = _git_status()
     out = ROOT / "notebooks" / "out.ipynb"

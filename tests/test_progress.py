@@ -88,7 +88,7 @@ def _numbers(results):
     return {**{k: results[k] for k in ("curves", "cosines", "base_loss", "diagnosis")}, "pretrain": pretrain}
 
 
-@pytest.mark.parametrize("killed_after", [1, 5, 6])  # inside a batch, inside the 2nd init, at its start
+@pytest.mark.parametrize("killed_after", [1, 5, 6])  # inside a batch, inside the 2nd batch, at the 2nd init's start
 def test_toy_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, killed_after):
     p = _tiny(pretrained=True, cache_dir=str(tmp_path / "cache"))
     reference = run_toy(p, progress=False)  # no reporter: no checkpoint

@@ -1,5 +1,5 @@
-"""Tests of the parameter files and grids (lib/grid.py), the grid runner (lib/runner.py), the range
-rules (lib/validate.py) and run_all.sh.
+"""Tests of the parameter files and grids (lib/pipeline/grid.py, checked against the schemas), the
+grid runner (lib/pipeline/runner.py, execute.py, manifest.py) and run_all.sh.
 
 Notebooks are executed for real (papermill + an ipykernel) on the tiny fixture
 tests/fixtures/toy.ipynb, which writes its parameters and a random token to ``results_path``;
@@ -28,7 +28,6 @@ from lib.report import manifest as report
 from lib.pipeline import execute, runner
 from lib.pipeline import manifest as manifests
 from lib.common.files import read_json
-from conftest import register_fixture_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "tests/fixtures/toy.ipynb"
@@ -82,7 +81,7 @@ def manifest(tmp: Path) -> dict:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _fixture_experiment():
+def _fixture_experiment(register_fixture_notebook):
     """tests/fixtures/toy.ipynb is an experiment while these tests run (conftest.FixtureParams)."""
     with pytest.MonkeyPatch.context() as mp:
         register_fixture_notebook(mp)
@@ -226,7 +225,7 @@ def test_one_line_per_bad_file(tmp_path, capsys):
     assert "a.yaml: profiles.quick.eps:" in lines[0] and "b.yaml: profiles.quick.seed:" in lines[1]
 
 
-def test_parameters_cell_must_match_the_schema(tmp_path, capsys, monkeypatch):
+def test_parameters_cell_must_match_the_schema(tmp_path, capsys, monkeypatch, register_fixture_notebook):
     nb = nbformat.read(ROOT / NOTEBOOK, as_version=4)
     params_cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params_cell.source = params_cell.source.replace("eps = 0.1", "epsilon = 0.1")
@@ -238,7 +237,7 @@ def test_parameters_cell_must_match_the_schema(tmp_path, capsys, monkeypatch):
             "not in the schema epsilon") in capsys.readouterr().err
 
 
-def test_notebook_without_results_path_rejected(tmp_path, capsys, monkeypatch):
+def test_notebook_without_results_path_rejected(tmp_path, capsys, monkeypatch, register_fixture_notebook):
     nb = nbformat.read(ROOT / NOTEBOOK, as_version=4)
     params_cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params_cell.source = "\n".join(ln for ln in params_cell.source.splitlines() if "results_path" not in ln)
@@ -249,7 +248,7 @@ def test_notebook_without_results_path_rejected(tmp_path, capsys, monkeypatch):
     assert "x.yaml: notebook: nb.ipynb has no results_path parameter" in capsys.readouterr().err
 
 
-def test_parameter_line_papermill_cannot_parse_rejected(tmp_path, capsys, monkeypatch):
+def test_parameter_line_papermill_cannot_parse_rejected(tmp_path, capsys, monkeypatch, register_fixture_notebook):
     nb = nbformat.read(ROOT / NOTEBOOK, as_version=4)
     params_cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params_cell.source = params_cell.source.replace("eps = 0.1", "eps = 0.1  # the step, e.g. eps = 0.3", 1)

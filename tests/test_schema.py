@@ -1,7 +1,6 @@
 """The parameter schemas: one declaration per experiment, checked values, and notebooks that
 declare exactly the schema."""
 import ast
-import dataclasses
 from pathlib import Path
 
 import papermill
@@ -97,9 +96,3 @@ def test_notebook_parameters_cell_is_the_schema(experiment):
     assert set(declared) == set(defaults(experiment.schema)) | {"results_path"}
     for name, default in defaults(experiment.schema).items():
         assert ast.literal_eval(declared[name]["default"]) == default, name
-
-
-def test_every_field_has_a_default():
-    for experiment in registry.EXPERIMENTS:
-        for f in dataclasses.fields(experiment.schema):
-            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f.name

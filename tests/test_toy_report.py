@@ -64,7 +64,8 @@ def test_toy_runs_write_complete_results(report_dir):
             assert (a + b) / 2 == pytest.approx(stats["best"])
             assert hi - stats["best"] == pytest.approx(12.7062047 * abs(a - b) / math.sqrt(2) / math.sqrt(2), rel=1e-6)
         for c in r["cosines"]:
-            assert len(c["values"]) == c["n"] and (c["interval"] is None) == (len(finite(c["values"])) < 2)
+            # n counts the finite values (a cosine with an all-zero estimate is NaN, stored as null)
+            assert c["n"] == len(finite(c["values"])) and (c["interval"] is None) == (c["n"] < 2)
         assert r["parameters"]["seed"] == 0 and r["versions"]["torch"] and r["wall_s"] > 0
         assert (len(r["pretrain"]) == 1) == (pre == "true")
         assert [e["sigma"] for e in r["diagnosis"]["per_sigma"]] == [0.1, 0.5]
@@ -213,6 +214,14 @@ def test_diagnosis_verdicts(exact, cos_lo, cos_hi, cdg2, cause):
     assert ("n = 1: no intervals, the means alone decide" in text) == (n == 1)
 
 
+def test_diagnosis_with_a_missing_number_is_undetermined():
+    """A NaN (stored as null, e.g. the cosine with an all-zero estimate) decides nothing and breaks nothing."""
+    r = _synthetic((None, None), (0.3, [0.2, 0.4]), (0.95, [0.9, 1.0]), CDG2)
+    r["diagnosis"] = diagnose(r)
+    assert [e["cause"] for e in r["diagnosis"]["per_sigma"]] == ["undetermined"]
+    assert "*Undetermined* at σ ∈ {0.3}" in diagnosis_text(r)
+
+
 def test_diagnosis_states_its_numbers_with_intervals():
     r = _synthetic((0.3, [0.2, 0.4]), (0.3, [0.2, 0.4]), (0.95, [0.9, 1.0]), CDG2)
     r["diagnosis"] = diagnose(r)
@@ -294,3 +303,20 @@ def test_cosine_with_cdg_table():
     assert plots.cosine_with_cdg([run]) == {"STE clipped": {4: "0.50 (0.25 / 0.12 / 1.00)"},
                                             "STE identity": {4: "0.30 (– / -0.50 / 0.99)"},
                                             "NES 100": {4: "0.40 (σ=0.3)"}}
+
+
+def test_runs_go_to_their_section_and_one_precision_pair_per_section():
+    from lib.experiments.toy.findings import is_pretrained, one_setting
+
+    # a params file may leave pretrained out (the schema's default, false); results decide when present
+    assert is_pretrained({"results": None, "entry": {"parameters": {"num_dim": 8}}}) is False
+    assert is_pretrained({"results": None, "entry": {"parameters": {"pretrained": True}}}) is True
+    assert is_pretrained({"results": {"pretrained": True}, "entry": {"parameters": {}}}) is True
+
+    def run(d, act, teacher="binary"):
+        return {"num_dim": d, "parameters": {"act": act, "teacher_act": teacher}}
+
+    runs = [run(8, "binary"), run(8, "ternary"), run(16, "binary"), run(16, "ternary")]
+    assert one_setting(runs) == [runs[0], runs[2]]  # the notes' binary / binary pair
+    assert one_setting(runs[1::2]) == runs[1::2]
+    assert one_setting([run(8, "fp"), run(8, "2bit")]) == [run(8, "2bit")]  # else the first pair, sorted

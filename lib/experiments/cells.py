@@ -17,6 +17,10 @@ import nbformat
 from nbformat import NotebookNode
 
 
+# How the report names the activation precisions of lib.core.names.PRECISIONS.
+PRECISION_TITLES = {"binary": "binary", "ternary": "ternary", "2bit": "2-bit", "fp": "full precision"}
+
+
 def md(text: str) -> NotebookNode:
     """A markdown cell."""
     return nbformat.v4.new_markdown_cell(text)
@@ -59,7 +63,9 @@ def slug(text: str) -> str:
 
 def anchor(*headings: str) -> str:
     """The report's id of a heading from the English of it and of the section headings above it
-    (levels 3 and below), as :mod:`lib.report.anchors` assigns ids: ``search-1--difficulty``."""
+    (levels 3 and below), as :mod:`lib.report.anchors` assigns ids:
+    ``anchor("Hyper-parameter search … - 1", "Difficulty")`` →
+    ``"hyper-parameter-search-…-1--difficulty"``."""
     return "--".join(slug(h) for h in headings)
 
 

@@ -5,7 +5,7 @@ Each experiment has a notebook (papermill runs it once per grid point; its resul
 validates parameter files against it), a report section, ``report_cells(runs)`` in its
 ``section`` module, which builds its part of the report from its runs (``{id, entry, results}``,
 see :func:`lib.report.build.load_runs`), and sentences for the report's Findings,
-``findings(runs)`` in its ``findings`` module. The parameter classes import no torch, and the section is
+``findings(runs)`` in the module the table names (its own ``findings`` module, or its section). The parameter classes import no torch, and the section is
 named by module path and imported only when the report is built, so the pipeline reads this
 table without importing torch. A new experiment is a subpackage of :mod:`lib.experiments`, a
 notebook, a params file and one line here.

@@ -17,6 +17,17 @@ def finite(values: Iterable[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(v)]
 
 
+def finite_mean(values: Iterable[float | None]) -> float:
+    """The mean of the finite values; NaN when there is none."""
+    vals = finite(values)
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def rank(value: float | None) -> float:
+    """A sort key for a number that may be missing (``None``) or NaN: those rank lowest."""
+    return value if value is not None and math.isfinite(value) else -math.inf
+
+
 def t_halfwidth(values: Iterable[float | None], level: float = LEVEL) -> float | None:
     """``t_{(1+level)/2, n−1} · s / √n`` of the finite ``values``; ``None`` when ``n < 2``."""
     vals = finite(values)

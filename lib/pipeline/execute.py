@@ -39,7 +39,7 @@ KERNEL_NAME = "python3"
 KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
 # Quiet the kernel's own log (e.g. its warning about unencrypted TCP); errors in cells still
 # reach the executed notebook and the manifest.
-# Each kernel lowers its own CPU priority when the runner asks (--nice, lib/priority.py).
+# Each kernel lowers its own CPU priority when the runner asks (--nice, lib/pipeline/priority.py).
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR",
                "--IPKernelApp.exec_lines=from lib.pipeline.priority import lower_priority_from_env as _lp; _lp(); del _lp"]
 # Seconds between two looks at the progress files of the running notebooks (lib/experiments/progress.py).

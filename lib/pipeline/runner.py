@@ -4,7 +4,7 @@ Usage (``./run_all.sh`` calls this after bootstrapping the virtual environment):
 
     python -m lib.pipeline.runner                          # every params/*.yaml, profile "quick"
     python -m lib.pipeline.runner --profile full --jobs 2
-    python -m lib.pipeline.runner --only toy,nes --params my_overrides.yaml --no-report
+    python -m lib.pipeline.runner --only toy,convergence --params my_overrides.yaml --no-report
 
 Every selected parameter file is validated against its experiment's schema before anything runs
 (:mod:`lib.pipeline.grid`); an error is one line naming the file and the key, and the exit status

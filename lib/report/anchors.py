@@ -2,8 +2,9 @@
 
 nbconvert gives every heading an id made of its text, so the many "Dim = 8" and "Sample = 500"
 headings of the toy sections share ids and their links jump to the first. :func:`unique_anchors`
-gives each heading an ASCII id prefixed by its section headings (``search-1--cdg-lr-loss-
-decrease-plot--dim-8``), numbered on a clash, and points its anchor link at it;
+gives each heading an ASCII id prefixed by its section headings (``hyper-parameter-search-
+epsilon-for-cdg-sigma-for-nes-1--cdg-lr-loss-decrease-plot--dim-8``), numbered on a clash, and
+points its anchor link at it;
 :func:`table_of_contents` lists the headings of levels 2 to 4 as nested links, inserted after the
 Findings, before the first section.
 """

@@ -92,8 +92,8 @@ def report_notebook(report_dir: str | Path) -> nbformat.NotebookNode:
                 f"(profile `{manifest.get('profile')}`) from the results files in this folder. "
                 "CDG: coordinate discrete gradient (central, step ε); NES: Gaussian-smoothing gradient "
                 "(σ, antithetic samples); STE: straight-through estimators. Loss decrease = L(w) − L(w − lr·ĝ) "
-                "with ĝ normalised per layer, mean over initialisations × batches (shaded: ± one standard "
-                "deviation; star: best lr)."),
+                "with ĝ normalised as each section's setting states (per layer by default), mean over "
+                "initialisations × batches (shaded: ± one standard deviation; star: best lr)."),
              *findings_cells(runs), md(heading(2, *H_FOLLOW_UP))]
     missing = not_run_yet(manifest)
     if missing:

@@ -7,12 +7,12 @@ from typing import Any, Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 
+from lib.experiments.cells import PRECISION_TITLES
 from lib.experiments.records import select
 
 from .run import CEILING, LAYER_MEAN, ste_estimate
 
 Results = Mapping[str, Any]
-PRECISION_TITLES = {"binary": "binary", "ternary": "ternary", "2bit": "2-bit", "fp": "full precision"}
 
 
 def series(r: Results, precision: str, eps: float, estimate: Mapping[str, Any], layer: str = LAYER_MEAN) -> list[dict]:

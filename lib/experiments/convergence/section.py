@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from lib.experiments.cells import anchor, failed_runs_note, figure, heading, md, table
-from lib.experiments.stats import separated, with_interval
+from lib.experiments.cells import PRECISION_TITLES, anchor, failed_runs_note, figure, heading, md, table
+from lib.experiments.stats import rank, separated, with_interval
 
-from .figures import PRECISION_TITLES, convergence_figure, series
+from .figures import convergence_figure, series
 from .run import CEILING, ste_estimate
 
 HEADING = "Reference convergence"  # beyond the notes: no heading of theirs beside it
@@ -21,9 +21,9 @@ def limiting_until(r: dict[str, Any], precision: str, eps: float) -> int | None:
     ceiling = {c["batch_size"]: c for c in series(r, precision, eps, CEILING)}
     for n in sorted(ceiling):
         best = max((series(r, precision, eps, ste_estimate(v, "independent")) for v in r["parameters"]["ste_variants"]),
-                   key=lambda recs: next(c["mean"] for c in recs if c["batch_size"] == n))
+                   key=lambda recs: rank(next(c["mean"] for c in recs if c["batch_size"] == n)))
         ste = next(c for c in best if c["batch_size"] == n)
-        if ceiling[n]["mean"] > ste["mean"] and separated(ceiling[n].get("interval"), ste.get("interval")):
+        if rank(ceiling[n]["mean"]) > rank(ste["mean"]) and separated(ceiling[n].get("interval"), ste.get("interval")):
             return n
     return None
 
@@ -35,7 +35,7 @@ def _table(r: dict[str, Any], eps: float) -> list:
             n = ceil["batch_size"]
             best = {kind: max((c for v in r["parameters"]["ste_variants"]
                                for c in series(r, precision, eps, ste_estimate(v, kind)) if c["batch_size"] == n),
-                              key=lambda c: c["mean"]) for kind in ("same", "independent")}
+                              key=lambda c: rank(c["mean"])) for kind in ("same", "independent")}
             rows.append([PRECISION_TITLES.get(precision, precision), n, with_interval(ceil["mean"], ceil["interval"]),
                          f"{with_interval(best['same']['mean'], best['same']['interval'])} "
                          f"({best['same']['estimate']['variant']})",
@@ -82,7 +82,7 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
         for precision in p["precisions"]:
             ceiling = next(c for c in series(r, precision, eps, CEILING) if c["batch_size"] == n_max)
             best = max((c for v in p["ste_variants"] for c in series(r, precision, eps, ste_estimate(v, "independent"))
-                        if c["batch_size"] == n_max), key=lambda c: c["mean"])
+                        if c["batch_size"] == n_max), key=lambda c: rank(c["mean"]))
             n = limiting_until(r, precision, eps)
             parts.append(f"{PRECISION_TITLES.get(precision, precision)} ceiling "
                          f"{with_interval(ceiling['mean'], ceiling['interval'])}, best STE "

@@ -5,9 +5,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lib.experiments.cells import PRECISION_TITLES
 from lib.experiments.records import select
 
-from .summary import ACT_TITLES, acts_of, analysis_of, cosine_of, layer_label, mean_cosine, states_of
+from .summary import acts_of, analysis_of, cosine_of, layer_label, mean_cosine, states_of
 
 
 def _plt():
@@ -48,7 +49,7 @@ def plot_cosine(result: dict[str, Any], eps: float | None = None):
                 ax.plot(xs, _nan(cosine_of(entry, v, eps)["per_layer"]), marker="o", ms=3, label=v)
             ax.axhline(0, color="0.5", lw=0.6)
             ax.set_ylim(-1.05, 1.05)
-            ax.set_title(f"{state}, {ACT_TITLES.get(act, act)}", fontsize=10)
+            ax.set_title(f"{state}, {PRECISION_TITLES.get(act, act)}", fontsize=10)
             _layer_axis(ax, result)
             if j == 0:
                 ax.set_ylabel("cos(CDG, STE)")
@@ -80,7 +81,7 @@ def plot_magnitude(result: dict[str, Any]):
             for m in select(mags, estimator="ste"):
                 ax.plot(xs, _pos(m["per_layer"]), lw=1, marker=".", ms=3, label=f"STE {m['variant']}")
             ax.set_yscale("log")
-            ax.set_title(f"{state}, {ACT_TITLES.get(act, act)}", fontsize=10)
+            ax.set_title(f"{state}, {PRECISION_TITLES.get(act, act)}", fontsize=10)
             _layer_axis(ax, result)
             if j == 0:
                 ax.set_ylabel("RMS gradient (sampled coords)")
@@ -101,7 +102,7 @@ def plot_precisions(result: dict[str, Any]):
     for j, state in enumerate(states):
         ax = axes[0][j]
         for act in acts_of(result, state):
-            ax.plot(xs, mean_cosine(result, state, act), marker="o", ms=3, label=ACT_TITLES.get(act, act))
+            ax.plot(xs, mean_cosine(result, state, act), marker="o", ms=3, label=PRECISION_TITLES.get(act, act))
         ax.axhline(0, color="0.5", lw=0.6)
         ax.set_ylim(-1.05, 1.05)
         ax.set_title(state, fontsize=10)
@@ -135,7 +136,7 @@ def plot_decrease(result: dict[str, Any]):
                 ax.plot(lrs, _nan(d["curve"]), lw=1, marker=".", label=f"STE {d['variant']}")
             ax.axhline(0, color="0.5", lw=0.6)
             ax.set_xscale("log")
-            ax.set_title(f"{state}, {ACT_TITLES.get(act, act)}: layer {layer_label(result, layer)}", fontsize=9)
+            ax.set_title(f"{state}, {PRECISION_TITLES.get(act, act)}: layer {layer_label(result, layer)}", fontsize=9)
             ax.set_xlabel("lr (step on the layer-normalised gradient)")
             if j == 0:
                 ax.set_ylabel("loss decrease L(w) − L(w − lr ĝ)")
@@ -159,7 +160,7 @@ def plot_training(results: Sequence[dict[str, Any]] | dict[str, Any]):
         return None
     fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
     for c, act, curve in lines:
-        ax.plot(np.arange(1, len(curve) + 1), curve, lw=1, label=f"c={c}, {ACT_TITLES.get(act, act)}")
+        ax.plot(np.arange(1, len(curve) + 1), curve, lw=1, label=f"c={c}, {PRECISION_TITLES.get(act, act)}")
     ax.set_xlabel("training step")
     ax.set_ylabel("cross-entropy (train batch)")
     ax.set_title("STE + Adam training of the 'trained' states")

@@ -43,8 +43,8 @@ from .params import EXPERIMENT, NUM_CLASSES, ThinResNetParams
 from .states import accuracy, load_data, make_state
 
 
-def run(params: ThinResNetParams | Mapping[str, Any], log: Callable[[str], None] | None = print,
-        on_step: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, int, str], None] | None = None, *,
+        log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Run the experiment for one ``initial_channels``; returns the results dict (JSON-able).
 
     The run is ``len(states) · len(acts)`` steps, one (state, precision) analysis each;

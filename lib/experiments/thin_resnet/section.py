@@ -5,11 +5,12 @@ import math
 from typing import Any, Sequence
 
 from lib.experiments import cells as nbcells
-from lib.experiments.cells import failed_runs_note
+from lib.experiments.cells import PRECISION_TITLES, failed_runs_note
 from lib.experiments.records import select
+from lib.experiments.stats import finite_mean
 
 from .figures import plot_cosine, plot_decrease, plot_magnitude, plot_precisions, plot_training
-from .summary import ACT_TITLES, acts_of, analysis_of, front_back, layer_label, nanmean, states_of, summary_text
+from .summary import acts_of, analysis_of, front_back, layer_label, states_of, summary_text
 
 # The notes' heading beside its English, one level under "BinaryDuo设置实验后续" as in the notes.
 HEADING = "### Thin ResNet-18 CDG gradient experiment - 1 · Thin ResNet-18 CDG grad实验 - 1"
@@ -32,7 +33,7 @@ def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
         "",
         f"* {SETTING_NOTE}.",
         f"* Runs here: initial channels {', '.join(map(str, cs))}; activations "
-        f"{', '.join(ACT_TITLES.get(a, a) for a in p['acts'])}; "
+        f"{', '.join(PRECISION_TITLES.get(a, a) for a in p['acts'])}; "
         f"{'XNOR binary' if p['binary_weights'] else 'full-precision'} weights.",
         f"* Data: {source}; gradients on one batch of {p['batch_size']} training images, cross-entropy, "
         "BatchNorm in eval mode (every image independent).",
@@ -93,7 +94,7 @@ def _cosine_table(results: list[dict[str, Any]]) -> list:
     for r in results:
         for state in states_of(r):
             for act in acts_of(r, state):
-                row: list[Any] = [r["initial_channels"], state, ACT_TITLES.get(act, act)]
+                row: list[Any] = [r["initial_channels"], state, PRECISION_TITLES.get(act, act)]
                 for v in variants:
                     if v in r["ste_variants"]:
                         fb = front_back(r, state, act, v)
@@ -120,7 +121,7 @@ def _decrease_table(results: list[dict[str, Any]]) -> list:
                     cdg_best = max(select(entry["decrease"], layer=layer, estimator="cdg"),
                                    key=lambda d: d["best"] if d["best"] is not None else -math.inf)
                     ste_best = {d["variant"]: d for d in select(entry["decrease"], layer=layer, estimator="ste")}
-                    row = [r["initial_channels"], state, ACT_TITLES.get(act, act), layer_label(r, layer),
+                    row = [r["initial_channels"], state, PRECISION_TITLES.get(act, act), layer_label(r, layer),
                            f"{fmt3(cdg_best['best'])} (ε={cdg_best['eps']:g}, lr={lr_text(r, cdg_best['best_lr'])})"]
                     for v in variants:
                         d = ste_best.get(v)
@@ -155,8 +156,8 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
             if "binary" not in acts_of(r, state):
                 continue
             rows = [front_back(r, state, "binary", v) for v in r["ste_variants"]]
-            front = nanmean([fb["front"] for fb in rows])
-            back = nanmean([fb["back"] for fb in rows])
+            front = finite_mean([fb["front"] for fb in rows])
+            back = finite_mean([fb["back"] for fb in rows])
             parts.append(f"c = {r['initial_channels']} {state}: front {fmt2(front)}, back {fmt2(back)}")
     if not parts:
         return []

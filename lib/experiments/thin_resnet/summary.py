@@ -4,11 +4,11 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-import numpy as np
 
+from lib.experiments.cells import PRECISION_TITLES
 from lib.experiments.records import only, select
+from lib.experiments.stats import finite_mean
 
-ACT_TITLES = {"binary": "binary", "ternary": "ternary", "2bit": "2-bit", "fp": "full precision"}
 
 
 def analysis_of(result: dict[str, Any], state: str, act: str) -> dict[str, Any]:
@@ -31,16 +31,11 @@ def cosine_of(entry: dict[str, Any], variant: str, eps: float) -> dict[str, Any]
     return only(entry["cosines"], variant=variant, eps=eps)
 
 
-def nanmean(values: Sequence[Any]) -> float:
-    arr = np.array([np.nan if v is None else v for v in values], dtype=float)
-    return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
-
-
 def stage_mean(result: dict[str, Any], values: Sequence[Any], stage: int, skip_last: bool = False) -> float:
     """Mean of per-layer ``values`` over the layers of ``stage`` (1 = front, 4 = back), optionally
     without the last binary conv."""
     n = len(values)
-    return nanmean([v for i, (v, layer) in enumerate(zip(values, result["layers"]))
+    return finite_mean([v for i, (v, layer) in enumerate(zip(values, result["layers"]))
                     if layer["stage"] == stage and not (skip_last and i == n - 1)])
 
 
@@ -62,7 +57,7 @@ def mean_cosine(result: dict[str, Any], state: str, act: str, eps: float | None 
     entry = analysis_of(result, state, act)
     eps = result["eps_main"] if eps is None else eps
     per_variant = [cosine_of(entry, v, eps)["per_layer"] for v in result["ste_variants"]]
-    return [nanmean([cos[i] for cos in per_variant]) for i in range(len(result["layers"]))]
+    return [finite_mean([cos[i] for cos in per_variant]) for i in range(len(result["layers"]))]
 
 
 def _compare(a: float, b: float, rel: float = 1e-3) -> str:
@@ -90,20 +85,20 @@ def summary_text(results: Sequence[dict[str, Any]]) -> str:
                              "last conv)" if n_front > half else
                              "higher on the back stage (stage 4 without the last conv) than on the front stage "
                              "(stage 1)" if n_front < half else "no clearer on the front than on the back stage")
-                    front = nanmean([fb["front"] for fb in finite.values()])
-                    back = nanmean([fb["back"] for fb in finite.values()])
+                    front = finite_mean([fb["front"] for fb in finite.values()])
+                    back = finite_mean([fb["back"] for fb in finite.values()])
                     best_v = max(finite, key=lambda v: finite[v]["all"] if math.isfinite(finite[v]["all"]) else -2)
-                    last = nanmean([fb["last"] for fb in finite.values()])
+                    last = finite_mean([fb["last"] for fb in finite.values()])
                     sentences.append(
                         f"with binary activations the cosine of CDG (ε = {r['eps_main']:g}) with the STE is "
                         f"{trend} for {max(n_front, len(finite) - n_front)} of {len(finite)} variants (mean over "
                         f"variants {front:.2f} in front, {back:.2f} at the back); at the last binary conv, "
                         f"which no quantizer follows, it is {last:.2f}; the variant closest to CDG over all "
                         f"layers is {best_v} (cosine {finite[best_v]['all']:.2f})")
-            prec = [(a, nanmean(mean_cosine(r, state, a))) for a in acts_of(r, state)]
+            prec = [(a, finite_mean(mean_cosine(r, state, a))) for a in acts_of(r, state)]
             if len(prec) > 1:
                 order = sorted(prec, key=lambda t: -t[1] if math.isfinite(t[1]) else 2)
-                listing = " > ".join(f"{ACT_TITLES.get(a, a)} ({v:.2f})" for a, v in order)
+                listing = " > ".join(f"{PRECISION_TITLES.get(a, a)} ({v:.2f})" for a, v in order)
                 sentences.append(f"the mean cosine over the 16 layers and the STE variants orders the "
                                  f"activations {listing}")
             for act in acts_of(r, state):
@@ -121,7 +116,7 @@ def summary_text(results: Sequence[dict[str, Any]]) -> str:
                     notes.append(f"layer {layer_label(r, layer)}: CDG {cd:.3g}, {_compare(cd, top)} the best "
                                  f"STE ({top_v}, {top:.3g})")
                 if notes:
-                    sentences.append(f"best single-layer loss decrease with {ACT_TITLES.get(act, act)} "
+                    sentences.append(f"best single-layer loss decrease with {PRECISION_TITLES.get(act, act)} "
                                      "activations: " + "; ".join(notes))
             if sentences:
                 text = "; ".join(sentences)

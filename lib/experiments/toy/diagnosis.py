@@ -16,12 +16,13 @@ initialisations × batches and their 95% intervals (:mod:`lib.experiments.stats`
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from lib.experiments.records import distinct, only, select
-from lib.experiments.stats import separated, with_interval
+from lib.experiments.stats import rank, separated, with_interval
 
-CAUSES = ("bias", "variance", "both", "neither")  # the verdicts
+CAUSES = ("bias", "variance", "both", "neither", "undetermined")  # the verdicts; undetermined: a number is missing
 BIAS_RATIO = 0.5  # the exact smoothed gradient reaches less than this share of CDG's decrease
 FAR_COSINE = 0.5  # NES with the most samples below this cosine with its limit
 RISE = 0.2  # or its cosine rises by more than this from the fewest to the most samples
@@ -38,7 +39,10 @@ def _last_two(curves: list[dict[str, Any]], estimator: str, **fields: Any) -> di
 
 def _verdict(exact: dict[str, Any], cdg2: dict[str, Any], lo: dict[str, Any], hi: dict[str, Any]) -> str:
     """The cause at one σ by the rules of the module docstring (``lo``/``hi``: the cosine records of
-    NES with the fewest / most samples against the exact smoothed gradient)."""
+    NES with the fewest / most samples against the exact smoothed gradient); ``undetermined`` when
+    one of the numbers is missing (NaN, stored as null)."""
+    if any(rank(v) == -math.inf for v in (exact["best"], cdg2["best"], lo["mean"], hi["mean"])):
+        return "undetermined"
     low_share = exact["best"] < BIAS_RATIO * cdg2["best"] if cdg2["best"] > 0 else exact["best"] <= 0
     with_intervals = exact.get("interval") is not None and cdg2.get("interval") is not None
     biased = low_share and (not with_intervals or separated(exact["interval"], cdg2["interval"]))
@@ -76,15 +80,19 @@ def diagnose(results: dict[str, Any]) -> dict[str, Any]:
                           "exact_best": exact["best"], "exact_interval": exact.get("interval"),
                           "by_samples": by_samples,
                           "cos_exact_cdg": only(cosines, estimate=exact_key, layer="all")["mean"]})
-    best_sigma = [{"samples": s, "sigma": max(per_sigma, key=lambda d: _at(d, s)["nes_best"])["sigma"]}
+    best_sigma = [{"samples": s, "sigma": max(per_sigma, key=lambda d: rank(_at(d, s)["nes_best"]))["sigma"]}
                   for s in samples]
     return {"cdg_last2": {"best": cdg2["best"], "interval": cdg2.get("interval")}, "n": cdg2.get("n", 0),
             "rules": RULES, "per_sigma": per_sigma, "best_sigma": best_sigma,
-            "cdg_best": max(c["best"] for c in select(curves, estimator="cdg", layers="all"))}
+            "cdg_best": max((c["best"] for c in select(curves, estimator="cdg", layers="all")), key=rank)}
 
 
 def _at(per: dict[str, Any], samples: int) -> dict[str, Any]:
     return next(b for b in per["by_samples"] if b["samples"] == samples)
+
+
+def _cos(value: float | None) -> str:
+    return "–" if rank(value) == -math.inf else f"{value:.2f}"
 
 
 def diagnosis_text(results: dict[str, Any]) -> str:
@@ -104,21 +112,22 @@ def diagnosis_text(results: dict[str, Any]) -> str:
     def sigmas(entries: list[dict[str, Any]]) -> str:
         return ", ".join(f"{e['sigma']:g}" for e in entries)
 
-    best_nes = max(per, key=lambda e: _at(e, hi)["nes_best"])
+    best_nes = max(per, key=lambda e: rank(_at(e, hi)["nes_best"]))
     lines = [f"**num_dim = {results['num_dim']}** ({'pretrained' if results['pretrained'] else 'no pretraining'}"
-             f", {n}): best CDG loss decrease {d['cdg_best']:.3g}; best NES with {hi} samples "
-             f"{_at(best_nes, hi)['nes_best']:.3g} at σ = {best_nes['sigma']:g} (all layers)."]
+             f", {n}): best CDG loss decrease {with_interval(d['cdg_best'], None)}; best NES with {hi} samples "
+             f"{with_interval(_at(best_nes, hi)['nes_best'], None)} at σ = {best_nes['sigma']:g} (all layers)."]
     for cause, label in (("both", "*Variance and smoothing bias*"), ("bias", "*Smoothing bias*"),
-                         ("variance", "*Variance*"), ("neither", "*Neither*")):
+                         ("variance", "*Variance*"), ("neither", "*Neither*"), ("undetermined", "*Undetermined*")):
         entries = listing(cause)
         if not entries:
             continue
         ex = entries[0] if cause in ("variance", "neither") else entries[-1]
         facts = (f"at σ = {ex['sigma']:g} the exact smoothed gradient decreases the loss by "
                  f"{with_interval(ex['exact_best'], ex['exact_interval'])} against {cdg2} for CDG on the same "
-                 f"two layers; NES there has cosine {_at(ex, lo)['cos_nes_exact']:.2f} with it at {lo} samples and "
-                 f"{_at(ex, hi)['cos_nes_exact']:.2f} at {hi}")
+                 f"two layers; NES there has cosine {_cos(_at(ex, lo)['cos_nes_exact'])} with it at {lo} samples and "
+                 f"{_cos(_at(ex, hi)['cos_nes_exact'])} at {hi}")
         remedy = {"both": "σ is too large and the samples too few", "bias": "σ is too large; more samples cannot help",
-                  "variance": "more samples help", "neither": "NES points downhill as its limit does"}[cause]
+                  "variance": "more samples help", "neither": "NES points downhill as its limit does",
+                  "undetermined": "a number is missing (an estimate was all zero)"}[cause]
         lines.append(f"{label} at σ ∈ {{{sigmas(entries)}}}: {facts}; {remedy}.")
     return " ".join(lines)

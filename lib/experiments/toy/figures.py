@@ -11,6 +11,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 from lib.experiments.records import distinct, only, select
+from lib.experiments.stats import rank
 
 Results = Mapping[str, Any]
 
@@ -119,7 +120,7 @@ def ste_figure(r: Results) -> "plt.Figure":
 
 def best_of(r: Results, **fields: Any) -> Mapping[str, Any]:
     """The curve record with the best loss decrease among those with ``fields``."""
-    return max(select(r["curves"], **fields), key=lambda c: c["best"])
+    return max(select(r["curves"], **fields), key=lambda c: rank(c["best"]))
 
 
 def pretrain_figure(r: Results) -> "plt.Figure | None":

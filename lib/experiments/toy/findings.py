@@ -1,20 +1,41 @@
 """The toy's answers, for the report's sections and its Findings: the notes' difficulty (is one NES
 σ better than the best CDG at every num_dim?), their question (why NES does not point downhill
-after pretraining) and the STE against CDG, each from the means and 95% intervals of the runs."""
+after pretraining) and the STE against CDG, each from the means and 95% intervals of the runs;
+and which runs a section compares (:func:`is_pretrained`, :func:`one_setting`)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 from lib.experiments.cells import anchor
+from lib.experiments.schema import defaults
 from lib.experiments.records import distinct, only
-from lib.experiments.stats import separated, with_interval
+from lib.experiments.stats import rank, separated, with_interval
 
 from . import figures as plots
 from .diagnosis import CAUSES
+from .params import ToyParams
 
 # The headings the findings link to (the sections' English headings).
 SEARCH_1 = "Hyper-parameter search (epsilon for CDG & sigma for NES) - 1"
 SEARCH_2 = "Hyper-parameter search (epsilon for CDG & sigma for NES) - 2"
+
+
+def is_pretrained(run: dict[str, Any]) -> bool:
+    """Whether a run (``{id, entry, results}``) is of the pretrained section: as its results say,
+    else as its manifest entry's parameters (the schema's default when they leave it out)."""
+    if run["results"] is not None:
+        return bool(run["results"]["pretrained"])
+    return bool(run["entry"].get("parameters", {}).get("pretrained", defaults(ToyParams)["pretrained"]))
+
+
+def one_setting(ok: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of one student / teacher precision pair, one per num_dim (the sections compare
+    num_dim): the binary / binary pair of the notes when present, else the first pair found."""
+    pairs = {(r["parameters"]["act"], r["parameters"]["teacher_act"]) for r in ok}
+    if len(pairs) <= 1:
+        return ok
+    pair = ("binary", "binary") if ("binary", "binary") in pairs else sorted(pairs)[0]
+    return [r for r in ok if (r["parameters"]["act"], r["parameters"]["teacher_act"]) == pair]
 
 
 def nes_against_cdg(ok: Sequence[dict[str, Any]], samples: int) -> tuple[list[float], list[float]]:
@@ -26,7 +47,7 @@ def nes_against_cdg(ok: Sequence[dict[str, Any]], samples: int) -> tuple[list[fl
     above, sure = [], []
     for sg in distinct(ok[0]["curves"], "sigma", estimator="nes", layers="all", samples=samples):
         nes = {d: only(by_dim[d]["curves"], estimator="nes", layers="all", samples=samples, sigma=sg) for d in dims}
-        if all(nes[d]["best"] > cdg[d].value for d in dims):
+        if all(rank(nes[d]["best"]) > rank(cdg[d].value) for d in dims):
             above.append(sg)
             if all(separated(nes[d].get("interval"), cdg[d].interval) for d in dims):
                 sure.append(sg)
@@ -66,9 +87,10 @@ def ste_finding(ok: Sequence[dict[str, Any]], pretrained: bool) -> str:
     parts, below, apart = [], 0, 0
     for d in dims:
         cdg = best["CDG"][d]
-        name, ste = max(((k, v[d]) for k, v in best.items() if k.startswith("STE") and d in v), key=lambda kv: kv[1].value)
-        below += ste.value < cdg.value
-        apart += ste.value < cdg.value and separated(ste.interval, cdg.interval)
+        name, ste = max(((k, v[d]) for k, v in best.items() if k.startswith("STE") and d in v),
+                        key=lambda kv: rank(kv[1].value))
+        below += rank(ste.value) < rank(cdg.value)
+        apart += rank(ste.value) < rank(cdg.value) and separated(ste.interval, cdg.interval)
         parts.append(f"num_dim {d}: {name} {with_interval(ste.value, ste.interval)} against CDG "
                      f"{with_interval(cdg.value, cdg.interval)}")
     where = anchor(SEARCH_2 if pretrained else SEARCH_1, "best loss decrease - num_dim plot")
@@ -84,7 +106,8 @@ def question_finding(ok: Sequence[dict[str, Any]]) -> str:
     by_dim = sorted((r for r in ok if r.get("diagnosis")), key=lambda r: r["num_dim"])
     if not by_dim:
         return ""
-    names = {"bias": "smoothing bias", "variance": "variance", "both": "both", "neither": "neither"}
+    names = {"bias": "smoothing bias", "variance": "variance", "both": "both", "neither": "neither",
+             "undetermined": "undetermined"}
     parts = []
     for cause in CAUSES:
         where = []
@@ -101,8 +124,8 @@ def question_finding(ok: Sequence[dict[str, Any]]) -> str:
 def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
     """The toy's sentences for the report's Findings (markdown, with links to their evidence)."""
     ok = [r["results"] for r in runs if r["results"] is not None]
-    plain = [r for r in ok if not r["pretrained"]]
-    pre = [r for r in ok if r["pretrained"]]
+    plain = one_setting([r for r in ok if not r["pretrained"]])
+    pre = one_setting([r for r in ok if r["pretrained"]])
     out = [difficulty_finding(plain), ste_finding(plain, False)] if plain else []
     if pre:
         out += [question_finding(pre), ste_finding(pre, True)]

@@ -48,7 +48,7 @@ from lib.core import estimators as E
 from lib.core import evaluate as V
 from lib.core.device import resolve_device
 from lib.experiments.resume import Steps
-from lib.experiments.stats import interval
+from lib.experiments.stats import finite, finite_mean, interval
 from lib.training.gaussian import gaussian_batch, seeded_generator, teacher_targets, toy_problem
 from lib.training.train import cached_train, train_ste
 
@@ -83,11 +83,6 @@ def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torc
 def estimate(estimator: str, layers: str = "all", **hyper: Any) -> dict[str, Any]:
     """The identity of an estimate in the results: ``{estimator, layers, hyper-parameters}``."""
     return {"estimator": estimator, "layers": layers, **hyper}
-
-
-def _mean(values: list[float]) -> float:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(vals)) if vals else float("nan")
 
 
 class _Tally:
@@ -135,8 +130,9 @@ class _Tally:
 
     def cosine_records(self) -> list[dict[str, Any]]:
         """Per (estimate, reference, layer): mean, spread, the repetitions' values, 95% interval."""
-        return [{**key, "mean": _mean(v), "std": float(np.std(v)), "n": len(v), "values": v,
-                 "interval": interval(_mean(v), v)} for key, v in self.cosines.values()]
+        return [{**key, "mean": finite_mean(v), "std": float(np.std(finite(v))) if finite(v) else float("nan"),
+                 "n": len(finite(v)), "values": v, "interval": interval(finite_mean(v), v)}
+                for key, v in self.cosines.values()]
 
 
 class _Repetition:
@@ -246,7 +242,7 @@ def _student(p: ToyParams, problem, init: int, tally: _Tally, progress: bool) ->
     student, curve, hit = pretrain_student(problem, p, progress)
     if not any(info["init"] == init for info in tally.pretrain):
         tally.pretrain.append({"init": init, "curve": curve, "cached": hit,
-                               "final_loss": _mean(curve[-max(1, len(curve) // 20):])})
+                               "final_loss": finite_mean(curve[-max(1, len(curve) // 20):])})
     return student
 
 
@@ -260,9 +256,9 @@ def _results(p: ToyParams, tally: _Tally, device: str, wall_s: float) -> dict[st
         "lrs": lrs,
         "loss_evaluations": {"cdg": 2 * (3 * p.num_dim**2 + p.num_dim),
                              "nes": [{"samples": s, "evaluations": 2 * s} for s in p.nes_samples]},
-        "base_loss": _mean(tally.base_losses),
-        "seconds": {"cdg": _mean(tally.seconds.get("cdg", [])), "ste": _mean(tally.seconds.get("ste", [])),
-                    "nes": _mean(tally.seconds.get("nes", [])), "nes_samples": max(p.nes_samples)},
+        "base_loss": finite_mean(tally.base_losses),
+        "seconds": {**{kind: finite_mean(tally.seconds.get(kind, [])) for kind in ("cdg", "ste", "nes")},
+                    "nes_samples": max(p.nes_samples)},
         "pretrain": tally.pretrain,
         "curves": tally.curve_records(lrs),
         "cosines": tally.cosine_records(),

@@ -11,7 +11,7 @@ from lib.experiments.stats import with_interval
 
 from . import figures as plots
 from .diagnosis import RULES, diagnosis_text
-from .findings import SEARCH_1, SEARCH_2, nes_sentence
+from .findings import SEARCH_1, SEARCH_2, is_pretrained, nes_sentence, one_setting
 
 # The meeting notes' headings and sentences, verbatim, beside their English.
 H_SEARCH_1 = (SEARCH_1, "搜索超参(epsilon for CDG & sigma for NES) - 1")
@@ -42,8 +42,8 @@ def _setting_cells(notes_lines: Sequence[str], ok: Sequence[dict[str, Any]]) -> 
     if ok:
         p = ok[0]["parameters"]
         dims = sorted(r["num_dim"] for r in ok)
-        text = (f"This run: num_dim ∈ {dims}; student and teacher: 3 binary hidden layers + linear readout, "
-                f"no bias, N(0, 1/fan_in) weights; inputs x ~ N(0, I); gradient batches of {p['batch_size']} rows; "
+        text = (f"This run: num_dim ∈ {dims}; student and teacher: 3 hidden layers ({p['act']} and "
+                f"{p['teacher_act']} activations) + linear readout, no bias, N(0, 1/fan_in) weights; inputs x ~ N(0, I); gradient batches of {p['batch_size']} rows; "
                 f"{p['num_init']} initialisation(s) × {p['num_batch']} batch(es); ε ∈ {p['eps_grid']} (central CDG); "
                 f"σ ∈ {p['sigma_grid']}, samples ∈ {p['nes_samples']} (antithetic, 2 loss evaluations per sample); "
                 f"STE variants {p['ste_variants']}; gradients normalised per {p['normalize']}; "
@@ -125,11 +125,11 @@ def _toy_block(level: int, ok: Sequence[dict[str, Any]], pretrained: bool) -> li
 
 def report_cells(runs: Sequence[dict[str, Any]]) -> list:
     """The notes' two toy sections from the toy runs of a report folder (``{id, entry, results}``)."""
-    toy = list(runs)
     cells: list = []
     for pretrained, h, notes in ((False, H_SEARCH_1, NOTES_SETTING_1), (True, H_SEARCH_2, NOTES_SETTING_2)):
-        part = [r for r in toy if r["entry"].get("parameters", {}).get("pretrained") == pretrained]
-        ok = [r["results"] for r in part if r["results"] is not None]
+        part = [r for r in runs if is_pretrained(r) == pretrained]
+        every = [r["results"] for r in part if r["results"] is not None]
+        ok = one_setting(every)
         cells.append(md(heading(3, *h)))
         cells += _setting_cells(notes, ok)
         if not pretrained:
@@ -150,5 +150,9 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
                 if fig is not None:
                     cells.append(figure(fig))
         cells += failed_runs_note(part)
+        if len(ok) < len(every):
+            cells.append(md(f"{len(every) - len(ok)} run(s) with other student / teacher precisions than "
+                            f"{ok[0]['parameters']['act']} / {ok[0]['parameters']['teacher_act']} are not shown here "
+                            "(one precision pair per section; they are in the run manifest)."))
         cells += _toy_block(4, ok, pretrained)
     return cells
