@@ -320,3 +320,28 @@ def test_runs_go_to_their_section_and_one_precision_pair_per_section():
     assert one_setting(runs) == [runs[0], runs[2]]  # the notes' binary / binary pair
     assert one_setting(runs[1::2]) == runs[1::2]
     assert one_setting([run(8, "fp"), run(8, "2bit")]) == [run(8, "2bit")]  # else the first pair, sorted
+
+
+def test_noise_ceiling_beside_the_ste_cosines(report_dir):
+    """The toy records CDG's noise ceiling at its own batch size: CDG on an independent batch
+    against the reference CDG, recomputed here for the first initialisation × batch."""
+    import torch
+
+    from lib.core.estimators import cdg
+    from lib.core.evaluate import cosine
+    from lib.experiments.records import only
+    from lib.experiments.toy.run import INDEPENDENT_BATCH, noise_ceiling
+    from lib.training.gaussian import toy_problem
+
+    r = read_json(report_dir / "results" / "toy__pretrained-false__num_dim-4.json")
+    rec = only(r["cosines"], estimate=noise_ceiling(0.1), layer="all")
+    assert rec["n"] == 2 and rec["reference"] == {"estimator": "cdg", "layers": "all", "eps": 0.1}
+    problem = toy_problem(4, 0)
+    torch.set_num_threads(1)
+    x, y = problem.batch(32, 0)
+    xb, yb = problem.batch(32, INDEPENDENT_BATCH)
+    expected = cosine(cdg(problem.student, xb, yb, eps=0.1), cdg(problem.student, x, y, eps=0.1))["all"]
+    assert rec["values"][0] == pytest.approx(expected, abs=1e-6)
+    html = (report_dir / "index.html").read_text(encoding="utf-8") if (report_dir / "index.html").exists() else \
+        build_report(report_dir).read_text(encoding="utf-8")
+    assert "CDG noise ceiling" in html

@@ -25,7 +25,7 @@ from lib.common.files import atomic_write_bytes, content_key, to_jsonable
 from lib.experiments.progress import Reporter
 
 SUFFIX = ".partial"
-FORMAT = 2  # bump when the layout of a saved state changes: older partial files are then ignored
+FORMAT = 3  # bump when the layout of a saved state changes: older partial files are then ignored
 
 
 def partial_path(results_path: str | os.PathLike) -> Path:

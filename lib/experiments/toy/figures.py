@@ -248,6 +248,11 @@ def cosine_with_cdg(runs: Sequence[Results]) -> dict[str, dict[int, str]]:
         d, cos = r["num_dim"], r["cosines"]
         reference = {"estimator": "cdg", "layers": "all", "eps": r["parameters"]["reference_eps"]}
         layers = ste_cosine_layers(r)
+        ceiling = {c["layer"]: c for c in select(cos, estimate={"estimator": "cdg", "layers": "all", "batch": "independent",
+                                                                 "eps": reference["eps"]}, reference=reference)}
+        if ceiling:  # the reference's own agreement with itself on another batch: what the rows below can reach
+            table.setdefault("CDG noise ceiling", {})[d] = \
+                f"{fmt_iv(ceiling['all'])} ({' / '.join(fmt(ceiling[k]['mean']) for k in layers)})"
         for st in select(r["curves"], estimator="ste"):
             mine = select(cos, estimate={"estimator": "ste", "layers": "all", "variant": st["variant"]},
                           reference=reference)

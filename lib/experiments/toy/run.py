@@ -23,7 +23,8 @@ The results (a JSON-able dict) hold, besides ``experiment``, ``parameters``, ``n
   ``{estimator, layers, hyper-parameters}``), ``layer`` (a parameter name, or ``all``), ``mean``,
   ``std``, ``n``, ``values`` (per repetition) and ``interval`` (95%); STE variants against CDG at
   ``reference_eps`` per layer and over all, NES and the exact smoothed gradient against that CDG,
-  NES on the last two layers against the exact one;
+  NES on the last two layers against the exact one, and the reference's noise ceiling (CDG on an
+  independent batch of the same size against it, :func:`noise_ceiling`);
 * ``base_loss``, ``pretrain`` (per initialisation: ``init``, ``curve``, ``cached``,
   ``final_loss``), ``seconds`` per estimate (``cdg``, ``ste``, ``nes`` for ``nes_samples``
   directions, all sample counts at once) and ``loss_evaluations`` per estimate (``cdg``; ``nes``:
@@ -85,6 +86,15 @@ def estimate(estimator: str, layers: str = "all", **hyper: Any) -> dict[str, Any
     return {"estimator": estimator, "layers": layers, **hyper}
 
 
+INDEPENDENT_BATCH = 20_000  # batch indices of the noise ceiling's second batch (held-out ones are 10_000 + b)
+
+
+def noise_ceiling(eps: float) -> dict[str, Any]:
+    """The estimate of the noise-ceiling cosines: CDG at ``eps`` on an independent batch of the
+    same size, against the reference CDG (docs/design.md §2)."""
+    return estimate("cdg", eps=eps, batch="independent")
+
+
 class _Tally:
     """What the repetitions produced so far, in the order they produced it (a resumed run
     appends in the same order as an uninterrupted one, so means and spreads agree bit for bit)."""
@@ -140,7 +150,7 @@ class _Repetition:
 
     def __init__(self, p: ToyParams, model: torch.nn.Module, problem, init: int, b: int, device: str,
                  tally: _Tally) -> None:
-        self.p, self.model, self.tally = p, model, tally
+        self.p, self.model, self.tally, self.problem, self.b, self.device = p, model, tally, problem, b, device
         self.x, self.y = problem.batch(p.batch_size, b, device=device)
         self.xe, self.ye = problem.batch(p.batch_size, 10_000 + b, device=device) if p.held_out else (self.x, self.y)
         self.seed = p.seed * 1_000_003 + init * 1009 + b
@@ -166,6 +176,11 @@ class _Repetition:
             self.curve(estimate("ste", variant=variant), g)
             for name, value in V.cosine(g, self.reference_gradient()).items():
                 self.tally.cosine(estimate("ste", variant=variant), self.reference, name, value)
+        # The reference's noise ceiling: CDG on an independent batch of the same size against it.
+        xb, yb = self.problem.batch(p.batch_size, INDEPENDENT_BATCH + self.b, device=self.device)
+        other = E.cdg(model, xb, yb, eps=p.reference_eps, seed=self.seed)
+        for name, value in V.cosine(other, self.reference_gradient()).items():
+            self.tally.cosine(noise_ceiling(p.reference_eps), self.reference, name, value)
 
     def reference_gradient(self) -> dict[str, torch.Tensor]:
         """CDG at ``reference_eps`` (computed again when a resumed run needs it)."""

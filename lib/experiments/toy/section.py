@@ -116,7 +116,9 @@ def _toy_block(level: int, ok: Sequence[dict[str, Any]], pretrained: bool) -> li
         cos = plots.cosine_with_cdg(by_dim)
         cells.append(md(f"How well each estimate points where CDG (ε = {by_dim[0]['parameters']['reference_eps']:g}) "
                         f"points: cosine over all weights, then per layer ({' / '.join(layers)}) for the STE "
-                        "variants; for NES at the σ with the best loss decrease, over all weights."))
+                        "variants; for NES at the σ with the best loss decrease, over all weights. The first row "
+                        "is CDG's noise ceiling at the same batch size (CDG on an independent batch against it): "
+                        "an STE cosine near it says more about the reference's noise than about the STE."))
         dims = [r["num_dim"] for r in by_dim]
         cells.append(table(["estimator"] + [f"num_dim {d}" for d in dims],
                            [[name] + [by.get(d, "–") for d in dims] for name, by in cos.items()]))
