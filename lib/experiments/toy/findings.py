@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from lib.experiments.cells import anchor
-from lib.experiments.schema import defaults
 from lib.experiments.records import distinct, only
+from lib.experiments.schema import defaults
 from lib.experiments.stats import rank, separated, with_interval
 
 from . import figures as plots
@@ -31,11 +31,14 @@ def is_pretrained(run: dict[str, Any]) -> bool:
 def one_setting(ok: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The runs of one student / teacher precision pair, one per num_dim (the sections compare
     num_dim): the binary / binary pair of the notes when present, else the first pair found."""
-    pairs = {(r["parameters"]["act"], r["parameters"]["teacher_act"]) for r in ok}
+    def pair_of(r: dict[str, Any]) -> tuple[str, str]:
+        return r["parameters"].get("act", "binary"), r["parameters"].get("teacher_act", "binary")
+
+    pairs = {pair_of(r) for r in ok}
     if len(pairs) <= 1:
         return ok
     pair = ("binary", "binary") if ("binary", "binary") in pairs else sorted(pairs)[0]
-    return [r for r in ok if (r["parameters"]["act"], r["parameters"]["teacher_act"]) == pair]
+    return [r for r in ok if pair_of(r) == pair]
 
 
 def nes_against_cdg(ok: Sequence[dict[str, Any]], samples: int) -> tuple[list[float], list[float]]:

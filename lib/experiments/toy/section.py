@@ -42,7 +42,7 @@ def _setting_cells(notes_lines: Sequence[str], ok: Sequence[dict[str, Any]]) -> 
     if ok:
         p = ok[0]["parameters"]
         dims = sorted(r["num_dim"] for r in ok)
-        text = (f"This run: num_dim ∈ {dims}; student and teacher: 3 hidden layers ({p['act']} and "
+        text = (f"This run: num_dim ∈ {dims}; student and teacher: 3 hidden layers ({p.get('act', 'binary')} and "
                 f"{p['teacher_act']} activations) + linear readout, no bias, N(0, 1/fan_in) weights; inputs x ~ N(0, I); gradient batches of {p['batch_size']} rows; "
                 f"{p['num_init']} initialisation(s) × {p['num_batch']} batch(es); ε ∈ {p['eps_grid']} (central CDG); "
                 f"σ ∈ {p['sigma_grid']}, samples ∈ {p['nes_samples']} (antithetic, 2 loss evaluations per sample); "
@@ -154,7 +154,7 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
         cells += failed_runs_note(part)
         if len(ok) < len(every):
             cells.append(md(f"{len(every) - len(ok)} run(s) with other student / teacher precisions than "
-                            f"{ok[0]['parameters']['act']} / {ok[0]['parameters']['teacher_act']} are not shown here "
-                            "(one precision pair per section; they are in the run manifest)."))
+                            f"{ok[0]['parameters'].get('act', 'binary')} / {ok[0]['parameters']['teacher_act']} are not "
+                            "shown here (one precision pair per section; they are in the run manifest)."))
         cells += _toy_block(4, ok, pretrained)
     return cells
