@@ -11,8 +11,17 @@ from .run import CEILING, ste_estimate
 
 HEADING = "Reference convergence"  # beyond the notes: no heading of theirs beside it
 RULE = ("CDG stops being the limiting factor at the first N where its noise ceiling lies above the best STE "
-        "variant's (mean per-layer) cosine with CDG on an independent batch, both 95% intervals apart: from there on, CDG agrees "
-        "with itself better than any STE agrees with it, so a low STE–CDG cosine measures the STE")
+        "variant's (mean per-layer) cosine with CDG on an independent batch, both 95% intervals apart: from "
+        "there on, CDG agrees with itself better than any STE agrees with it, so a low STE–CDG cosine "
+        "measures the STE")
+
+
+def best_ste(r: dict[str, Any], precision: str, eps: float, n: int, reference_batch: str) -> dict[str, Any]:
+    """The record of the STE variant with the highest mean per-layer cosine with CDG at batch size
+    ``n`` (CDG on the STE's own batch: ``same``; on the other one: ``independent``)."""
+    return max((c for v in r["parameters"]["ste_variants"]
+                for c in series(r, precision, eps, ste_estimate(v, reference_batch)) if c["batch_size"] == n),
+               key=lambda c: rank(c["mean"]))
 
 
 def limiting_until(r: dict[str, Any], precision: str, eps: float) -> int | None:
@@ -20,9 +29,7 @@ def limiting_until(r: dict[str, Any], precision: str, eps: float) -> int | None:
     when it limits at every N of the run."""
     ceiling = {c["batch_size"]: c for c in series(r, precision, eps, CEILING)}
     for n in sorted(ceiling):
-        best = max((series(r, precision, eps, ste_estimate(v, "independent")) for v in r["parameters"]["ste_variants"]),
-                   key=lambda recs: rank(next(c["mean"] for c in recs if c["batch_size"] == n)))
-        ste = next(c for c in best if c["batch_size"] == n)
+        ste = best_ste(r, precision, eps, n, "independent")
         if rank(ceiling[n]["mean"]) > rank(ste["mean"]) and separated(ceiling[n].get("interval"), ste.get("interval")):
             return n
     return None
@@ -33,9 +40,7 @@ def _table(r: dict[str, Any], eps: float) -> list:
     for precision in r["parameters"]["precisions"]:
         for ceil in series(r, precision, eps, CEILING):
             n = ceil["batch_size"]
-            best = {kind: max((c for v in r["parameters"]["ste_variants"]
-                               for c in series(r, precision, eps, ste_estimate(v, kind)) if c["batch_size"] == n),
-                              key=lambda c: rank(c["mean"])) for kind in ("same", "independent")}
+            best = {kind: best_ste(r, precision, eps, n, kind) for kind in ("same", "independent")}
             rows.append([PRECISION_TITLES.get(precision, precision), n, with_interval(ceil["mean"], ceil["interval"]),
                          f"{with_interval(best['same']['mean'], best['same']['interval'])} "
                          f"({best['same']['estimate']['variant']})",
@@ -81,8 +86,7 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
         parts = []
         for precision in p["precisions"]:
             ceiling = next(c for c in series(r, precision, eps, CEILING) if c["batch_size"] == n_max)
-            best = max((c for v in p["ste_variants"] for c in series(r, precision, eps, ste_estimate(v, "independent"))
-                        if c["batch_size"] == n_max), key=lambda c: rank(c["mean"]))
+            best = best_ste(r, precision, eps, n_max, "independent")
             n = limiting_until(r, precision, eps)
             parts.append(f"{PRECISION_TITLES.get(precision, precision)} ceiling "
                          f"{with_interval(ceiling['mean'], ceiling['interval'])}, best STE "
