@@ -31,3 +31,16 @@ def test_with_interval():
     assert with_interval(0.91234, [0.8612, 0.96349]) == "0.912 [0.861, 0.963]"
     assert with_interval(0.91234, None) == "0.912" and with_interval(None, None) == "–"
     assert with_interval(float("nan"), [0.0, 1.0]) == "–"
+
+
+def test_lr_band_is_the_interval_of_the_mean_curve():
+    """The band of an lr curve, from the population spread the results store, equals the
+    t-interval of the values at that lr."""
+    import numpy as np
+
+    from lib.experiments.toy.figures import band_halfwidth
+
+    values = np.array([[0.1, 0.5], [0.3, 0.2], [0.2, 0.8]])  # 3 repetitions × 2 learning rates
+    half = band_halfwidth(values.std(axis=0), 3)
+    assert half == pytest.approx([t_halfwidth(values[:, 0]), t_halfwidth(values[:, 1])])
+    assert band_halfwidth(np.zeros(2), 1) is None

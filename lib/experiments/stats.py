@@ -28,13 +28,18 @@ def rank(value: float | None) -> float:
     return value if value is not None and math.isfinite(value) else -math.inf
 
 
+def t_quantile(dof: int, level: float = LEVEL) -> float:
+    """``t_{(1+level)/2, dof}``: the two-sided ``level`` quantile of Student's t."""
+    return float(_scipy_stats.t.ppf((1 + level) / 2, dof))
+
+
 def t_halfwidth(values: Iterable[float | None], level: float = LEVEL) -> float | None:
     """``t_{(1+level)/2, n−1} · s / √n`` of the finite ``values``; ``None`` when ``n < 2``."""
     vals = finite(values)
     if len(vals) < 2:
         return None
     s = float(np.std(vals, ddof=1))
-    return float(_scipy_stats.t.ppf((1 + level) / 2, len(vals) - 1)) * s / math.sqrt(len(vals))
+    return t_quantile(len(vals) - 1, level) * s / math.sqrt(len(vals))
 
 
 def interval(mean: float | None, values: Iterable[float | None], level: float = LEVEL) -> list[float] | None:

@@ -93,7 +93,7 @@ def report_notebook(report_dir: str | Path) -> nbformat.NotebookNode:
                 "CDG: coordinate discrete gradient (central, step ε); NES: Gaussian-smoothing gradient "
                 "(σ, antithetic samples); STE: straight-through estimators. Loss decrease = L(w) − L(w − lr·ĝ) "
                 "with ĝ normalised as each section's setting states (per layer by default), mean over "
-                "initialisations × batches (shaded: ± one standard deviation; star: best lr)."),
+                "initialisations × batches (shaded: its 95% interval; star: best lr)."),
              *findings_cells(runs), md(heading(2, *H_FOLLOW_UP))]
     missing = not_run_yet(manifest)
     if missing:

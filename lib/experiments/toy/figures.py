@@ -11,7 +11,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 from lib.experiments.records import distinct, only, select
-from lib.experiments.stats import rank
+from lib.experiments.stats import rank, t_quantile
 
 Results = Mapping[str, Any]
 
@@ -39,9 +39,9 @@ def at_lr_edge(stats: Mapping[str, Any], lrs: Sequence[float]) -> bool:
 
 def lr_curves(ax: "plt.Axes", lrs: Sequence[float], stats: Mapping[str, Mapping[str, Any]],
               title: str, label_fmt: str = "{}") -> None:
-    """lr → loss decrease, one line per entry (mean, shaded ± one standard deviation over
-    initialisations × batches), best point marked, log x-axis. A curve whose best lr is the
-    largest of the grid gets :data:`LR_EDGE_MARK` in the legend."""
+    """lr → loss decrease, one line per entry (mean over the ``n`` initialisations × batches,
+    shaded: its 95% t-interval, none for n = 1), best point marked, log x-axis. A curve whose
+    best lr is the largest of the grid gets :data:`LR_EDGE_MARK` in the legend."""
     lrs = np.asarray(lrs, dtype=float)
     cmap = plt.get_cmap("viridis")
     keys = list(stats)
@@ -52,7 +52,9 @@ def lr_curves(ax: "plt.Axes", lrs: Sequence[float], stats: Mapping[str, Mapping[
         color = cmap(i / max(1, len(keys) - 1)) if len(keys) > 1 else "C0"
         label = label_fmt.format(key) + (LR_EDGE_MARK if at_lr_edge(s, lrs) else "")
         ax.plot(lrs, mean, marker=".", color=color, label=label)
-        ax.fill_between(lrs, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+        half = band_halfwidth(std, s.get("n", 0))
+        if half is not None:
+            ax.fill_between(lrs, mean - half, mean + half, color=color, alpha=0.15, linewidth=0)
         if s.get("best") is not None and s.get("best_lr") is not None:
             ax.plot([s["best_lr"]], [s["best"]], marker="*", color=color, markersize=11,
                     markeredgecolor="black", markeredgewidth=0.5)
@@ -63,6 +65,15 @@ def lr_curves(ax: "plt.Axes", lrs: Sequence[float], stats: Mapping[str, Mapping[
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+
+
+def band_halfwidth(std: np.ndarray, n: int) -> np.ndarray | None:
+    """Half-width of the 95% t-interval of a mean curve from its spread over ``n`` repetitions:
+    ``t_{0.975, n−1} · s / √n`` with the sample deviation ``s = std · √(n / (n − 1))`` (``std``
+    is the population one the results store); ``None`` for n < 2."""
+    if n < 2:
+        return None
+    return t_quantile(n - 1) * std * np.sqrt(n / (n - 1)) / np.sqrt(n)
 
 
 def _clip_view(ax: "plt.Axes", stats: Mapping[str, Mapping[str, Any]]) -> None:
@@ -77,7 +88,7 @@ def _clip_view(ax: "plt.Axes", stats: Mapping[str, Mapping[str, Any]]) -> None:
 def _setting(r: Results) -> str:
     p = r["parameters"]
     return (f"num_dim={r['num_dim']}, {'pretrained' if r['pretrained'] else 'no pretraining'}, "
-            f"batch {p['batch_size']}, {p['num_init']}×{p['num_batch']} reps")
+            f"batch {p['batch_size']}, n = {p['num_init']}×{p['num_batch']} reps (band: 95% interval)")
 
 
 def cdg_figure(r: Results) -> "plt.Figure":
