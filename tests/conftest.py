@@ -1,9 +1,11 @@
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lib.experiments import registry
+from lib.experiments.progress import Reporter
 from lib.experiments.schema import DEVICE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, one_of, param, validate
 
 
@@ -47,3 +49,39 @@ def _register(monkeypatch, notebook: str = "tests/fixtures/toy.ipynb") -> None:
 def register_fixture_notebook():
     """``register(monkeypatch, notebook="tests/fixtures/toy.ipynb")``: see :func:`_register`."""
     return _register
+
+
+class Killed(Exception):
+    """Stands for the kernel dying after some steps."""
+
+
+class DiesAfter(Reporter):
+    """A reporter that raises :class:`Killed` once ``steps`` steps are done (the state is saved)."""
+
+    def __init__(self, results_path, steps: int) -> None:
+        super().__init__(results_path)
+        self.steps = steps
+
+    def __call__(self, done, total, what=""):
+        super().__call__(done, total, what)
+        if done == self.steps:
+            raise Killed
+
+
+class Recording(Reporter):
+    """A reporter that keeps ``(done, done_at_start, what)`` of every report in ``calls``."""
+
+    def __init__(self, results_path) -> None:
+        super().__init__(results_path)
+        self.calls: list[tuple[int, int, str]] = []
+
+    def __call__(self, done, total, what=""):
+        super().__call__(done, total, what)
+        self.calls.append((done, self.done_at_start, what))
+
+
+@pytest.fixture(scope="session")
+def reporters():
+    """``Killed``, ``DiesAfter(results_path, steps)`` and ``Recording(results_path)``: a run
+    interrupted after some steps, and the reports of its rerun."""
+    return SimpleNamespace(Killed=Killed, DiesAfter=DiesAfter, Recording=Recording)

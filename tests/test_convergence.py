@@ -10,7 +10,6 @@ import torch
 
 from lib.experiments.convergence import section
 from lib.experiments.convergence.run import CEILING, LAYER_MEAN, noise_ceiling, run, ste_estimate
-from lib.experiments.progress import Reporter
 from lib.experiments.records import only, select
 from lib.pipeline import execute
 from lib.training.gaussian import toy_problem
@@ -64,27 +63,12 @@ def test_records(tiny):
     assert same["mean"] > 0.99  # full precision: the STE is the exact gradient, CDG a finite difference of it
 
 
-def test_resume_gives_the_same_numbers(tiny, tmp_path):
-    class Killed(Exception):
-        pass
-
-    class DiesAfter2(Reporter):
-        def __call__(self, done, total, what=""):
-            super().__call__(done, total, what)
-            if done == 2:
-                raise Killed
-
-    with pytest.raises(Killed):
-        run(TINY, on_step=DiesAfter2(tmp_path / "r.json"), progress=False)
-    calls = []
-
-    class Recording(Reporter):
-        def __call__(self, done, total, what=""):
-            super().__call__(done, total, what)
-            calls.append(done)
-
-    resumed = run(TINY, on_step=Recording(tmp_path / "r.json"), progress=False)
-    assert calls == [2, 3, 4, 5, 6]  # reported at once, then the rest
+def test_resume_gives_the_same_numbers(tiny, tmp_path, reporters):
+    with pytest.raises(reporters.Killed):
+        run(TINY, on_step=reporters.DiesAfter(tmp_path / "r.json", 2), progress=False)
+    recording = reporters.Recording(tmp_path / "r.json")
+    resumed = run(TINY, on_step=recording, progress=False)
+    assert [c[0] for c in recording.calls] == [2, 3, 4, 5, 6]  # reported at once, then the rest
     assert resumed["cosines"] == tiny["cosines"]
 
 

@@ -60,21 +60,6 @@ def test_toy_reports_one_step_per_rep_and_sigma():
     json.dumps(calls)
 
 
-class _Killed(Exception):
-    """Stands for the kernel dying after some steps."""
-
-
-class _DiesAfter(progress.Reporter):
-    def __init__(self, results_path, steps):
-        super().__init__(results_path)
-        self.steps = steps
-
-    def __call__(self, done, total, what=""):
-        super().__call__(done, total, what)
-        if done == self.steps:
-            raise _Killed
-
-
 def _tiny(**kw):
     base = dict(num_dim=4, eps_grid=[0.1, 0.3], sigma_grid=[0.1, 0.5, 2.0], nes_samples=[20, 50],
                 ste_variants=["clipped", "identity"], num_lr=3, num_lr_refine=2, batch_size=16, num_init=2,
@@ -89,40 +74,29 @@ def _numbers(results):
 
 
 @pytest.mark.parametrize("killed_after", [1, 5, 6])  # inside a batch, inside the 2nd batch, at the 2nd init's start
-def test_toy_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, killed_after):
+def test_toy_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, killed_after, reporters):
     p = _tiny(pretrained=True, cache_dir=str(tmp_path / "cache"))
     reference = run_toy(p, progress=False)  # no reporter: no checkpoint
     results = tmp_path / "run.json"
-    with pytest.raises(_Killed):
-        run_toy(p, progress=False, on_step=_DiesAfter(results, killed_after))
+    with pytest.raises(reporters.Killed):
+        run_toy(p, progress=False, on_step=reporters.DiesAfter(results, killed_after))
     assert json.loads(partial_path(results).read_text())["state"]["finished"] == killed_after
-    calls = []
-
-    class Counting(progress.Reporter):
-        def __call__(self, done, total, what=""):
-            super().__call__(done, total, what)
-            calls.append((done, self.done_at_start))
-
-    resumed = run_toy(p, progress=False, on_step=Counting(results))
+    recording = reporters.Recording(results)
+    resumed = run_toy(p, progress=False, on_step=recording)
     # reported at once, then only the rest is computed
-    assert calls == [(killed_after, killed_after)] + [(k, killed_after) for k in range(killed_after + 1, 13)]
+    assert [c[:2] for c in recording.calls] == \
+        [(killed_after, killed_after)] + [(k, killed_after) for k in range(killed_after + 1, 13)]
     assert _numbers(resumed) == _numbers(reference)
 
 
-def test_toy_checkpoint_of_other_parameters_is_ignored(tmp_path):
+def test_toy_checkpoint_of_other_parameters_is_ignored(tmp_path, reporters):
     results = tmp_path / "run.json"
-    with pytest.raises(_Killed):
-        run_toy(_tiny(seed=1), progress=False, on_step=_DiesAfter(results, 2))
+    with pytest.raises(reporters.Killed):
+        run_toy(_tiny(seed=1), progress=False, on_step=reporters.DiesAfter(results, 2))
     p = _tiny()
-    calls = []
-
-    class Recording(progress.Reporter):
-        def __call__(self, done, total, what=""):
-            super().__call__(done, total, what)
-            calls.append(done)
-
-    resumed = run_toy(p, progress=False, on_step=Recording(results))
-    assert calls == list(range(1, 13))
+    recording = reporters.Recording(results)
+    resumed = run_toy(p, progress=False, on_step=recording)
+    assert [c[0] for c in recording.calls] == list(range(1, 13))
     assert _numbers(resumed) == _numbers(run_toy(p, progress=False))
 
 

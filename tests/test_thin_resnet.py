@@ -18,7 +18,6 @@ from lib.experiments.thin_resnet.params import ThinResNetParams
 from lib.experiments.thin_resnet.run import run as run_thin_resnet
 from lib.core.estimators import cdg, ste
 from lib.core.evaluate import cosine
-from lib.experiments.progress import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "thin_resnet.ipynb"
@@ -148,34 +147,18 @@ def test_same_parameters_same_numbers_and_cache_hit(tiny_results):
     assert _strip(first) == _strip(second)
 
 
-def test_resumes_from_its_checkpoint_with_the_same_numbers(tiny_results, tmp_path):
+def test_resumes_from_its_checkpoint_with_the_same_numbers(tiny_results, tmp_path, reporters):
     """Killed after 3 of the 4 (state, precision) analyses, rerun: only the 4th is computed and
     the numbers are those of the uninterrupted run."""
     first, _ = tiny_results
-
-    class Killed(Exception):
-        pass
-
-    class DiesAfter3(Reporter):
-        def __call__(self, done, total, what=""):
-            super().__call__(done, total, what)
-            if done == 3:
-                raise Killed
-
     results_path = tmp_path / "run.json"
     params = tiny_params(tmp_path)
     torch.set_num_threads(1)
-    with pytest.raises(Killed):
-        run_thin_resnet(params, log=None, on_step=DiesAfter3(results_path))
-    steps = []
-
-    class Recording(Reporter):
-        def __call__(self, done, total, what=""):
-            super().__call__(done, total, what)
-            steps.append((done, self.done_at_start, what))
-
-    resumed = run_thin_resnet(params, log=None, on_step=Recording(results_path))
-    assert steps == [(3, 3, "resumed"), (4, 3, "trained/fp")]
+    with pytest.raises(reporters.Killed):
+        run_thin_resnet(params, log=None, on_step=reporters.DiesAfter(results_path, 3))
+    recording = reporters.Recording(results_path)
+    resumed = run_thin_resnet(params, log=None, on_step=recording)
+    assert recording.calls == [(3, 3, "resumed"), (4, 3, "trained/fp")]
     resumed["parameters"]["cache_dir"] = first["parameters"]["cache_dir"]  # each test has its own folder
     assert _strip(resumed) == _strip(first)
 

@@ -20,7 +20,7 @@ from nbconvert import HTMLExporter
 
 from lib.common.files import atomic_write_bytes, read_json
 from lib.experiments.cells import heading, md
-from lib.experiments.registry import EXPERIMENTS, report_findings, report_section
+from lib.experiments.registry import EXPERIMENTS, Experiment, report_findings, report_section
 from lib.report.anchors import with_contents
 from lib.report.manifest import manifest_section, not_run_yet
 
@@ -67,14 +67,19 @@ def latest_report_dir(reports: str | Path = "reports") -> Path:
 
 # ----------------------------------------------------------------------------- build
 
-def findings_cells(runs: list[dict[str, Any]]) -> list:
+def runs_by_experiment(runs: list[dict[str, Any]]) -> list[tuple[Experiment, list[dict[str, Any]]]]:
+    """The registry's experiments, in report order, each with its runs (those it has any of)."""
+    grouped = [(e, [r for r in runs if experiment_of(r) == e.name]) for e in EXPERIMENTS]
+    return [(e, mine) for e, mine in grouped if mine]
+
+
+def findings_cells(groups: list[tuple[Experiment, list[dict[str, Any]]]]) -> list:
     """The report's opening: "Findings", each experiment's sentences (with their numbers, intervals
     and a link to the evidence) as a list; nothing when no experiment has any."""
     sentences = []
-    for experiment in EXPERIMENTS:
-        mine = [r for r in runs if experiment_of(r) == experiment.name]
+    for experiment, mine in groups:
         findings = report_findings(experiment)
-        if mine and findings:
+        if findings:
             sentences += findings(mine)
     if not sentences:
         return []
@@ -85,6 +90,7 @@ def report_notebook(report_dir: str | Path) -> nbformat.NotebookNode:
     """The report as a notebook of markdown and figure cells."""
     report_dir = Path(report_dir)
     manifest, runs = load_runs(report_dir)
+    groups = runs_by_experiment(runs)
     nb = nbformat.v4.new_notebook()
     nb.metadata["title"] = f"How wrong is the STE? Report {manifest.get('date', report_dir.name)}"
     cells = [md(f"# How wrong is the straight-through estimator? · {NOTES_TITLE}\n\n"
@@ -94,15 +100,14 @@ def report_notebook(report_dir: str | Path) -> nbformat.NotebookNode:
                 "(σ, antithetic samples); STE: straight-through estimators. Loss decrease = L(w) − L(w − lr·ĝ) "
                 "with ĝ normalised as each section's setting states (per layer by default), mean over "
                 "initialisations × batches (shaded: its 95% interval; star: best lr)."),
-             *findings_cells(runs), md(heading(2, *H_FOLLOW_UP))]
+             *findings_cells(groups), md(heading(2, *H_FOLLOW_UP))]
     missing = not_run_yet(manifest)
     if missing:
         cells.insert(1, md(f"**Partial report:** {len(missing)} planned run(s) have not finished yet "
                            "(listed in the run manifest at the end); sections without them show what exists."))
-    for experiment in EXPERIMENTS:
-        mine = [r for r in runs if experiment_of(r) == experiment.name]
+    for experiment, mine in groups:
         section = report_section(experiment)
-        if mine and section:
+        if section:
             cells += section(mine)
     cells += manifest_section(manifest, runs)
     nb.cells = cells

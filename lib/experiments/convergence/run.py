@@ -38,7 +38,7 @@ from lib.core.estimators import cdg, ste
 from lib.core.evaluate import cosine
 from lib.experiments.resume import Steps
 from lib.experiments.schema import build
-from lib.experiments.stats import finite, interval
+from lib.experiments.stats import finite, finite_mean, interval
 from lib.training.gaussian import toy_problem
 
 from .params import EXPERIMENT, ConvergenceParams
@@ -77,8 +77,7 @@ def analyse(p: ConvergenceParams, precision: str, init: int, device: str) -> lis
             for v, g in stes.items():
                 pairs += [(ste_estimate(v, "same"), cosine(g, ga)), (ste_estimate(v, "independent"), cosine(g, gb))]
             for estimate, by_layer in pairs:
-                per_layer = finite(v for k, v in by_layer.items() if k != "all")
-                by_layer[LAYER_MEAN] = sum(per_layer) / len(per_layer) if per_layer else float("nan")
+                by_layer[LAYER_MEAN] = finite_mean(v for k, v in by_layer.items() if k != "all")
                 out += [{"batch_size": n, "eps": eps, "layer": layer, "estimate": estimate, "value": value}
                         for layer, value in by_layer.items()]
     return out
@@ -124,8 +123,7 @@ def _aggregate(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (precision, eps, n, layer, _), rs in groups.items():
         values = [r["value"] for r in rs]
-        vals = finite(values)
-        mean = sum(vals) / len(vals) if vals else float("nan")
+        mean = finite_mean(values)
         out.append({"precision": precision, "eps": eps, "batch_size": n, "layer": layer, "estimate": rs[0]["estimate"],
-                    "values": values, "mean": mean, "interval": interval(mean, values), "n": len(vals)})
+                    "values": values, "mean": mean, "interval": interval(mean, values), "n": len(finite(values))})
     return out

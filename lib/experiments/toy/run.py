@@ -140,9 +140,12 @@ class _Tally:
 
     def cosine_records(self) -> list[dict[str, Any]]:
         """Per (estimate, reference, layer): mean, spread, the repetitions' values, 95% interval."""
-        return [{**key, "mean": finite_mean(v), "std": float(np.std(finite(v))) if finite(v) else float("nan"),
-                 "n": len(finite(v)), "values": v, "interval": interval(finite_mean(v), v)}
-                for key, v in self.cosines.values()]
+        out = []
+        for key, values in self.cosines.values():
+            vals, mean = finite(values), finite_mean(values)
+            out.append({**key, "mean": mean, "std": float(np.std(vals)) if vals else float("nan"), "n": len(vals),
+                        "values": values, "interval": interval(mean, values)})
+        return out
 
 
 class _Repetition:
