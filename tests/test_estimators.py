@@ -13,7 +13,7 @@ from lib.core import evaluate as V
 from lib.training.gaussian import toy_problem
 from lib.core.losses import batch_loss
 from lib.core.models import BinaryMLP
-from lib.core.quantizers import Quantizer, get_surrogate, quantize
+from lib.core.quantizers import Quantizer, get_surrogate, level_index, levels, quantize
 
 
 def brute_force_cdg(model, x, y, eps, central, loss="mse", names=None):
@@ -63,6 +63,30 @@ def test_cdg_equals_brute_force_loop(act, central):
     for name in ref:
         torch.testing.assert_close(got[name], ref[name], rtol=1e-9, atol=1e-11)
     assert any(ref[n].abs().max() > 1e-3 for n in ref)  # a non-trivial gradient was compared
+
+
+@pytest.mark.parametrize("act", ["ternary", "2bit", "fp"])
+@pytest.mark.parametrize("eps", [0.03, 0.9])
+def test_cdg_with_biases_and_level_jumps_equals_brute_force_loop(act, eps):
+    """ε = 0.9 moves 2-bit and ternary units over several levels at once; biases take the bias path;
+    fp with biases takes the affine closed form (MSE) for every layer."""
+    model, x, y = small_problem(act, bias=True)
+    ref = brute_force_cdg(model, x, y, eps, True)
+    got = E.cdg(model, x, y, eps=eps)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-9, atol=1e-11)
+    assert all(ref[n].abs().max() > 1e-4 for n in ref)
+
+
+def test_cdg_full_precision_cross_entropy_equals_brute_force():
+    """Not MSE: the affine unit's rows go through the suffix instead of the closed form."""
+    model = BinaryMLP(5, hidden_layers=2, out_dim=3, act="fp", bias=True, seed=2).double()
+    x = torch.randn(120, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (120,), generator=torch.Generator().manual_seed(1))
+    ref = brute_force_cdg(model, x, y, 0.2, False, loss="cross_entropy")
+    got = E.cdg(model, x, y, loss="cross_entropy", eps=0.2, central=False)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-9, atol=1e-11)
 
 
 def test_cdg_with_biases_and_budget_independent_of_chunking():
@@ -231,6 +255,20 @@ def test_quantizer_forward_levels_and_backward_uses_surrogate():
     xs = x.clone().requires_grad_(True)
     q(xs).sum().backward()
     torch.testing.assert_close(xs.grad, torch.clamp(2 - 2 * x.abs(), min=0))
+
+
+@pytest.mark.parametrize("precision", ["binary", "ternary", "2bit"])
+def test_level_index_picks_the_quantized_level_including_ties(precision):
+    lv = levels(precision)
+    ties = [(u + v) / 2 for u, v in zip(lv, lv[1:])]  # the thresholds themselves
+    x = torch.cat([torch.tensor(ties + [-0.0, 0.0, -5.0, 5.0]), torch.randn(1000, generator=torch.Generator().manual_seed(0))])
+    k = level_index(x, precision)
+    assert torch.equal(quantize(torch.tensor(lv), precision)[k], quantize(x, precision))  # exactly, ties too
+
+
+def test_level_index_refuses_full_precision():
+    with pytest.raises(ValueError, match="precision"):
+        level_index(torch.zeros(3), "fp")
 
 
 def test_same_seed_same_numbers():

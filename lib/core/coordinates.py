@@ -11,7 +11,7 @@ from torch.func import functional_call, vmap
 from .engine import DEFAULT_BUDGET_MB, ParamLocation, rows_per_chunk, run_units, units_of
 from .losses import LossSpec, per_sample_loss
 from .models import LinearAct
-from .quantizers import quantize
+from .flips import step_unit_changes
 
 
 @torch.no_grad()
@@ -42,16 +42,12 @@ def coordinate_loss_changes(
         nxt = suffix[0] if suffix and isinstance(suffix[0], LinearAct) else None
         pre = torch.nn.functional.linear(a, unit.weight, unit.bias)
         pre_next = None if nxt is None else torch.nn.functional.linear(out, nxt.weight, nxt.bias)
+        if unit.act is not None and unit.act.precision != "fp":
+            return step_unit_changes(unit, loc.local, a, pre, out, nxt, pre_next, suffix, base_losses, y, loss,
+                                     coords, deltas, budget_mb)
+        if loss == "mse" and all(_is_affine(u) for u in (unit, *suffix)):
+            return _affine_mse_changes(unit, loc.local, a, cache[-1], suffix, y, coords, deltas)
         step = rows_per_chunk(n * len(deltas), budget_mb, a.element_size())
-        if unit.act is not None and unit.act.precision == "binary":
-            if loc.local == "weight":  # whole rows of W per chunk when possible
-                step = max(unit.in_features, step - step % unit.in_features)
-            flip_dl = _unit_flip_loss_changes(out, nxt, pre_next, suffix, base_losses, y, loss, budget_mb)
-            for start in range(0, len(coords), step):
-                chunk = coords[start:start + step]
-                result[:, start:start + len(chunk)] = _binary_linear_changes(
-                    unit, loc.local, a, pre, flip_dl, chunk, deltas)
-            return result
         for start in range(0, len(coords), step):
             chunk = coords[start:start + step]
             result[:, start:start + len(chunk)] = _linear_unit_changes(
@@ -74,61 +70,43 @@ def coordinate_loss_changes(
     return result
 
 
-def _unit_flip_loss_changes(out: torch.Tensor, nxt: LinearAct | None, pre_next: torch.Tensor | None,
-                            suffix: Sequence[nn.Module], base_losses: torch.Tensor, y: torch.Tensor,
-                            loss: LossSpec, budget_mb: float) -> torch.Tensor:
-    """``Δℓ[n, j] = ℓ_n(h_n with unit j negated) − ℓ_n`` for a binary unit's output ``h = out``.
+def _is_affine(unit: nn.Module) -> bool:
+    """A linear unit without a step activation (``act`` ``None`` or ``fp``): ``h' = W h + b``."""
+    return isinstance(unit, LinearAct) and (unit.act is None or unit.act.precision == "fp")
 
-    With binary activations every weight of row ``j`` that flips sample ``n`` leads to the same
-    perturbed state (unit ``j`` negated), so this table is computed once per unit: ``N × d`` rows
-    through the rest of the network (the next linear unit in rank one).
+
+def _affine_mse_changes(unit: LinearAct, local: str, a: torch.Tensor, output: torch.Tensor,
+                        suffix: Sequence[nn.Module], y: torch.Tensor, coords: torch.Tensor,
+                        deltas: Sequence[float]) -> torch.Tensor:
+    """Closed-form CDG when ``unit`` and every unit after it are affine and the loss is MSE.
+
+    The output is then affine in ``W_ji``: ``f'_n = f_n + δ a_ni M[:, j]``, with ``M`` (``D × d``)
+    the product of the later weights (the identity for the readout), so with ``r_n = f_n − y_n``
+
+    ``ΔL(δ) = (1/D) [2δ · mean_n (a_ni · r_n·M[:, j]) + δ² · |M[:, j]|² · mean_n a_ni²]``
+
+    (``a_ni = 1`` for a bias), exact: the loss is quadratic in each single weight. Computed in
+    float64 from two ``N × d`` reductions.
     """
-    n, width = out.shape
-    rest = suffix[1:] if nxt is not None else suffix
-    row_width = width if nxt is None else nxt.out_features
-    step = max(1, rows_per_chunk(row_width, budget_mb, out.element_size()) // width)
-    table = torch.empty(n, width, dtype=base_losses.dtype, device=out.device)
-    units = torch.arange(width, device=out.device)
-    for s in range(0, n, step):
-        h = out[s:s + step]                                           # (B, d)
-        if nxt is not None:                                           # z_next − 2 h_j W_next[:, j]
-            rows = pre_next[s:s + step].unsqueeze(1) - 2 * h.unsqueeze(2) * nxt.weight.T.unsqueeze(0)
-            if nxt.act is not None:
-                rows = nxt.act(rows)
-        else:
-            rows = h.unsqueeze(1).repeat(1, width, 1)
-            rows[:, units, units] = -h
-        new = per_sample_loss(run_units(rest, rows.reshape(-1, rows.shape[-1])),
-                              y[s:s + step].repeat_interleave(width, dim=0), loss)
-        table[s:s + step] = new.reshape(-1, width) - base_losses[s:s + step].unsqueeze(1)
-    return table
-
-
-def _binary_linear_changes(unit: LinearAct, local: str, a: torch.Tensor, pre: torch.Tensor,
-                           flip_dl: torch.Tensor, coords: torch.Tensor,
-                           deltas: Sequence[float]) -> torch.Tensor:
-    """``ΔL[d, k] = (1/N) Σ_n Δℓ[n, j_k] · 1{sign(z_nj + δ_d a_ni) ≠ sign(z_nj)}`` for a binary unit,
-    with ``(j_k, i_k)`` the coordinate's row and column (``a_ni = 1`` for a bias)."""
-    fan_in = unit.in_features
-    first, count = int(coords[0]), len(coords)
-    whole_rows = (local == "weight" and first % fan_in == 0 and count % fan_in == 0
-                  and int(coords[-1]) == first + count - 1)
-    if whole_rows:  # rows j0 … j1 of W, every column: broadcast (N, J, 1) against (N, 1, fan_in)
-        j0, j1 = first // fan_in, (first + count) // fan_in
-        z_cols, dl_cols, a_cols = pre[:, j0:j1, None], flip_dl[:, j0:j1, None], a[:, None, :]
-    elif local == "weight":
-        j = coords // fan_in
-        z_cols, dl_cols, a_cols = pre[:, j], flip_dl[:, j], a[:, coords % fan_in]
-    else:
-        z_cols, dl_cols = pre[:, coords], flip_dl[:, coords]
-        a_cols = torch.ones_like(z_cols)
-    sign_z = torch.signbit(z_cols)
-    zero = dl_cols.new_zeros(())
-    out = torch.empty(len(deltas), len(coords), dtype=flip_dl.dtype, device=flip_dl.device)
-    for d, delta in enumerate(deltas):
-        flips = torch.signbit(torch.add(z_cols, a_cols, alpha=delta)) != sign_z
-        out[d] = torch.where(flips, dl_cols, zero).sum(dim=0).reshape(-1)
-    return out / a.shape[0]
+    m = torch.eye(unit.out_features, dtype=torch.float64, device=a.device)
+    for later in suffix:
+        m = later.weight.detach().double() @ m
+    residual = (output - y).double()                                      # (N, D)
+    g = residual @ m                                                      # (N, d): r_n · M[:, j]
+    n, d_out = a.shape[0], output.shape[-1]
+    if local == "weight":
+        a64 = a.double()
+        linear = (g.T @ a64 / n).reshape(-1)[coords]                      # mean_n g_nj a_ni
+        square = (a64 * a64).mean(dim=0)[coords % unit.in_features]
+        rows = coords // unit.in_features
+    elif local == "bias":
+        linear, rows = g.mean(dim=0)[coords], coords
+        square = torch.ones(len(coords), dtype=torch.float64, device=a.device)
+    else:  # pragma: no cover - LinearAct has only these two
+        raise ValueError(f"layers: unsupported parameter {local!r} of a linear unit")
+    column_sq = (m * m).sum(dim=0)[rows]
+    out = torch.stack([(2 * delta * linear + delta * delta * column_sq * square) / d_out for delta in deltas])
+    return out.to(output.dtype)
 
 
 def _linear_unit_changes(unit: LinearAct, local: str, a: torch.Tensor, pre: torch.Tensor,
@@ -136,10 +114,11 @@ def _linear_unit_changes(unit: LinearAct, local: str, a: torch.Tensor, pre: torc
                          suffix: Sequence[nn.Module], base_losses: torch.Tensor, y: torch.Tensor,
                          loss: LossSpec, coords: torch.Tensor, deltas: Sequence[float],
                          budget_mb: float) -> torch.Tensor:
-    """Flip-sparse CDG for ``h' = q(z)``, ``z = W a + b``, ``pre = z`` and ``out = h'`` cached.
+    """CDG for an affine unit ``h' = z = W a + b`` (``act`` ``None`` or ``fp``) followed by any
+    suffix, ``pre = z`` and ``out = h'`` cached.
 
-    ``W_ji += δ`` moves ``z_j`` by ``δ a_i``; only samples whose ``q(z_j)`` changes (by ``Δh``)
-    go on. When the next unit is linear too, its pre-activation is updated in rank one,
+    ``W_ji += δ`` moves ``h'_j`` by ``Δh = δ a_i`` on every sample with ``a_i ≠ 0``, which go on
+    through the suffix. When the next unit is linear, its pre-activation is updated in rank one,
     ``z_next + Δh · W_next[:, j]``, instead of recomputed.
     """
     if local == "weight":
@@ -155,17 +134,8 @@ def _linear_unit_changes(unit: LinearAct, local: str, a: torch.Tensor, pre: torc
     rest = suffix[1:] if nxt is not None else suffix
     for d, delta in enumerate(deltas):
         z_new = torch.add(z_cols, a_cols, alpha=delta)
-        if unit.act is None:
-            changed = a_cols != 0
-            rows_n, cols_k = changed.nonzero(as_tuple=True)
-            dh = (z_new - h_cols)[rows_n, cols_k]
-        else:
-            if unit.act.precision == "binary":
-                changed = torch.signbit(z_new) != torch.signbit(z_cols)  # q = copysign(1, z)
-            else:
-                changed = quantize(z_new, unit.act.precision) != h_cols
-            rows_n, cols_k = changed.nonzero(as_tuple=True)
-            dh = quantize(z_new[rows_n, cols_k], unit.act.precision) - h_cols[rows_n, cols_k]
+        rows_n, cols_k = (a_cols != 0).nonzero(as_tuple=True)
+        dh = (z_new - h_cols)[rows_n, cols_k]
         width = out.shape[1] if nxt is None else nxt.out_features
         step = rows_per_chunk(max(width, 1), budget_mb, a.element_size())
         for s in range(0, len(rows_n), step):

@@ -49,6 +49,29 @@ def quantize(x: torch.Tensor, precision: str) -> torch.Tensor:
     raise ValueError(f"precision: unknown activation precision {precision!r}; expected one of {PRECISIONS}")
 
 
+def levels(precision: str) -> tuple[float, ...]:
+    """The output levels of a step quantizer in increasing order (``fp`` has none: ``ValueError``).
+
+    Consecutive levels are ``2 / (L − 1)`` apart and the thresholds of ``q`` are their midpoints."""
+    table = {"binary": (-1.0, 1.0), "ternary": (-1.0, 0.0, 1.0), "2bit": (-1.0, -1 / 3, 1 / 3, 1.0)}
+    if precision not in table:
+        raise ValueError(f"precision: {precision!r} has no levels; expected one of {tuple(table)}")
+    return table[precision]
+
+
+def level_index(x: torch.Tensor, precision: str) -> torch.Tensor:
+    """``k`` with ``q(x) = levels(precision)[k]``, by :func:`quantize`'s own formula without its last
+    step (so ties at a threshold go as the forward pass sends them)."""
+    if precision == "binary":
+        return (~torch.signbit(x)).long()
+    if precision == "ternary":
+        return torch.round(torch.clamp(x, -1.0, 1.0)).long() + 1
+    if precision == "2bit":
+        return torch.round((torch.clamp(x, -1.0, 1.0) + 1.0) * 1.5).long()
+    levels(precision)  # raises for fp and unknown names
+    raise AssertionError  # unreachable
+
+
 # ----------------------------------------------------------------------------- surrogate gradients
 
 class Surrogate:
