@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib.experiments.toy import figures as plots
+from lib.experiments.toy import tables
 from lib.report import manifest as report
 from lib.pipeline import execute, runner
 from lib.common.files import read_json
@@ -80,12 +80,14 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     for expected in ["搜索超参(epsilon for CDG & sigma for NES) - 1", "搜索超参(epsilon for CDG & sigma for NES) - 2",
                      "Hyper-parameter search (epsilon for CDG & sigma for NES) - 1", "BinaryDuo设置实验后续",
                      "实验设置", "困难", "问题", "CDG lr-loss decrease plot", "NES lr-loss decrease plot",
-                     "Dim = 4", "Sample = 20", "Sample = 100", "best loss decrease - num_dim plot", "Run manifest",
+                     "best loss decrease - num_dim plot", "Run manifest",
                      "Cosine with CDG (beyond the notes)"]:
         assert expected in text, expected
     assert "NES grad似乎不能指向loss下降的方向" in html
-    # CDG 2 + NES 2×2 + best 2 + STE 2 + diagnosis/pretraining figures
-    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', html)) >= 12
+    assert "Dim = 4" in html and "Sample = 20" in html and "Sample = 100" in html  # the notes' sub-items, as panel labels
+    # per toy section one figure each: CDG, NES, best → num_dim, STE; the pretrained one adds the
+    # diagnosis and the pretraining curves
+    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', html)) == 10
     assert not re.search(r'(src|href)="https?://', html)
     # unique heading ids, every in-page link resolves, the contents before the first section
     ids = re.findall(r'\sid="([^"]*)"', html)
@@ -274,7 +276,7 @@ def test_best_by_dim_marks_grid_edges():
                       curve(0.1, 1.0, "nes", sigma=0.03, samples=100), curve(0.2, 1.0, "nes", sigma=0.1, samples=100),
                       curve(0.15, 10.0, "nes", sigma=0.3, samples=100),
                       curve(0.3, 10.0, "ste", variant="identity"), curve(0.4, 0.1, "ste", variant="clipped")]}
-    best = plots.best_by_dim([run])
+    best = tables.best_by_dim([run])
     assert best["CDG"][8][:2] == (0.7, "ε=0.3 † ‡")
     assert best["NES 100"][8][:2] == (0.2, "σ=0.1")
     assert best["STE identity"][8][:2] == (0.3, "lr=10 ‡") and best["STE clipped"][8][:2] == (0.4, "lr=0.1")
@@ -299,10 +301,12 @@ def test_cosine_with_cdg_table():
            "curves": [{"estimator": "ste", "layers": "all", "variant": "clipped"},
                       {"estimator": "ste", "layers": "all", "variant": "identity"}, n1, n3],
            "cosines": cos("clipped", 0.5, 0.25, 0.125, 1.0) + cos("identity", 0.3, None, -0.5, 0.99) + [c1, c3]}
-    assert plots.ste_cosine_layers(run) == ["fc1.weight", "fc2.weight", "readout.weight"]
-    assert plots.cosine_with_cdg([run]) == {"STE clipped": {4: "0.50 (0.25 / 0.12 / 1.00)"},
-                                            "STE identity": {4: "0.30 (– / -0.50 / 0.99)"},
-                                            "NES 100": {4: "0.40 (σ=0.3)"}}
+    assert tables.ste_cosine_layers(run) == ["fc1.weight", "fc2.weight", "readout.weight"]
+    table = tables.cosine_with_cdg([run])
+    assert {k: {d: c.text for d, c in by.items()} for k, by in table.items()} == {
+        "STE clipped": {4: "0.50 (0.25 / 0.12 / 1.00)"}, "STE identity": {4: "0.30 (– / -0.50 / 0.99)"},
+        "NES 100": {4: "0.40 (σ=0.3)"}}
+    assert table["STE clipped"][4].mean == 0.5 and table["NES 100"][4].mean == 0.4
 
 
 def test_runs_go_to_their_section_and_one_precision_pair_per_section():

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 
+from lib.experiments import palette
 from lib.experiments.cells import PRECISION_TITLES
 from lib.experiments.records import select
 
@@ -33,7 +34,7 @@ def _line(ax, recs: list[dict], band: bool = False, **style: Any) -> None:
 
 
 def convergence_figure(r: Results) -> "plt.Figure":
-    """Mean per-layer cosine against the batch size N (log x): the noise ceiling of CDG (black)
+    """Mean per-layer cosine against the batch size N (log x): the noise ceiling of CDG (dashed)
     with its 95% band over initialisations, and each STE variant against CDG on an independent
     batch (one colour per variant; their intervals are in the section's table); rows = ε, columns
     = precisions."""
@@ -42,14 +43,13 @@ def convergence_figure(r: Results) -> "plt.Figure":
     fig, axes = plt.subplots(len(eps_list), len(precisions), figsize=(3.3 * len(precisions) + 1.2,
                              2.9 * len(eps_list) + 0.8), squeeze=False, sharex=True, sharey=True,
                              layout="constrained")
-    colours = plt.get_cmap("tab10")
     for i, eps in enumerate(eps_list):
         for j, precision in enumerate(precisions):
             ax = axes[i][j]
-            _line(ax, series(r, precision, eps, CEILING), band=True, color="black", ls="--",
+            _line(ax, series(r, precision, eps, CEILING), band=True, color=palette.CEILING, ls="--",
                   label="CDG noise ceiling (band: 95%)")
-            for k, v in enumerate(p["ste_variants"]):
-                _line(ax, series(r, precision, eps, ste_estimate(v, "independent")), color=colours(k), lw=1,
+            for v in p["ste_variants"]:
+                _line(ax, series(r, precision, eps, ste_estimate(v, "independent")), color=palette.ste_colour(v), lw=1,
                       label=f"STE {v}")
             ax.set_xscale("log")
             ax.set_ylim(-0.05, 1.02)

@@ -6,11 +6,14 @@ import math
 
 import numpy as np
 
+from lib.experiments import palette
+
 from .compute import ESTIMATORS, ExplorerResult
 
 
-_STYLE = {"cdg": dict(color="C0", lw=2), "nes": dict(color="C1"), "ste": dict(color="C2"),
-          "exact": dict(color="C3", ls="--"), "nes_last2": dict(color="C1", ls=":")}
+# The report's colours (lib.experiments.palette); the STE line takes its variant's colour.
+_STYLE = {"cdg": dict(color=palette.CDG, lw=2), "nes": dict(color=palette.NES), "ste": dict(),
+          "exact": dict(color=palette.EXACT, ls="--"), "nes_last2": dict(color=palette.NES, ls=":")}
 
 
 def plot_explorer(result: ExplorerResult, figsize: tuple[float, float] = (11.0, 4.2)):
@@ -27,7 +30,7 @@ def plot_explorer(result: ExplorerResult, figsize: tuple[float, float] = (11.0, 
     for k in ESTIMATORS:
         if k not in result.curves:
             continue
-        style = _STYLE[k]
+        style = _STYLE[k] if k != "ste" else dict(color=palette.ste_colour(result.params["variant"]))
         ax.plot(result.lrs, result.curves[k], label=result.labels[k], **style)
         best, lr = result.best[k]
         if math.isfinite(best):
@@ -52,9 +55,9 @@ def plot_explorer(result: ExplorerResult, figsize: tuple[float, float] = (11.0, 
     ax.legend(fontsize=8, loc="best")
     ax.grid(True, alpha=0.3)
 
-    bars = [("NES", result.cosines["nes_vs_cdg"]["all"], "C1"),
-            (f"STE\n{p['variant']}", result.cosines["ste_vs_cdg"]["all"], "C2"),
-            ("exact\n(last 2)", result.cosines["exact_vs_cdg"]["all"], "C3")]
+    bars = [("NES", result.cosines["nes_vs_cdg"]["all"], palette.NES),
+            (f"STE\n{p['variant']}", result.cosines["ste_vs_cdg"]["all"], palette.ste_colour(p["variant"])),
+            ("exact\n(last 2)", result.cosines["exact_vs_cdg"]["all"], palette.EXACT)]
     if "nes_last2_vs_exact" in result.cosines:
         bars.append(("NES last 2\nvs exact", result.cosines["nes_last2_vs_exact"]["all"], "white"))
     names = [b[0] for b in bars]

@@ -5,6 +5,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lib.experiments import palette
 from lib.experiments.cells import PRECISION_TITLES
 from lib.experiments.records import select
 
@@ -29,7 +30,7 @@ def _layer_axis(ax, result: dict[str, Any]) -> None:
 
 def _grid(rows: int, cols: int, width: float = 3.6, height: float = 2.9, sharey: bool = True):
     plt = _plt()
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 1.0, height * rows + 0.6), layout="constrained",
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 2.2, height * rows + 0.6), layout="constrained",
                              squeeze=False, sharey=sharey)
     return fig, axes
 
@@ -46,14 +47,15 @@ def plot_cosine(result: dict[str, Any], eps: float | None = None):
             ax = axes[i][j]
             entry = analysis_of(result, state, act)
             for v in result["ste_variants"]:
-                ax.plot(xs, _nan(cosine_of(entry, v, eps)["per_layer"]), marker="o", ms=3, label=v)
+                ax.plot(xs, _nan(cosine_of(entry, v, eps)["per_layer"]), marker="o", ms=3, label=v,
+                        color=palette.ste_colour(v))
             ax.axhline(0, color="0.5", lw=0.6)
             ax.set_ylim(-1.05, 1.05)
             ax.set_title(f"{state}, {PRECISION_TITLES.get(act, act)}", fontsize=10)
             _layer_axis(ax, result)
             if j == 0:
                 ax.set_ylabel("cos(CDG, STE)")
-    axes[0][-1].legend(fontsize=7, title="STE variant", title_fontsize=7, loc="lower left")
+    _legend(fig, axes, "STE variant")
     fig.suptitle(f"c = {result['initial_channels']}: cosine of CDG (ε = {eps:g}, "
                  f"{_sampled_text(result)}) with each STE variant, per layer")
     return fig
@@ -66,26 +68,26 @@ def _sampled_text(result: dict[str, Any]) -> str:
 
 def plot_magnitude(result: dict[str, Any]):
     """RMS of CDG (each ε) and of each STE variant per layer, log scale; rows = states, columns = precisions."""
-    plt = _plt()
     states = states_of(result)
     acts = acts_of(result, states[0])
     fig, axes = _grid(len(states), len(acts))
     xs = np.arange(1, len(result["layers"]) + 1)
-    greys = plt.cm.Greys(np.linspace(0.95, 0.5, max(1, len(result["eps"]))))
+    reds = palette.shades("cdg", len(result["eps"]))
     for i, state in enumerate(states):
         for j, act in enumerate(acts):
             ax = axes[i][j]
             mags = analysis_of(result, state, act)["magnitudes"]
-            for m, col in zip(select(mags, estimator="cdg"), greys):
+            for m, col in zip(select(mags, estimator="cdg"), reds):
                 ax.plot(xs, _pos(m["per_layer"]), color=col, lw=2.2, label=f"CDG ε={m['eps']:g}")
             for m in select(mags, estimator="ste"):
-                ax.plot(xs, _pos(m["per_layer"]), lw=1, marker=".", ms=3, label=f"STE {m['variant']}")
+                ax.plot(xs, _pos(m["per_layer"]), lw=1, marker=".", ms=3, label=f"STE {m['variant']}",
+                        color=palette.ste_colour(m["variant"]))
             ax.set_yscale("log")
             ax.set_title(f"{state}, {PRECISION_TITLES.get(act, act)}", fontsize=10)
             _layer_axis(ax, result)
             if j == 0:
                 ax.set_ylabel("RMS gradient (sampled coords)")
-    axes[0][-1].legend(fontsize=6, loc="best")
+    _legend(fig, axes)
     fig.suptitle(f"c = {result['initial_channels']}: gradient magnitude per layer, CDG vs STE")
     return fig
 
@@ -102,14 +104,15 @@ def plot_precisions(result: dict[str, Any]):
     for j, state in enumerate(states):
         ax = axes[0][j]
         for act in acts_of(result, state):
-            ax.plot(xs, mean_cosine(result, state, act), marker="o", ms=3, label=PRECISION_TITLES.get(act, act))
+            ax.plot(xs, mean_cosine(result, state, act), marker="o", ms=3, label=PRECISION_TITLES.get(act, act),
+                    color=palette.PRECISION.get(act))
         ax.axhline(0, color="0.5", lw=0.6)
         ax.set_ylim(-1.05, 1.05)
         ax.set_title(state, fontsize=10)
         _layer_axis(ax, result)
         if j == 0:
             ax.set_ylabel("cos(CDG, STE), mean over variants")
-    axes[0][-1].legend(fontsize=8, title="activation", title_fontsize=8)
+    _legend(fig, axes, "activation")
     fig.suptitle(f"c = {result['initial_channels']}: binary vs ternary vs 2-bit vs full precision "
                  f"(ε = {result['eps_main']:g})")
     return fig
@@ -118,32 +121,38 @@ def plot_precisions(result: dict[str, Any]):
 def plot_decrease(result: dict[str, Any]):
     """Single-layer lr → loss decrease, CDG (each ε) vs the STE variants; rows = (state, precision),
     columns = first, middle, last binary layer. ``None`` when no precision had the analysis."""
-    plt = _plt()
     rows = [(s, a) for s in states_of(result) for a in acts_of(result, s) if "decrease" in analysis_of(result, s, a)]
     if not rows:
         return None
     layers = result["decrease_layers"]
     fig, axes = _grid(len(rows), len(layers), sharey=False)
     lrs = result["lrs"]
-    greys = plt.cm.Greys(np.linspace(0.95, 0.5, max(1, len(result["eps"]))))
+    reds = palette.shades("cdg", len(result["eps"]))
     for i, (state, act) in enumerate(rows):
         dec = analysis_of(result, state, act)["decrease"]
         for j, layer in enumerate(layers):
             ax = axes[i][j]
-            for d, col in zip(select(dec, layer=layer, estimator="cdg"), greys):
+            for d, col in zip(select(dec, layer=layer, estimator="cdg"), reds):
                 ax.plot(lrs, _nan(d["curve"]), color=col, lw=2.2, marker="o", ms=3, label=f"CDG ε={d['eps']:g}")
             for d in select(dec, layer=layer, estimator="ste"):
-                ax.plot(lrs, _nan(d["curve"]), lw=1, marker=".", label=f"STE {d['variant']}")
+                ax.plot(lrs, _nan(d["curve"]), lw=1, marker=".", label=f"STE {d['variant']}",
+                        color=palette.ste_colour(d["variant"]))
             ax.axhline(0, color="0.5", lw=0.6)
             ax.set_xscale("log")
             ax.set_title(f"{state}, {PRECISION_TITLES.get(act, act)}: layer {layer_label(result, layer)}", fontsize=9)
             ax.set_xlabel("lr (step on the layer-normalised gradient)")
             if j == 0:
                 ax.set_ylabel("loss decrease L(w) − L(w − lr ĝ)")
-    axes[0][-1].legend(fontsize=6, loc="best")
+    _legend(fig, axes)
     fig.suptitle(f"c = {result['initial_channels']}: single-layer loss decrease on "
                  f"{result['parameters']['coords_per_layer']} sampled coordinates of the layer")
     return fig
+
+
+def _legend(fig, axes, title: str = "") -> None:
+    """One legend beside the panels, off the data."""
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, title=title or None, title_fontsize=7)
 
 
 def _nan(values: Sequence[Any]) -> list[float]:

@@ -1,19 +1,27 @@
 """Figures of the toy experiments, drawn from results dicts (a run's JSON), never from notebook
-outputs: the run notebooks, the summary notebook and the static report share them."""
+outputs: the run notebooks, the summary notebook and the static report share them.
+
+Small multiples: each figure takes the runs of one section (or one run, as a list) and draws one
+panel per num_dim side by side on a shared y axis (NES: a num_dim × sample-count grid), with one
+legend beside the panels. Colours come from :mod:`lib.experiments.palette`.
+"""
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
-import matplotlib.pyplot as plt
+from lib.experiments import palette
+from lib.experiments.records import select
+from lib.experiments.stats import t_quantile
 
-from lib.experiments.records import distinct, only, select
-from lib.experiments.stats import rank, t_quantile
+from .tables import at_lr_edge, best_by_dim, best_of, nes_samples
 
 Results = Mapping[str, Any]
+STAR_NOTE = "★ best lr of a curve (hollow: the largest lr of the grid, a longer step might do better)"
 
 
 def _by(records: Sequence[Mapping[str, Any]], field: str) -> dict[str, Mapping[str, Any]]:
@@ -28,45 +36,6 @@ def _log_x(ax: "plt.Axes") -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
-EDGE_MARK = " †"  # the best hyper-parameter is the smallest or largest of its grid
-LR_EDGE_MARK = " ‡"  # the best learning rate is the largest of the lr grid
-
-
-def at_lr_edge(stats: Mapping[str, Any], lrs: Sequence[float]) -> bool:
-    """Whether a curve's best lr is the largest lr of the grid (a longer step might do better)."""
-    return len(lrs) > 1 and stats.get("best_lr") is not None and math.isclose(stats["best_lr"], max(lrs))
-
-
-def lr_curves(ax: "plt.Axes", lrs: Sequence[float], stats: Mapping[str, Mapping[str, Any]],
-              title: str, label_fmt: str = "{}") -> None:
-    """lr → loss decrease, one line per entry (mean over the ``n`` initialisations × batches,
-    shaded: its 95% t-interval, none for n = 1), best point marked, log x-axis. A curve whose
-    best lr is the largest of the grid gets :data:`LR_EDGE_MARK` in the legend."""
-    lrs = np.asarray(lrs, dtype=float)
-    cmap = plt.get_cmap("viridis")
-    keys = list(stats)
-    for i, key in enumerate(keys):
-        s = stats[key]
-        mean = np.asarray([np.nan if v is None else v for v in s["mean"]], dtype=float)
-        std = np.asarray([0.0 if v is None else v for v in s["std"]], dtype=float)
-        color = cmap(i / max(1, len(keys) - 1)) if len(keys) > 1 else "C0"
-        label = label_fmt.format(key) + (LR_EDGE_MARK if at_lr_edge(s, lrs) else "")
-        ax.plot(lrs, mean, marker=".", color=color, label=label)
-        half = band_halfwidth(std, s.get("n", 0))
-        if half is not None:
-            ax.fill_between(lrs, mean - half, mean + half, color=color, alpha=0.15, linewidth=0)
-        if s.get("best") is not None and s.get("best_lr") is not None:
-            ax.plot([s["best_lr"]], [s["best"]], marker="*", color=color, markersize=11,
-                    markeredgecolor="black", markeredgewidth=0.5)
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    _log_x(ax)
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss decrease  L(w) − L(w − lr·ĝ)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-
-
 def band_halfwidth(std: np.ndarray, n: int) -> np.ndarray | None:
     """Half-width of the 95% t-interval of a mean curve from its spread over ``n`` repetitions:
     ``t_{0.975, n−1} · s / √n`` with the sample deviation ``s = std · √(n / (n − 1))`` (``std``
@@ -76,230 +45,223 @@ def band_halfwidth(std: np.ndarray, n: int) -> np.ndarray | None:
     return t_quantile(n - 1) * std * np.sqrt(n / (n - 1)) / np.sqrt(n)
 
 
-def _clip_view(ax: "plt.Axes", stats: Mapping[str, Mapping[str, Any]]) -> None:
-    """Keep the interesting range visible: from a bit below 0 to above the best mean."""
-    bests = [s["best"] for s in stats.values() if s.get("best") is not None and math.isfinite(s["best"])]
-    if bests:
-        top = max(bests)
-        if top > 0:
-            ax.set_ylim(-0.6 * top, 1.25 * top)
-
-
-def _setting(r: Results) -> str:
-    p = r["parameters"]
-    return (f"num_dim={r['num_dim']}, {'pretrained' if r['pretrained'] else 'no pretraining'}, "
-            f"batch {p['batch_size']}, n = {p['num_init']}×{p['num_batch']} reps (band: 95% interval)")
-
-
-def cdg_figure(r: Results) -> "plt.Figure":
-    """CDG lr → loss decrease, one curve per ε."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    stats = _by(select(r["curves"], estimator="cdg", layers="all"), "eps")
-    lr_curves(ax, r["lrs"], stats, f"CDG (central)\n{_setting(r)}", "ε = {}")
-    _clip_view(ax, stats)
-    fig.tight_layout()
-    return fig
-
-
-def nes_samples(r: Results) -> list[int]:
-    """The NES sample counts of a run, ascending."""
-    return distinct(r["curves"], "samples", estimator="nes", layers="all")
-
-
-def nes_figure(r: Results, samples: int) -> "plt.Figure":
-    """NES with ``samples`` directions (2·samples loss evaluations): one curve per σ."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    stats = _by(select(r["curves"], estimator="nes", layers="all", samples=samples), "sigma")
-    lr_curves(ax, r["lrs"], stats, f"NES, {samples} samples ({2 * samples} loss evaluations)\n{_setting(r)}",
-              "σ = {}")
-    _clip_view(ax, stats)
-    fig.tight_layout()
-    return fig
-
-
-def ste_figure(r: Results) -> "plt.Figure":
-    """The STE variants against the best CDG curve."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    stats = {c["variant"]: c for c in select(r["curves"], estimator="ste")}
-    best_cdg = best_of(r, estimator="cdg", layers="all")
-    stats[f"CDG ε={best_cdg['eps']:g}"] = best_cdg
-    lr_curves(ax, r["lrs"], stats, f"STE variants vs best CDG\n{_setting(r)}")
-    _clip_view(ax, stats)
-    fig.tight_layout()
-    return fig
-
-
-def best_of(r: Results, **fields: Any) -> Mapping[str, Any]:
-    """The curve record with the best loss decrease among those with ``fields``."""
-    return max(select(r["curves"], **fields), key=lambda c: rank(c["best"]))
-
-
-def pretrain_figure(r: Results) -> "plt.Figure | None":
-    """Pretraining loss curves (one per initialisation), log y-axis."""
-    if not r.get("pretrain"):
-        return None
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    for info in r["pretrain"]:
-        curve = np.asarray(info["curve"], dtype=float)
-        ax.plot(np.arange(1, len(curve) + 1), curve, linewidth=0.8, label=f"init {info['init']}")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("MSE (training batch)")
-    ax.set_title(f"Pretraining of the evaluated model, num_dim={r['num_dim']}")
+def lr_curves(ax: "plt.Axes", lrs: Sequence[float], stats: Mapping[str, Mapping[str, Any]],
+              colours: Mapping[str, Any], label_fmt: str = "{}") -> None:
+    """lr → loss decrease, one line per entry of ``stats`` in ``colours[key]`` (mean over the
+    ``n`` initialisations × batches, shaded: its 95% t-interval, none for n = 1), its best point
+    starred (hollow when it is the largest lr of the grid), log x-axis."""
+    lrs = np.asarray(lrs, dtype=float)
+    for key, s in stats.items():
+        mean = np.asarray([np.nan if v is None else v for v in s["mean"]], dtype=float)
+        std = np.asarray([0.0 if v is None else v for v in s["std"]], dtype=float)
+        colour = colours[key]
+        ax.plot(lrs, mean, marker=".", ms=3, color=colour, label=label_fmt.format(key),
+                lw=2.0 if key.startswith("CDG") else 1.2)
+        half = band_halfwidth(std, s.get("n", 0))
+        if half is not None:
+            ax.fill_between(lrs, mean - half, mean + half, color=colour, alpha=0.15, linewidth=0)
+        if s.get("best") is not None and s.get("best_lr") is not None:
+            ax.plot([s["best_lr"]], [s["best"]], marker="*", markersize=10, ls="none",
+                    color="white" if at_lr_edge(s, lrs) else colour, markeredgecolor=colour if at_lr_edge(s, lrs)
+                    else "black", markeredgewidth=0.8)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    _log_x(ax)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+
+
+def _setting(runs: Sequence[Results]) -> str:
+    r = runs[0]
+    p = r["parameters"]
+    return (f"{'pretrained' if r['pretrained'] else 'no pretraining'}, batch {p['batch_size']}, "
+            f"n = {p['num_init']}×{p['num_batch']} initialisations × batches (band: 95% interval)")
+
+
+def _panels(rows: int, cols: int, width: float = 3.3, height: float = 2.7):
+    return plt.subplots(rows, cols, figsize=(width * cols + 1.9, height * rows + 0.9), squeeze=False,
+                        sharex=True, sharey=True, layout="constrained")
+
+
+def _finish(fig: "plt.Figure", axes: np.ndarray, tops: Sequence[float], title: str,
+            legend_title: str = "") -> None:
+    """Shared labels, the y range from a bit below 0 to above the best mean of every panel,
+    one legend beside the panels (each label once) and the title."""
+    for ax in axes[-1]:
+        ax.set_xlabel("learning rate")
+    for row in axes:
+        row[0].set_ylabel("L(w) − L(w − lr·ĝ)")
+    top = max((t for t in tops if t is not None and math.isfinite(t)), default=0.0)
+    if top > 0:
+        axes[0][0].set_ylim(-0.6 * top, 1.25 * top)
+    labels: dict[str, Any] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(label, handle)
+    fig.legend(list(labels.values()), list(labels), loc="outside right upper", fontsize=8, title=legend_title or None,
+               title_fontsize=8)
+    fig.suptitle(title, fontsize=10)
+
+
+def _tops(stats: Mapping[str, Mapping[str, Any]]) -> list[float]:
+    return [s["best"] for s in stats.values() if s.get("best") is not None]
+
+
+def _by_dim(runs: Sequence[Results]) -> list[Results]:
+    return sorted(runs, key=lambda r: r["num_dim"])
+
+
+def cdg_figure(runs: Sequence[Results]) -> "plt.Figure":
+    """CDG lr → loss decrease, one panel per num_dim, one curve per ε."""
+    runs = _by_dim(runs)
+    fig, axes = _panels(1, len(runs))
+    tops: list[float] = []
+    for ax, r in zip(axes[0], runs):
+        stats = _by(select(r["curves"], estimator="cdg", layers="all"), "eps")
+        lr_curves(ax, r["lrs"], stats, dict(zip(stats, palette.shades("cdg", len(stats)))), "ε = {}")
+        ax.set_title(f"num_dim = {r['num_dim']}", fontsize=10)
+        tops += _tops(stats)
+    _finish(fig, axes, tops, f"CDG (central): lr → loss decrease, {_setting(runs)}", "CDG")
     return fig
 
 
-def diagnosis_figure(r: Results) -> "plt.Figure | None":
-    """Left: cosine of NES (last two layers) with the exact smoothed gradient vs samples, per σ.
-    Right: best loss decrease vs σ on the last two layers, like with like: NES per sample count,
-    the exact smoothed gradient (infinite samples; 95% intervals) and CDG (band: 95% interval)."""
-    d = r.get("diagnosis")
-    if not d:
+def nes_figure(runs: Sequence[Results]) -> "plt.Figure":
+    """NES lr → loss decrease: rows = num_dim, columns = sample counts (2 loss evaluations per
+    sample), one curve per σ."""
+    runs = _by_dim(runs)
+    samples = nes_samples(runs[0])
+    fig, axes = _panels(len(runs), len(samples), height=2.4)
+    tops: list[float] = []
+    for row, r in zip(axes, runs):
+        for ax, s in zip(row, samples):
+            stats = _by(select(r["curves"], estimator="nes", layers="all", samples=s), "sigma")
+            lr_curves(ax, r["lrs"], stats, dict(zip(stats, palette.shades("nes", len(stats)))), "σ = {}")
+            ax.set_title(f"num_dim = {r['num_dim']}, {s} samples", fontsize=9)
+            tops += _tops(stats)
+    _finish(fig, axes, tops, f"NES (antithetic): lr → loss decrease, {_setting(runs)}", "NES")
+    return fig
+
+
+def ste_figure(runs: Sequence[Results]) -> "plt.Figure":
+    """The STE variants against the best CDG curve, one panel per num_dim."""
+    runs = _by_dim(runs)
+    fig, axes = _panels(1, len(runs))
+    tops: list[float] = []
+    for ax, r in zip(axes[0], runs):
+        stats: dict[str, Mapping[str, Any]] = {f"STE {c['variant']}": c for c in select(r["curves"], estimator="ste")}
+        colours = {k: palette.ste_colour(c["variant"]) for k, c in stats.items()}
+        stats["CDG (best ε)"] = best_of(r, estimator="cdg", layers="all")
+        colours["CDG (best ε)"] = palette.CDG
+        lr_curves(ax, r["lrs"], stats, colours)
+        ax.set_title(f"num_dim = {r['num_dim']}, CDG ε = {stats['CDG (best ε)']['eps']:g}", fontsize=10)
+        tops += _tops(stats)
+    _finish(fig, axes, tops, f"STE variants against the best CDG, {_setting(runs)}")
+    return fig
+
+
+def pretrain_figure(runs: Sequence[Results]) -> "plt.Figure | None":
+    """Pretraining loss curves, one panel per num_dim, one line per initialisation, log y-axis;
+    ``None`` without pretraining."""
+    runs = [r for r in _by_dim(runs) if r.get("pretrain")]
+    if not runs:
         return None
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    per = sorted(d["per_sigma"], key=lambda e: e["sigma"])
-    cmap = plt.get_cmap("viridis")
-    for i, e in enumerate(per):
-        a1.plot([b["samples"] for b in e["by_samples"]], [b["cos_nes_exact"] for b in e["by_samples"]], marker="o",
-                color=cmap(i / max(1, len(per) - 1)), label=f"σ = {e['sigma']:g}")
-    _log_x(a1)
-    a1.set_ylim(-0.1, 1.05)
-    a1.set_xlabel("NES samples")
-    a1.set_ylabel("cosine(NES, exact smoothed)")
-    a1.set_title("Variance: NES vs its infinite-sample limit")
-    a1.grid(True, which="both", alpha=0.3)
-    a1.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.3 * len(runs) + 0.8, 2.8), squeeze=False, sharey=True,
+                             layout="constrained")
+    for ax, r in zip(axes[0], runs):
+        for info in r["pretrain"]:
+            curve = np.asarray(info["curve"], dtype=float)
+            ax.plot(np.arange(1, len(curve) + 1), curve, linewidth=0.8, color="0.3")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(f"num_dim = {r['num_dim']} ({len(r['pretrain'])} init.)", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("MSE (training batch)")
+    fig.suptitle("Pretraining of the evaluated model (one line per initialisation)", fontsize=10)
+    return fig
+
+
+def _variance_panel(ax: "plt.Axes", per: Sequence[Mapping[str, Any]]) -> None:
+    for e, colour in zip(per, palette.shades("nes", len(per))):
+        ax.plot([b["samples"] for b in e["by_samples"]], [b["cos_nes_exact"] for b in e["by_samples"]], marker="o",
+                ms=3, color=colour, label=f"σ = {e['sigma']:g}")
+    _log_x(ax)
+    ax.set_ylim(-0.1, 1.05)
+    ax.set_xlabel("NES samples")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _bias_panel(ax: "plt.Axes", r: Results, per: Sequence[Mapping[str, Any]], cdg2: Mapping[str, Any]) -> None:
     xs = [e["sigma"] for e in per]
-    for s in nes_samples(r):
-        a2.plot(xs, [next(b["nes_last2_best"] for b in e["by_samples"] if b["samples"] == s) for e in per],
-                marker=".", label=f"NES {s}")
-    a2.plot(xs, [e["exact_best"] for e in per], marker="s", color="black", label="exact smoothed (∞ samples)")
+    samples = nes_samples(r)
+    for s, colour in zip(samples, palette.shades("nes", len(samples))):
+        ax.plot(xs, [next(b["nes_last2_best"] for b in e["by_samples"] if b["samples"] == s) for e in per],
+                marker=".", color=colour, label=f"NES {s} samples")
+    ax.plot(xs, [e["exact_best"] for e in per], marker="s", ms=4, color=palette.EXACT, label="exact smoothed (∞ samples)")
     bars = [e for e in per if e.get("exact_interval")]
     if bars:
-        a2.errorbar([e["sigma"] for e in bars], [e["exact_best"] for e in bars], fmt="none", ecolor="black",
+        ax.errorbar([e["sigma"] for e in bars], [e["exact_best"] for e in bars], fmt="none", ecolor=palette.EXACT,
                     yerr=[[e["exact_best"] - e["exact_interval"][0] for e in bars],
                           [e["exact_interval"][1] - e["exact_best"] for e in bars]], capsize=3, lw=0.8)
-    cdg2 = d["cdg_last2"]
-    a2.axhline(cdg2["best"], color="C3", linestyle="--", label="CDG")
+    ax.axhline(cdg2["best"], color=palette.CDG, linestyle="--", label="CDG (band: 95%)")
     if cdg2.get("interval"):
-        a2.axhspan(*cdg2["interval"], color="C3", alpha=0.1, lw=0)
-    _log_x(a2)
-    a2.set_xlabel("σ")
-    a2.set_ylabel(f"best loss decrease, last 2 layers (n = {d.get('n', 0)})")
-    a2.set_title("Bias: does the smoothed gradient itself go downhill?")
-    a2.grid(True, which="both", alpha=0.3)
-    a2.legend(fontsize=7)
-    fig.suptitle(f"NES diagnosis, num_dim={r['num_dim']}, {'pretrained' if r['pretrained'] else 'no pretraining'}")
-    fig.tight_layout()
+        ax.axhspan(*cdg2["interval"], color=palette.CDG, alpha=0.1, lw=0)
+    _log_x(ax)
+    ax.set_xlabel("σ")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def diagnosis_figure(runs: Sequence[Results]) -> "plt.Figure | None":
+    """The NES diagnosis, one column per num_dim. Top: cosine of NES (last two layers) with the
+    exact smoothed gradient against the sample count, per σ (variance). Bottom: best loss decrease
+    against σ on the last two layers, like with like: NES per sample count, the exact smoothed
+    gradient (its infinite-sample limit; 95% intervals) and CDG (band: 95% interval) (bias).
+    ``None`` when no run has a diagnosis."""
+    runs = [r for r in _by_dim(runs) if r.get("diagnosis")]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(2, len(runs), figsize=(3.3 * len(runs) + 2.4, 5.8), squeeze=False, sharey="row",
+                             layout="constrained")
+    for j, r in enumerate(runs):
+        d = r["diagnosis"]
+        per = sorted(d["per_sigma"], key=lambda e: e["sigma"])
+        _variance_panel(axes[0][j], per)
+        _bias_panel(axes[1][j], r, per, d["cdg_last2"])
+        axes[0][j].set_title(f"num_dim = {r['num_dim']}", fontsize=10)
+    axes[0][0].set_ylabel("cos(NES, exact smoothed)")
+    axes[1][0].set_ylabel(f"best loss decrease, last 2 layers\n(n = {runs[0]['diagnosis'].get('n', 0)})")
+    for row, where in ((0, "upper"), (1, "lower")):
+        handles, labels = axes[row][-1].get_legend_handles_labels()
+        fig.legend(handles, labels, loc=f"outside right {where}", fontsize=7)
+    fig.suptitle(f"NES diagnosis ({'pretrained' if runs[0]['pretrained'] else 'no pretraining'}): variance (top, "
+                 "NES against its infinite-sample limit) and bias (bottom, does the smoothed gradient go downhill?)",
+                 fontsize=10)
     return fig
 
 
-class Best(NamedTuple):
-    """The best loss decrease of an estimator at one num_dim: its ``value``, where it is (``at``:
-    ``"ε=0.1"``, ``"σ=0.3 †"``, ``"lr=0.316"``), its 95% ``interval`` (or ``None``) and ``n``."""
-
-    value: float
-    at: str
-    interval: list[float] | None = None
-    n: int = 0
-
-
-def best_by_dim(runs: Sequence[Results]) -> dict[str, dict[int, Best]]:
-    """``{estimator: {num_dim: Best}}`` over the given runs: CDG best over ε, NES per sample count
-    best over σ, each STE variant. A best ε or σ at the edge of its grid is marked with
-    :data:`EDGE_MARK`, a best lr at the top of the lr grid with :data:`LR_EDGE_MARK` (either grid
-    should be widened)."""
-    def at(symbol: str, value: float, grid: Sequence[float]) -> str:
-        edge = len(grid) > 1 and value in (min(grid), max(grid))
-        return f"{symbol}={value:g}{EDGE_MARK if edge else ''}"
-
-    table: dict[str, dict[int, Best]] = {}
-    for r in runs:
-        d = r["num_dim"]
-
-        def best(c: Mapping[str, Any], where: str) -> Best:
-            edge = LR_EDGE_MARK if at_lr_edge(c, r["lrs"]) else ""
-            return Best(c["best"], where + edge, c.get("interval"), c.get("n", 0))
-
-        cdg = best_of(r, estimator="cdg", layers="all")
-        eps_grid = distinct(r["curves"], "eps", estimator="cdg", layers="all")
-        table.setdefault("CDG", {})[d] = best(cdg, at("ε", cdg["eps"], eps_grid))
-        for s in nes_samples(r):
-            nes = best_of(r, estimator="nes", layers="all", samples=s)
-            sigma_grid = distinct(r["curves"], "sigma", estimator="nes", layers="all", samples=s)
-            table.setdefault(f"NES {s}", {})[d] = best(nes, at("σ", nes["sigma"], sigma_grid))
-        for st in select(r["curves"], estimator="ste"):
-            table.setdefault(f"STE {st['variant']}", {})[d] = best(st, f"lr={st['best_lr']:.3g}")
-    return table
-
-
-def ste_cosine_layers(r: Results) -> list[str]:
-    """The layers of a run's STE-vs-CDG cosines, front to back (``fc1.weight`` … ``readout.weight``)."""
-    layers = {c["layer"] for c in r["cosines"] if c["estimate"]["estimator"] == "ste" and c["layer"] != "all"}
-    return sorted(layers, key=lambda name: (name.startswith("readout"), name))
-
-
-def cosine_with_cdg(runs: Sequence[Results]) -> dict[str, dict[int, str]]:
-    """``{estimator: {num_dim: cell}}``: the cosine similarity with CDG at ``reference_eps``
-    (means over initialisations × batches, the overall one with its 95% interval when there is
-    one). STE variants: ``"all (layer / layer / …)"``, over all weights then per layer front to
-    back; NES per sample count: ``"all (σ=…)"`` at the σ with the best loss decrease."""
-    def fmt(v: float | None) -> str:
-        return "–" if v is None or not math.isfinite(v) else f"{v:.2f}"
-
-    def fmt_iv(c: Mapping[str, Any]) -> str:  # the mean and, when there is one, its 95% interval
-        iv = c.get("interval")
-        return fmt(c["mean"]) + (f" [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else "")
-
-    table: dict[str, dict[int, str]] = {}
-    for r in runs:
-        d, cos = r["num_dim"], r["cosines"]
-        reference = {"estimator": "cdg", "layers": "all", "eps": r["parameters"]["reference_eps"]}
-        layers = ste_cosine_layers(r)
-        ceiling = {c["layer"]: c for c in select(cos, estimate={"estimator": "cdg", "layers": "all", "batch": "independent",
-                                                                 "eps": reference["eps"]}, reference=reference)}
-        if ceiling:  # the reference's own agreement with itself on another batch: what the rows below can reach
-            table.setdefault("CDG noise ceiling", {})[d] = \
-                f"{fmt_iv(ceiling['all'])} ({' / '.join(fmt(ceiling[k]['mean']) for k in layers)})"
-        for st in select(r["curves"], estimator="ste"):
-            mine = select(cos, estimate={"estimator": "ste", "layers": "all", "variant": st["variant"]},
-                          reference=reference)
-            by_layer = {c["layer"]: c for c in mine}
-            table.setdefault(f"STE {st['variant']}", {})[d] = \
-                f"{fmt_iv(by_layer['all'])} ({' / '.join(fmt(by_layer[k]['mean']) for k in layers)})"
-        for s in nes_samples(r):
-            nes = best_of(r, estimator="nes", layers="all", samples=s)
-            key = {"estimator": "nes", "layers": "all", "sigma": nes["sigma"], "samples": s}
-            table.setdefault(f"NES {s}", {})[d] = \
-                f"{fmt_iv(only(cos, estimate=key, reference=reference))} (σ={nes['sigma']:g})"
-    return table
+def _estimator_colour(name: str, nes_names: Sequence[str]) -> Any:
+    if name == "CDG":
+        return palette.CDG
+    if name.startswith("NES"):
+        return palette.shades("nes", len(nes_names))[nes_names.index(name)]
+    return palette.ste_colour(name.removeprefix("STE "))
 
 
 def best_vs_dim_figure(runs: Sequence[Results], title: str = "") -> "plt.Figure":
-    """Best loss decrease → num_dim, one line per estimator; CDG and the NES with the most samples
-    are annotated with their best ε / σ (the table beside it has all of them)."""
+    """Best loss decrease → num_dim, one line per estimator with its 95% interval (the table
+    beside it says at which ε, σ or lr)."""
     table = best_by_dim(runs)
     nes_names = [name for name in table if name.startswith("NES")]
-    annotated = {"CDG", *nes_names[-1:]}  # the hyper-parameters of CDG and of the largest NES
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = plt.subplots(figsize=(8.5, 4.4), layout="constrained")
     for i, (name, by_dim) in enumerate(table.items()):
         dims = sorted(by_dim)
-        vals = [by_dim[d].value for d in dims]
+        colour = _estimator_colour(name, nes_names)
         dodge = 2 ** ((i - (len(table) - 1) / 2) * 0.02)  # side by side at each num_dim, so the bars stay apart
-        style = "-" if not name.startswith("STE") else ":"
-        ax.plot([d * dodge for d in dims], vals, style, marker="o", label=name, color=f"C{i % 10}")
-        bars = [(d, by_dim[d]) for d in dims if by_dim[d].interval is not None]
+        xs = [d * dodge for d in dims]
+        ax.plot(xs, [by_dim[d].value for d in dims], ":" if name.startswith("STE") else "-", marker="o", ms=4,
+                label=name, color=colour, lw=2.0 if name == "CDG" else 1.2)
+        bars = [(x, by_dim[d]) for x, d in zip(xs, dims) if by_dim[d].interval is not None]
         if bars:  # the 95% intervals over initialisations × batches
-            ax.errorbar([d * dodge for d, _ in bars], [b.value for _, b in bars], fmt="none", ecolor=f"C{i % 10}",
+            ax.errorbar([x for x, _ in bars], [b.value for _, b in bars], fmt="none", ecolor=colour,
                         yerr=[[b.value - b.interval[0] for _, b in bars], [b.interval[1] - b.value for _, b in bars]],
                         capsize=3, lw=0.8)
-        if name in annotated:
-            for d, v in zip(dims, vals):
-                ax.annotate(by_dim[d].at, (d * dodge, v), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                            color=f"C{i % 10}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({r["num_dim"] for r in runs}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -307,8 +269,7 @@ def best_vs_dim_figure(runs: Sequence[Results], title: str = "") -> "plt.Figure"
     n = max((b.n for by in table.values() for b in by.values()), default=0)
     ax.set_ylabel(f"best loss decrease (mean, n = {n}; bars: 95% interval)" if n > 1 else
                   "best loss decrease (n = 1: no interval)")
-    ax.set_title(title or "best loss decrease → num_dim")
+    ax.set_title(title or "best loss decrease → num_dim", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
+    fig.legend(loc="outside right upper", fontsize=8)
     return fig

@@ -11,7 +11,7 @@ from lib.experiments.records import distinct, only
 from lib.experiments.schema import defaults
 from lib.experiments.stats import rank, separated, with_interval
 
-from . import figures as plots
+from . import tables
 from .diagnosis import CAUSES
 from .params import ToyParams
 
@@ -44,7 +44,7 @@ def one_setting(ok: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def nes_against_cdg(ok: Sequence[dict[str, Any]], samples: int) -> tuple[list[float], list[float]]:
     """``(above, sure)``: the σ at which NES with ``samples`` directions has a best loss decrease
     above the best CDG's at every num_dim, and those where the 95% intervals also separate."""
-    cdg = plots.best_by_dim(ok)["CDG"]
+    cdg = tables.best_by_dim(ok)["CDG"]
     dims = sorted(r["num_dim"] for r in ok)
     by_dim = {r["num_dim"]: r for r in ok}
     above, sure = [], []
@@ -76,7 +76,7 @@ def _n(ok: Sequence[dict[str, Any]]) -> str:
 
 def difficulty_finding(ok: Sequence[dict[str, Any]]) -> str:
     by_dim = sorted(ok, key=lambda r: r["num_dim"])
-    s = plots.nes_samples(by_dim[0])[-1]
+    s = tables.nes_samples(by_dim[0])[-1]
     big = by_dim[-1]
     return (f"**Difficulty** ([without pretraining](#{anchor(SEARCH_1, 'Difficulty')})): {nes_sentence(by_dim, s)} "
             f"({_n(by_dim)}); at num_dim {big['num_dim']} one NES σ costs {big['seconds']['nes']:.3g} s against "
@@ -85,7 +85,7 @@ def difficulty_finding(ok: Sequence[dict[str, Any]]) -> str:
 
 def ste_finding(ok: Sequence[dict[str, Any]], pretrained: bool) -> str:
     """The best STE variant against the best CDG, per num_dim."""
-    best = plots.best_by_dim(ok)
+    best = tables.best_by_dim(ok)
     dims = sorted(best["CDG"])
     parts, below, apart = [], 0, 0
     for d in dims:

@@ -2,14 +2,16 @@
 without and with pretraining), re-drawn from the runs' results files."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
 from lib.common.files import read_json
 from lib.experiments.cells import failed_runs_note, figure, heading, md, table
-from lib.experiments.stats import with_interval
+from lib.experiments.stats import rank, with_interval
 
 from . import figures as plots
+from . import tables
 from .diagnosis import RULES, diagnosis_text
 from .findings import SEARCH_1, SEARCH_2, is_pretrained, nes_sentence, one_setting
 
@@ -63,7 +65,7 @@ def _difficulty_answer(ok: Sequence[dict[str, Any]]) -> str:
     """Is CDG consistently weaker than one fixed NES setting (the notes' hope)? And the costs."""
     if not ok:
         return "_No successful run to answer from._"
-    lines = [nes_sentence(ok, s) for s in plots.nes_samples(ok[0])]
+    lines = [nes_sentence(ok, s) for s in tables.nes_samples(ok[0])]
     cost = []
     for r in sorted(ok, key=lambda r: r["num_dim"]):
         t = r["seconds"]
@@ -76,52 +78,72 @@ def _difficulty_answer(ok: Sequence[dict[str, Any]]) -> str:
     return answer
 
 
+def best_table_cells(by_dim: Sequence[dict[str, Any]]) -> list:
+    best = tables.best_by_dim(by_dim)
+    dims = sorted(r["num_dim"] for r in by_dim)
+    column_best = {d: max(rank(by[d].value) for by in best.values() if d in by) for d in dims}
+    rows = [[name] + [(f"**{with_interval(by[d].value, by[d].interval)}** ({by[d].at})"
+                       if rank(by[d].value) == column_best[d] > -math.inf else
+                       f"{with_interval(by[d].value, by[d].interval)} ({by[d].at})") if d in by else "–"
+                      for d in dims] for name, by in best.items()]
+    n = max(b.n for by in best.values() for b in by.values())
+    cells = [md(f"Best loss decrease (mean over n = {n} initialisations × batches; in brackets the 95% "
+                "t-interval over them) and where it is reached; bold: the highest mean of its column "
+                "(distinguishable from another only where their intervals do not overlap):" if n > 1 else
+                "Best loss decrease (n = 1 initialisation × batch: no interval) and where it is reached; bold: "
+                "the highest of its column:"),
+             table(["estimator"] + [f"num_dim {d}" for d in dims], rows)]
+    if any(tables.EDGE_MARK in v.at for by in best.values() for v in by.values()):
+        cells.append(md(f"{tables.EDGE_MARK.strip()} the best ε or σ is at the edge of its grid: the true "
+                        "optimum may lie outside; widen the grid in `params/toy.yaml` or `params/toy_pretrained.yaml`."))
+    if any(tables.LR_EDGE_MARK in v.at for by in best.values() for v in by.values()):
+        cells.append(md(f"{tables.LR_EDGE_MARK.strip()} the best learning rate is the largest of the lr grid: "
+                        "a longer step might decrease the loss more; raise `lr_max` in `params/toy*.yaml`."))
+    return cells
+
+
+def _cosine_cells(by_dim: Sequence[dict[str, Any]]) -> list:
+    layers = tables.ste_cosine_layers(by_dim[0])
+    cos = tables.cosine_with_cdg(by_dim)
+    dims = [r["num_dim"] for r in by_dim]
+    column_best = {d: max((rank(by[d].mean) for name, by in cos.items() if name.startswith("STE") and d in by),
+                          default=None) for d in dims}
+    rows = [[name] + [("–" if d not in by else f"**{by[d].text}**"
+                       if name.startswith("STE") and rank(by[d].mean) == column_best[d] > -math.inf else by[d].text)
+                      for d in dims] for name, by in cos.items()]
+    return [md(f"How well each estimate points where CDG (ε = {by_dim[0]['parameters']['reference_eps']:g}) "
+               f"points: cosine over all weights, then per layer ({' / '.join(layers)}) for the STE "
+               "variants; for NES at the σ with the best loss decrease, over all weights. The first row "
+               "is CDG's noise ceiling at the same batch size (CDG on an independent batch against it): "
+               "an STE cosine near it says more about the reference's noise than about the STE. Bold: the "
+               "STE variant with the highest mean cosine of its column."),
+            table(["estimator"] + [f"num_dim {d}" for d in dims], rows)]
+
+
 def _toy_block(level: int, ok: Sequence[dict[str, Any]], pretrained: bool) -> list:
-    """CDG plots per num_dim, NES plots per num_dim × samples, best loss decrease → num_dim."""
+    """The notes' three plots, as small multiples over num_dim (CDG; NES as num_dim × samples;
+    best loss decrease → num_dim), then the STE variants and the cosines with CDG."""
     cells: list = []
     by_dim = sorted(ok, key=lambda r: r["num_dim"])
+    dims = ", ".join(f"Dim = {r['num_dim']}" for r in by_dim)
     cells.append(md(heading(level, "CDG lr-loss decrease plot")))
-    for r in by_dim:
-        cells += [md(heading(level + 1, f"Dim = {r['num_dim']}")), figure(plots.cdg_figure(r))]
+    if by_dim:
+        cells += [md(f"Panels: {dims}. {plots.STAR_NOTE}."), figure(plots.cdg_figure(by_dim), "CDG lr-loss decrease")]
     cells.append(md(heading(level, "NES lr-loss decrease plot")))
-    for r in by_dim:
-        cells.append(md(heading(level + 1, f"Dim = {r['num_dim']}")))
-        for s in plots.nes_samples(r):
-            cells += [md(heading(level + 2, f"Sample = {s}")), figure(plots.nes_figure(r, s))]
+    if by_dim:
+        samples = ", ".join(f"Sample = {s}" for s in tables.nes_samples(by_dim[0]))
+        cells += [md(f"Rows: {dims}; columns: {samples}. {plots.STAR_NOTE}."),
+                  figure(plots.nes_figure(by_dim), "NES lr-loss decrease")]
     cells.append(md(heading(level, "best loss decrease - num_dim plot")))
     if by_dim:
         cells.append(figure(plots.best_vs_dim_figure(
             by_dim, f"best loss decrease → num_dim ({'pretrained' if pretrained else 'no pretraining'})")))
-        best = plots.best_by_dim(by_dim)
-        dims = sorted(r["num_dim"] for r in by_dim)
-        rows = [[name] + [f"{with_interval(by[d].value, by[d].interval)} ({by[d].at})" if d in by else "–"
-                          for d in dims] for name, by in best.items()]
-        n = max(b.n for by in best.values() for b in by.values())
-        cells.append(md(f"Best loss decrease (mean over n = {n} initialisations × batches; in brackets the 95% "
-                        "t-interval over them) and where it is reached:" if n > 1 else
-                        "Best loss decrease (n = 1 initialisation × batch: no interval) and where it is reached:"))
-        cells.append(table(["estimator"] + [f"num_dim {d}" for d in dims], rows))
-        if any(plots.EDGE_MARK in v.at for by in best.values() for v in by.values()):
-            cells.append(md(f"{plots.EDGE_MARK.strip()} the best ε or σ is at the edge of its grid: the true "
-                            "optimum may lie outside; widen the grid in `params/toy.yaml` or `params/toy_pretrained.yaml`."))
-        if any(plots.LR_EDGE_MARK in v.at for by in best.values() for v in by.values()):
-            cells.append(md(f"{plots.LR_EDGE_MARK.strip()} the best learning rate is the largest of the lr grid: "
-                            "a longer step might decrease the loss more; raise `lr_max` in `params/toy*.yaml`."))
+        cells += best_table_cells(by_dim)
     cells.append(md(heading(level, "STE variants against the best CDG (beyond the notes)")))
-    for r in by_dim:
-        cells += [md(heading(level + 1, f"Dim = {r['num_dim']}")), figure(plots.ste_figure(r))]
     if by_dim:
+        cells.append(figure(plots.ste_figure(by_dim), "STE variants against the best CDG"))
         cells.append(md(heading(level, "Cosine with CDG (beyond the notes)")))
-        layers = plots.ste_cosine_layers(by_dim[0])
-        cos = plots.cosine_with_cdg(by_dim)
-        cells.append(md(f"How well each estimate points where CDG (ε = {by_dim[0]['parameters']['reference_eps']:g}) "
-                        f"points: cosine over all weights, then per layer ({' / '.join(layers)}) for the STE "
-                        "variants; for NES at the σ with the best loss decrease, over all weights. The first row "
-                        "is CDG's noise ceiling at the same batch size (CDG on an independent batch against it): "
-                        "an STE cosine near it says more about the reference's noise than about the STE."))
-        dims = [r["num_dim"] for r in by_dim]
-        cells.append(table(["estimator"] + [f"num_dim {d}" for d in dims],
-                           [[name] + [by.get(d, "–") for d in dims] for name, by in cos.items()]))
+        cells += _cosine_cells(by_dim)
     return cells
 
 
@@ -144,11 +166,7 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
                             f"layers. Per σ: {RULES}."))
             for r in sorted(ok, key=lambda r: r["num_dim"]):
                 cells.append(md(diagnosis_text(r)))
-            for r in sorted(ok, key=lambda r: r["num_dim"]):
-                fig = plots.diagnosis_figure(r)
-                if fig is not None:
-                    cells.append(figure(fig))
-                fig = plots.pretrain_figure(r)
+            for fig in (plots.diagnosis_figure(ok), plots.pretrain_figure(ok)):
                 if fig is not None:
                     cells.append(figure(fig))
         cells += failed_runs_note(part)
