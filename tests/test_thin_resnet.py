@@ -113,7 +113,11 @@ def test_results_schema_and_json(tiny_results):
             assert all(v is None or -1 - 1e-9 <= v <= 1 + 1e-9 for v in c["per_layer"] + [c["all"]])
         assert [m["eps"] for m in select(e["magnitudes"], estimator="cdg")] == [0.1, 0.3]
         assert all(len(m["per_layer"]) == 16 for m in e["magnitudes"])
-        assert e["sampled"] == [3] * 16
+        assert e["sampled"] == [[3] * 16] * 3  # 3 coordinate sets (the default)
+        assert [c["eps"] for c in e["ceiling"]] == [0.1, 0.3]
+        for c in e["cosines"] + e["ceiling"]:  # the record holds the mean over its sets
+            assert len(c["sets"]) == 3
+            assert c["all"] == pytest.approx(sum(s["all"] for s in c["sets"]) / 3)
         assert ("decrease" in e) == (e["act"] == "binary")
     info = only(r["analyses"], state="trained", act="binary")["state_info"]
     assert info["steps"] == 2 and len(info["curve"]) == 2 and info["cache_hit"] is False
@@ -122,7 +126,13 @@ def test_results_schema_and_json(tiny_results):
     for layer in r["decrease_layers"]:
         assert [d.get("eps") for d in select(dec, layer=layer, estimator="cdg")] == [0.1, 0.3]
         assert [d["variant"] for d in select(dec, layer=layer, estimator="ste")] == ["identity", "clipped"]
-        assert all(len(d["curve"]) == 3 and d["best"] == max(d["curve"]) for d in select(dec, layer=layer))
+        for d in select(dec, layer=layer):
+            assert len(d["curve"]) == 3 and d["best"] == max(d["curve"]) and d["n"] == 3
+            at = [s["curve"][r["lrs"].index(d["best_lr"])] for s in d["sets"]]
+            assert d["best"] == pytest.approx(sum(at) / 3)
+            lo, hi = d["interval"]  # t_{0.975, 2} · s / √3 around the mean, by hand
+            half = 4.302652729911275 * (sum((v - d["best"]) ** 2 for v in at) / 2) ** 0.5 / 3 ** 0.5
+            assert (lo, hi) == pytest.approx((d["best"] - half, d["best"] + half))
 
 
 def test_progress_steps_count_state_precision_pairs(tiny_results):
@@ -172,27 +182,34 @@ def test_full_precision_cdg_is_the_autograd_gradient(tiny_results):
 
 
 def test_cosines_agree_with_an_independent_computation(tmp_path):
-    """Recompute one entry from the estimators directly (same seed ⇒ same sampled coordinates)."""
-    given = tiny_params(tmp_path, states=["init"], acts=["binary"], eps=[0.2], decrease_acts=[])
+    """Recompute one entry from the estimators directly: coordinate set k is CDG with seed
+    ``seed + 7919 k``; the noise ceiling is CDG on the next ``batch_size`` images of the seeded permutation."""
+    given = tiny_params(tmp_path, states=["init"], acts=["binary"], eps=[0.2], decrease_acts=[], coord_sets=2)
     r = run_thin_resnet(given, log=None)
     p = dataclasses.asdict(build(ThinResNetParams, given))
     data = states.load_data(p)
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(data["x_ref"], states.image_data("digits", "train", 64)[0][perm[8:16]])
     model, _ = states.make_state(p, "binary", "init", data, torch.device("cpu"))
     names = model.binary_conv_names()
-    g = cdg(model, data["x"], data["y"], loss="cross_entropy", eps=0.2, layers=names, coords_per_layer=3, seed=3)
     s = ste(model, data["x"], data["y"], loss="cross_entropy", variant="clipped", layers=names)
-    expected = cosine(g, s)
     entry = only(r["analyses"], state="init", act="binary")
-    got = only(entry["cosines"], eps=0.2, variant="clipped")["per_layer"]
-    for name, value in zip(names, got):
-        if value is None:
-            assert math.isnan(expected[name])
-        else:
-            assert value == pytest.approx(expected[name], abs=1e-6)
-    # magnitude on the sampled coordinates
-    mask = torch.isfinite(g[names[0]])
-    rms = float(g[names[0]][mask].double().pow(2).mean().sqrt())
-    assert only(entry["magnitudes"], estimator="cdg", eps=0.2)["per_layer"][0] == pytest.approx(rms, rel=1e-6)
+    rms = []
+    for k, seed in enumerate((3, 3 + 7919)):
+        g = cdg(model, data["x"], data["y"], loss="cross_entropy", eps=0.2, layers=names, coords_per_layer=3, seed=seed)
+        g_ref = cdg(model, data["x_ref"], data["y_ref"], loss="cross_entropy", eps=0.2, layers=names,
+                    coords_per_layer=3, seed=seed)
+        for got, expected in ((only(entry["cosines"], eps=0.2, variant="clipped")["sets"][k], cosine(g, s)),
+                              (only(entry["ceiling"], eps=0.2)["sets"][k], cosine(g, g_ref))):
+            for name, value in zip(names, got["per_layer"]):
+                if value is None:
+                    assert math.isnan(expected[name])
+                else:
+                    assert value == pytest.approx(expected[name], abs=1e-6)
+        mask = torch.isfinite(g[names[0]])
+        rms.append(float(g[names[0]][mask].double().pow(2).mean().sqrt()))
+    # magnitude on the sampled coordinates, mean over the two sets
+    assert only(entry["magnitudes"], estimator="cdg", eps=0.2)["per_layer"][0] == pytest.approx(sum(rms) / 2, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- report
@@ -252,4 +269,27 @@ def test_findings_sentence(tiny_results):
     r, _ = tiny_results
     (sentence,) = section.findings([{"id": "thin_resnet", "entry": {}, "results": r}])
     assert "(#thin-resnet-18-cdg-gradient-experiment-1--summary)" in sentence
-    assert "c = 2 init: front" in sentence and "c = 2 trained: front" in sentence
+    assert "c = 2 init: " in sentence and "c = 2 trained: " in sentence
+    assert "front " in sentence and "(95% intervals over n = 3 coordinate sets)" in sentence
+
+
+def _made_up(front_by_set, back_by_set):
+    """A result whose binary cosines are ``front`` on stage 1 and ``back`` elsewhere, per coordinate set."""
+    layers = [{"name": f"l{i}", "label": f"{i // 4 + 1}.x", "stage": i // 4 + 1} for i in range(16)]
+    sets = [{"per_layer": [f] * 4 + [b] * 12, "all": (f + b) / 2} for f, b in zip(front_by_set, back_by_set)]
+    record = {"variant": "clipped", "eps": 0.1, "sets": sets, "per_layer": sets[0]["per_layer"], "all": sets[0]["all"]}
+    return {"layers": layers, "eps_main": 0.1, "ste_variants": ["clipped"], "parameters": {"states": ["init"]},
+            "analyses": [{"state": "init", "act": "binary", "cosines": [record]}]}
+
+
+@pytest.mark.parametrize("front,back,claim", [
+    ([0.8, 0.82, 0.79], [0.2, 0.25, 0.22], "higher on the front stage"),
+    ([0.2, 0.25, 0.22], [0.8, 0.82, 0.79], "higher on the back stage"),
+    ([0.8, 0.2, 0.5], [0.5, 0.6, 0.3], "not distinguishable between the front and the back stage at n = 3"),
+    ([0.8], [0.2], "not distinguishable between the front and the back stage at n = 1"),  # one set: no interval
+])
+def test_front_back_claims_only_what_the_interval_supports(front, back, claim):
+    from lib.experiments.thin_resnet.summary import front_back_phrase
+
+    phrase = front_back_phrase(_made_up(front, back), "init")
+    assert phrase.startswith(claim), phrase

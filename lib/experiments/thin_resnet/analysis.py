@@ -1,14 +1,23 @@
 """CDG against the STE variants for one model of the thin ResNet experiment: cosine and magnitude
-per layer, single-layer loss decrease (see :mod:`lib.experiments.thin_resnet.run`).
+per layer, CDG's noise ceiling, single-layer loss decrease (see :mod:`lib.experiments.thin_resnet.run`).
 
+CDG is computed on ``coord_sets`` independent seeded sets of ``coords_per_layer`` coordinates per
+layer (set ``k`` drawn with seed :func:`coord_seed`); every number below is the mean over the sets,
+and ``sets`` keeps each set's own, from which the report takes its 95% intervals (n = the sets).
 The records :func:`analyse` returns (:mod:`lib.experiments.records`), per-layer lists front to back:
 
-* ``cosines``: ``{variant, eps, per_layer, all}``: the STE variant against CDG at step ε;
+* ``cosines``: ``{variant, eps, per_layer, all, sets: [{per_layer, all}]}``: the STE variant
+  against CDG at step ε;
+* ``ceiling`` (with a reference batch): ``{eps, per_layer, all, sets}``: CDG on the gradient batch
+  against CDG on an independent batch of the same size, on the same coordinates: the best
+  cosine the reference allows at this batch size;
 * ``magnitudes``: ``{estimator: "cdg", eps, per_layer}`` and ``{estimator: "ste", variant,
   per_layer, all_coordinates}``: RMS on the sampled coordinates (and, for the STE, on all);
 * ``decrease`` (precisions in ``decrease_acts``): ``{layer, estimator, eps or variant, curve,
-  best, best_lr}``, the single-layer lr → loss-decrease curve over ``lrs``;
-* ``sampled`` (coordinates per layer) and ``timings`` (``ste_s``, ``cdg_s`` as ``[{eps,
+  best, best_lr, interval, n, sets: [{curve, best, best_lr}]}``: the single-layer lr →
+  loss-decrease curve over ``lrs`` (mean over the sets), its best, and the 95% interval of the
+  sets' values at that lr;
+* ``sampled`` (coordinates per layer and set) and ``timings`` (``ste_s``, ``cdg_s`` as ``[{eps,
   seconds}]``, ``decrease_s``).
 """
 from __future__ import annotations
@@ -21,6 +30,7 @@ import torch
 from lib.core.estimators import cdg, ste
 from lib.core.evaluate import best_decrease, cosine, loss_decrease
 from lib.core.resnet import XnorResNet
+from lib.experiments.stats import finite_mean, interval
 
 from .params import LOSS
 
@@ -51,31 +61,57 @@ def _ste_gradients(model: XnorResNet, act: str, variants: Sequence[str], x: torc
     return out
 
 
+def coord_seed(p: dict[str, Any], k: int) -> int:
+    """The seed of coordinate set ``k`` (set 0: the run's own ``seed``)."""
+    return int(p["seed"]) + 7919 * k
+
+
+def _over_sets(per_set: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{per_layer, all}`` as the means over the sets, with the sets themselves."""
+    layers = len(per_set[0]["per_layer"])
+    return {"per_layer": [finite_mean(s["per_layer"][i] for s in per_set) for i in range(layers)],
+            "all": finite_mean(s["all"] for s in per_set), "sets": per_set}
+
+
+def _cosine_record(c: dict[str, float], names: list[str]) -> dict[str, Any]:
+    return {"per_layer": [c[n] for n in names], "all": c["all"]}
+
+
 def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: torch.Tensor,
-            device: torch.device, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """CDG vs STE for one model: cosine and magnitude per layer, loss decrease (see the module doc)."""
+            device: torch.device, log: Callable[[str], None] = lambda s: None,
+            reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+    """CDG vs STE for one model on the batch ``(x, y)`` (see the module doc); with ``reference``,
+    an independent batch of the same size, CDG's noise ceiling too."""
     names = model.binary_conv_names()
     variants = p["ste_variants"]
-    out: dict[str, Any] = {"cosines": [], "magnitudes": [], "timings": {"cdg_s": []}}
+    sets = range(p["coord_sets"])
+    out: dict[str, Any] = {"cosines": [], "ceiling": [], "magnitudes": [], "timings": {"cdg_s": []}}
     t0 = time.perf_counter()
     ste_grads = _ste_gradients(model, act, variants, x, y, names)
     out["timings"]["ste_s"] = time.perf_counter() - t0
-    cdg_grads: dict[float, dict[str, torch.Tensor]] = {}
+
+    def cdg_on(xb: torch.Tensor, yb: torch.Tensor, eps: float, k: int) -> dict[str, torch.Tensor]:
+        return cdg(model, xb, yb, loss=LOSS, eps=eps, central=True, layers=names, coords_per_layer=p["coords_per_layer"],
+                   seed=coord_seed(p, k), device=device, budget_mb=p["budget_mb"])
+
+    cdg_grads: dict[float, list[dict[str, torch.Tensor]]] = {}
     for eps in p["eps"]:
         t0 = time.perf_counter()
-        g = cdg(model, x, y, loss=LOSS, eps=eps, central=True, layers=names,
-                coords_per_layer=p["coords_per_layer"], seed=p["seed"], device=device, budget_mb=p["budget_mb"])
+        gs = cdg_grads[eps] = [cdg_on(x, y, eps, k) for k in sets]
         out["timings"]["cdg_s"].append({"eps": eps, "seconds": time.perf_counter() - t0})
-        log(f"  cdg ε={eps:g}: {time.perf_counter() - t0:.1f}s")
-        cdg_grads[eps] = g
+        log(f"  cdg ε={eps:g}, {len(gs)} coordinate set(s): {time.perf_counter() - t0:.1f}s")
         for v in variants:
-            c = cosine(g, ste_grads[v])
-            out["cosines"].append({"variant": v, "eps": eps, "per_layer": [c[n] for n in names], "all": c["all"]})
-        masks = {n: torch.isfinite(g[n]) for n in names}
-        out["magnitudes"].append({"estimator": "cdg", "eps": eps, "per_layer": [_rms(g[n], masks[n]) for n in names]})
-        out["sampled"] = [int(masks[n].sum()) for n in names]
-    masks = {n: torch.isfinite(next(iter(cdg_grads.values()))[n]) for n in names}
-    out["magnitudes"] += [{"estimator": "ste", "variant": v, "per_layer": [_rms(ste_grads[v][n], masks[n]) for n in names],
+            out["cosines"].append({"variant": v, "eps": eps,
+                                   **_over_sets([_cosine_record(cosine(g, ste_grads[v]), names) for g in gs])})
+        if reference is not None:
+            out["ceiling"].append({"eps": eps, **_over_sets(
+                [_cosine_record(cosine(g, cdg_on(*reference, eps, k)), names) for k, g in zip(sets, gs)])})
+        out["magnitudes"].append({"estimator": "cdg", "eps": eps, "per_layer": [
+            finite_mean(_rms(g[n], torch.isfinite(g[n])) for g in gs) for n in names]})
+    masks = [{n: torch.isfinite(g[n]) for n in names} for g in next(iter(cdg_grads.values()))]
+    out["sampled"] = [[int(m[n].sum()) for n in names] for m in masks]
+    out["magnitudes"] += [{"estimator": "ste", "variant": v,
+                           "per_layer": [finite_mean(_rms(ste_grads[v][n], m[n]) for m in masks) for n in names],
                            "all_coordinates": [float(ste_grads[v][n].double().pow(2).mean().sqrt()) for n in names]}
                           for v in variants]
     if act in p["decrease_acts"]:
@@ -86,18 +122,33 @@ def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: 
 
 
 def _decrease(model: XnorResNet, p: dict[str, Any], x: torch.Tensor, y: torch.Tensor, names: list[str],
-              cdg_grads: dict[float, dict[str, torch.Tensor]], ste_grads: dict[str, dict[str, torch.Tensor]],
-              masks: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-    """Single-layer loss decrease of the first, middle and last binary layer: CDG (each ε) and
-    each STE variant restricted to that layer's sampled coordinates."""
+              cdg_grads: dict[float, list[dict[str, torch.Tensor]]], ste_grads: dict[str, dict[str, torch.Tensor]],
+              masks: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+    """Single-layer loss decrease of the first, middle and last binary layer, per coordinate set:
+    CDG (each ε) and each STE variant restricted to that set's coordinates of the layer."""
     out = []
     for layer in decrease_layers(names):
-        directions = [({"estimator": "cdg", "eps": eps}, g[layer]) for eps, g in cdg_grads.items()]
-        directions += [({"estimator": "ste", "variant": v},
-                        torch.where(masks[layer], ste_grads[v][layer], torch.zeros_like(ste_grads[v][layer])))
-                       for v in p["ste_variants"]]
-        for key, d in directions:
-            c = loss_decrease(model, x, y, {layer: d}, p["lrs"], p["normalize"], LOSS)
-            best, best_lr = best_decrease(p["lrs"], c)
-            out.append({"layer": layer, **key, "curve": c.tolist(), "best": best, "best_lr": best_lr})
+        keys = [{"estimator": "cdg", "eps": eps} for eps in cdg_grads] + \
+               [{"estimator": "ste", "variant": v} for v in p["ste_variants"]]
+        for key in keys:
+            per_set = []
+            for k, mask in enumerate(masks):
+                if key["estimator"] == "cdg":
+                    d = cdg_grads[key["eps"]][k][layer]
+                else:
+                    g = ste_grads[key["variant"]][layer]
+                    d = torch.where(mask[layer], g, torch.zeros_like(g))
+                c = loss_decrease(model, x, y, {layer: d}, p["lrs"], p["normalize"], LOSS).tolist()
+                best, best_lr = best_decrease(p["lrs"], c)
+                per_set.append({"curve": c, "best": best, "best_lr": best_lr})
+            out.append({"layer": layer, **key, **_mean_curve(p["lrs"], per_set)})
     return out
+
+
+def _mean_curve(lrs: list[float], per_set: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean curve over the sets, its best and lr, and the 95% interval of the sets' values there."""
+    curve = [finite_mean(s["curve"][i] for s in per_set) for i in range(len(lrs))]
+    best, best_lr = best_decrease(lrs, curve)
+    at = [s["curve"][lrs.index(best_lr)] for s in per_set] if best_lr in lrs else []
+    return {"curve": curve, "best": best, "best_lr": best_lr, "interval": interval(best, at), "n": len(at),
+            "sets": per_set}

@@ -26,6 +26,8 @@ class ThinResNetParams:
     ste_variants: list[str] = param(list(STE_VARIANTS), STE_VARIANT)
     eps: list[float] = param([0.1], POSITIVE)            # CDG steps, central differences
     coords_per_layer: int = param(16, POSITIVE_INT)      # sampled coordinates of each binary conv weight
+    coord_sets: int = param(3, POSITIVE_INT)             # independent seeded sets of them: the n of the intervals
+    noise_ceiling: bool = param(True)                    # CDG on a second batch too: the reference's own noise
     batch_size: int = param(64, POSITIVE_INT)            # images in the gradient batch
     lrs: list[float] = param([0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0], POSITIVE)
     normalize: str = param("layer", NORMALIZATION)
@@ -53,6 +55,9 @@ class ThinResNetParams:
         missing = [a for a in self.decrease_acts if a not in self.acts]
         if missing:
             out.append(("decrease_acts", f"{missing} not in acts {self.acts}"))
+        if self.noise_ceiling and self.train_limit and 2 * self.batch_size > self.train_limit:
+            out.append(("batch_size", f"the noise ceiling needs two batches of {self.batch_size} images, "
+                                      f"train_limit is {self.train_limit}"))
         if "trained" in self.states and self.train_epochs < 1:
             out.append(("train_epochs", "the trained state needs at least one epoch"))
         return out

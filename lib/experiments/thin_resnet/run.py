@@ -61,8 +61,8 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     stage, numel}``), ``decrease_layers`` (names) and ``analyses``, one record per (state,
     precision) in the order of the parameters: ``{state, act, loss, batch_accuracy,
     test_accuracy, state_info, timings, ...}`` with the records of
-    :func:`lib.experiments.thin_resnet.analysis.analyse` (``cosines``, ``magnitudes``,
-    ``decrease``, ``sampled``). ``state_info``: init: ``bn_calibration_batches``; trained:
+    :func:`lib.experiments.thin_resnet.analysis.analyse` (``cosines``, ``ceiling``, ``magnitudes``,
+    ``decrease``, ``sampled``, each over ``coord_sets`` coordinate sets). ``state_info``: init: ``bn_calibration_batches``; trained:
     ``cache_hit``, ``steps``, ``train_s``, ``curve`` (per-step training loss), ``final_loss``.
 
     NaN (e.g. a cosine with an all-zero estimate) is stored as ``null``.
@@ -77,6 +77,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     torch.manual_seed(p["seed"])
     data = load_data(p)
     x, y = data["x"].to(device), data["y"].to(device)
+    reference = (data["x_ref"].to(device), data["y_ref"].to(device)) if p["noise_ceiling"] else None
     results: dict[str, Any] = steps.data or _header(p, data, device)
     for i, (state, act) in enumerate(pairs):
         if steps.done(i):
@@ -90,7 +91,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
             how = "cached" if info["cache_hit"] else f"{info['train_s']:.1f}s"
             log(f"c={p['initial_channels']} {state}/{act}: trained {info['steps']} steps ({how}), "
                 f"test accuracy {entry['test_accuracy']}")
-        entry.update(analyse(model, p, act, x, y, device, log))
+        entry.update(analyse(model, p, act, x, y, device, log, reference))
         entry["timings"]["total_s"] = time.perf_counter() - t0
         log(f"c={p['initial_channels']} {state}/{act}: loss {entry['loss']:.3f}, {entry['timings']['total_s']:.1f}s")
         results["analyses"].append(entry)

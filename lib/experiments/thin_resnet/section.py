@@ -7,10 +7,11 @@ from typing import Any, Sequence
 from lib.experiments import cells as nbcells
 from lib.experiments.cells import PRECISION_TITLES, failed_runs_note
 from lib.experiments.records import select
-from lib.experiments.stats import finite_mean
+from lib.experiments.stats import rank, with_interval
 
 from .figures import plot_cosine, plot_decrease, plot_magnitude, plot_precisions, plot_training
-from .summary import acts_of, analysis_of, front_back, layer_label, states_of, summary_text
+from .summary import (acts_of, analysis_of, front_back, front_back_phrase, front_back_sets, layer_label,
+                      states_of, summary_text)
 
 # The notes' heading beside its English, one level under "BinaryDuo设置实验后续" as in the notes.
 HEADING = "### Thin ResNet-18 CDG gradient experiment - 1 · Thin ResNet-18 CDG grad实验 - 1"
@@ -87,25 +88,37 @@ def results_cells(results: list[dict[str, Any]]) -> list:
     return cells
 
 
+def _stage_cell(fb: dict[str, tuple[float, list[float] | None]]) -> str:
+    """``front / back / last / all [interval of all]``."""
+    return " / ".join(fmt2(fb[k][0]) for k in ("front", "back", "last")) + " / " + with_interval(*fb["all"], digits=2)
+
+
 def _cosine_table(results: list[dict[str, Any]]) -> list:
-    """Per (c, state, precision): each STE variant's cosine with CDG, front / back / last / all."""
+    """Per (c, state, precision): CDG's noise ceiling and each STE variant's cosine with CDG,
+    front / back / last / all; the STE variant with the highest mean over all layers in bold."""
     variants = results[0]["ste_variants"]
     rows = []
     for r in results:
         for state in states_of(r):
             for act in acts_of(r, state):
-                row: list[Any] = [r["initial_channels"], state, PRECISION_TITLES.get(act, act)]
-                for v in variants:
-                    if v in r["ste_variants"]:
-                        fb = front_back(r, state, act, v)
-                        row.append(" / ".join(fmt2(fb[k]) for k in ("front", "back", "last", "all")))
-                    else:
-                        row.append("–")
+                ceiling = front_back(r, state, act, None) if front_back_sets(r, state, act, None) else None
+                row: list[Any] = [r["initial_channels"], state, PRECISION_TITLES.get(act, act),
+                                  _stage_cell(ceiling) if ceiling else "–"]
+                cells = {v: front_back(r, state, act, v) for v in variants if v in r["ste_variants"]}
+                top = max(cells, key=lambda v: rank(cells[v]["all"][0]), default=None)
+                row += [("**" + _stage_cell(cells[v]) + "**" if v == top else _stage_cell(cells[v])) if v in cells
+                        else "–" for v in variants]
                 rows.append(row)
+    n = max((len(front_back_sets(r, s, a, v)) for r in results for s in states_of(r) for a in acts_of(r, s)
+             for v in r["ste_variants"][:1]), default=1)
     return [nbcells.md(f"Cosine of CDG (ε = {results[0]['eps_main']:g}) with each STE variant: mean over "
                        "the front stage (stage 1) / mean over the back stage (stage 4 without the last "
-                       "conv) / the last binary conv / all 16 layers at once."),
-            nbcells.table(["c", "state", "activation", *variants], rows)]
+                       "conv) / the last binary conv / all 16 layers at once, means over n = "
+                       f"{n} seeded coordinate set(s), the last with its 95% interval; bold: the highest mean over all "
+                       "layers. **CDG noise ceiling**: CDG on an independent batch of the same size "
+                       "against CDG on the gradient batch, on the same coordinates: an STE cosine near it "
+                       "is as close as the reference can tell at this batch size."),
+            nbcells.table(["c", "state", "activation", "CDG noise ceiling", *variants], rows)]
 
 
 def _decrease_table(results: list[dict[str, Any]]) -> list:
@@ -122,14 +135,17 @@ def _decrease_table(results: list[dict[str, Any]]) -> list:
                                    key=lambda d: d["best"] if d["best"] is not None else -math.inf)
                     ste_best = {d["variant"]: d for d in select(entry["decrease"], layer=layer, estimator="ste")}
                     row = [r["initial_channels"], state, PRECISION_TITLES.get(act, act), layer_label(r, layer),
-                           f"{fmt3(cdg_best['best'])} (ε={cdg_best['eps']:g}, lr={lr_text(r, cdg_best['best_lr'])})"]
+                           f"{with_interval(cdg_best['best'], cdg_best.get('interval'))} (ε={cdg_best['eps']:g}, "
+                           f"lr={lr_text(r, cdg_best['best_lr'])})"]
                     for v in variants:
                         d = ste_best.get(v)
-                        row.append(f"{fmt3(d['best'])} (lr={lr_text(r, d['best_lr'])})" if d else "–")
+                        row.append(f"{with_interval(d['best'], d.get('interval'))} (lr={lr_text(r, d['best_lr'])})"
+                                   if d else "–")
                     rows.append(row)
     if not rows:
         return []
-    return [nbcells.md("Best single-layer loss decrease over the lr grid (and its lr; † = at the edge "
+    return [nbcells.md("Best single-layer loss decrease over the lr grid, of the mean curve over the coordinate "
+                       "sets, with the 95% interval of the sets' values at that lr (and the lr; † = at the edge "
                        "of the grid, so the best may lie outside it):"),
             nbcells.table(["c", "state", "activation", "layer", "CDG (best ε)", *variants], rows)]
 
@@ -148,19 +164,12 @@ def fmt3(v: Any) -> str:
 
 def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
     """Per initial width and state: the binary activations' cosine of CDG with the STE, front stage
-    against back stage (means over the variants; one batch, one sample of coordinates: no interval)."""
+    against back stage (means over the variants, 95% intervals over the coordinate sets)."""
     results = sorted((r["results"] for r in runs if r["results"] is not None), key=lambda r: r["initial_channels"])
-    parts = []
-    for r in results:
-        for state in states_of(r):
-            if "binary" not in acts_of(r, state):
-                continue
-            rows = [front_back(r, state, "binary", v) for v in r["ste_variants"]]
-            front = finite_mean([fb["front"] for fb in rows])
-            back = finite_mean([fb["back"] for fb in rows])
-            parts.append(f"c = {r['initial_channels']} {state}: front {fmt2(front)}, back {fmt2(back)}")
+    parts = [f"c = {r['initial_channels']} {state}: {front_back_phrase(r, state)}"
+             for r in results for state in states_of(r) if "binary" in acts_of(r, state)]
     if not parts:
         return []
     return [f"**Thin ResNet** ([summary](#{nbcells.anchor(HEADING.lstrip('# '), 'Summary')})): cosine of CDG "
-            f"(ε = {results[0]['eps_main']:g}) with the STE, binary activations, mean over the variants: "
-            f"{'; '.join(parts)} (one batch and one sample of coordinates per run: no interval yet)."]
+            f"(ε = {results[0]['eps_main']:g}) with the STE, binary activations, mean over the variants, front "
+            f"stage against back stage: {'; '.join(parts)}."]

@@ -23,14 +23,20 @@ def data_path(p: dict[str, Any]) -> str:
 
 
 def load_data(p: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Training images (``train_limit``, 0 = all), the gradient batch (``batch_size`` training images
-    drawn with ``seed``) and held-out images (``test_limit``) from ``data_source``."""
+    """Training images (``train_limit``, 0 = all), the gradient batch ``x, y`` (``batch_size``
+    training images drawn with ``seed``), with ``noise_ceiling`` a second, disjoint batch
+    ``x_ref, y_ref`` of the same size, and held-out images (``test_limit``) from ``data_source``."""
     x_train, y_train = image_data(data_path(p), "train", p["train_limit"] or None)
-    if p["batch_size"] > len(x_train):
-        raise ValueError(f"batch_size: {p['batch_size']} > the {len(x_train)} training images")
+    needed = p["batch_size"] * (2 if p["noise_ceiling"] else 1)
+    if needed > len(x_train):
+        raise ValueError(f"batch_size: {needed} images needed ({'two batches' if p['noise_ceiling'] else 'one batch'}"
+                         f" of {p['batch_size']}), there are {len(x_train)} training images")
     gen = torch.Generator().manual_seed(int(p["seed"]))
-    idx = torch.randperm(len(x_train), generator=gen)[:p["batch_size"]]
+    perm = torch.randperm(len(x_train), generator=gen)
+    idx, ref = perm[:p["batch_size"]], perm[p["batch_size"]:needed]
     data = {"x_train": x_train, "y_train": y_train, "x": x_train[idx], "y": y_train[idx]}
+    if p["noise_ceiling"]:
+        data["x_ref"], data["y_ref"] = x_train[ref], y_train[ref]
     if p["test_limit"]:
         data["x_test"], data["y_test"] = image_data(data_path(p), "test", p["test_limit"])
     return data

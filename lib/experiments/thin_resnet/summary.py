@@ -7,9 +7,9 @@ from typing import Any, Sequence
 
 from lib.experiments.cells import PRECISION_TITLES
 from lib.experiments.records import only, select
-from lib.experiments.stats import finite_mean
+from lib.experiments.stats import finite, finite_mean, interval, separated, with_interval
 
-
+STAGE_KEYS = ("front", "back", "last", "all")
 
 def analysis_of(result: dict[str, Any], state: str, act: str) -> dict[str, Any]:
     """The analysis record of one (state, precision)."""
@@ -39,17 +39,44 @@ def stage_mean(result: dict[str, Any], values: Sequence[Any], stage: int, skip_l
                     if layer["stage"] == stage and not (skip_last and i == n - 1)])
 
 
-def front_back(result: dict[str, Any], state: str, act: str, variant: str,
-               eps: float | None = None) -> dict[str, float]:
-    """Cosine summary of one (state, precision, STE variant): ``front`` = mean over stage 1,
-    ``back`` = mean over stage 4 without the last binary conv, ``last`` = the last binary conv
-    (no quantizer after it, so its STE gradient is exact up to the ε-smoothing of CDG),
-    ``all`` = the cosine over all 16 layers at once."""
-    record = cosine_of(analysis_of(result, state, act), variant, result["eps_main"] if eps is None else eps)
-    cos, allc = record["per_layer"], record["all"]
-    return {"front": stage_mean(result, cos, 1), "back": stage_mean(result, cos, 4, skip_last=True),
-            "last": float("nan") if cos[-1] is None else float(cos[-1]),
+def _stages(result: dict[str, Any], per_layer: Sequence[Any], allc: Any) -> dict[str, float]:
+    return {"front": stage_mean(result, per_layer, 1), "back": stage_mean(result, per_layer, 4, skip_last=True),
+            "last": float("nan") if per_layer[-1] is None else float(per_layer[-1]),
             "all": float("nan") if allc is None else float(allc)}
+
+
+def _sets(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-coordinate-set values of a record (the record itself for results without sets)."""
+    return record.get("sets") or [record]
+
+
+def front_back_sets(result: dict[str, Any], state: str, act: str, variant: str | None,
+                    eps: float | None = None) -> list[dict[str, float]]:
+    """Cosine summary of one (state, precision, STE variant) per coordinate set: ``front`` = mean
+    over stage 1, ``back`` = mean over stage 4 without the last binary conv, ``last`` = the last
+    binary conv (no quantizer after it, so its STE gradient is exact up to the ε-smoothing of
+    CDG), ``all`` = the cosine over all 16 layers at once. ``variant=None``: CDG's noise ceiling
+    (``[]`` when the run has none)."""
+    eps = result["eps_main"] if eps is None else eps
+    entry = analysis_of(result, state, act)
+    if variant is None:
+        found = select(entry.get("ceiling", []), eps=eps)
+        return [_stages(result, s["per_layer"], s["all"]) for s in _sets(found[0])] if found else []
+    return [_stages(result, s["per_layer"], s["all"]) for s in _sets(cosine_of(entry, variant, eps))]
+
+
+def front_back(result: dict[str, Any], state: str, act: str, variant: str | None,
+               eps: float | None = None) -> dict[str, tuple[float, list[float] | None]]:
+    """``{front, back, last, all}`` of :func:`front_back_sets` as ``(mean, 95% interval)`` over the
+    coordinate sets (interval ``None`` for one set)."""
+    sets = front_back_sets(result, state, act, variant, eps)
+    return {k: measure([fb[k] for fb in sets]) for k in STAGE_KEYS}
+
+
+def measure(values: Sequence[float]) -> tuple[float, list[float] | None]:
+    """The mean of the finite values and its 95% t-interval."""
+    m = finite_mean(values)
+    return m, interval(m, values)
 
 
 def mean_cosine(result: dict[str, Any], state: str, act: str, eps: float | None = None) -> list[float]:
@@ -60,67 +87,71 @@ def mean_cosine(result: dict[str, Any], state: str, act: str, eps: float | None 
     return [finite_mean([cos[i] for cos in per_variant]) for i in range(len(result["layers"]))]
 
 
-def _compare(a: float, b: float, rel: float = 1e-3) -> str:
-    if abs(a - b) <= rel * max(abs(a), abs(b)):
-        return "equal to"
-    return "above" if a > b else "below"
+def _per_set_over_variants(result: dict[str, Any], state: str, act: str, fn) -> list[float]:
+    """Per coordinate set: the mean over the STE variants of ``fn(stage summary)``."""
+    per_variant = [front_back_sets(result, state, act, v) for v in result["ste_variants"]]
+    return [finite_mean(fn(sets[k]) for sets in per_variant) for k in range(len(per_variant[0]))]
+
+
+def front_back_phrase(r: dict[str, Any], state: str) -> str:
+    """Binary activations, mean over the STE variants: front, back and their difference with 95%
+    intervals over the coordinate sets, and which is higher where the difference's interval excludes 0."""
+    diff = _per_set_over_variants(r, state, "binary", lambda fb: fb["front"] - fb["back"])
+    front = measure(_per_set_over_variants(r, state, "binary", lambda fb: fb["front"]))
+    back = measure(_per_set_over_variants(r, state, "binary", lambda fb: fb["back"]))
+    d, iv = measure(diff)
+    n = len(finite(diff))
+    if iv is not None and iv[0] > 0:
+        trend = "higher on the front stage (stage 1) than on the back stage (stage 4 without the last conv)"
+    elif iv is not None and iv[1] < 0:
+        trend = "higher on the back stage (stage 4 without the last conv) than on the front stage (stage 1)"
+    else:
+        trend = f"not distinguishable between the front and the back stage at n = {n} coordinate set(s)"
+    return (f"{trend}: front {with_interval(*front)}, back {with_interval(*back)}, difference "
+            f"{with_interval(d, iv)} (95% intervals over n = {n} coordinate sets)")
+
+
+def _decrease_note(r: dict[str, Any], entry: dict[str, Any], layer: str) -> str | None:
+    cd = only(entry["decrease"], layer=layer, estimator="cdg", eps=r["eps_main"])
+    stes = [d for d in select(entry["decrease"], layer=layer, estimator="ste") if d["best"] is not None]
+    if cd["best"] is None or not stes:
+        return None
+    top = max(stes, key=lambda d: d["best"])
+    if separated(cd.get("interval"), top.get("interval")):
+        verdict = "above" if cd["best"] > top["best"] else "below"
+    else:
+        verdict = f"not distinguishable (n = {cd.get('n', 1)}) from"
+    return (f"layer {layer_label(r, layer)}: CDG {with_interval(cd['best'], cd.get('interval'))}, {verdict} the "
+            f"best STE ({top['variant']}, {with_interval(top['best'], top.get('interval'))})")
 
 
 def summary_text(results: Sequence[dict[str, Any]]) -> str:
     """An automatically written paragraph per (c, state): front vs back layers for binary
-    activations, the precisions ordered by their agreement, and the single-layer loss decrease."""
+    activations, the precisions ordered by their agreement, and the single-layer loss decrease;
+    a comparison is claimed only where its 95% intervals (over the coordinate sets) separate."""
     parts: list[str] = []
     for r in sorted(results, key=lambda r: r["initial_channels"]):
-        c = r["initial_channels"]
         for state in states_of(r):
             sentences = []
             if "binary" in acts_of(r, state):
-                rows = {v: front_back(r, state, "binary", v) for v in r["ste_variants"]}
-                finite = {v: fb for v, fb in rows.items()
-                          if math.isfinite(fb["front"]) and math.isfinite(fb["back"])}
-                if finite:
-                    n_front = sum(fb["front"] > fb["back"] for fb in finite.values())
-                    half = len(finite) / 2
-                    trend = ("higher on the front stage (stage 1) than on the back stage (stage 4 without the "
-                             "last conv)" if n_front > half else
-                             "higher on the back stage (stage 4 without the last conv) than on the front stage "
-                             "(stage 1)" if n_front < half else "no clearer on the front than on the back stage")
-                    front = finite_mean([fb["front"] for fb in finite.values()])
-                    back = finite_mean([fb["back"] for fb in finite.values()])
-                    best_v = max(finite, key=lambda v: finite[v]["all"] if math.isfinite(finite[v]["all"]) else -2)
-                    last = finite_mean([fb["last"] for fb in finite.values()])
-                    sentences.append(
-                        f"with binary activations the cosine of CDG (ε = {r['eps_main']:g}) with the STE is "
-                        f"{trend} for {max(n_front, len(finite) - n_front)} of {len(finite)} variants (mean over "
-                        f"variants {front:.2f} in front, {back:.2f} at the back); at the last binary conv, "
-                        f"which no quantizer follows, it is {last:.2f}; the variant closest to CDG over all "
-                        f"layers is {best_v} (cosine {finite[best_v]['all']:.2f})")
-            prec = [(a, finite_mean(mean_cosine(r, state, a))) for a in acts_of(r, state)]
+                sentences.append(f"with binary activations the cosine of CDG (ε = {r['eps_main']:g}) with the STE "
+                                 f"(mean over the variants) is {front_back_phrase(r, state)}")
+            prec = [(a, measure(_per_set_over_variants(r, state, a, lambda fb: fb["all"]))) for a in acts_of(r, state)]
             if len(prec) > 1:
-                order = sorted(prec, key=lambda t: -t[1] if math.isfinite(t[1]) else 2)
-                listing = " > ".join(f"{PRECISION_TITLES.get(a, a)} ({v:.2f})" for a, v in order)
-                sentences.append(f"the mean cosine over the 16 layers and the STE variants orders the "
-                                 f"activations {listing}")
+                order = sorted(prec, key=lambda t: -t[1][0] if math.isfinite(t[1][0]) else 2)
+                listing = " > ".join(f"{PRECISION_TITLES.get(a, a)} ({with_interval(*m)})" for a, m in order)
+                sentences.append("the cosine over all 16 layers, mean over the STE variants, orders the "
+                                 f"activations {listing} (by mean; an order holds where the intervals separate)")
             for act in acts_of(r, state):
                 entry = analysis_of(r, state, act)
-                if "decrease" not in entry:
-                    continue
-                notes = []
-                for layer in r["decrease_layers"]:
-                    cd = only(entry["decrease"], layer=layer, estimator="cdg", eps=r["eps_main"])["best"]
-                    ste_best = [(d["best"], d["variant"]) for d in select(entry["decrease"], layer=layer, estimator="ste")
-                                if d["best"] is not None]
-                    if cd is None or not ste_best:
-                        continue
-                    top, top_v = max(ste_best)
-                    notes.append(f"layer {layer_label(r, layer)}: CDG {cd:.3g}, {_compare(cd, top)} the best "
-                                 f"STE ({top_v}, {top:.3g})")
+                notes = [n for n in (_decrease_note(r, entry, layer) for layer in r["decrease_layers"]) if n] \
+                    if "decrease" in entry else []
                 if notes:
                     sentences.append(f"best single-layer loss decrease with {PRECISION_TITLES.get(act, act)} "
                                      "activations: " + "; ".join(notes))
             if sentences:
                 text = "; ".join(sentences)
-                parts.append(f"**c = {c}, {state}**: {text[0].upper()}{text[1:]}.")
+                parts.append(f"**c = {r['initial_channels']}, {state}**: {text[0].upper()}{text[1:]}.")
     return "\n\n".join(parts) if parts else "No results."
 
 
