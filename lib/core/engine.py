@@ -8,15 +8,14 @@ model (docs/design.md §7), so:
   perturbation lives in unit ``u`` is evaluated from ``u`` on only;
 * **CDG** (:func:`lib.core.coordinates.coordinate_loss_changes`): a single-weight change
   ``W_ji += δ`` of a linear unit moves pre-activation ``z_j`` by ``δ · a_i`` (``a`` = the unit's
-  input). With a quantized activation the unit's output changes only on the samples whose
-  ``q(z_j)`` changes (the *flips*), and the per-sample loss of every other sample is unchanged,
-  so ``ΔL = (1/N) Σ_{n flipped} (ℓ'_n − ℓ_n)`` and only flipped rows go through the rest of the
-  network: the work is proportional to the flips. With *binary* activations every flip of unit
-  ``j`` of sample ``n`` leads to the same state (unit ``j`` negated), so the loss change of that
-  state is tabulated once per unit (``N × d`` rows) and each coordinate's ``ΔL`` is a masked sum
-  over the batch. A binary conv unit's weight ``W[j, c, kh, kw]`` moves output channel ``j`` by
-  ``δ`` times input channel ``c`` shifted by ``(kh, kw)``; any other parameter falls back to
-  ``torch.func.vmap`` over perturbed copies.
+  input). With a step activation the unit's output changes only on the samples whose
+  ``q(z_j)`` changes level (the *flips*), and the per-sample loss of every other sample is
+  unchanged, so ``ΔL = (1/N) Σ_{n flipped} (ℓ'_n − ℓ_n)``; each flip of unit ``j`` to a level
+  leads to the same state whichever weight of row ``j`` caused it, so those loss changes are
+  tabulated once per row for the samples near a threshold (:mod:`lib.core.flips`). An affine
+  unit followed by affine units under MSE has a closed form. A binary conv unit's weight
+  ``W[j, c, kh, kw]`` moves output channel ``j`` by ``δ`` times input channel ``c`` shifted by
+  ``(kh, kw)``; any other parameter falls back to ``torch.func.vmap`` over perturbed copies.
 * **NES** (:func:`lib.core.directions.direction_losses`): ``K`` jointly perturbed copies per
   chunk, both antithetic signs, one batched pass from the first perturbed unit on (whose
   projection ``U·h`` of the shared input is computed once for both signs): batched matmuls

@@ -62,8 +62,9 @@ def plot_cosine(result: dict[str, Any], eps: float | None = None):
 
 
 def _sampled_text(result: dict[str, Any]) -> str:
-    k = result["parameters"]["coords_per_layer"]
-    return f"{k} sampled coordinates per layer"
+    p = result["parameters"]
+    return (f"{p['coords_per_layer']} sampled coordinates per layer, mean over n = {p.get('coord_sets', 1)} "
+            "seeded sets")
 
 
 def plot_magnitude(result: dict[str, Any]):
@@ -88,7 +89,7 @@ def plot_magnitude(result: dict[str, Any]):
             if j == 0:
                 ax.set_ylabel("RMS gradient (sampled coords)")
     _legend(fig, axes)
-    fig.suptitle(f"c = {result['initial_channels']}: gradient magnitude per layer, CDG vs STE")
+    fig.suptitle(f"c = {result['initial_channels']}: gradient magnitude per layer, CDG vs STE ({_sampled_text(result)})")
     return fig
 
 
@@ -114,7 +115,7 @@ def plot_precisions(result: dict[str, Any]):
             ax.set_ylabel("cos(CDG, STE), mean over variants")
     _legend(fig, axes, "activation")
     fig.suptitle(f"c = {result['initial_channels']}: binary vs ternary vs 2-bit vs full precision "
-                 f"(ε = {result['eps_main']:g})")
+                 f"(ε = {result['eps_main']:g}, {_sampled_text(result)})")
     return fig
 
 
@@ -144,8 +145,7 @@ def plot_decrease(result: dict[str, Any]):
             if j == 0:
                 ax.set_ylabel("loss decrease L(w) − L(w − lr ĝ)")
     _legend(fig, axes)
-    fig.suptitle(f"c = {result['initial_channels']}: single-layer loss decrease on "
-                 f"{result['parameters']['coords_per_layer']} sampled coordinates of the layer")
+    fig.suptitle(f"c = {result['initial_channels']}: single-layer loss decrease ({_sampled_text(result)} of the layer)")
     return fig
 
 
