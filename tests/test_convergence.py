@@ -117,4 +117,5 @@ def test_notebook_runs_under_papermill(tmp_path):
 def test_findings_sentence(tiny):
     (sentence,) = section.findings([{"id": "convergence", "entry": {}, "results": tiny}])
     assert sentence.startswith("**Reference convergence** ([section](#reference-convergence))")
-    assert "at N = 20000, ε = 0.1" in sentence and "binary ceiling" in sentence and "n = 3" in sentence
+    assert "at N = 20000, ε = 0.1" in sentence and "binary: ceiling" in sentence and "n = 3" in sentence
+    assert "STE from" in sentence and "down to" in sentence

@@ -304,8 +304,8 @@ def test_cosine_with_cdg_table():
     assert tables.ste_cosine_layers(run) == ["fc1.weight", "fc2.weight", "readout.weight"]
     table = tables.cosine_with_cdg([run])
     assert {k: {d: c.text for d, c in by.items()} for k, by in table.items()} == {
-        "STE clipped": {4: "0.50 (0.25 / 0.12 / 1.00)"}, "STE identity": {4: "0.30 (– / -0.50 / 0.99)"},
-        "NES 100": {4: "0.40 (σ=0.3)"}}
+        "STE clipped": {4: "0.5 (0.25 / 0.125 / 1)"}, "STE identity": {4: "0.3 (– / -0.5 / 0.99)"},
+        "NES 100": {4: "0.4 (σ=0.3)"}}
     assert table["STE clipped"][4].mean == 0.5 and table["NES 100"][4].mean == 0.4
 
 

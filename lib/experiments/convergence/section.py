@@ -16,12 +16,17 @@ RULE = ("CDG stops being the limiting factor at the first N where its noise ceil
         "measures the STE")
 
 
+def ste_records(r: dict[str, Any], precision: str, eps: float, n: int, reference_batch: str) -> list[dict[str, Any]]:
+    """The records of every STE variant's mean per-layer cosine with CDG at batch size ``n`` (CDG on
+    the STE's own batch: ``same``; on the other one: ``independent``), highest mean first."""
+    return sorted((c for v in r["parameters"]["ste_variants"]
+                   for c in series(r, precision, eps, ste_estimate(v, reference_batch)) if c["batch_size"] == n),
+                  key=lambda c: -rank(c["mean"]))
+
+
 def best_ste(r: dict[str, Any], precision: str, eps: float, n: int, reference_batch: str) -> dict[str, Any]:
-    """The record of the STE variant with the highest mean per-layer cosine with CDG at batch size
-    ``n`` (CDG on the STE's own batch: ``same``; on the other one: ``independent``)."""
-    return max((c for v in r["parameters"]["ste_variants"]
-                for c in series(r, precision, eps, ste_estimate(v, reference_batch)) if c["batch_size"] == n),
-               key=lambda c: rank(c["mean"]))
+    """The record of the STE variant with the highest mean (see :func:`ste_records`)."""
+    return ste_records(r, precision, eps, n, reference_batch)[0]
 
 
 def limiting_until(r: dict[str, Any], precision: str, eps: float) -> int | None:
@@ -86,12 +91,15 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
         parts = []
         for precision in p["precisions"]:
             ceiling = next(c for c in series(r, precision, eps, CEILING) if c["batch_size"] == n_max)
-            best = best_ste(r, precision, eps, n_max, "independent")
+            stes = ste_records(r, precision, eps, n_max, "independent")
+            best, worst = stes[0], stes[-1]
             n = limiting_until(r, precision, eps)
-            parts.append(f"{PRECISION_TITLES.get(precision, precision)} ceiling "
-                         f"{with_interval(ceiling['mean'], ceiling['interval'])}, best STE "
-                         f"{with_interval(best['mean'], best['interval'])} ({best['estimate']['variant']}; "
-                         + (f"the reference stops limiting at N = {n}" if n else "the reference still limits") + ")")
-        out.append(f"**Reference convergence** ([section](#{anchor(HEADING)})): at N = {n_max}, ε = {eps:g}, mean "
-                   f"per-layer cosine: {'; '.join(parts)} (n = {p['num_init']} initialisations).")
+            parts.append(f"{PRECISION_TITLES.get(precision, precision)}: ceiling "
+                         f"{with_interval(ceiling['mean'], ceiling['interval'])}, STE from "
+                         f"{with_interval(best['mean'], best['interval'])} ({best['estimate']['variant']}) down to "
+                         f"{with_interval(worst['mean'], worst['interval'])} ({worst['estimate']['variant']}); "
+                         + (f"the reference stops limiting at N = {n}" if n else "the reference still limits"))
+        out.append(f"**Reference convergence** ([section](#{anchor(HEADING)})): how wrong the STE is against CDG "
+                   f"on an independent batch at N = {n_max}, ε = {eps:g}, mean per-layer cosine: {'; '.join(parts)} "
+                   f"(n = {p['num_init']} initialisations).")
     return out

@@ -19,8 +19,9 @@ SETTING_NOTE = ("Standard XNOR-ResNet-18 depth, initial channels 8 / 16 "
                 "(标准XNOR-ResNet-18深度，但是initial channel分别设置为8/16)")
 
 
-def fmt2(v: Any) -> str:
-    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.2f}"
+def fmt3(v: Any) -> str:
+    """Three significant digits; ``–`` for no number."""
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3g}"
 
 
 def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
@@ -90,7 +91,7 @@ def results_cells(results: list[dict[str, Any]]) -> list:
 
 def _stage_cell(fb: dict[str, tuple[float, list[float] | None]]) -> str:
     """``front / back / last / all [interval of all]``."""
-    return " / ".join(fmt2(fb[k][0]) for k in ("front", "back", "last")) + " / " + with_interval(*fb["all"], digits=2)
+    return " / ".join(fmt3(fb[k][0]) for k in ("front", "back", "last")) + " / " + with_interval(*fb["all"])
 
 
 def _cosine_table(results: list[dict[str, Any]]) -> list:
@@ -156,10 +157,6 @@ def lr_text(result: dict[str, Any], lr: Any) -> str:
         return "–"
     edge = lr in (min(result["lrs"]), max(result["lrs"]))
     return f"{lr:.3g}{'†' if edge else ''}"
-
-
-def fmt3(v: Any) -> str:
-    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3g}"
 
 
 def findings(runs: Sequence[dict[str, Any]]) -> list[str]:

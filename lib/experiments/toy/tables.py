@@ -6,7 +6,7 @@ import math
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from lib.experiments.records import distinct, only, select
-from lib.experiments.stats import rank
+from lib.experiments.stats import rank, with_interval
 
 Results = Mapping[str, Any]
 
@@ -88,13 +88,12 @@ def cosine_with_cdg(runs: Sequence[Results]) -> dict[str, dict[int, Cosine]]:
     one). STE variants: ``"all (layer / layer / …)"``, over all weights then per layer front to
     back; NES per sample count: ``"all (σ=…)"`` at the σ with the best loss decrease."""
     def fmt(v: float | None) -> str:
-        return "–" if v is None or not math.isfinite(v) else f"{v:.2f}"
+        return with_interval(v, None)
 
     def fmt_iv(c: Mapping[str, Any]) -> str:  # the mean and, when there is one, its 95% interval
-        iv = c.get("interval")
-        return fmt(c["mean"]) + (f" [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else "")
+        return with_interval(c["mean"], c.get("interval"))
 
-    table: dict[str, dict[int, str]] = {}
+    table: dict[str, dict[int, Cosine]] = {}
     for r in runs:
         d, cos = r["num_dim"], r["cosines"]
         reference = {"estimator": "cdg", "layers": "all", "eps": r["parameters"]["reference_eps"]}
