@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -349,3 +350,32 @@ def test_noise_ceiling_beside_the_ste_cosines(report_dir):
     html = (report_dir / "index.html").read_text(encoding="utf-8") if (report_dir / "index.html").exists() else \
         build_report(report_dir).read_text(encoding="utf-8")
     assert "CDG noise ceiling" in html
+
+
+_COUNT_IMAGES = ('<script>window.addEventListener("load", () => {const imgs = [...document.images]; '
+                 'const bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length; '
+                 'document.title = `images ${imgs.length} broken ${bad}`;});</script>')
+
+
+def _images_in_browser(browser: str, html: str, tmp_path: Path) -> tuple[int, int]:
+    """(images, broken images) of a page rendered headless: a copy with a counting script."""
+    page = tmp_path / "page.html"
+    page.write_text(html.replace("</body>", _COUNT_IMAGES + "</body>"), encoding="utf-8")
+    out = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          "--virtual-time-budget=5000", page.as_uri()], capture_output=True, text=True, timeout=120)
+    found = re.search(r"<title>images (\d+) broken (\d+)</title>", out.stdout)
+    assert found, out.stderr[-2000:]
+    return int(found[1]), int(found[2])
+
+
+def test_report_images_load_in_a_headless_browser(report_dir, tmp_path):
+    """Every figure of the report decodes in a browser (skipped without Chromium; CI has none)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium on this machine")
+    html = build_report(report_dir).read_text(encoding="utf-8")
+    images, broken = _images_in_browser(browser, html, tmp_path)
+    assert images == 10 and broken == 0
+    # the check itself can fail: a page with an undecodable image
+    bad = html.replace("</body>", '<img src="data:image/png;base64,AAAA"></body>')
+    assert _images_in_browser(browser, bad, tmp_path) == (11, 1)
