@@ -78,33 +78,37 @@ def _records(ceilings, stes):
     for estimate, values in [(CEILING, ceilings)] + [(ste_estimate(v, "independent"), x) for v, x in stes.items()]:
         out += [{"precision": "binary", "eps": 0.1, "batch_size": n, "layer": LAYER_MEAN, "estimate": estimate,
                  "mean": m, "interval": iv} for n, (m, iv) in zip((10, 100, 1000), values)]
-    return {"parameters": {"ste_variants": list(stes)}, "cosines": out}
+    return {"parameters": {"ste_variants": list(stes), "batch_sizes": [10, 100, 1000], "eps": [0.1],
+                           "precisions": ["binary"]}, "cosines": out}
 
 
-def test_where_the_reference_stops_limiting():
-    """The first N at which the ceiling is above the best STE's independent-batch cosine, intervals apart."""
+def test_where_each_variant_error_is_resolved():
+    """Resolved at N: the STE's independent-batch cosine below the ceiling, the intervals apart."""
     ceil = [(0.3, [0.2, 0.4]), (0.7, [0.6, 0.8]), (0.99, [0.98, 1.0])]
-    r = _records(ceil, {"a": [(0.5, [0.4, 0.6])] * 3, "b": [(0.4, [0.3, 0.5]), (0.6, [0.55, 0.65]), (0.8, [0.7, 0.9])]})
-    assert section.limiting_until(r, "binary", 0.1) == 1000  # at N = 100 the ceiling 0.7 is above 0.6, intervals touch
-    r = _records(ceil, {"a": [(0.5, [0.4, 0.6]), (0.5, [0.4, 0.55]), (0.995, [0.99, 1.0])]})
-    assert section.limiting_until(r, "binary", 0.1) == 100
-    r = _records(ceil, {"a": [(0.5, None)] * 3})  # no intervals: nothing is claimed
-    assert section.limiting_until(r, "binary", 0.1) is None
-    r = _records(ceil, {"a": [(None, None)] * 3})  # a missing number is no STE agreement to beat
-    assert section.limiting_until(r, "binary", 0.1) is None
+    r = _records(ceil, {"a": [(0.1, [0.0, 0.15]), (0.6, [0.55, 0.6]), (0.95, [0.9, 0.97])],
+                        "b": [(0.4, [0.3, 0.5]), (0.6, [0.5, 0.65]), (0.99, [0.985, 0.995])]})
+    assert [section.resolved(r, "binary", 0.1, "a", n) for n in (10, 100, 1000)] == [True, False, True]  # touch at 100
+    assert section.resolved_from(r, "binary", 0.1, "a") == 10
+    assert section.resolved_from(r, "binary", 0.1, "b") is None  # above, then within the ceiling's interval
+    r = _records(ceil, {"a": [(0.1, None)] * 3})  # no intervals: nothing is claimed
+    assert section.resolved_from(r, "binary", 0.1, "a") is None
+    r = _records(ceil, {"a": [(None, None)] * 3})  # a missing number resolves nothing
+    assert section.resolved_from(r, "binary", 0.1, "a") is None
+    assert section.resolution_lines(_records(ceil, {"a": [(0.1, [0.0, 0.15])] * 3})) == [
+        "* binary, ε = 0.1: a from N = 10"]
 
 
 def test_section_cells(tiny):
     cells = section.report_cells([{"id": "convergence", "entry": {}, "results": tiny}])
     text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
-    assert text.startswith("### Reference convergence") and "Where the reference stops limiting" in text
+    assert text.startswith("### Reference convergence") and "Where each STE variant's own error is resolved" in text
     assert "binary, ε = 0.1: " in text and "full precision, ε = 0.1: " in text
     assert sum(1 for c in cells if c.cell_type == "code") == 1  # one figure
 
 
 def test_notebook_runs_under_papermill(tmp_path):
     out = tmp_path / "results.json"
-    with execute._kernel_environment(1):
+    with execute.kernel_environment(execute.threads_per_job(1)):
         papermill.execute_notebook(str(ROOT / "notebooks" / "convergence.ipynb"), str(tmp_path / "run.ipynb"),
                                    parameters={**TINY, "batch_sizes": [100, 400], "results_path": str(out)},
                                    kernel_name="python3", cwd=str(ROOT), progress_bar=False)
@@ -118,4 +122,4 @@ def test_findings_sentence(tiny):
     (sentence,) = section.findings([{"id": "convergence", "entry": {}, "results": tiny}])
     assert sentence.startswith("**Reference convergence** ([section](#reference-convergence))")
     assert "at N = 20000, ε = 0.1" in sentence and "binary: ceiling" in sentence and "n = 3" in sentence
-    assert "STE from" in sentence and "down to" in sentence
+    assert "within its noise" in sentence or "below it" in sentence

@@ -237,7 +237,7 @@ def test_summary_notebook_reads_results_files(report_dir, tmp_path):
     import papermill
 
     out = tmp_path / "summary.json"
-    with execute._kernel_environment(1):  # the kernel environment the runner gives its runs
+    with execute.kernel_environment(execute.threads_per_job(1)):  # the kernel environment the runner gives its runs
         papermill.execute_notebook(str(ROOT / "notebooks" / "summary.ipynb"), str(tmp_path / "summary.ipynb"),
                                    parameters={"results_dir": str(report_dir / "results"), "results_path": str(out)},
                                    kernel_name="python3", cwd=str(ROOT), progress_bar=False)
@@ -258,7 +258,7 @@ def test_summary_notebook_from_notebooks_folder_finds_the_newest_report(report_d
     out = tmp_path / "summary.json"
     try:
         shutil.copytree(report_dir / "results", newest / "results")
-        with execute._kernel_environment(1):
+        with execute.kernel_environment(execute.threads_per_job(1)):
             papermill.execute_notebook(str(ROOT / "notebooks" / "summary.ipynb"), str(tmp_path / "summary.ipynb"),
                                        parameters={"results_path": str(out)}, kernel_name="python3",
                                        cwd=str(ROOT / "notebooks"), progress_bar=False)

@@ -61,13 +61,17 @@ def short_error(exc: BaseException) -> str:
 DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
 
 
+def threads_per_job(jobs: int) -> int:
+    """The cores split between ``jobs`` parallel runs (at least one thread each)."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 @contextmanager
-def _kernel_environment(jobs: int, nice: int = 0) -> Iterator[None]:
-    """Environment the kernels inherit: thread counts split between jobs, the CPU priority they
+def kernel_environment(threads: int, nice: int = 0) -> Iterator[None]:
+    """Environment the kernels inherit: ``threads`` BLAS / OpenMP threads, the CPU priority they
     take (``nice``, see :mod:`lib.pipeline.priority`). ``lib`` is importable in every kernel of
     the virtual environment: it is installed there editable."""
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    changes = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+    changes = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                "MPLBACKEND": KERNEL_MPLBACKEND, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0"),
                NICE_ENV: str(nice)}
     saved = {key: os.environ.get(key) for key in changes}
@@ -137,8 +141,9 @@ class _GridRun:
     ``self.lock`` held (worker threads and the progress poller share the state)."""
 
     def __init__(self, runs: Sequence[Run], report_dir: Path, profile: str, date: str, jobs: int,
-                 force: bool, root: Path) -> None:
-        self.report_dir, self.root, self.jobs = report_dir, root, jobs
+                 force: bool, root: Path, client: Any = None) -> None:
+        self.report_dir, self.root, self.jobs, self.client = report_dir, root, jobs, client
+        self.remote: dict[str, Any] = {}  # run id -> its Dask future, with a client
         (report_dir / "runs").mkdir(parents=True, exist_ok=True)
         (report_dir / "results").mkdir(parents=True, exist_ok=True)
         self.manifest_path = report_dir / "manifest.json"
@@ -218,7 +223,15 @@ class _GridRun:
             self.refresh()
         # The library version is read per run: a kernel imports lib/ when its run starts.
         code = dict(zip(("git_commit", "git_dirty"), git_commit(self.root)), code_sha256=code_sha256(self.root))
-        entry = execute_run(run, self.report_dir, self.root, code)
+        if self.client is None:
+            entry = execute_run(run, self.report_dir, self.root, code)
+        else:  # one Dask task per grid point; this thread waits for it
+            from lib.pipeline.cluster import execute_on_worker
+
+            future = self.client.submit(execute_on_worker, run, self.report_dir, self.root, code, self.nice,
+                                        pure=False, key=f"run-{run.run_id}-{time.time_ns()}")
+            self.remote[run.run_id] = future
+            entry = future.result()
         with self.lock:
             self.running.pop(run.run_id, None)
             self.record(entry, run.run_id)
@@ -234,12 +247,13 @@ class _GridRun:
         """Run ``self.todo`` on ``jobs`` worker threads, also with one job: papermill never sees
         Ctrl-C, so it does not shut a busy kernel down (which printed the kernel's ZMQ errors). A
         new run starts only when one has finished, so after an interrupt nothing new starts."""
+        self.nice = nice
         poller = threading.Thread(target=self.poll_progress, name="progress", daemon=True)
         poller.start()
         pending = iter(self.todo)
         active: set[Future] = set()
         try:
-            with _kernel_environment(self.jobs, nice), ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            with kernel_environment(threads_per_job(self.jobs), nice), ThreadPoolExecutor(max_workers=self.jobs) as pool:
                 try:
                     active.update(pool.submit(self.one, run) for run in itertools.islice(pending, self.jobs))
                     while active:
@@ -267,6 +281,8 @@ class _GridRun:
             self.stop.set()
             poller.join()
             self.bar.close()
+            if self.client is not None:  # queued tasks never start; running ones finish on their workers
+                self.client.cancel(list(self.remote.values()))
             sys.stderr.write(f"\ninterrupted: {n_running} running notebook(s) stopped; "
                              "rerun the same command to resume\n")
             sys.stderr.flush()
@@ -274,12 +290,19 @@ class _GridRun:
 
 
 def run_grid(runs: Sequence[Run], report_dir: str | os.PathLike, *, profile: str, date: str, jobs: int = 1,
-             force: bool = False, nice: int = 0, root: Path = ROOT) -> dict[str, list[str]]:
+             force: bool = False, nice: int = 0, root: Path = ROOT, client: Any = None) -> dict[str, list[str]]:
     """Execute ``runs`` into ``report_dir`` (resuming from its manifest); return run ids by outcome.
 
     The result has keys ``ok``, ``cached`` and ``failed``. The manifest is rewritten atomically
-    after every finished run, so killing the process loses at most the runs in progress.
+    after every finished run, so killing the process loses at most the runs in progress. With a
+    Dask ``client`` (:mod:`lib.pipeline.cluster`) each run is a task on its workers, as many at
+    once as they have threads, instead of ``jobs`` local kernels.
     """
-    grid = _GridRun(runs, Path(report_dir), profile, date, jobs, force, root)
+    if client is not None:
+        from lib.pipeline.cluster import worker_threads
+
+        jobs = max(1, worker_threads(client))
+        report_dir = Path(report_dir).resolve()  # the workers' working folders may differ
+    grid = _GridRun(runs, Path(report_dir), profile, date, jobs, force, root, client)
     grid.execute(nice)
     return grid.outcome

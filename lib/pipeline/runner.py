@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from lib.common.paths import ROOT
+from lib.pipeline.cluster import ClusterError, parse_cluster
 from lib.pipeline.execute import DEFAULT_JOBS, run_grid, short_error
 from lib.pipeline.grid import ParamsError, expand_grid, validate
 from lib.pipeline.manifest import prune, unfinished_elsewhere
@@ -81,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prune", action="store_true",
                         help="move finished runs of the selected params files that their grid no longer has "
                              "(a grid value removed) out of the report, to reports/<date>/pruned/")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--cluster", metavar="local:N",
+                       help="run the grid on an embedded Dask LocalCluster of N single-threaded worker processes "
+                            "instead of the local pool")
+    where.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                       help="run the grid on a running Dask cluster (dask scheduler + dask worker, or "
+                            "dask-jobqueue); the workers need the repository and --reports-dir at the same paths")
     parser.add_argument("--nice", type=_niceness, default=0,
                         help="CPU priority of the notebook kernels, 0 (default) to 19 (lowest): run a long grid "
                              "in the background without slowing other work")
@@ -103,6 +112,22 @@ def _stop_signals_as_interrupt() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+@contextmanager
+def _executor(args: argparse.Namespace, report_dir: Path) -> Iterator[Any]:
+    """``None`` (the local pool), or a Dask client whose workers were checked to see the
+    repository and the reports folder (:mod:`lib.pipeline.cluster`)."""
+    if args.cluster is None and args.scheduler is None:
+        yield None
+        return
+    from lib.pipeline.cluster import check_workers, dask_client
+
+    option = "--cluster" if args.cluster is not None else "--scheduler"
+    visible = next(p for p in [report_dir.resolve(), *report_dir.resolve().parents] if p.exists())
+    with dask_client(args.cluster, args.scheduler) as client:
+        check_workers(client, [ROOT, visible], option)
+        yield client
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status (0 ok, 1 failures, 2 invalid parameters)."""
     try:
@@ -113,6 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only:
         names = list(dict.fromkeys(n.strip() for item in args.only for n in item.split(",") if n.strip()))
 
+    if args.cluster is not None:
+        try:
+            parse_cluster(args.cluster)
+        except ClusterError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
     try:
         files = validate(args.params_dir, names, args.profile, args.params)
         runs = [run for pf in files for run in expand_grid(pf)]
@@ -134,9 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pruned {len(gone)} run(s) no longer in the grid" + (f": {', '.join(gone)}" if gone else "")
               + (f" (moved to {report_dir / 'pruned'})" if gone else ""))
     try:
-        with _stop_signals_as_interrupt():
+        with _stop_signals_as_interrupt(), _executor(args, report_dir) as client:
             outcome = run_grid(runs, report_dir, profile=args.profile, date=args.date, jobs=args.jobs,
-                               force=args.force, nice=args.nice)
+                               force=args.force, nice=args.nice, client=client)
+    except ClusterError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished runs are recorded in {report_dir / 'manifest.json'}; "
               "rerun the same command to resume", file=sys.stderr)

@@ -10,10 +10,11 @@ from .figures import convergence_figure, series
 from .run import CEILING, ste_estimate
 
 HEADING = "Reference convergence"  # beyond the notes: no heading of theirs beside it
-RULE = ("CDG stops being the limiting factor at the first N where its noise ceiling lies above the best STE "
-        "variant's (mean per-layer) cosine with CDG on an independent batch, both 95% intervals apart: from "
-        "there on, CDG agrees with itself better than any STE agrees with it, so a low STE–CDG cosine "
-        "measures the STE")
+RULE = ("An STE variant's own error is *resolved* at a batch size N when its cosine with CDG on an independent "
+        "batch lies below CDG's noise ceiling, the two 95% intervals apart: CDG then agrees with itself better "
+        "than with the STE, so the gap is the STE's. Where the intervals meet, the STE–CDG disagreement is "
+        "within the reference's own noise at that N. (An estimate equal to the population gradient would score "
+        "about √ceiling against CDG on an independent batch; one as noisy as CDG, the ceiling itself.)")
 
 
 def ste_records(r: dict[str, Any], precision: str, eps: float, n: int, reference_batch: str) -> list[dict[str, Any]]:
@@ -29,15 +30,31 @@ def best_ste(r: dict[str, Any], precision: str, eps: float, n: int, reference_ba
     return ste_records(r, precision, eps, n, reference_batch)[0]
 
 
-def limiting_until(r: dict[str, Any], precision: str, eps: float) -> int | None:
-    """The first batch size at which the reference no longer limits (see :data:`RULE`); ``None``
-    when it limits at every N of the run."""
-    ceiling = {c["batch_size"]: c for c in series(r, precision, eps, CEILING)}
-    for n in sorted(ceiling):
-        ste = best_ste(r, precision, eps, n, "independent")
-        if rank(ceiling[n]["mean"]) > rank(ste["mean"]) and separated(ceiling[n].get("interval"), ste.get("interval")):
-            return n
-    return None
+def resolved(r: dict[str, Any], precision: str, eps: float, variant: str, n: int) -> bool:
+    """Whether the STE variant's cosine with CDG on the independent batch lies below the noise
+    ceiling at batch size ``n``, intervals apart (see :data:`RULE`)."""
+    ceiling = next(c for c in series(r, precision, eps, CEILING) if c["batch_size"] == n)
+    ste = next(c for c in series(r, precision, eps, ste_estimate(variant, "independent")) if c["batch_size"] == n)
+    return rank(ste["mean"]) < rank(ceiling["mean"]) and separated(ceiling.get("interval"), ste.get("interval"))
+
+
+def resolved_from(r: dict[str, Any], precision: str, eps: float, variant: str) -> int | None:
+    """The first batch size of the run at which the variant's error is resolved; ``None`` if at none."""
+    return next((n for n in sorted(r["parameters"]["batch_sizes"]) if resolved(r, precision, eps, variant, n)), None)
+
+
+def resolution_lines(r: dict[str, Any]) -> list[str]:
+    p = r["parameters"]
+    lines = []
+    for eps in p["eps"]:
+        for precision in p["precisions"]:
+            first = {v: resolved_from(r, precision, eps, v) for v in p["ste_variants"]}
+            parts = [f"{v} from N = {n}" for v, n in sorted(((v, n) for v, n in first.items() if n), key=lambda t: t[1])]
+            hidden = [v for v, n in first.items() if not n]
+            if hidden:
+                parts.append(f"{', '.join(hidden)} at no N ≤ {max(p['batch_sizes'])}")
+            lines.append(f"* {PRECISION_TITLES.get(precision, precision)}, ε = {eps:g}: {'; '.join(parts)}")
+    return lines
 
 
 def _table(r: dict[str, Any], eps: float) -> list:
@@ -65,16 +82,9 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
                         f"teacher's is {'the same' if p['teacher_act'] == 'same' else p['teacher_act']}. CDG "
                         f"(central, on {coords}) on two independent batches of N rows gives the reference's noise "
                         f"ceiling; each STE variant is compared with CDG on its own batch (the lab's measure) and on "
-                        f"the other one. Mean over n = {p['num_init']} initialisations, 95% t-intervals. {RULE}."))
+                        f"the other one. Mean over n = {p['num_init']} initialisations, 95% t-intervals. {RULE}"))
         cells.append(figure(convergence_figure(r), "reference convergence"))
-        notes = []
-        for eps in p["eps"]:
-            for precision in p["precisions"]:
-                n = limiting_until(r, precision, eps)
-                name = PRECISION_TITLES.get(precision, precision)
-                notes.append(f"{name}, ε = {eps:g}: " + (f"from N = {n}" if n else
-                             f"limiting at every N up to {max(p['batch_sizes'])}"))
-        cells.append(md("**Where the reference stops limiting:** " + "; ".join(notes) + "."))
+        cells.append(md("**Where each STE variant's own error is resolved:**\n\n" + "\n".join(resolution_lines(r))))
         cells.append(md(f"Mean per-layer cosine at ε = {p['eps'][0]:g} (mean over initialisations [95% interval]; "
                         "the variant in brackets is the best one):"))
         cells += _table(r, p["eps"][0])
@@ -82,8 +92,9 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
 
 
 def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
-    """At the largest batch of each run: CDG's noise ceiling and the best STE's cosine with CDG on an
-    independent batch per precision, and whether the reference still limits."""
+    """At the largest batch of each run, per precision: CDG's noise ceiling, the STE variants whose
+    error is resolved there (with their cosines with CDG on an independent batch) and the best of
+    those within the reference's noise."""
     out = []
     for r in [run["results"] for run in runs if run["results"] is not None]:
         p = r["parameters"]
@@ -92,14 +103,17 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
         for precision in p["precisions"]:
             ceiling = next(c for c in series(r, precision, eps, CEILING) if c["batch_size"] == n_max)
             stes = ste_records(r, precision, eps, n_max, "independent")
-            best, worst = stes[0], stes[-1]
-            n = limiting_until(r, precision, eps)
-            parts.append(f"{PRECISION_TITLES.get(precision, precision)}: ceiling "
-                         f"{with_interval(ceiling['mean'], ceiling['interval'])}, STE from "
-                         f"{with_interval(best['mean'], best['interval'])} ({best['estimate']['variant']}) down to "
-                         f"{with_interval(worst['mean'], worst['interval'])} ({worst['estimate']['variant']}); "
-                         + (f"the reference stops limiting at N = {n}" if n else "the reference still limits"))
-        out.append(f"**Reference convergence** ([section](#{anchor(HEADING)})): how wrong the STE is against CDG "
-                   f"on an independent batch at N = {n_max}, ε = {eps:g}, mean per-layer cosine: {'; '.join(parts)} "
-                   f"(n = {p['num_init']} initialisations).")
+            below = [c for c in stes if resolved(r, precision, eps, c["estimate"]["variant"], n_max)]
+            within = [c for c in stes if c not in below]
+            text = f"{PRECISION_TITLES.get(precision, precision)}: ceiling {with_interval(ceiling['mean'], ceiling['interval'])}"
+            if below:
+                text += "; below it " + ", ".join(f"{c['estimate']['variant']} {with_interval(c['mean'], c['interval'])}"
+                                                  for c in below)
+            if within:
+                text += (f"; within its noise {', '.join(c['estimate']['variant'] for c in within)} (best "
+                         f"{with_interval(within[0]['mean'], within[0]['interval'])})")
+            parts.append(text)
+        out.append(f"**Reference convergence** ([section](#{anchor(HEADING)})): how wrong each STE variant is against "
+                   f"the converged reference, as its mean per-layer cosine with CDG on an independent batch at "
+                   f"N = {n_max}, ε = {eps:g}: {'; '.join(parts)} (n = {p['num_init']} initialisations).")
     return out

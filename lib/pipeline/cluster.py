@@ -1,0 +1,90 @@
+"""The grid on a Dask cluster instead of the local pool: ``--cluster local:N`` (an embedded
+``dask.distributed.LocalCluster`` of N single-threaded worker processes) or ``--scheduler
+tcp://HOST:PORT`` (a running cluster, docs/performance.md "Dask").
+
+Each grid point is one task, :func:`execute_on_worker`: papermill runs the notebook on a worker,
+its kernel's BLAS threads set to the worker's thread count, and the task returns the run's
+manifest entry; the runner alone writes the manifest (:mod:`lib.pipeline.execute`). The workers
+read the repository and write the report folder at the runner's paths, so they need a shared
+filesystem: :func:`check_workers` asks every worker before anything runs.
+"""
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from lib.pipeline.grid import Run
+
+CONNECT_TIMEOUT_S = 10
+
+
+class ClusterError(RuntimeError):
+    """A cluster that cannot run the grid: refused before compute, with the option that names it."""
+
+
+def parse_cluster(spec: str) -> int:
+    """``local:N`` → N (at least 1); :class:`ClusterError` naming ``--cluster`` otherwise."""
+    match = re.fullmatch(r"local:(\d+)", spec.strip())
+    if not match or int(match[1]) < 1:
+        raise ClusterError(f"--cluster: expected local:N with N ≥ 1 worker processes, got {spec!r}")
+    return int(match[1])
+
+
+@contextmanager
+def dask_client(cluster: str | None = None, scheduler: str | None = None) -> Iterator[Any]:
+    """A ``distributed.Client`` of an embedded ``LocalCluster`` (``cluster="local:N"``) or of the
+    scheduler at ``scheduler``; the embedded cluster is closed on exit."""
+    from distributed import Client, LocalCluster
+
+    if cluster is not None:
+        local = LocalCluster(n_workers=parse_cluster(cluster), threads_per_worker=1, processes=True,
+                             dashboard_address=":0")  # any free port: two runners never clash
+        try:
+            with Client(local) as client:
+                yield client
+        finally:
+            local.close()
+        return
+    try:
+        client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterError(f"--scheduler: no Dask scheduler answers at {scheduler!r} "
+                           f"within {CONNECT_TIMEOUT_S} s ({type(exc).__name__})") from exc
+    with client:
+        yield client
+
+
+def worker_threads(client: Any) -> int:
+    """The number of task slots: the sum of the workers' threads (0 without workers)."""
+    return sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+
+
+def _unusable(paths: Sequence[str]) -> list[str]:
+    """On a worker: the paths that are not a folder it can write."""
+    return [p for p in paths if not (os.path.isdir(p) and os.access(p, os.W_OK))]
+
+
+def check_workers(client: Any, paths: Sequence[Path], option: str) -> None:
+    """Every worker must see and write ``paths`` (the repository, the report folder); otherwise
+    :class:`ClusterError` naming the worker and the first path it lacks."""
+    answers: Mapping[str, list[str]] = client.run(_unusable, [str(p) for p in paths])
+    if not answers:
+        raise ClusterError(f"{option}: the cluster has no workers")
+    for worker, missing in sorted(answers.items()):
+        if missing:
+            raise ClusterError(f"{option}: worker {worker} cannot write {missing[0]}: the workers need the "
+                               "repository and the reports folder at the same paths (a shared filesystem)")
+
+
+def execute_on_worker(run: Run, report_dir: Path, root: Path, code: Mapping[str, Any], nice: int) -> dict[str, Any]:
+    """The task of one grid point: :func:`lib.pipeline.execute.execute_run` with the kernel's
+    threads set to this worker's."""
+    from distributed import get_worker
+
+    from lib.pipeline.execute import execute_run, kernel_environment
+
+    with kernel_environment(max(1, int(get_worker().state.nthreads)), nice):
+        return execute_run(run, report_dir, root, code)
