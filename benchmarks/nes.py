@@ -1,0 +1,115 @@
+"""NES against the machine's matmul limit and against a peer's approach, and the full profile's
+projected NES time (a script, not a test).
+
+    .venv/bin/python benchmarks/nes.py --threads 1
+
+Prints, in one run and after a full-size warm-up of each measured call:
+
+* the GFLOP/s of a single-threaded 2048² float32 sgemm (the reference);
+* NES over all layers of the toy (num_dim 64, batch 1024, 2000 antithetic directions): GFLOP/s
+  (``2 · N · Σ fan_in·fan_out`` per loss evaluation) and its share of the sgemm rate;
+* the same NES written as an ES-library user would: ``torch.func.vmap`` over ``functional_call``
+  of perturbed parameter sets, chunks of 100 directions, antithetic (the peer), and the ratio;
+* directions per second for every num_dim of the full profile, over all layers and over the last
+  two, and the NES time of the full profile projected from them (params/toy.yaml and
+  params/toy_pretrained.yaml: 4 num_dim × 2 sections, 3 × 3 repetitions, 8 σ, 50000 directions
+  for NES over all layers and again for the diagnosis on the last two).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.func import functional_call, vmap
+
+from lib.core.estimators import nes
+from lib.core.losses import per_sample_loss
+from lib.experiments.toy.params import LAST_TWO
+from lib.training.gaussian import toy_problem
+
+FULL = {"num_dims": (8, 16, 32, 64), "sections": 2, "repetitions": 9, "sigmas": 8, "directions": 50000}
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Fastest of ``repeats`` timings of ``fn()`` (the least disturbed on a shared machine)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    return 2 * size ** 3 * repeats / best_of(lambda: [a @ b for _ in range(repeats)]) / 1e9
+
+
+def peer_nes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, samples: int,
+             chunk: int = 100, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Antithetic NES by ``vmap`` over ``functional_call`` of perturbed parameter sets."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(seed)
+
+    def loss_of(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return per_sample_loss(functional_call(model, p, (x,)), y, "mse").mean()
+
+    batched = vmap(loss_of)
+    grads = {n: torch.zeros_like(p) for n, p in params.items()}
+    with torch.no_grad():
+        for start in range(0, samples, chunk):
+            k = min(chunk, samples - start)
+            u = {n: torch.randn(k, *p.shape, generator=gen) for n, p in params.items()}
+            plus = batched({n: params[n] + sigma * u[n] for n in params})
+            minus = batched({n: params[n] - sigma * u[n] for n in params})
+            w = (plus - minus) / (2 * sigma * samples)
+            for n in params:
+                grads[n] += torch.tensordot(w, u[n], dims=1)
+    return grads
+
+
+def directions_per_s(num_dim: int, batch: int, samples: int, layers=None) -> float:
+    prob = toy_problem(num_dim, 0)
+    x, y = prob.batch(batch, 0)
+    nes(prob.student, x, y, sigma=0.1, samples=samples, layers=layers)  # full-size warm-up
+    return samples / best_of(lambda: nes(prob.student, x, y, sigma=0.1, samples=samples, layers=layers), 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, batch {args.batch}")
+    sgemm = sgemm_gflops()
+    print(f"sgemm 2048²: {sgemm:.1f} GFLOP/s")
+
+    prob = toy_problem(64, 0)
+    x, y = prob.batch(args.batch, 0)
+    model = prob.student
+    flops = 2 * args.batch * sum(p.numel() for p in model.parameters())  # one loss evaluation
+    nes(model, x, y, sigma=0.1, samples=args.samples)
+    ours = best_of(lambda: nes(model, x, y, sigma=0.1, samples=args.samples), 2)
+    peer_nes(model, x, y, 0.1, args.samples)
+    peer = best_of(lambda: peer_nes(model, x, y, 0.1, args.samples), 2)
+    rate = 2 * args.samples * flops / ours / 1e9
+    print(f"NES num_dim 64, {args.samples} directions: {ours:.2f} s, {rate:.1f} GFLOP/s = {rate / sgemm:.0%} of sgemm")
+    print(f"peer (vmap over functional_call, chunks of 100): {peer:.2f} s; NES is {peer / ours:.2f}× faster")
+
+    print(f"{'num_dim':>7} | {'all layers dir/s':>16} | {'last two dir/s':>14}")
+    total = 0.0
+    for d in FULL["num_dims"]:
+        every = directions_per_s(d, args.batch, args.samples)
+        two = directions_per_s(d, args.batch, args.samples, layers=list(LAST_TWO))
+        print(f"{d:>7} | {every:>16.0f} | {two:>14.0f}")
+        total += FULL["sections"] * FULL["repetitions"] * FULL["sigmas"] * FULL["directions"] * (1 / every + 1 / two)
+    print(f"projected NES time of the full profile: {total / 3600:.1f} core-hours")
+
+
+if __name__ == "__main__":
+    main()
