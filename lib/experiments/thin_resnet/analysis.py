@@ -8,9 +8,9 @@ The records :func:`analyse` returns (:mod:`lib.experiments.records`), per-layer 
 
 * ``cosines``: ``{variant, eps, per_layer, all, sets: [{per_layer, all}]}``: the STE variant
   against CDG at step ε;
-* ``ceiling`` (with a reference batch): ``{eps, per_layer, all, sets}``: CDG on the gradient batch
-  against CDG on an independent batch of the same size, on the same coordinates: the best
-  cosine the reference allows at this batch size;
+* ``ceiling`` (with a reference batch; at the main ε, :func:`main_eps`): ``{eps, per_layer, all,
+  sets}``: CDG on the gradient batch against CDG on an independent batch of the same size, on the
+  same coordinates: how well the reference agrees with itself at this batch size;
 * ``magnitudes``: ``{estimator: "cdg", eps, per_layer}`` and ``{estimator: "ste", variant,
   per_layer, all_coordinates}``: RMS on the sampled coordinates (and, for the STE, on all);
 * ``decrease`` (precisions in ``decrease_acts``): ``{layer, estimator, eps or variant, curve,
@@ -103,7 +103,7 @@ def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: 
         for v in variants:
             out["cosines"].append({"variant": v, "eps": eps,
                                    **_over_sets([_cosine_record(cosine(g, ste_grads[v]), names) for g in gs])})
-        if reference is not None:
+        if reference is not None and eps == main_eps(p["eps"]):  # the ε of the tables and figures
             out["ceiling"].append({"eps": eps, **_over_sets(
                 [_cosine_record(cosine(g, cdg_on(*reference, eps, k)), names) for k, g in zip(sets, gs)])})
         out["magnitudes"].append({"estimator": "cdg", "eps": eps, "per_layer": [
