@@ -281,6 +281,10 @@ def test_best_by_dim_marks_grid_edges():
     assert best["CDG"][8][:2] == (0.7, "ε=0.3 † ‡")
     assert best["NES 100"][8][:2] == (0.2, "σ=0.1")
     assert best["STE identity"][8][:2] == (0.3, "lr=10 ‡") and best["STE clipped"][8][:2] == (0.4, "lr=0.1")
+    from lib.experiments.toy.section import best_table_cells
+
+    table_md = best_table_cells([run])[1].source  # the highest of the column, and only it, in bold
+    assert "**0.7** (ε=0.3 † ‡)" in table_md and table_md.count("**") == 2
 
 
 def test_cosine_with_cdg_table():

@@ -110,8 +110,7 @@ def _cosine_table(results: list[dict[str, Any]]) -> list:
                 row += [("**" + _stage_cell(cells[v]) + "**" if v == top else _stage_cell(cells[v])) if v in cells
                         else "–" for v in variants]
                 rows.append(row)
-    n = max((len(front_back_sets(r, s, a, v)) for r in results for s in states_of(r) for a in acts_of(r, s)
-             for v in r["ste_variants"][:1]), default=1)
+    n = max(r["parameters"].get("coord_sets", 1) for r in results)
     return [nbcells.md(f"Cosine of CDG (ε = {results[0]['eps_main']:g}) with each STE variant: mean over "
                        "the front stage (stage 1) / mean over the back stage (stage 4 without the last "
                        "conv) / the last binary conv / all 16 layers at once, means over n = "

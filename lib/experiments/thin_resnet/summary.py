@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 
 from lib.experiments.cells import PRECISION_TITLES
@@ -10,6 +10,7 @@ from lib.experiments.records import only, select
 from lib.experiments.stats import finite, finite_mean, interval, separated, with_interval
 
 STAGE_KEYS = ("front", "back", "last", "all")
+
 
 def analysis_of(result: dict[str, Any], state: str, act: str) -> dict[str, Any]:
     """The analysis record of one (state, precision)."""
@@ -87,7 +88,8 @@ def mean_cosine(result: dict[str, Any], state: str, act: str, eps: float | None 
     return [finite_mean([cos[i] for cos in per_variant]) for i in range(len(result["layers"]))]
 
 
-def _per_set_over_variants(result: dict[str, Any], state: str, act: str, fn) -> list[float]:
+def _per_set_over_variants(result: dict[str, Any], state: str, act: str,
+                           fn: Callable[[dict[str, float]], float]) -> list[float]:
     """Per coordinate set: the mean over the STE variants of ``fn(stage summary)``."""
     per_variant = [front_back_sets(result, state, act, v) for v in result["ste_variants"]]
     return [finite_mean(fn(sets[k]) for sets in per_variant) for k in range(len(per_variant[0]))]

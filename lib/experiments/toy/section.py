@@ -78,14 +78,19 @@ def _difficulty_answer(ok: Sequence[dict[str, Any]]) -> str:
     return answer
 
 
+def _bold(text: str, value: float | None, column_best: float) -> str:
+    """``**text**`` when ``value`` is its column's highest (a number)."""
+    return f"**{text}**" if rank(value) == column_best > -math.inf else text
+
+
 def best_table_cells(by_dim: Sequence[dict[str, Any]]) -> list:
+    """The best loss decrease per estimator and num_dim with its interval and where it is reached,
+    the highest of each column in bold, and the notes on grid edges."""
     best = tables.best_by_dim(by_dim)
     dims = sorted(r["num_dim"] for r in by_dim)
     column_best = {d: max(rank(by[d].value) for by in best.values() if d in by) for d in dims}
-    rows = [[name] + [(f"**{with_interval(by[d].value, by[d].interval)}** ({by[d].at})"
-                       if rank(by[d].value) == column_best[d] > -math.inf else
-                       f"{with_interval(by[d].value, by[d].interval)} ({by[d].at})") if d in by else "–"
-                      for d in dims] for name, by in best.items()]
+    rows = [[name] + [_bold(with_interval(by[d].value, by[d].interval), by[d].value, column_best[d]) + f" ({by[d].at})"
+                      if d in by else "–" for d in dims] for name, by in best.items()]
     n = max(b.n for by in best.values() for b in by.values())
     cells = [md(f"Best loss decrease (mean over n = {n} initialisations × batches; in brackets the 95% "
                 "t-interval over them) and where it is reached; bold: the highest mean of its column "
@@ -103,13 +108,15 @@ def best_table_cells(by_dim: Sequence[dict[str, Any]]) -> list:
 
 
 def _cosine_cells(by_dim: Sequence[dict[str, Any]]) -> list:
+    """The cosines with CDG per estimator and num_dim, below CDG's noise ceiling; the STE variant
+    with the highest mean of each column in bold."""
     layers = tables.ste_cosine_layers(by_dim[0])
     cos = tables.cosine_with_cdg(by_dim)
     dims = [r["num_dim"] for r in by_dim]
     column_best = {d: max((rank(by[d].mean) for name, by in cos.items() if name.startswith("STE") and d in by),
-                          default=None) for d in dims}
-    rows = [[name] + [("–" if d not in by else f"**{by[d].text}**"
-                       if name.startswith("STE") and rank(by[d].mean) == column_best[d] > -math.inf else by[d].text)
+                          default=-math.inf) for d in dims}
+    rows = [[name] + [("–" if d not in by else
+                       _bold(by[d].text, by[d].mean, column_best[d]) if name.startswith("STE") else by[d].text)
                       for d in dims] for name, by in cos.items()]
     return [md(f"How well each estimate points where CDG (ε = {by_dim[0]['parameters']['reference_eps']:g}) "
                f"points: cosine over all weights, then per layer ({' / '.join(layers)}) for the STE "
