@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -320,6 +321,32 @@ def test_rerun_is_all_cached(base_grid, tmp_path, capsys):
     run = grid.expand_grid(grid.load_params_file(tmp / "params/toy.yaml", "quick"))[0]
     assert manifests.is_cached(run, manifest(tmp), report_dir(tmp))
     assert not manifests.is_cached(run, manifest(tmp), tmp / "reports" / "2024-01-03")
+
+
+def test_a_truncated_or_altered_results_file_is_not_cached(base_grid, tmp_path, capsys):
+    """A finished run counts only if its results file is the one it wrote (its recorded sha256);
+    otherwise it is computed again, with a warning naming the file. An entry from before the
+    sha256 was recorded is trusted when its file parses."""
+    tmp = copy_of(base_grid, tmp_path)
+    m = manifest(tmp)
+    assert all(len(e["results_sha256"]) == 64 for e in m["runs"].values())
+    truncated, altered, legacy = (report_dir(tmp) / "results" / f"{rid}.json" for rid in TOY_IDS[:3])
+    truncated.write_text(truncated.read_text()[:40])
+    altered.write_text(json.dumps({**json.loads(altered.read_text()), "token": "edited"}))
+    del m["runs"][TOY_IDS[2]]["results_sha256"]
+    (report_dir(tmp) / "manifest.json").write_text(json.dumps(m))
+    assert run_main(tmp) == 0
+    captured = capsys.readouterr()
+    assert "2 ok, 2 cached, 0 failed" in captured.out
+    assert f"warning: {truncated}: changed since its run recorded it (sha256); {TOY_IDS[0]} is computed again" \
+        in captured.out + captured.err
+    assert results(tmp, TOY_IDS[1])["token"] != "edited"
+    run = next(r for r in grid.expand_grid(grid.load_params_file(tmp / "params/toy.yaml", "quick"))
+               if r.run_id == TOY_IDS[2])
+    legacy_manifest = {"runs": {TOY_IDS[2]: m["runs"][TOY_IDS[2]]}}
+    assert manifests.is_cached(run, legacy_manifest, report_dir(tmp))  # no sha256 recorded: the file parses
+    legacy.write_text("{not json")
+    assert not manifests.is_cached(run, legacy_manifest, report_dir(tmp))
 
 
 def test_cached_runs_of_other_library_version_named_not_recomputed(base_grid, tmp_path, capsys):
@@ -671,3 +698,15 @@ def test_run_all_bootstrap_stamp(tmp_path):
     assert [c.split(" MPLBACKEND")[0] for c in calls()[:2]] == [
         "pip install --quiet --disable-pip-version-check -r requirements.txt",
         "pip install --quiet --disable-pip-version-check --no-deps -e ."]
+
+
+def test_read_json_names_the_file_it_cannot_read(tmp_path):
+    from lib.common.files import read_json
+
+    bad = tmp_path / "results.json"
+    bad.write_bytes(b'{"num_dim": 8, "cur')
+    with pytest.raises(ValueError, match=f"{re.escape(str(bad))}: not readable JSON"):
+        read_json(bad)
+    bad.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match="not readable JSON"):
+        read_json(bad)

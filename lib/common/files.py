@@ -90,6 +90,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """The JSON value in ``path`` (UTF-8)."""
+    """The JSON value in ``path`` (UTF-8); ``ValueError`` naming the file when it holds none."""
     with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not readable JSON ({exc})") from None

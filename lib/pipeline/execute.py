@@ -24,7 +24,7 @@ import papermill
 from papermill.exceptions import PapermillExecutionError
 from tqdm import tqdm
 
-from lib.common.files import atomic_write_json
+from lib.common.files import atomic_write_json, sha256_file
 from lib.common.paths import ROOT
 from lib.common.versions import versions
 from lib.experiments.progress import describe, progress_path, read_progress
@@ -123,6 +123,7 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
         "error": error,
         "executed_notebook": f"runs/{executed.name}",
         "results": f"results/{results.name}",
+        "results_sha256": sha256_file(results) if status == "ok" else None,  # a cached run is checked against it
         "finished": now(),
         **(code or {}),
     }
@@ -151,7 +152,7 @@ class _GridRun:
         commit, dirty = git_commit(root)
         self.manifest.update({"profile": profile, "date": date, "started": now(), "git_commit": commit,
                               "git_dirty": dirty, "versions": versions(), "platform": platform.platform()})
-        self.todo = [run for run in runs if force or not is_cached(run, self.manifest, report_dir)]
+        self.todo = [run for run in runs if force or not is_cached(run, self.manifest, report_dir, tqdm.write)]
         if force:  # recompute from the start, not from the steps an interrupted run saved
             for run in self.todo:
                 partial_path(self.results_file(run)).unlink(missing_ok=True)

@@ -5,7 +5,7 @@ Only the runner writes it (atomically, after every finished run). Each entry rec
 parameters, its ``params_hash`` (parameters + notebook bytes), status, wall time, error, the git
 commit and :func:`code_sha256` of ``lib/`` that computed it; each invocation of the runner is
 recorded in ``invocations``. A run is finished (:func:`is_cached`) when its entry is ``ok`` with
-the same hash and its results file exists.
+the same hash and its results file is the one the run wrote (its ``results_sha256``).
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from lib.common.files import atomic_write_json, read_json
+from lib.common.files import atomic_write_json, read_json, sha256_file
 from lib.common.paths import ROOT
 from lib.experiments.resume import partial_path
 from lib.pipeline.grid import Run
@@ -53,12 +53,33 @@ def code_sha256(root: Path = ROOT) -> str:
     return h.hexdigest()
 
 
-def is_cached(run: Run, manifest: Mapping[str, Any], report_dir: Path) -> bool:
-    """Finished before: recorded ok, same parameters and notebook, results file present."""
+def results_problem(entry: Mapping[str, Any], path: Path) -> str | None:
+    """Why the results file of a finished run cannot be trusted (missing; changed since the run
+    recorded its sha256; not JSON, for entries from before the sha256 was recorded), or ``None``."""
+    if not path.is_file():
+        return "missing"
+    recorded = entry.get("results_sha256")
+    if recorded is not None:
+        return None if sha256_file(path) == recorded else "changed since its run recorded it (sha256)"
+    try:
+        read_json(path)
+    except (OSError, ValueError):
+        return "not readable JSON"
+    return None
+
+
+def is_cached(run: Run, manifest: Mapping[str, Any], report_dir: Path,
+              warn: Callable[[str], None] | None = None) -> bool:
+    """Finished before: recorded ok, same parameters and notebook, and a results file that
+    :func:`results_problem` trusts. A present but untrusted file is reported through ``warn``."""
     entry = manifest.get("runs", {}).get(run.run_id)
-    return (isinstance(entry, dict) and entry.get("status") == "ok"
-            and entry.get("params_hash") == run.params_hash
-            and (report_dir / "results" / f"{run.run_id}.json").is_file())
+    if not (isinstance(entry, dict) and entry.get("status") == "ok" and entry.get("params_hash") == run.params_hash):
+        return False
+    path = report_dir / "results" / f"{run.run_id}.json"
+    problem = results_problem(entry, path)
+    if problem not in (None, "missing") and warn is not None:
+        warn(f"warning: {path}: {problem}; {run.run_id} is computed again")
+    return problem is None
 
 
 def load_manifest(report_dir: Path) -> dict[str, Any]:
