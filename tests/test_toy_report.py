@@ -315,7 +315,7 @@ def test_cosine_with_cdg_table():
 
 
 def test_runs_go_to_their_section_and_one_precision_pair_per_section():
-    from lib.experiments.toy.findings import is_pretrained, one_setting
+    from lib.experiments.toy.findings import is_pretrained, one_setting, setting_differences
 
     # a params file may leave pretrained out (the schema's default, false); results decide when present
     assert is_pretrained({"results": None, "entry": {"parameters": {"num_dim": 8}}}) is False
@@ -329,6 +329,11 @@ def test_runs_go_to_their_section_and_one_precision_pair_per_section():
     assert one_setting(runs) == [runs[0], runs[2]]  # the notes' binary / binary pair
     assert one_setting(runs[1::2]) == runs[1::2]
     assert one_setting([run(8, "fp"), run(8, "2bit")]) == [run(8, "2bit")]  # else the first pair, sorted
+    # any other parameter splits the runs too (runs with other NES sample counts cannot share a table)
+    many = [{"num_dim": d, "parameters": {"act": "binary", "teacher_act": "binary", "nes_samples": s, "device": dev}}
+            for d, s, dev in ((4, [20], "cpu"), (6, [20], "cuda"), (8, [20000], "cpu"))]
+    assert one_setting(many) == many[:2]  # the largest group; where a run ran is no difference
+    assert setting_differences(many[0], many[2:]) == ["nes_samples"]
 
 
 def test_noise_ceiling_beside_the_ste_cosines(report_dir):

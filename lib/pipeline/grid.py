@@ -1,7 +1,7 @@
 """Parameter files and their grids: read ``params/<name>.yaml``, validate it against its
 experiment's schema, expand the grid into runs.
 
-One parameter file per notebook, read with ``yaml.safe_load`` only::
+One parameter file per notebook, read strictly with a ``yaml.SafeLoader`` (:mod:`lib.pipeline.yamlfile`)::
 
     notebook: notebooks/toy.ipynb      # relative to the repository root
     grid: [num_dim, pretrained]        # grid axes: lists in the profile, one run per combination
@@ -30,19 +30,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import papermill
-import yaml
 
 from lib.common.files import canonical_json, sha256_file
 from lib.common.paths import ROOT
 from lib.experiments.registry import EXPERIMENTS, Experiment, by_notebook
 from lib.experiments.schema import SchemaError, build, check_entry, field_types, format_value
+from lib.pipeline.yamlfile import ParamsError, load_yaml
 
 TOP_LEVEL_KEYS = ("notebook", "grid", "profiles")
 RESULTS_KEY = "results_path"  # set by the runner in every run; notebooks must declare it
-
-
-class ParamsError(ValueError):
-    """Invalid parameters. The message is one line per offending file: ``<file>: <key>: <why>``."""
 
 
 @dataclass(frozen=True)
@@ -129,19 +125,6 @@ def _check_entry(key: Any, value: Any, schema: type, grid: Sequence[str], notebo
     return check_entry(schema, key, value, axis=key in grid)
 
 
-def _load_yaml(path: Path, label: str) -> Any:
-    if not path.is_file():
-        raise ParamsError(f"{label}: file not found")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ParamsError(f"{label}: invalid YAML{where}: {problem}") from None
-
-
 def notebook_parameters(notebook_path: Path, label: str) -> dict[str, dict[str, str]]:
     """The notebook's ``parameters`` cell, as ``papermill.inspect_notebook`` reads it."""
     try:
@@ -183,7 +166,7 @@ def _read_file(path: Path, profile: str, root: Path) -> tuple[str, Path, list[st
     """The checked structure of a parameter file: ``(notebook, its path, grid axes, the profile's
     raw values)``."""
     label = str(path)
-    data = _load_yaml(path, label)
+    data = load_yaml(path, label)
     if not isinstance(data, dict):
         raise ParamsError(f"{label}: expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
     for key in data:
@@ -295,9 +278,7 @@ def load_overrides(path: str | os.PathLike, known_names: Sequence[str]) -> dict[
     """
     path = Path(path)
     label = str(path)
-    data = _load_yaml(path, label)
-    if data is None:
-        data = {}
+    data = load_yaml(path, label)
     if not isinstance(data, dict):
         raise ParamsError(f"{label}: expected a mapping {{key: value}} or {{notebook_name: {{key: value}}}}")
     for key in data:

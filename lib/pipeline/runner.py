@@ -26,6 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+if __name__ == "__main__":  # Ctrl-C while the imports below load: one line and status 130, no traceback
+    signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("\ninterrupted while starting\n"), sys.exit(130)))
+
 from lib.common.paths import ROOT
 from lib.pipeline.cluster import ClusterError, parse_cluster
 from lib.pipeline.execute import DEFAULT_JOBS, run_grid, short_error
@@ -129,7 +132,18 @@ def _executor(args: argparse.Namespace, report_dir: Path) -> Iterator[Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the exit status (0 ok, 1 failures, 2 invalid parameters)."""
+    """Command line entry point; returns the exit status (0 ok, 1 failures, 2 invalid parameters,
+    130 interrupted: Ctrl-C, SIGTERM or SIGHUP at any moment ends with one line)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _stop_signals_as_interrupt():
+            return _main(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
@@ -152,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     report_dir = Path(args.reports_dir) / args.date
+    for folder, option in ((Path(args.reports_dir), "--reports-dir"), (report_dir, "--date")):
+        if folder.exists() and not folder.is_dir():
+            print(f"{option}: {folder} exists and is not a folder", file=sys.stderr)
+            return 2
     earlier = unfinished_elsewhere(Path(args.reports_dir), args.date, args.profile, runs)
     if earlier:
         print(f"note: {Path(args.reports_dir) / earlier} holds an unfinished grid of profile {args.profile}; "
@@ -165,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pruned {len(gone)} run(s) no longer in the grid" + (f": {', '.join(gone)}" if gone else "")
               + (f" (moved to {report_dir / 'pruned'})" if gone else ""))
     try:
-        with _stop_signals_as_interrupt(), _executor(args, report_dir) as client:
+        with _executor(args, report_dir) as client:
             outcome = run_grid(runs, report_dir, profile=args.profile, date=args.date, jobs=args.jobs,
                                force=args.force, nice=args.nice, client=client)
     except ClusterError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from lib.common.files import canonical_json
 from lib.experiments.cells import anchor
 from lib.experiments.records import distinct, only
 from lib.experiments.schema import defaults
@@ -28,17 +29,36 @@ def is_pretrained(run: dict[str, Any]) -> bool:
     return bool(run["entry"].get("parameters", {}).get("pretrained", defaults(ToyParams)["pretrained"]))
 
 
-def one_setting(ok: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runs of one student / teacher precision pair, one per num_dim (the sections compare
-    num_dim): the binary / binary pair of the notes when present, else the first pair found."""
-    def pair_of(r: dict[str, Any]) -> tuple[str, str]:
-        return r["parameters"].get("act", "binary"), r["parameters"].get("teacher_act", "binary")
+# Parameters that differ between the runs a section compares, or that change no number.
+NOT_SETTING = ("num_dim", "pretrained", "device", "cache_dir")
 
-    pairs = {pair_of(r) for r in ok}
-    if len(pairs) <= 1:
+
+def _setting(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in r["parameters"].items() if k not in NOT_SETTING}
+
+
+def one_setting(ok: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs a section compares: one group of runs that share every parameter but num_dim
+    (the sections compare num_dim), namely the group of the notes' binary / binary pair when there
+    is one, else the largest, ties broken by the sorted setting."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in ok:
+        groups.setdefault(canonical_json(_setting(r)), []).append(r)
+    if len(groups) <= 1:
         return ok
-    pair = ("binary", "binary") if ("binary", "binary") in pairs else sorted(pairs)[0]
-    return [r for r in ok if pair_of(r) == pair]
+
+    def preference(item: tuple[str, list[dict[str, Any]]]) -> tuple[bool, int, str]:
+        p = item[1][0]["parameters"]
+        binary = (p.get("act", "binary"), p.get("teacher_act", "binary")) == ("binary", "binary")
+        return not binary, -len(item[1]), item[0]
+
+    return min(groups.items(), key=preference)[1]
+
+
+def setting_differences(shown: dict[str, Any], others: Sequence[dict[str, Any]]) -> list[str]:
+    """The parameters in which the runs ``others`` differ from the run ``shown``."""
+    mine = _setting(shown)
+    return sorted({k for r in others for k, v in _setting(r).items() if mine.get(k) != v})
 
 
 def nes_against_cdg(ok: Sequence[dict[str, Any]], samples: int) -> tuple[list[float], list[float]]:

@@ -13,7 +13,7 @@ from lib.experiments.stats import rank, with_interval
 from . import figures as plots
 from . import tables
 from .diagnosis import RULES, diagnosis_text
-from .findings import SEARCH_1, SEARCH_2, is_pretrained, nes_sentence, one_setting
+from .findings import SEARCH_1, SEARCH_2, is_pretrained, nes_sentence, one_setting, setting_differences
 
 # The meeting notes' headings and sentences, verbatim, beside their English.
 H_SEARCH_1 = (SEARCH_1, "搜索超参(epsilon for CDG & sigma for NES) - 1")
@@ -178,8 +178,9 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
                     cells.append(figure(fig))
         cells += failed_runs_note(part)
         if len(ok) < len(every):
-            cells.append(md(f"{len(every) - len(ok)} run(s) with other student / teacher precisions than "
-                            f"{ok[0]['parameters'].get('act', 'binary')} / {ok[0]['parameters']['teacher_act']} are not "
-                            "shown here (one precision pair per section; they are in the run manifest)."))
+            others = [r for r in every if r not in ok]
+            cells.append(md(f"{len(others)} run(s) with other parameters than those shown "
+                            f"({', '.join(setting_differences(ok[0], others))}) are not shown here: a section compares "
+                            "runs that differ in num_dim only. They are in the run manifest."))
         cells += _toy_block(4, ok, pretrained)
     return cells
