@@ -71,3 +71,4 @@ def test_workers_that_cannot_see_a_path_are_refused(tmp_path):
         cluster.check_workers(client, [tmp_path], "--cluster")  # visible: no error
         with pytest.raises(cluster.ClusterError, match=r"--cluster: worker .* cannot write .*nowhere"):
             cluster.check_workers(client, [tmp_path / "nowhere"], "--cluster")
+

@@ -33,6 +33,7 @@ from lib.common.paths import ROOT
 from lib.pipeline.cluster import ClusterError, parse_cluster
 from lib.pipeline.execute import DEFAULT_JOBS, run_grid, short_error
 from lib.pipeline.grid import ParamsError, expand_grid, validate
+from lib.pipeline.lock import folder_lock
 from lib.pipeline.manifest import prune, unfinished_elsewhere
 
 
@@ -178,17 +179,24 @@ def _main(argv: Sequence[str] | None) -> int:
         print("--prune: compares the finished runs with the params files themselves; run it without --params",
               file=sys.stderr)
         return 2
+    try:
+        with _executor(args, report_dir) as client, folder_lock(report_dir):
+            return _run_locked(args, files, runs, report_dir, client)
+    except ClusterError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
+def _run_locked(args: argparse.Namespace, files: Sequence[Any], runs: Sequence[Any], report_dir: Path,
+                client: Any) -> int:
+    """Prune, run the grid and build the report, holding the report folder's lock."""
     if args.prune:
         gone = prune(runs, [pf.name for pf in files], report_dir)
         print(f"pruned {len(gone)} run(s) no longer in the grid" + (f": {', '.join(gone)}" if gone else "")
               + (f" (moved to {report_dir / 'pruned'})" if gone else ""))
     try:
-        with _executor(args, report_dir) as client:
-            outcome = run_grid(runs, report_dir, profile=args.profile, date=args.date, jobs=args.jobs,
-                               force=args.force, nice=args.nice, client=client)
-    except ClusterError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+        outcome = run_grid(runs, report_dir, profile=args.profile, date=args.date, jobs=args.jobs,
+                           force=args.force, nice=args.nice, client=client)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished runs are recorded in {report_dir / 'manifest.json'}; "
               "rerun the same command to resume", file=sys.stderr)
