@@ -30,7 +30,7 @@ from lib.common.versions import versions
 from lib.experiments.progress import describe, progress_path, read_progress
 from lib.experiments.resume import partial_path
 from lib.pipeline.grid import RESULTS_KEY, Run
-from lib.pipeline.manifest import code_sha256, git_commit, is_cached, load_manifest, now
+from lib.pipeline.manifest import adopt_verified_results, code_sha256, git_commit, is_cached, load_manifest, now
 from lib.pipeline.priority import NICE_ENV
 
 KERNEL_NAME = "python3"
@@ -93,13 +93,14 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
     ``code`` (``git_commit``, ``git_dirty``, ``code_sha256``) is copied into the entry: a grid
     resumed over several days can mix library versions, and the entry says which one made it."""
     executed = report_dir / "runs" / f"{run.run_id}.ipynb"
+    writing = executed.with_name(f"{run.run_id}.partial.ipynb")  # papermill writes as it goes; renamed when it ends
     results = report_dir / "results" / f"{run.run_id}.json"
     results.unlink(missing_ok=True)  # a stale file must not pass for this run's output
     status, error = "ok", None
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(run.notebook_path), str(executed),
+            str(run.notebook_path), str(writing),
             parameters={**run.parameters, RESULTS_KEY: str(results.resolve())},
             kernel_name=KERNEL_NAME, cwd=str(root), progress_bar=False, log_output=False,
             extra_arguments=KERNEL_ARGS,
@@ -108,6 +109,8 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
             status, error = "failed", f"the notebook finished without writing results/{results.name}"
     except Exception as exc:  # KeyboardInterrupt passes through: the run stays unrecorded
         status, error = "failed", short_error(exc)
+    if writing.is_file():  # also a failed run's notebook, with the error in its cell
+        os.replace(writing, executed)
     progress_path(results).unlink(missing_ok=True)
     if status == "ok":  # kept after a failure or an interrupt: the rerun resumes from it
         partial_path(results).unlink(missing_ok=True)
@@ -152,6 +155,9 @@ class _GridRun:
         commit, dirty = git_commit(root)
         self.manifest.update({"profile": profile, "date": date, "started": now(), "git_commit": commit,
                               "git_dirty": dirty, "versions": versions(), "platform": platform.platform()})
+        adopted = adopt_verified_results(runs, self.manifest, report_dir)
+        if "rebuilt_from" in self.manifest:
+            tqdm.write(f"manifest rebuilt: {len(adopted)} finished run(s) recovered from their results files")
         self.todo = [run for run in runs if force or not is_cached(run, self.manifest, report_dir, tqdm.write)]
         if force:  # recompute from the start, not from the steps an interrupted run saved
             for run in self.todo:

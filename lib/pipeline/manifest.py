@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from lib.common.files import atomic_write_json, read_json, sha256_file
+from lib.common.files import atomic_write_json, canonical_json, read_json, sha256_file
 from lib.common.paths import ROOT
 from lib.experiments.resume import partial_path
 from lib.pipeline.grid import Run
@@ -83,6 +83,9 @@ def is_cached(run: Run, manifest: Mapping[str, Any], report_dir: Path,
 
 
 def load_manifest(report_dir: Path) -> dict[str, Any]:
+    """The folder's manifest, or a new one. An unreadable manifest is moved aside to
+    ``manifest.json.corrupt-<UTC time>`` (never deleted), with a warning naming both files; the
+    new one says so (``rebuilt_from``), and :func:`adopt_verified_results` fills it in."""
     path = report_dir / "manifest.json"
     if path.is_file():
         try:
@@ -91,8 +94,41 @@ def load_manifest(report_dir: Path) -> dict[str, Any]:
                 return manifest
         except (OSError, ValueError):
             pass
-        print(f"warning: {path} is unreadable; starting a new manifest", file=sys.stderr)
+        aside = path.with_name(f"manifest.json.corrupt-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
+        os.replace(path, aside)
+        print(f"warning: {path} is unreadable; moved to {aside.name}, rebuilding it from the results files",
+              file=sys.stderr)
+        return {"runs": {}, "rebuilt_from": aside.name}
     return {"runs": {}}
+
+
+def adopt_verified_results(runs: Sequence[Run], manifest: dict[str, Any], report_dir: Path) -> list[str]:
+    """After :func:`load_manifest` rebuilt the manifest: record as finished every run without an
+    entry whose results file parses and holds exactly the run's parameters (``rebuilt: true``;
+    its wall time is unknown). Returns their ids."""
+    if "rebuilt_from" not in manifest:
+        return []
+    adopted = []
+    for run in runs:
+        path = report_dir / "results" / f"{run.run_id}.json"
+        if run.run_id in manifest["runs"] or not path.is_file():
+            continue
+        try:
+            results = read_json(path)
+        except (OSError, ValueError):
+            continue
+        stored = results.get("parameters") if isinstance(results, dict) else None
+        wanted = {k: v for k, v in run.parameters.items() if k != "results_path"}
+        if not isinstance(stored, dict) or any(canonical_json(stored.get(k)) != canonical_json(v)
+                                               for k, v in wanted.items()):
+            continue
+        manifest["runs"][run.run_id] = {
+            "name": run.name, "experiment": run.experiment, "notebook": run.notebook, "profile": run.profile,
+            "parameters": run.parameters, "params_hash": run.params_hash, "status": "ok", "wall_s": None,
+            "error": None, "executed_notebook": f"runs/{run.run_id}.ipynb", "results": f"results/{path.name}",
+            "results_sha256": sha256_file(path), "finished": None, "rebuilt": True}
+        adopted.append(run.run_id)
+    return adopted
 
 
 def prune(runs: Sequence[Run], names: Sequence[str], report_dir: Path) -> list[str]:
