@@ -70,3 +70,16 @@ def test_a_reports_dir_that_is_a_file_is_refused(folders, capsys):
                         "--only", "toy"]) == 2
     assert capsys.readouterr().err.strip() == f"--reports-dir: {folders / 'reports'} exists and is not a folder"
     assert (folders / "reports").read_text() == "not a folder"
+
+
+def test_a_device_this_machine_lacks_is_refused_before_compute(folders, capsys):
+    from lib.pipeline.devices import cuda_device_count
+
+    if cuda_device_count() > 7:
+        pytest.skip("this machine has a CUDA device 7")
+    (folders / "over.yaml").write_text("{device: 'cuda:7'}\n")
+    code = runner.main(["--params-dir", str(folders / "params"), "--reports-dir", str(folders / "reports"),
+                        "--only", "toy", "--params", str(folders / "over.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"{folders / 'over.yaml'}: device: 'cuda:7' requested but this machine has")
+    assert not (folders / "reports").exists()

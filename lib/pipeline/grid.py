@@ -35,6 +35,7 @@ from lib.common.files import canonical_json, sha256_file
 from lib.common.paths import ROOT
 from lib.experiments.registry import EXPERIMENTS, Experiment, by_notebook
 from lib.experiments.schema import SchemaError, build, check_entry, field_types, format_value
+from lib.pipeline.devices import device_problem
 from lib.pipeline.yamlfile import ParamsError, load_yaml
 
 TOP_LEVEL_KEYS = ("notebook", "grid", "profiles")
@@ -220,11 +221,15 @@ def _check_grid_points(values: dict[str, Any], grid: Sequence[str], schema: type
     """Every grid point as a whole (defaults, values, the point): cross-field rules such as
     ``lr_min < lr_max``. ``where`` names the entry that set each key (``fallback`` otherwise)."""
     for point in itertools.product(*(values[key] for key in grid)):
+        at = f" (grid point {', '.join(f'{k}={format_value(v)}' for k, v in zip(grid, point))})" if grid else ""
+        merged = {**values, **dict(zip(grid, point))}
         try:
-            build(schema, {**values, **dict(zip(grid, point))})
+            build(schema, merged)
         except SchemaError as exc:
-            at = f" (grid point {', '.join(f'{k}={format_value(v)}' for k, v in zip(grid, point))})" if grid else ""
             raise ParamsError(f"{where.get(exc.key, f'{fallback}.{exc.key}')}: {exc.message}{at}") from None
+        problem = device_problem(merged.get("device"))
+        if problem is not None:
+            raise ParamsError(f"{where.get('device', f'{fallback}.device')}: {problem}{at}")
 
 
 def load_params_file(path: str | os.PathLike, profile: str, overrides: Sequence[Override] = (),
