@@ -148,6 +148,7 @@ class _GridRun:
                  force: bool, root: Path, client: Any = None) -> None:
         self.report_dir, self.root, self.jobs, self.client = report_dir, root, jobs, client
         self.remote: dict[str, Any] = {}  # run id -> its Dask future, with a client
+        self.nice = 0  # the kernels' CPU priority, set by execute()
         (report_dir / "runs").mkdir(parents=True, exist_ok=True)
         (report_dir / "results").mkdir(parents=True, exist_ok=True)
         self.manifest_path = report_dir / "manifest.json"
