@@ -74,3 +74,24 @@ def test_cached_train(tmp_path):
 
     _, _, hit3 = cached_train(tmp_path, {**params, "seed": 1}, build, train)
     assert not hit3 and len(calls) == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04" + b"\x00" * 40])
+def test_an_unreadable_checkpoint_is_moved_aside_and_trained_again(tmp_path, capsys, content):
+    params = {"num_dim": 4, "steps": 3, "seed": 0}
+    prob = toy_problem(4, 0)
+    path = tmp_path / f"{content_key(params)}.pt"
+    path.write_bytes(content)  # empty, foreign, or a truncated zip (torch's own format)
+    calls = []
+
+    def train(model):
+        calls.append(1)
+        return train_ste(model, lambda t: prob.batch(32, t), params["steps"], lr=1e-2, progress=False)
+
+    _, curve, hit = cached_train(tmp_path, params, lambda: BinaryMLP(4, seed=0), train)
+    assert not hit and calls == [1] and len(curve) == 3
+    err = capsys.readouterr().err
+    assert f"warning: checkpoint {path} is unreadable" in err and "moved to" in err
+    assert "weights_only" not in err  # torch's advice to unpickle arbitrary code is not passed on
+    assert (tmp_path / f"{path.name}.corrupt").read_bytes() == content
+    assert torch.load(path, weights_only=True)["curve"].tolist() == curve  # a good checkpoint in its place

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,6 +71,25 @@ def train_ste(model: nn.Module, batch_fn: BatchFn, steps: int, loss: LossSpec = 
     return curve
 
 
+def _read_checkpoint(path: Path, params_json: str, model: nn.Module) -> list[float] | None:
+    """Load the checkpoint at ``path`` into ``model`` and return its curve; ``None`` after moving
+    an unreadable one aside (``<name>.corrupt``, with a warning naming both), so that it is
+    trained again. A readable checkpoint of other parameters is an error: its key collided."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        stored_json = ckpt.get("params_json")
+        if stored_json == params_json:
+            model.load_state_dict(ckpt["state_dict"])
+            return [float(v) for v in ckpt["curve"].tolist()]
+    except Exception as exc:  # a truncated, empty or foreign file: torch raises many kinds
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        print(f"warning: checkpoint {path} is unreadable ({type(exc).__name__}); moved to {aside.name}, "
+              "training again", file=sys.stderr)
+        return None
+    raise ValueError(f"checkpoint {str(path)!r} was written for other parameters: {stored_json!r}")
+
+
 def cached_train(cache_dir: str | os.PathLike, params: dict[str, Any], build_model: Callable[[], nn.Module],
                  train: Callable[[nn.Module], list[float]]) -> tuple[nn.Module, list[float], bool]:
     """Train once per ``params``: ``(model, curve, hit)``.
@@ -86,12 +106,10 @@ def cached_train(cache_dir: str | os.PathLike, params: dict[str, Any], build_mod
     path = Path(cache_dir) / f"{key}.pt"
     model = build_model()
     if path.is_file():
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt.get("params_json") != text:
-            raise ValueError(f"checkpoint {str(path)!r} was written for other parameters: {ckpt.get('params_json')!r}")
-        model.load_state_dict(ckpt["state_dict"])
-        model.eval()
-        return model, [float(v) for v in ckpt["curve"].tolist()], True
+        stored = _read_checkpoint(path, text, model)
+        if stored is not None:
+            model.eval()
+            return model, stored, True
     curve = [float(v) for v in train(model)]
     model.eval()
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
