@@ -710,3 +710,31 @@ def test_read_json_names_the_file_it_cannot_read(tmp_path):
     bad.write_bytes(b"\xff\xfe{}")
     with pytest.raises(ValueError, match="not readable JSON"):
         read_json(bad)
+
+
+def test_disk_full_ends_with_one_line_and_the_grid_state_intact(base_grid, tmp_path, capsys, monkeypatch):
+    """The manifest write after a run hits a full disk: one line, status 1; the manifest on disk is
+    the last whole one (files are replaced whole), and a rerun resumes."""
+    import errno
+
+    tmp = copy_of(base_grid, tmp_path)
+    m = manifest(tmp)
+    del m["runs"][TOY_IDS[0]]  # one run to do again
+    (report_dir(tmp) / "manifest.json").write_text(json.dumps(m))
+    real, calls = execute.atomic_write_json, []
+
+    def full_disk(path, obj):
+        calls.append(path)
+        if len(calls) > 1:  # the invocation's first record goes through, the one after the run does not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, obj)
+
+    monkeypatch.setattr(execute, "atomic_write_json", full_disk)
+    capsys.readouterr()
+    assert run_main(tmp) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("disk full") and "rerun the same command" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert TOY_IDS[0] not in manifest(tmp)["runs"]  # the last whole manifest, readable
+    monkeypatch.setattr(execute, "atomic_write_json", real)
+    assert run_main(tmp) == 0 and TOY_IDS[0] in manifest(tmp)["runs"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import signal
 import sys
 from contextlib import contextmanager
@@ -142,6 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"disk full{where}: finished runs stay recorded (files are replaced whole, never half-written); "
+              "free some space and rerun the same command to resume", file=sys.stderr)
+        return 1
 
 
 def _main(argv: Sequence[str] | None) -> int:
