@@ -14,10 +14,11 @@ import argparse
 import time
 
 import torch
+from timing import best_of
 
-from lib.training.gaussian import toy_problem
 from lib.core.estimators import cdg, nes
 from lib.core.losses import batch_loss
+from lib.training.gaussian import toy_problem
 
 
 def naive_cdg_seconds_per_coord(model, x, y, eps: float, n_coords: int) -> float:
@@ -36,16 +37,6 @@ def naive_cdg_seconds_per_coord(model, x, y, eps: float, n_coords: int) -> float
             v[i] += eps
             _ = (lp - lm) / (2 * eps)
     return (time.perf_counter() - t) / len(chosen)
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    """Fastest of ``repeats`` timings (the machine may be shared: the minimum is the least disturbed)."""
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def matmul_gflops(n: int, d: int, repeats: int = 10) -> float:

@@ -18,27 +18,16 @@ Prints, in one run and after a full-size warm-up of each measured call:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import PROFILES, best_of, nes_rates, projected_nes_hours
 from torch.func import functional_call, vmap
 
 from lib.core.estimators import nes
 from lib.core.losses import per_sample_loss
-from lib.experiments.toy.params import LAST_TWO
 from lib.training.gaussian import toy_problem
 
-FULL = {"num_dims": (8, 16, 32, 64), "sections": 2, "repetitions": 9, "sigmas": 8, "directions": 50000}
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    """Fastest of ``repeats`` timings of ``fn()`` (the least disturbed on a shared machine)."""
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+NUM_DIMS = (8, 16, 32, 64)  # the full profile's
 
 
 def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -70,13 +59,6 @@ def peer_nes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: fl
     return grads
 
 
-def directions_per_s(num_dim: int, batch: int, samples: int, layers=None) -> float:
-    prob = toy_problem(num_dim, 0)
-    x, y = prob.batch(batch, 0)
-    nes(prob.student, x, y, sigma=0.1, samples=samples, layers=layers)  # full-size warm-up
-    return samples / best_of(lambda: nes(prob.student, x, y, sigma=0.1, samples=samples, layers=layers), 2)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=2000)
@@ -102,14 +84,12 @@ def main() -> None:
     print(f"peer (vmap over functional_call, chunks of 100): {peer:.2f} s; NES is {peer / ours:.2f}× faster")
 
     print(f"{'num_dim':>7} | {'all layers dir/s':>16} | {'last two dir/s':>14}")
-    total = 0.0
-    for d in FULL["num_dims"]:
-        every = directions_per_s(d, args.batch, args.samples)
-        two = directions_per_s(d, args.batch, args.samples, layers=list(LAST_TWO))
-        print(f"{d:>7} | {every:>16.0f} | {two:>14.0f}")
-        total += FULL["sections"] * FULL["repetitions"] * FULL["sigmas"] * FULL["directions"] * (1 / every + 1 / two)
-    print(f"projected NES time of the full profile: {total / 3600:.1f} core-hours")
-
+    rates = []
+    for d in NUM_DIMS:
+        rates.append(nes_rates(d, args.batch, args.samples))
+        print(f"{d:>7} | {rates[-1][0]:>16.0f} | {rates[-1][1]:>14.0f}")
+    hours = projected_nes_hours(rates, PROFILES["full"]["repetitions"])
+    print(f"projected NES time of the full profile: {hours:.1f} core-hours")
 
 if __name__ == "__main__":
     main()
