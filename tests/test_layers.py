@@ -41,7 +41,8 @@ def test_imports_point_down(path):
 
 
 @pytest.mark.parametrize("modules", [
-    "lib.common.files, lib.common.paths, lib.common.versions, lib.common.notebooks",
+    "lib.common.files, lib.common.paths, lib.common.versions, lib.common.notebooks, lib.common.resources",
+    "lib.training.image_files",
     "lib.pipeline.runner, lib.pipeline.grid, lib.pipeline.execute, lib.pipeline.manifest",
     "lib.experiments.registry, lib.experiments.schema, lib.experiments.resume, lib.experiments.progress, "
     "lib.experiments.records, lib.experiments.stats, lib.experiments.cells",

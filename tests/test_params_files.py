@@ -68,8 +68,16 @@ def test_a_reports_dir_that_is_a_file_is_refused(folders, capsys):
     (folders / "reports").write_text("not a folder")
     assert runner.main(["--params-dir", str(folders / "params"), "--reports-dir", str(folders / "reports"),
                         "--only", "toy"]) == 2
-    assert capsys.readouterr().err.strip() == f"--reports-dir: {folders / 'reports'} exists and is not a folder"
+    assert capsys.readouterr().err.strip() == f"--reports-dir: '{folders / 'reports'}' is a file, not a folder"
     assert (folders / "reports").read_text() == "not a folder"
+
+
+def test_a_date_folder_that_is_a_file_is_refused(folders, capsys):
+    (folders / "reports").mkdir()
+    (folders / "reports" / "2026-01-01").write_text("not a folder")
+    assert runner.main(["--params-dir", str(folders / "params"), "--reports-dir", str(folders / "reports"),
+                        "--only", "toy", "--date", "2026-01-01"]) == 2
+    assert capsys.readouterr().err.strip() == f"--date: '{folders / 'reports' / '2026-01-01'}' is a file, not a folder"
 
 
 def test_a_device_this_machine_lacks_is_refused_before_compute(folders, capsys):
@@ -83,3 +91,103 @@ def test_a_device_this_machine_lacks_is_refused_before_compute(folders, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(f"{folders / 'over.yaml'}: device: 'cuda:7' requested but this machine has")
     assert not (folders / "reports").exists()
+
+
+# ----------------------------------------------------------------------------- what the machine must give
+
+
+def _cifar(folder: Path, records: int = 2, broken: str | None = None, missing: str | None = None) -> Path:
+    """A CIFAR-10 binary folder of ``records`` records per file; ``broken`` one byte short."""
+    from lib.training.image_files import CIFAR10_FILES, CIFAR10_RECORD
+
+    folder.mkdir()
+    for name in CIFAR10_FILES["train"] + CIFAR10_FILES["test"]:
+        if name != missing:
+            (folder / name).write_bytes(bytes(records * CIFAR10_RECORD - (name == broken)))
+    return folder
+
+
+MACHINE_CASES = [  # (what, parameter file, --params text with {tmp}, the refusal after "<file>: ")
+    ("data_source missing", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/nowhere}}}}",
+     "thin_resnet.data_source: image source '{tmp}/nowhere': not 'digits' and no such path"),
+    ("CIFAR file truncated", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/truncated}}}}",
+     "thin_resnet.data_source: CIFAR-10 file '{tmp}/truncated/data_batch_3.bin' is corrupt: 6145 bytes"),
+    ("CIFAR file missing", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/missing}}}}",
+     "thin_resnet.data_source: CIFAR-10 file '{tmp}/missing/test_batch.bin' is missing"),
+    ("batch larger than the data", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/cifar, batch_size: 8}}}}",
+     "thin_resnet.batch_size: 16 training images needed (two batches of 8); {tmp}/cifar has 10"),
+    ("batch larger than the digits", "thin_resnet", "{{thin_resnet: {{batch_size: 1000}}}}",
+     "thin_resnet.batch_size: 2000 training images needed (two batches of 1000); digits has 1437"),
+    ("batch of 10^30", "toy", "{{toy: {{batch_size: {huge}}}}}",
+     f"toy.batch_size: a batch of {10**30} × 8 Gaussian inputs (float64) would take 6.40e+31 bytes, more than"),
+    ("num_dim of 10^9", "toy", "{{toy: {{num_dim: [1000000000]}}}}",
+     "toy.num_dim: a 1000000000 × 1000000000 weight (float32) would take 4.00e+18 bytes, more than"),
+    ("pretraining batch of 10^12", "toy_pretrained", "{{toy_pretrained: {{pretrain_batch_size: 1000000000000}}}}",
+     "toy_pretrained.pretrain_batch_size: a pretraining batch of 1000000000000 × 8 inputs (float64) would take 5.96e+04 GiB"),
+    ("cache_dir a file", "toy_pretrained", "{{toy_pretrained: {{cache_dir: {tmp}/a_file}}}}",
+     "toy_pretrained.cache_dir: '{tmp}/a_file' is a file, not a folder"),
+    ("cache_dir under a file", "thin_resnet", "{{thin_resnet: {{cache_dir: {tmp}/a_file/cache}}}}",
+     "thin_resnet.cache_dir: '{tmp}/a_file/cache' cannot be created: '{tmp}/a_file' is a file, not a folder"),
+    ("convergence batch of 10^12", "convergence", "{{convergence: {{batch_sizes: [1000, 1000000000000]}}}}",
+     "convergence.batch_sizes: a batch of 1000000000000 × 32 Gaussian inputs (float64) would take"),
+]
+
+
+@pytest.fixture()
+def machine_folders(tmp_path):
+    (tmp_path / "params").mkdir()
+    for name in ("toy", "toy_pretrained", "thin_resnet", "convergence"):
+        shutil.copy(ROOT / "params" / f"{name}.yaml", tmp_path / "params" / f"{name}.yaml")
+    _cifar(tmp_path / "cifar")
+    _cifar(tmp_path / "truncated", broken="data_batch_3.bin")
+    _cifar(tmp_path / "missing", missing="test_batch.bin")
+    (tmp_path / "a_file").write_text("not a folder")
+    return tmp_path
+
+
+@pytest.mark.parametrize("what,name,override,message", MACHINE_CASES, ids=[c[0] for c in MACHINE_CASES])
+def test_a_run_the_machine_cannot_hold_is_refused_before_compute(machine_folders, capsys, what, name, override,
+                                                                 message):
+    tmp = machine_folders
+    over = tmp / "over.yaml"
+    over.write_text(override.format(tmp=tmp, huge=10**30) + "\n")
+    code = runner.main(["--params-dir", str(tmp / "params"), "--reports-dir", str(tmp / "reports"),
+                        "--only", name, "--params", str(over)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and err.startswith(f"{over}: " + message.format(tmp=tmp)), err
+    assert not (tmp / "reports").exists()
+
+
+def test_a_cifar_folder_of_whole_records_and_enough_images_passes(machine_folders):
+    """The checks above can pass: the same small folder with a batch that fits, and the digits."""
+    from lib.pipeline import grid
+    from lib.training.image_files import image_counts
+
+    tmp = machine_folders
+    assert image_counts(tmp / "cifar") == {"train": 10, "test": 2}
+    over = tmp / "over.yaml"
+    over.write_text(f"{{thin_resnet: {{data_source: {tmp}/cifar, batch_size: 5, cache_dir: {tmp}/new/cache}}}}\n")
+    files = grid.validate(tmp / "params", ["thin_resnet"], "quick", over)
+    assert files[0].values["batch_size"] == 5
+
+
+def test_a_folder_this_user_cannot_write_is_named(tmp_path):
+    import os
+
+    from lib.common.resources import folder_problem
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes everywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert folder_problem(locked / "cache") == f"'{locked / 'cache'}' cannot be created: this user cannot write in '{locked}'"
+
+
+def test_memory_is_refused_only_past_the_machine():
+    from lib.common.resources import GIB, memory_problem
+
+    assert memory_problem(2 * GIB, "x", available=4 * GIB) is None
+    assert memory_problem(4 * GIB, "x", available=4 * GIB) is None
+    assert memory_problem(6 * GIB, "a batch", available=4 * GIB) == (
+        "a batch would take 6 GiB, more than this machine's 4 GiB of memory; make it smaller")

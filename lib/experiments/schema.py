@@ -3,13 +3,16 @@
 An experiment's parameter class (``ToyParams``, ``ThinResNetParams``) is the single place that
 names its parameters, their types (the annotations: ``int``, ``float``, ``bool``, ``str`` or a
 ``list`` of one of them), defaults and ranges (:func:`param` with a :class:`Rule`), and its
-cross-field rules (a ``problems()`` method returning ``[(key, message)]``). From it:
+cross-field rules (a ``problems()`` method returning ``[(key, message)]``), and what the run needs
+from the machine it runs on (a ``machine_problems()`` method of the same form: data files, folders
+it writes, memory for its largest tensor; :mod:`lib.common.resources`). From it:
 
 * constructing the class validates (its ``__post_init__`` calls :func:`validate`): a wrong type,
   an out-of-range value, an empty or repeated list, an inconsistent pair raises
   :class:`SchemaError` naming the key; ints given for float parameters become floats;
 * the pipeline checks ``params/*.yaml`` and ``--params`` values against it, entry by entry
-  (:func:`check_entry`) and as whole grid points, before any compute, with no torch import;
+  (:func:`check_entry`) and as whole grid points, ``machine_problems()`` included, before any
+  compute, with no torch import;
 * a test checks that each notebook's ``parameters`` cell has exactly the class's names and
   defaults, and notebooks build it from their globals (:func:`from_namespace`).
 """
@@ -170,6 +173,13 @@ def validate(instance: Any) -> None:
     problems = instance.problems() if hasattr(instance, "problems") else []
     if problems:
         raise SchemaError(*problems[0])
+
+
+def machine_problems(instance: Any) -> list[tuple[str, str]]:
+    """What this machine cannot give a run with these parameters, as ``(key, message)``: the
+    instance's ``machine_problems()`` (data files, folders, memory), or none when its class
+    declares no such needs."""
+    return instance.machine_problems() if hasattr(instance, "machine_problems") else []
 
 
 def defaults(schema: type) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import papermill
 from lib.common.files import canonical_json, sha256_file
 from lib.common.paths import ROOT
 from lib.experiments.registry import EXPERIMENTS, Experiment, by_notebook
-from lib.experiments.schema import SchemaError, build, check_entry, field_types, format_value
+from lib.experiments.schema import SchemaError, build, check_entry, field_types, format_value, machine_problems
 from lib.pipeline.devices import device_problem
 from lib.pipeline.yamlfile import ParamsError, load_yaml
 
@@ -219,17 +219,21 @@ def _experiment_of(notebook: str, notebook_path: Path, label: str) -> Experiment
 def _check_grid_points(values: dict[str, Any], grid: Sequence[str], schema: type, where: Mapping[str, str],
                        fallback: str) -> None:
     """Every grid point as a whole (defaults, values, the point): cross-field rules such as
-    ``lr_min < lr_max``. ``where`` names the entry that set each key (``fallback`` otherwise)."""
+    ``lr_min < lr_max``, then what this machine must give it (the device, the parameter class's
+    ``machine_problems()``: data files, folders, memory). ``where`` names the entry that set each
+    key (``fallback`` otherwise)."""
     for point in itertools.product(*(values[key] for key in grid)):
         at = f" (grid point {', '.join(f'{k}={format_value(v)}' for k, v in zip(grid, point))})" if grid else ""
         merged = {**values, **dict(zip(grid, point))}
         try:
-            build(schema, merged)
+            instance = build(schema, merged)
         except SchemaError as exc:
             raise ParamsError(f"{where.get(exc.key, f'{fallback}.{exc.key}')}: {exc.message}{at}") from None
-        problem = device_problem(merged.get("device"))
-        if problem is not None:
-            raise ParamsError(f"{where.get('device', f'{fallback}.device')}: {problem}{at}")
+        device = device_problem(merged.get("device"))
+        problems = [("device", device)] if device else machine_problems(instance)
+        if problems:
+            key, message = problems[0]
+            raise ParamsError(f"{where.get(key, f'{fallback}.{key}')}: {message}{at}")
 
 
 def load_params_file(path: str | os.PathLike, profile: str, overrides: Sequence[Override] = (),

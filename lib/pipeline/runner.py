@@ -31,6 +31,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load: one line and 
     signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("\ninterrupted while starting\n"), sys.exit(130)))
 
 from lib.common.paths import ROOT
+from lib.common.resources import folder_problem
 from lib.pipeline.cluster import ClusterError, parse_cluster
 from lib.pipeline.execute import DEFAULT_JOBS, run_grid, short_error
 from lib.pipeline.grid import ParamsError, expand_grid, validate
@@ -176,8 +177,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
     report_dir = Path(args.reports_dir) / args.date
     for folder, option in ((Path(args.reports_dir), "--reports-dir"), (report_dir, "--date")):
-        if folder.exists() and not folder.is_dir():
-            print(f"{option}: {folder} exists and is not a folder", file=sys.stderr)
+        problem = folder_problem(folder)
+        if problem:
+            print(f"{option}: {problem}", file=sys.stderr)
             return 2
     earlier = unfinished_elsewhere(Path(args.reports_dir), args.date, args.profile, runs)
     if earlier:

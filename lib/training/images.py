@@ -15,17 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .image_files import CIFAR10_FILES, CIFAR10_RECORD, DIGITS_TRAIN, cifar_dir, cifar_records, image_counts
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR10_RECORD = 1 + 3 * 32 * 32  # label byte + R, G, B planes of 32×32, row-major
-CIFAR10_FILES = {
-    "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
-    "test": ("test_batch.bin",),
-}
-CIFAR10_LAYOUT = ("the CIFAR-10 binary version: a folder holding data_batch_1.bin … data_batch_5.bin and "
-                  "test_batch.bin (or a folder containing cifar-10-batches-bin/ with them); each record is "
-                  f"1 label byte + 3072 pixel bytes ({CIFAR10_RECORD} bytes)")
-DIGITS_TRAIN = 1437  # of 1797; the other 360 are the test split
 
 
 def _check_split(split: str) -> None:
@@ -38,23 +31,10 @@ def _check_limit(limit: int | None) -> None:
         raise ValueError(f"limit: expected None or a positive integer, got {limit!r}")
 
 
-def _cifar_dir(root: str | os.PathLike) -> Path:
-    path = Path(root)
-    if not path.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 folder {str(path)!r} does not exist; expected {CIFAR10_LAYOUT}")
-    nested = path / "cifar-10-batches-bin"
-    return nested if nested.is_dir() else path
-
-
 def _read_cifar_file(path: Path, max_records: int | None) -> tuple[np.ndarray, np.ndarray]:
     """``(pixels uint8 (n, 3, 32, 32), labels uint8 (n,))`` of one binary batch file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"CIFAR-10 file {str(path)!r} is missing; expected {CIFAR10_LAYOUT}")
-    size = path.stat().st_size
-    if size == 0 or size % CIFAR10_RECORD:
-        raise ValueError(f"CIFAR-10 file {str(path)!r} is corrupt: {size} bytes is not a positive multiple "
-                         f"of the {CIFAR10_RECORD}-byte record")
-    n = size // CIFAR10_RECORD if max_records is None else min(size // CIFAR10_RECORD, max_records)
+    records = cifar_records(path)
+    n = records if max_records is None else min(records, max_records)
     raw = np.fromfile(path, dtype=np.uint8, count=n * CIFAR10_RECORD).reshape(n, CIFAR10_RECORD)
     labels = raw[:, 0]
     if labels.size and labels.max() > 9:
@@ -72,7 +52,7 @@ def load_cifar10(root: str | os.PathLike, split: str = "train",
     """
     _check_split(split)
     _check_limit(limit)
-    folder = _cifar_dir(root)
+    folder = cifar_dir(root)
     pixels, labels = [], []
     remaining = limit
     for name in CIFAR10_FILES[split]:
@@ -126,10 +106,8 @@ def image_data(source: str | os.PathLike = "digits", split: str = "train",
     CIFAR-10 binary copy (:func:`load_cifar10`). Anything else raises ``FileNotFoundError`` naming it."""
     if isinstance(source, str) and source == "digits":
         return load_digits32(split, limit)
-    if isinstance(source, (str, os.PathLike)) and Path(source).exists():
-        return load_cifar10(source, split, limit)
-    raise FileNotFoundError(f"image source {str(source)!r}: not 'digits' and no such path; expected 'digits' "
-                            f"or the path of {CIFAR10_LAYOUT}")
+    image_counts(source)  # FileNotFoundError or ValueError naming the path when it is missing or corrupt
+    return load_cifar10(source, split, limit)
 
 
 def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lib.common.resources import memory_problem
 from lib.core.names import PRECISIONS, STE_VARIANTS
 from lib.experiments.schema import (DEVICE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, PRECISION, STE_VARIANT, one_of,
                                     param, validate)
@@ -28,6 +29,18 @@ class ConvergenceParams:
 
     def __post_init__(self) -> None:
         validate(self)
+
+    def machine_problems(self) -> list[tuple[str, str]]:
+        """What this machine cannot give the run, as ``(key, message)``: memory for the largest
+        tensor, a batch of Gaussian inputs drawn in float64 (``8 · max(batch_sizes) · num_dim``
+        bytes) or a hidden layer's weight (``4 · num_dim²`` bytes)."""
+        rows = max(self.batch_sizes)
+        key, nbytes, what = max([("batch_sizes", 8 * rows * self.num_dim,
+                                  f"a batch of {rows} × {self.num_dim} Gaussian inputs (float64)"),
+                                 ("num_dim", 4 * self.num_dim**2, f"a {self.num_dim} × {self.num_dim} weight (float32)")],
+                                key=lambda t: t[1])
+        problem = memory_problem(nbytes, what)
+        return [(key, problem)] if problem else []
 
     def teacher_of(self, precision: str) -> str:
         """The teacher's activation for a student of ``precision``."""

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lib.common.paths import repo_path
+from lib.common.resources import folder_problem, memory_problem
 from lib.core.names import STE_VARIANTS
 from lib.experiments.schema import (DEVICE, NON_EMPTY, NON_NEGATIVE_INT, NORMALIZATION, POSITIVE, POSITIVE_INT,
                                     PRECISION, STE_VARIANT, one_of, param, validate)
+from lib.training.image_files import IMAGE_SIZE, image_counts
 
 EXPERIMENT = "thin_resnet"
 STATES = ("init", "trained")
@@ -55,9 +58,37 @@ class ThinResNetParams:
         missing = [a for a in self.decrease_acts if a not in self.acts]
         if missing:
             out.append(("decrease_acts", f"{missing} not in acts {self.acts}"))
-        if self.noise_ceiling and self.train_limit and 2 * self.batch_size > self.train_limit:
-            out.append(("batch_size", f"the noise ceiling needs two batches of {self.batch_size} images, "
-                                      f"train_limit is {self.train_limit}"))
         if "trained" in self.states and self.train_epochs < 1:
             out.append(("train_epochs", "the trained state needs at least one epoch"))
         return out
+
+    def machine_problems(self) -> list[tuple[str, str]]:
+        """What this machine cannot give the run, as ``(key, message)``, found without reading
+        pixels: the data source (``digits`` or a CIFAR-10 folder whose files have whole records),
+        enough training images for the batch (two with the noise ceiling), a writable cache folder
+        for trained models, and memory for the largest tensor (the float32 training images, or a
+        first-stage feature map ``B × c × 32 × 32`` of the larger batch ``B``)."""
+        source = self.data_source if self.data_source == "digits" else repo_path(self.data_source)
+        try:
+            counts = image_counts(source)
+        except (OSError, ValueError) as exc:
+            return [("data_source", str(exc))]
+        images = min(self.train_limit, counts["train"]) if self.train_limit else counts["train"]
+        needed = self.batch_size * (2 if self.noise_ceiling else 1)
+        if needed > images:
+            return [("batch_size", f"{needed} training images needed "
+                                   f"({'two batches' if self.noise_ceiling else 'one batch'} of {self.batch_size}); "
+                                   f"{self.data_source} has {images}")]
+        if "trained" in self.states:
+            problem = folder_problem(repo_path(self.cache_dir))
+            if problem:
+                return [("cache_dir", problem)]
+        pixels = IMAGE_SIZE * IMAGE_SIZE
+        batch_key = "batch_size" if self.batch_size >= self.train_batch_size else "train_batch_size"
+        batch = getattr(self, batch_key)
+        largest = max(("train_limit", 4 * images * IN_CHANNELS * pixels, f"{images} training images (float32)"),
+                      (batch_key, 4 * batch * self.initial_channels * pixels,
+                       f"a feature map of {batch} images × {self.initial_channels} channels × {IMAGE_SIZE}² (float32)"),
+                      key=lambda t: t[1])
+        problem = memory_problem(largest[1], largest[2])
+        return [(largest[0], problem)] if problem else []

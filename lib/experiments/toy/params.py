@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lib.common.paths import repo_path
+from lib.common.resources import folder_problem, memory_problem
 from lib.experiments.schema import (DEVICE, NON_EMPTY, NON_NEGATIVE_INT, NORMALIZATION, POSITIVE, POSITIVE_INT,
                                     PRECISION, STE_VARIANT, param, validate)
 
@@ -61,6 +63,25 @@ class ToyParams:
         if len(low_high) != 2 or not low_high[0] < low_high[1]:
             out.append(("lr_refine", f"expected [low, high] with low < high, got {low_high}"))
         return out
+
+    def machine_problems(self) -> list[tuple[str, str]]:
+        """What this machine cannot give the run, as ``(key, message)``: a writable cache folder
+        for pretrained students, and memory for the largest tensor, a batch of Gaussian inputs
+        drawn in float64 (``8 · batch · num_dim`` bytes, the pretraining batch too when pretrained)
+        or a hidden layer's weight (``4 · num_dim²`` bytes)."""
+        if self.pretrained:
+            problem = folder_problem(repo_path(self.cache_dir))
+            if problem:
+                return [("cache_dir", problem)]
+        tensors = [("batch_size", 8 * self.batch_size * self.num_dim,
+                    f"a batch of {self.batch_size} × {self.num_dim} Gaussian inputs (float64)"),
+                   ("num_dim", 4 * self.num_dim**2, f"a {self.num_dim} × {self.num_dim} weight (float32)")]
+        if self.pretrained:
+            tensors.append(("pretrain_batch_size", 8 * self.pretrain_batch_size * self.num_dim,
+                            f"a pretraining batch of {self.pretrain_batch_size} × {self.num_dim} inputs (float64)"))
+        key, nbytes, what = max(tensors, key=lambda t: t[1])
+        problem = memory_problem(nbytes, what)
+        return [(key, problem)] if problem else []
 
     def lrs(self) -> list[float]:
         """The log grid ``lr_min … lr_max`` (``num_lr`` points) merged with the refinement grid
