@@ -110,6 +110,8 @@ def _cifar(folder: Path, records: int = 2, broken: str | None = None, missing: s
 MACHINE_CASES = [  # (what, parameter file, --params text with {tmp}, the refusal after "<file>: ")
     ("data_source missing", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/nowhere}}}}",
      "thin_resnet.data_source: image source '{tmp}/nowhere': not 'digits' and no such path"),
+    ("data_source a file", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/a_file}}}}",
+     "thin_resnet.data_source: CIFAR-10 folder '{tmp}/a_file' is a file; expected the CIFAR-10 binary version"),
     ("CIFAR file truncated", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/truncated}}}}",
      "thin_resnet.data_source: CIFAR-10 file '{tmp}/truncated/data_batch_3.bin' is corrupt: 6145 bytes"),
     ("CIFAR file missing", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/missing}}}}",
@@ -191,3 +193,15 @@ def test_memory_is_refused_only_past_the_machine():
     assert memory_problem(4 * GIB, "x", available=4 * GIB) is None
     assert memory_problem(6 * GIB, "a batch", available=4 * GIB) == (
         "a batch would take 6 GiB, more than this machine's 4 GiB of memory; make it smaller")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--jobs", "0"], "argument --jobs: expected a positive integer, got '0'"),
+    (["--date", "yesterday"], "argument --date: expected YYYY-MM-DD, got 'yesterday'"),
+    (["--frob"], "unrecognized arguments: --frob"),
+])
+def test_a_bad_option_is_refused_in_one_line(folders, capsys, args, message):
+    code = runner.main(["--params-dir", str(folders / "params"), "--reports-dir", str(folders / "reports"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"python -m lib.pipeline.runner: {message} (--help lists the options)", err
+    assert not (folders / "reports").exists()

@@ -25,7 +25,7 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
 if __name__ == "__main__":  # Ctrl-C while the imports below load: one line and status 130, no traceback
     signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("\ninterrupted while starting\n"), sys.exit(130)))
@@ -66,8 +66,15 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose refusal is one line (``<prog>: <why>``) and status 2, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (--help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m lib.pipeline.runner",
         description="Validate params/*.yaml, run each notebook over its grid with papermill into "
                     "reports/<date>/, resume finished runs, build the report.")

@@ -27,6 +27,8 @@ def cifar_dir(root: str | os.PathLike) -> Path:
     """The folder holding the CIFAR-10 batch files: ``root`` or its ``cifar-10-batches-bin/``.
     ``FileNotFoundError`` naming ``root`` when it is not a folder."""
     path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise FileNotFoundError(f"CIFAR-10 folder {str(path)!r} is a file; expected {CIFAR10_LAYOUT}")
     if not path.is_dir():
         raise FileNotFoundError(f"CIFAR-10 folder {str(path)!r} does not exist; expected {CIFAR10_LAYOUT}")
     nested = path / "cifar-10-batches-bin"
