@@ -100,6 +100,24 @@ def test_lr_range_must_be_increasing():
         make_widgets(variant="bogus")
 
 
+def test_explore_has_the_defaults_of_its_parameter_class():
+    """explore() spells its arguments out for the notebook user; they must be ExplorerParams'."""
+    import inspect
+
+    from lib.experiments.explorer.params import ExplorerParams
+    from lib.experiments.schema import defaults
+
+    signature = {k: v.default for k, v in inspect.signature(explore).parameters.items() if k != "threads"}
+    assert signature == defaults(ExplorerParams)
+
+
+def test_slider_values_as_numpy_scalars_are_accepted():
+    from lib.experiments.explorer.compute import explorer_params
+
+    p = explorer_params(num_dim=np.int64(8), eps=np.float64(0.05), pretrained=np.bool_(True))
+    assert (p.num_dim, p.eps, p.pretrained) == (8, 0.05, True) and type(p.num_dim) is int
+
+
 def test_threads_are_restored():
     before = torch.get_num_threads()
     explore(**SMALL, threads=1, diagnose=False)
@@ -134,7 +152,7 @@ def test_widget_app_updates_on_a_slider_change(tmp_path):
     assert app.last_result.params["variant"] == "swishsign"
     assert math.isclose(app.last_result.params["lr_min"], 0.01)
     c["lr_range"].value = (-1.0, -1.0)  # empty range: shown, not raised
-    assert app.calls == 4 and app.last_error.startswith("ValueError: lr_max")
+    assert app.calls == 4 and app.last_error.startswith("SchemaError: lr_max: expected lr_max > lr_min")
     assert app.output.outputs[0]["output_type"] == "stream"
 
 

@@ -24,7 +24,6 @@ and redraws into an ``Output`` widget.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,10 +34,11 @@ import torch
 
 from lib.core import estimators as E
 from lib.core import evaluate as V
-from lib.core.quantizers import STE_VARIANTS
-from lib.experiments.toy.params import LAST_TWO, ToyParams
+from lib.experiments.toy.params import LAST_TWO
 from lib.experiments.toy.run import pretrain_student
 from lib.training.gaussian import toy_problem
+
+from .params import ExplorerParams
 
 NUM_DIMS = (8, 16, 32, 64)
 SAMPLES = (100, 500, 2000, 5000)
@@ -78,52 +78,15 @@ class ExplorerResult:
         return out
 
 
-# ----------------------------------------------------------------------------- validation
+# ----------------------------------------------------------------------------- arguments
 
-def _int(name: str, value: Any, minimum: int = 1) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-
-
-def _pos(name: str, value: Any) -> None:
-    if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool) \
-            or not math.isfinite(float(value)) or value <= 0:
-        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
-
-
-def check_controls(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float, lr_max: float,
-                    variant: str) -> None:
-    """The checks shared by :func:`explore` and the widgets' starting values."""
-    _int("num_dim", num_dim)
-    _pos("eps", eps)
-    _pos("sigma", sigma)
-    _int("samples", samples)
-    _pos("lr_min", lr_min)
-    _pos("lr_max", lr_max)
-    if variant not in STE_VARIANTS:
-        raise ValueError(f"variant: unknown STE variant {variant!r}; expected one of {STE_VARIANTS}")
-
-
-def check_explore_args(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float, lr_max: float,
-                       num_lr: int, pretrained: bool, variant: str, batch_size: int, seed: int,
-                       pretrain_steps: int, pretrain_batch_size: int, pretrain_lr: float,
-                       pretrain_variant: str, cache_dir: str | os.PathLike) -> None:
-    """``ValueError`` naming the first invalid argument of :func:`explore`; nothing computed."""
-    check_controls(num_dim, eps, sigma, samples, lr_min, lr_max, variant)
-    if lr_max <= lr_min:
-        raise ValueError(f"lr_max: expected lr_max > lr_min = {lr_min!r}, got {lr_max!r}")
-    _int("num_lr", num_lr, 2)
-    if not isinstance(pretrained, (bool, np.bool_)):
-        raise ValueError(f"pretrained: expected a bool, got {pretrained!r}")
-    _int("batch_size", batch_size)
-    _int("seed", seed, 0)
-    _int("pretrain_steps", pretrain_steps)
-    _int("pretrain_batch_size", pretrain_batch_size)
-    _pos("pretrain_lr", pretrain_lr)
-    if pretrain_variant not in STE_VARIANTS:
-        raise ValueError(f"pretrain_variant: unknown STE variant {pretrain_variant!r}; expected one of {STE_VARIANTS}")
-    if not isinstance(cache_dir, (str, os.PathLike)) or not str(cache_dir):
-        raise ValueError(f"cache_dir: expected a folder path, got {cache_dir!r}")
+def explorer_params(**arguments: Any) -> ExplorerParams:
+    """:class:`ExplorerParams` from :func:`explore`'s arguments, numpy scalars (slider values) and
+    paths taken as plain values; ``ValueError`` (:class:`~lib.experiments.schema.SchemaError`)
+    naming the first invalid one."""
+    plain = {k: (v.item() if isinstance(v, np.generic) else os.fspath(v) if isinstance(v, os.PathLike) else v)
+             for k, v in arguments.items()}
+    return ExplorerParams(**plain)
 
 
 # ----------------------------------------------------------------------------- the update function
@@ -151,51 +114,38 @@ def explore(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: in
     ``threads``: torch intra-op threads during the call, restored afterwards (``None``: unchanged);
     the tensors are small, and one thread is fastest on a shared machine.
     """
-    check_explore_args(num_dim, eps, sigma, samples, lr_min, lr_max, num_lr, pretrained, variant,
-                       batch_size, seed, pretrain_steps, pretrain_batch_size, pretrain_lr,
-                       pretrain_variant, cache_dir)
-    if not isinstance(diagnose, (bool, np.bool_)):
-        raise ValueError(f"diagnose: expected a bool, got {diagnose!r}")
-    if threads is not None:
-        _int("threads", threads)
+    p = explorer_params(num_dim=num_dim, eps=eps, sigma=sigma, samples=samples, lr_min=lr_min, lr_max=lr_max,
+                        num_lr=num_lr, pretrained=pretrained, variant=variant, batch_size=batch_size, seed=seed,
+                        pretrain_steps=pretrain_steps, pretrain_batch_size=pretrain_batch_size,
+                        pretrain_lr=pretrain_lr, pretrain_variant=pretrain_variant, cache_dir=cache_dir,
+                        diagnose=diagnose)
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads: expected None or a positive integer, got {threads!r}")
     saved = torch.get_num_threads()
     if threads is not None:
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     try:
-        return _explore(num_dim, eps, sigma, samples, lr_min, lr_max, num_lr, pretrained, variant, batch_size,
-                        seed, pretrain_steps, pretrain_batch_size, pretrain_lr, pretrain_variant, cache_dir,
-                        bool(diagnose))
+        return _explore(p)
     finally:
         torch.set_num_threads(saved)
 
 
-def _explore(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float, lr_max: float, num_lr: int,
-             pretrained: bool, variant: str, batch_size: int, seed: int, pretrain_steps: int,
-             pretrain_batch_size: int, pretrain_lr: float, pretrain_variant: str,
-             cache_dir: str | os.PathLike, diagnose: bool) -> ExplorerResult:
-    params = {"num_dim": int(num_dim), "eps": float(eps), "sigma": float(sigma), "samples": int(samples),
-              "lr_min": float(lr_min), "lr_max": float(lr_max), "num_lr": int(num_lr),
-              "pretrained": bool(pretrained), "variant": variant, "batch_size": int(batch_size),
-              "seed": int(seed), "pretrain_steps": int(pretrain_steps),
-              "pretrain_batch_size": int(pretrain_batch_size), "pretrain_lr": float(pretrain_lr),
-              "pretrain_variant": pretrain_variant, "cache_dir": str(cache_dir), "diagnose": diagnose}
+def _explore(p: ExplorerParams) -> ExplorerResult:
+    params = asdict(p)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    problem = toy_problem(params["num_dim"], params["seed"])
+    problem = toy_problem(p.num_dim, p.seed)
     pretrain = None
-    if params["pretrained"]:
-        tp = ToyParams(num_dim=params["num_dim"], pretrained=True, pretrain_steps=params["pretrain_steps"],
-                       pretrain_batch_size=params["pretrain_batch_size"], pretrain_lr=params["pretrain_lr"],
-                       pretrain_variant=pretrain_variant, seed=params["seed"], cache_dir=str(cache_dir))
-        student, curve, hit = pretrain_student(problem, tp, progress=False)
+    if p.pretrained:
+        student, curve, hit = pretrain_student(problem, p.pretraining(), progress=False)
         problem.student = student
         tail = curve[-max(1, len(curve) // 10):]
         pretrain = {"cached": bool(hit), "first_loss": float(curve[0]), "final_loss": float(np.mean(tail)),
                     "steps": len(curve)}
         timings["pretrain"] = time.perf_counter() - t0
     model = problem.student
-    x, y = problem.batch(params["batch_size"], 0)
-    lrs = explore_lrs(params["lr_min"], params["lr_max"], params["num_lr"])
+    x, y = problem.batch(p.batch_size, 0)
+    lrs = explore_lrs(p.lr_min, p.lr_max, p.num_lr)
     with torch.no_grad():
         base_loss = float(((model(x) - y) ** 2).mean())
 
@@ -208,33 +158,33 @@ def _explore(num_dim: int, eps: float, sigma: float, samples: int, lr_min: float
         curves[key] = V.loss_decrease(model, x, y, grads[key], lrs, "layer")
         timings[key] = time.perf_counter() - t
 
-    run("cdg", lambda: E.cdg(model, x, y, eps=params["eps"]))
-    run("nes", lambda: E.nes(model, x, y, sigma=params["sigma"], samples=params["samples"], seed=params["seed"]))
-    run("ste", lambda: E.ste(model, x, y, variant=variant))
-    run("exact", lambda: E.smoothed_exact(model, x, y, params["sigma"]))
-    if diagnose:
-        run("nes_last2", lambda: E.nes(model, x, y, sigma=params["sigma"], samples=params["samples"],
-                                       layers=list(LAST_TWO), seed=params["seed"]))
+    run("cdg", lambda: E.cdg(model, x, y, eps=p.eps))
+    run("nes", lambda: E.nes(model, x, y, sigma=p.sigma, samples=p.samples, seed=p.seed))
+    run("ste", lambda: E.ste(model, x, y, variant=p.variant))
+    run("exact", lambda: E.smoothed_exact(model, x, y, p.sigma))
+    if p.diagnose:
+        run("nes_last2", lambda: E.nes(model, x, y, sigma=p.sigma, samples=p.samples, layers=list(LAST_TWO),
+                                       seed=p.seed))
     cosines = {
         "nes_vs_cdg": V.cosine(grads["nes"], grads["cdg"]),
         "ste_vs_cdg": V.cosine(grads["ste"], grads["cdg"]),
         "exact_vs_cdg": V.cosine(grads["exact"], grads["cdg"]),
     }
-    if diagnose:
+    if p.diagnose:
         cosines["nes_last2_vs_exact"] = V.cosine(grads["nes_last2"], grads["exact"])
-    n_weights = sum(p.numel() for p in model.parameters())
+    n_weights = sum(w.numel() for w in model.parameters())
     labels = {
-        "cdg": f"CDG ε={params['eps']:.3g}",
-        "nes": f"NES σ={params['sigma']:.3g}, S={params['samples']}",
-        "ste": f"STE {variant}",
-        "exact": f"exact smoothed σ={params['sigma']:.3g} (last 2 layers)",
-        "nes_last2": f"NES σ={params['sigma']:.3g}, S={params['samples']} (last 2 layers)",
+        "cdg": f"CDG ε={p.eps:.3g}",
+        "nes": f"NES σ={p.sigma:.3g}, S={p.samples}",
+        "ste": f"STE {p.variant}",
+        "exact": f"exact smoothed σ={p.sigma:.3g} (last 2 layers)",
+        "nes_last2": f"NES σ={p.sigma:.3g}, S={p.samples} (last 2 layers)",
     }
     labels = {k: v for k, v in labels.items() if k in curves}
     return ExplorerResult(
         params=params, lrs=lrs, curves=curves,
         best={k: V.best_decrease(lrs, c) for k, c in curves.items()},
         cosines=cosines, labels=labels, base_loss=base_loss,
-        loss_evaluations={"cdg": 2 * n_weights, "nes": 2 * params["samples"],
-                          **({"nes_last2": 2 * params["samples"]} if diagnose else {})},
+        loss_evaluations={"cdg": 2 * n_weights, "nes": 2 * p.samples,
+                          **({"nes_last2": 2 * p.samples} if p.diagnose else {})},
         pretrain=pretrain, timings=timings, wall_s=time.perf_counter() - t0)

@@ -9,7 +9,7 @@ from typing import Any
 
 from lib.core.quantizers import STE_VARIANTS
 
-from .compute import NUM_DIMS, SAMPLES, ExplorerResult, check_controls, explore
+from .compute import NUM_DIMS, SAMPLES, ExplorerResult, explore, explorer_params
 from .figure import figure_png, plot_explorer
 
 DEBOUNCE_S = 0.3  # seconds the controls must stay still before a recompute starts
@@ -22,7 +22,8 @@ def make_widgets(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, sample
     log10 lr_max)``), all with ``continuous_update=False`` where the widget has it."""
     import ipywidgets as W
 
-    check_controls(num_dim, eps, sigma, samples, lr_min, lr_max, variant)
+    explorer_params(num_dim=num_dim, eps=eps, sigma=sigma, samples=samples, lr_min=lr_min, lr_max=lr_max,
+                    pretrained=pretrained, variant=variant)
     style = {"description_width": "90px"}
     layout = W.Layout(width="340px")
     common = dict(continuous_update=False, style=style, layout=layout)
