@@ -10,8 +10,10 @@ Prints, in one run and after a full-size warm-up of each measured call:
   (``2 · N · Σ fan_in·fan_out`` per loss evaluation) and its share of the sgemm rate;
 * the same NES written as an ES-library user would: ``torch.func.vmap`` over ``functional_call``
   of perturbed parameter sets, chunks of 100 directions, antithetic (the peer), and the ratio;
-* directions per second for every num_dim of the full profile, over all layers and over the last
-  two, and the NES time of the full profile projected from them (params/toy.yaml and
+* the 8 σ of a toy step in one ``nes_sigmas`` call (one direction stream, one projection of the
+  first layer) against one call per σ, at num_dim 64 over all layers;
+* directions per second (per σ, the 8 σ in one call) for every num_dim of the full profile, over
+  all layers and over the last two, and the NES time of the full profile projected from them (params/toy.yaml and
   params/toy_pretrained.yaml: 4 num_dim × 2 sections, 3 × 3 repetitions, 8 σ, 50000 directions
   for NES over all layers and again for the diagnosis on the last two).
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from timing import PROFILES, best_of, nes_rates, projected_nes_hours
+from timing import PROFILES, best_of, nes_directions_per_s, nes_rates, projected_nes_hours
 from torch.func import functional_call, vmap
 
 from lib.core.estimators import nes
@@ -82,6 +84,11 @@ def main() -> None:
     rate = 2 * args.samples * flops / ours / 1e9
     print(f"NES num_dim 64, {args.samples} directions: {ours:.2f} s, {rate:.1f} GFLOP/s = {rate / sgemm:.0%} of sgemm")
     print(f"peer (vmap over functional_call, chunks of 100): {peer:.2f} s; NES is {peer / ours:.2f}× faster")
+
+    shared = nes_directions_per_s(64, args.batch, args.samples, shared=True)
+    alone = nes_directions_per_s(64, args.batch, args.samples, shared=False)
+    print(f"8 σ in one call: {shared:.0f} directions/s per σ against {alone:.0f} with one call per σ: "
+          f"{shared / alone:.2f}×")
 
     print(f"{'num_dim':>7} | {'all layers dir/s':>16} | {'last two dir/s':>14}")
     rates = []

@@ -7,15 +7,20 @@ import time
 from typing import Callable, Sequence
 
 import torch
+import yaml
 
-from lib.core.estimators import nes
+from lib.common.paths import ROOT
+from lib.core.estimators import nes, nes_sigmas
 from lib.experiments.toy.params import LAST_TWO
 from lib.training.gaussian import toy_problem
 
-# The NES of the toy profiles (params/toy.yaml, params/toy_pretrained.yaml): 2 sections × 8 σ ×
-# 50000 directions per repetition, over all layers and again on the last two; repetitions per run.
-SECTIONS, SIGMAS, DIRECTIONS = 2, 8, 50_000
+# The NES of the toy profiles (params/toy.yaml, params/toy_pretrained.yaml): 2 sections × 8 σ
+# (toy.yaml's full grid) × 50000 directions per repetition, over all layers and again on the
+# last two; repetitions per run.
+SECTIONS, DIRECTIONS = 2, 50_000
 PROFILES = {"full": {"batch": 1024, "repetitions": 9}, "lab": {"batch": 160_000, "repetitions": 30}}
+SIGMA_GRID = tuple(yaml.safe_load((ROOT / "params" / "toy.yaml").read_text())["profiles"]["full"]["sigma_grid"])
+SIGMAS = len(SIGMA_GRID)
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3, device: torch.device | str = "cpu") -> float:
@@ -35,13 +40,21 @@ def best_of(fn: Callable[[], object], repeats: int = 3, device: torch.device | s
 
 
 def nes_directions_per_s(num_dim: int, batch: int, samples: int, layers: Sequence[str] | None = None,
-                         device: torch.device | str = "cpu") -> float:
-    """Antithetic NES directions per second on the toy student, after a full-size warm-up."""
+                         device: torch.device | str = "cpu", shared: bool = True) -> float:
+    """Antithetic NES directions per second and per σ on the toy student, after a full-size
+    warm-up, for the ``SIGMAS`` σ of a toy step: in one :func:`nes_sigmas` call, as the toy runs
+    them (``shared``), or one :func:`nes` call per σ."""
     prob = toy_problem(num_dim, 0)
     x, y = prob.batch(batch, 0, device=device)
     model = prob.student.to(device)
-    nes(model, x, y, sigma=0.1, samples=samples, layers=layers)
-    return samples / best_of(lambda: nes(model, x, y, sigma=0.1, samples=samples, layers=layers), 2, device)
+
+    def call() -> object:
+        if shared:
+            return nes_sigmas(model, x, y, sigmas=SIGMA_GRID, samples=[samples], layers=layers)
+        return [nes(model, x, y, sigma=sigma, samples=samples, layers=layers) for sigma in SIGMA_GRID]
+
+    call()
+    return SIGMAS * samples / best_of(call, 2, device)
 
 
 def nes_rates(num_dim: int, batch: int, samples: int, device: torch.device | str = "cpu") -> tuple[float, float]:

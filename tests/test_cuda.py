@@ -34,10 +34,11 @@ def test_cdg_on_the_device_equals_the_cpu_brute_force_loop(act):
 def test_nes_on_the_device_equals_nes_on_the_cpu():
     """The directions come from the same seeded CPU generator, so only the arithmetic moves."""
     model, x, y = small_problem("binary", num_dim=8)
-    got = E.nes_multi(model, x, y, sigma=0.1, samples=[50, 400], seed=5, device=DEVICE)
-    ref = E.nes_multi(model, x, y, sigma=0.1, samples=[50, 400], seed=5)
-    for s in (50, 400):
-        _close(got[s], ref[s], rtol=1e-9, atol=1e-11)
+    got = E.nes_sigmas(model, x, y, sigmas=[0.01, 0.1, 1.0], samples=[50, 400], seed=5, device=DEVICE)
+    ref = E.nes_sigmas(model, x, y, sigmas=[0.01, 0.1, 1.0], samples=[50, 400], seed=5)
+    for sigma in got:
+        for s in (50, 400):
+            _close(got[sigma][s], ref[sigma][s], rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("variant", ["identity", "clipped", "swishsign"])

@@ -169,6 +169,53 @@ def test_nes_approaches_smoothed_exact_as_samples_grow():
     assert err[20000] < 0.2 * scale
 
 
+@pytest.mark.parametrize("layers,antithetic,shaping", [
+    (None, True, False), (["fc3.weight", "readout.weight"], True, False), (None, False, False), (None, True, True),
+    (["fc2.weight", "readout.bias"], False, True),
+])
+def test_nes_over_several_sigmas_is_each_sigmas_own_call_bit_for_bit(layers, antithetic, shaping):
+    """One multi-σ call shares the stream and the head's projection; in float32, with chunks
+    small enough to need several, each σ must equal its own nes_multi call exactly."""
+    model, x, y = small_problem("binary", num_dim=6, bias=True)
+    model, x, y = model.float(), x.float(), y.float()
+    sigmas = [0.01, 0.3, 2.0]
+    kw = dict(samples=[9, 40], layers=layers, antithetic=antithetic, fitness_shaping=shaping, seed=4, budget_mb=0.02)
+    together = E.nes_sigmas(model, x, y, sigmas=sigmas, **kw)
+    assert list(together) == sigmas
+    for sigma in sigmas:
+        alone = E.nes_multi(model, x, y, sigma=sigma, **kw)
+        for s in (9, 40):
+            for n, g in alone[s].items():
+                assert torch.equal(together[sigma][s][n], g), (sigma, s, n)
+    with pytest.raises(ValueError, match="^sigmas: expected distinct"):
+        E.nes_sigmas(model, x, y, sigmas=[0.1, 0.1], **kw)
+
+
+def test_nes_over_several_sigmas_equals_a_loop_over_perturbed_copies():
+    """Float64, one chunk: g_σ = 1/(2σS) Σ_k (L(w + σu_k) − L(w − σu_k)) u_k with u the seeded
+    stream, each L from a perturbed deep copy of the model."""
+    model, x, y = small_problem("ternary", num_dim=5, batch=50, bias=True)
+    sigmas, samples, seed = [0.05, 0.5], 30, 8
+    got = E.nes_sigmas(model, x, y, sigmas=sigmas, samples=[samples], seed=seed, budget_mb=1e3)
+    names = [n for n, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
+    dim = sum(params[n].numel() for n in names)
+    u = torch.randn(samples, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def loss_at(offset: torch.Tensor) -> float:
+        twin, off = copy.deepcopy(model), 0
+        with torch.no_grad():
+            for n, p in twin.named_parameters():
+                p.add_(offset[off:off + p.numel()].reshape(p.shape))
+                off += p.numel()
+            return float(F.mse_loss(twin(x), y))
+
+    for sigma in sigmas:
+        flat = sum((loss_at(sigma * u[k]) - loss_at(-sigma * u[k])) * u[k] for k in range(samples)) / (2 * sigma * samples)
+        want = torch.cat([got[sigma][samples][n].flatten() for n in names])
+        torch.testing.assert_close(want, flat, rtol=1e-10, atol=1e-12)
+
+
 def test_nes_nested_sample_counts_equal_separate_runs_and_seed_determinism():
     model, x, y = small_problem("binary", num_dim=6)
     multi = E.nes_multi(model, x, y, sigma=0.2, samples=[7, 40], seed=2, budget_mb=0.01)

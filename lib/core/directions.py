@@ -22,6 +22,7 @@ def direction_losses(
     locs: Sequence[ParamLocation],
     directions: dict[str, torch.Tensor],
     scales: Sequence[float],
+    projection: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Batch losses ``L(w + s · u_k)`` for every scale ``s`` and each of ``K`` joint directions,
     shape ``(len(scales), K)``.
@@ -31,7 +32,9 @@ def direction_losses(
     shared by all copies, so ``z = W h + b + s · (U h + u_b)`` with the projection ``U h`` of
     every direction computed once in one matmul and reused for every scale; the remaining units
     run over the ``len(scales) · K`` copies as batched matmuls when they are all linear units,
-    else as one ``vmap``-ed pass.
+    else as one ``vmap``-ed pass. ``projection``: that head's :func:`head_projection` of these
+    directions, when a caller reuses it for several calls (the σ of a NES step); the losses are
+    the same, bit for bit.
     """
     units = units_of(model)
     first = min(loc.unit for loc in locs)
@@ -42,13 +45,7 @@ def direction_losses(
     start = first
     head = units[first]
     if isinstance(head, LinearAct):
-        base = torch.nn.functional.linear(h, head.weight, head.bias)          # (N, out)
-        proj = torch.zeros((k, *base.shape), dtype=base.dtype, device=base.device)
-        for loc in locs:
-            if loc.unit != first:
-                continue
-            u = directions[loc.name]
-            proj += torch.matmul(h, u.transpose(1, 2)) if loc.local == "weight" else u.unsqueeze(1)
+        base, proj = projection if projection is not None else head_projection(model, cache, locs, directions)
         z = torch.cat([base + s * proj for s in scales])                      # (S·K, N, out)
         batched = z if head.act is None else head.act(z)
         start = first + 1
@@ -96,3 +93,22 @@ def direction_losses(
     else:
         losses = vmap(copy_loss)(pert, batched)
     return losses.reshape(len(scales), k)
+
+
+@torch.no_grad()
+def head_projection(model: nn.Module, cache: list[torch.Tensor], locs: Sequence[ParamLocation],
+                    directions: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W h + b, U h + u_b)`` of the first perturbed unit, a linear one, for every direction:
+    shapes ``(N, out)`` and ``(K, N, out)``, ``h`` its input from ``cache``. Its pre-activation
+    in copy ``w + s · u_k`` is ``base + s · proj[k]``."""
+    first = min(loc.unit for loc in locs)
+    head, h = units_of(model)[first], cache[first]
+    k = next(iter(directions.values())).shape[0]
+    base = torch.nn.functional.linear(h, head.weight, head.bias)              # (N, out)
+    proj = torch.zeros((k, *base.shape), dtype=base.dtype, device=base.device)
+    for loc in locs:
+        if loc.unit != first:
+            continue
+        u = directions[loc.name]
+        proj += torch.matmul(h, u.transpose(1, 2)) if loc.local == "weight" else u.unsqueeze(1)
+    return base, proj

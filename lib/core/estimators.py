@@ -27,7 +27,7 @@ from torch import nn
 
 from . import coordinates, directions, engine
 from .losses import LossSpec, batch_loss, check_loss, per_sample_loss
-from .models import BinaryMLP
+from .models import BinaryMLP, LinearAct
 from .quantizers import get_surrogate, use_surrogate
 
 Grads = dict[str, torch.Tensor]
@@ -151,6 +151,24 @@ def nes_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec
     their centred ranks in [−0.5, 0.5] among the first ``S`` evaluations.
     """
     _check_positive("sigma", sigma)
+    return nes_sigmas(model, x, y, loss, [sigma], samples, layers, antithetic, fitness_shaping, seed, device,
+                      budget_mb)[sigma]
+
+
+def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse",
+               sigmas: Sequence[float] = (0.1,), samples: Sequence[int] = (500,),
+               layers: Iterable[str] | str | None = None, antithetic: bool = True,
+               fitness_shaping: bool = False, seed: int = 0, device: str | torch.device | None = None,
+               budget_mb: float = engine.NES_BUDGET_MB) -> dict[float, dict[int, Grads]]:
+    """:func:`nes_multi` for several σ at once, ``{σ: {S: grads}}``: every σ uses the same seeded
+    directions, so the stream is drawn once and, when the first perturbed unit is linear, its
+    projection ``U h`` is computed once per chunk for all σ and both signs. Each σ's estimate is
+    that of ``nes_multi(σ)``, bit for bit (the same chunks and the same arithmetic)."""
+    sigmas = list(sigmas)
+    if not sigmas or len(set(sigmas)) != len(sigmas):
+        raise ValueError(f"sigmas: expected distinct σ values, at least one, got {sigmas!r}")
+    for sigma in sigmas:
+        _check_positive("sigma", sigma)
     check_loss(loss)
     samples = [samples] if isinstance(samples, int) else list(samples)
     if not samples or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in samples):
@@ -169,6 +187,7 @@ def nes_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec
         row = cache[min(loc.unit for loc in sel)]
         per_copy = row.numel() * 4 + dim  # activations of a copy (a few live layers) + its noise
         chunk = max(1, min(total, int(budget_mb * 2**20 / (per_copy * row.element_size() * copies))))
+        head_is_linear = isinstance(engine.units_of(model)[min(loc.unit for loc in sel)], LinearAct)
 
         def stream() -> Iterator[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
             """Chunks of directions ``(start, flat (K, dim), {name: (K, *shape)})``, seeded."""
@@ -183,51 +202,58 @@ def nes_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec
                     off += size
                 yield start, flat, dirs
 
-        def weights_of(s: int, f_plus: torch.Tensor, f_minus: torch.Tensor | None) -> torch.Tensor:
+        def weights_of(sigma: float, s: int, f_plus: torch.Tensor, f_minus: torch.Tensor | None) -> torch.Tensor:
             if antithetic:
                 return (f_plus - f_minus) / (2 * sigma * s)
             return (f_plus - (0.0 if fitness_shaping else base_loss)) / (sigma * s)
 
-        plus = torch.empty(total, dtype=base.dtype, device=x.device)
-        minus = torch.empty(total, dtype=base.dtype, device=x.device) if antithetic else None
-        sums = {s: torch.zeros(dim, dtype=torch.float64, device=x.device) for s in samples}
+        plus = {sg: torch.empty(total, dtype=base.dtype, device=x.device) for sg in sigmas}
+        minus = {sg: torch.empty(total, dtype=base.dtype, device=x.device) for sg in sigmas} if antithetic else None
+        sums = {sg: {s: torch.zeros(dim, dtype=torch.float64, device=x.device) for s in samples} for sg in sigmas}
 
-        def accumulate(start: int, flat: torch.Tensor, weight_of: Callable[[int], torch.Tensor]) -> None:
-            """``sums[s] += Σ_k w_k u_k`` over this chunk's directions that belong to the first ``s``."""
+        def accumulate(sigma: float, start: int, flat: torch.Tensor, weight_of: Callable[[int], torch.Tensor]) -> None:
+            """``sums[σ][s] += Σ_k w_k u_k`` over this chunk's directions that belong to the first ``s``."""
             for s in samples:
                 k = min(s, start + flat.shape[0]) - start
                 if k > 0:
                     w = weight_of(s)[start:start + k].to(flat.dtype)
-                    sums[s] += (w @ flat[:k]).to(torch.float64)
+                    sums[sigma][s] += (w @ flat[:k]).to(torch.float64)
 
         for start, flat, dirs in stream():
             k = flat.shape[0]
-            losses = directions.direction_losses(model, cache, y, loss, sel, dirs, (sigma, -sigma) if antithetic else (sigma,))
-            plus[start:start + k] = losses[0]
-            if antithetic:
-                minus[start:start + k] = losses[1]
-            if not torch.isfinite(plus[start:start + k]).all() or \
-                    (antithetic and not torch.isfinite(minus[start:start + k]).all()):
-                raise FloatingPointError("loss of a perturbed model is not finite")
-            if not fitness_shaping:  # weights known now: one pass over the directions
-                accumulate(start, flat, lambda s: weights_of(s, plus, minus))
+            shared = directions.head_projection(model, cache, sel, dirs) if head_is_linear else None
+            for sigma in sigmas:
+                losses = directions.direction_losses(model, cache, y, loss, sel, dirs,
+                                                     (sigma, -sigma) if antithetic else (sigma,), shared)
+                f_plus, f_minus = plus[sigma], minus[sigma] if antithetic else None
+                f_plus[start:start + k] = losses[0]
+                if antithetic:
+                    f_minus[start:start + k] = losses[1]
+                if not torch.isfinite(losses).all():
+                    raise FloatingPointError("loss of a perturbed model is not finite")
+                if not fitness_shaping:  # weights known now: one pass over the directions
+                    accumulate(sigma, start, flat, lambda s: weights_of(sigma, s, f_plus, f_minus))
 
         if fitness_shaping:  # ranks need every loss first: replay the same directions
-            shaped = {}
-            for s in samples:
-                vals = torch.cat([plus[:s], minus[:s]]) if antithetic else plus[:s]
-                ranks = _centred_ranks(vals)
-                shaped[s] = weights_of(s, ranks[:s], ranks[s:] if antithetic else None)
+            shaped: dict[float, dict[int, torch.Tensor]] = {sg: {} for sg in sigmas}
+            for sigma in sigmas:
+                for s in samples:
+                    vals = torch.cat([plus[sigma][:s], minus[sigma][:s]]) if antithetic else plus[sigma][:s]
+                    ranks = _centred_ranks(vals)
+                    shaped[sigma][s] = weights_of(sigma, s, ranks[:s], ranks[s:] if antithetic else None)
             for start, flat, _ in stream():
-                accumulate(start, flat, lambda s: shaped[s])
+                for sigma in sigmas:
+                    accumulate(sigma, start, flat, lambda s: shaped[sigma][s])
 
-        out: dict[int, Grads] = {}
-        for s in samples:
-            out[s], off = {}, 0
-            for n in names:
-                size = params[n].numel()
-                out[s][n] = sums[s][off:off + size].reshape(params[n].shape).to(params[n].dtype)
-                off += size
+        out: dict[float, dict[int, Grads]] = {}
+        for sigma in sigmas:
+            out[sigma] = {}
+            for s in samples:
+                out[sigma][s], off = {}, 0
+                for n in names:
+                    size = params[n].numel()
+                    out[sigma][s][n] = sums[sigma][s][off:off + size].reshape(params[n].shape).to(params[n].dtype)
+                    off += size
         return out
 
 

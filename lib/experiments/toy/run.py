@@ -160,6 +160,7 @@ class _Repetition:
         self.lrs = p.lrs()
         self.cdg_ref: dict[str, torch.Tensor] | None = None
         self.reference = estimate("cdg", eps=p.reference_eps)
+        self.nes_ahead: dict[tuple[str, float], dict[int, dict[str, torch.Tensor]]] = {}
 
     def curve(self, key: dict[str, Any], grads: dict[str, torch.Tensor]) -> None:
         self.tally.curve(key, V.loss_decrease(self.model, self.xe, self.ye, grads, self.lrs, self.p.normalize))
@@ -191,10 +192,24 @@ class _Repetition:
             self.cdg_ref = E.cdg(self.model, self.x, self.y, eps=self.p.reference_eps, seed=self.seed)
         return self.cdg_ref
 
+    def nes_at(self, sigma: float, layers: str) -> dict[int, dict[str, torch.Tensor]]:
+        """NES at ``sigma`` for every sample count, on ``layers`` (``all`` or ``last_two``). The
+        first step that asks computes this σ and every later one of the grid in one
+        :func:`~lib.core.estimators.nes_sigmas` call (one stream, one head projection); the later
+        steps take theirs. The numbers are those of one call per σ, bit for bit, so a run resumed
+        between two σ gives what an uninterrupted one does."""
+        if (layers, sigma) not in self.nes_ahead:
+            p = self.p
+            ahead = p.sigma_grid[p.sigma_grid.index(sigma):]
+            ests = E.nes_sigmas(self.model, self.x, self.y, sigmas=ahead, samples=p.nes_samples,
+                                layers=None if layers == "all" else list(LAST_TWO), seed=self.seed)
+            self.nes_ahead.update({(layers, sg): e for sg, e in ests.items()})
+        return self.nes_ahead.pop((layers, sigma))
+
     def sigma_step(self, sigma: float, last: bool) -> None:
         """NES at ``sigma`` (all sample counts), and the diagnosis on the last two layers."""
         p, model, x, y, ref = self.p, self.model, self.x, self.y, self.reference_gradient()
-        ests = self.tally.timed("nes", E.nes_multi, model, x, y, sigma=sigma, samples=p.nes_samples, seed=self.seed)
+        ests = self.tally.timed("nes", self.nes_at, sigma, "all")
         for s, g in ests.items():
             self.curve(estimate("nes", sigma=sigma, samples=s), g)
             self.tally.cosine(estimate("nes", sigma=sigma, samples=s), self.reference, "all", V.cosine(g, ref)["all"])
@@ -203,7 +218,7 @@ class _Repetition:
             exact = E.smoothed_exact(model, x, y, sigma)
             self.curve(exact_key, exact)
             self.tally.cosine(exact_key, self.reference, "all", V.cosine(exact, ref)["all"])
-            two = E.nes_multi(model, x, y, sigma=sigma, samples=p.nes_samples, layers=list(LAST_TWO), seed=self.seed)
+            two = self.nes_at(sigma, "last_two")
             for s, g in two.items():
                 nes_key = estimate("nes", "last_two", sigma=sigma, samples=s)
                 self.curve(nes_key, g)
@@ -218,8 +233,8 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
 
     The run is a sequence of ``num_init · num_batch · len(sigma_grid)`` steps, one per σ of NES
     for each initialisation × batch; the cheap CDG and STE estimates of an initialisation ×
-    batch belong to its first step. The steps take about equal time, so a linear extrapolation
-    of the time left holds. ``on_step(done, total, what)`` is called after each step; with a
+    batch belong to its first step, and so does the NES of every σ (:meth:`_Repetition.nes_at`),
+    so the first step of each is the long one. ``on_step(done, total, what)`` is called after each step; with a
     :class:`lib.experiments.progress.Reporter` the run also saves its state after each step and
     resumes from it (:class:`lib.experiments.resume.Steps`), with the same numbers as an
     uninterrupted run."""
