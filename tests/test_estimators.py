@@ -419,3 +419,11 @@ def test_direction_losses_equal_a_loop_over_perturbed_copies(names):
                     dict(twin.named_parameters())[n].add_(s * dirs[n][k])
                 expected = F.mse_loss(twin(x), y)
             torch.testing.assert_close(got[i, k], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("free_mb,want", [(16, 32.0), (800, 100.0), (10**6, 4096.0)])
+def test_chunk_budget_on_a_cuda_device_follows_its_free_memory(monkeypatch, free_mb, want):
+    """An eighth of the free memory, at least the CPU budget, at most 4 GiB; the CPU's unchanged."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_mb * 2**20, 2 * free_mb * 2**20))
+    assert engine.chunk_budget_mb(32.0, torch.device("cuda")) == want
+    assert engine.chunk_budget_mb(32.0, torch.device("cpu")) == 32.0

@@ -22,8 +22,8 @@ model (docs/design.md §7), so:
   through a chain of linear units, else ``torch.func.functional_call`` under ``vmap``.
 
 This module holds what both share: the units, where each parameter lives, the forward cache and
-the chunk sizes. Chunks are sized to a memory budget (``budget_mb``); results do not depend on it
-except in floating-point summation order.
+the chunk sizes. Chunks are sized to a memory budget (``budget_mb``, :func:`chunk_budget_mb`);
+results do not depend on it except in floating-point summation order.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from torch import nn
 
 DEFAULT_BUDGET_MB = 8  # CDG chunks: small chunks stay in cache and run fastest on CPU
 NES_BUDGET_MB = 32  # NES chunks: enough perturbed copies per batched matmul
+DEVICE_SHARE, DEVICE_CAP_MB = 8, 4096  # on CUDA: chunks of up to 1/8 of the free memory, at most 4 GiB
 
 
 # ----------------------------------------------------------------------------- structure
@@ -103,3 +104,13 @@ def rows_per_chunk(row_numel: int, budget_mb: float, itemsize: int) -> int:
     """Rows of ``row_numel`` elements per chunk so that a chunk (and its temporaries) fits in
     ``budget_mb``."""
     return max(1, int(budget_mb * 2**20 / max(1, row_numel * itemsize * 4)))
+
+
+def chunk_budget_mb(budget_mb: float, device: torch.device) -> float:
+    """The memory budget of one chunk on ``device``: ``budget_mb`` on the CPU (small chunks stay in
+    cache); on a CUDA device ``max(budget_mb, min(free / DEVICE_SHARE, DEVICE_CAP_MB))`` from its
+    free memory now, so its many cores get enough copies per batched call."""
+    if device.type != "cuda":
+        return budget_mb
+    free, _total = torch.cuda.mem_get_info(device)
+    return max(budget_mb, min(free / DEVICE_SHARE / 2**20, DEVICE_CAP_MB))

@@ -109,7 +109,8 @@ def cdg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "ms
     coordinate of the selected parameters; unsampled coordinates are NaN.
 
     central: ``g_i = (L(w + ε e_i) − L(w − ε e_i)) / (2ε)``; one-sided: ``(L(w + ε e_i) − L(w)) / ε``.
-    Coordinates are sampled without replacement from a generator seeded with ``seed``.
+    Coordinates are sampled without replacement from a generator seeded with ``seed``. Work is
+    chunked to ``budget_mb`` (more on a CUDA device: :func:`lib.core.engine.chunk_budget_mb`).
     """
     _check_positive("eps", eps)
     check_loss(loss)
@@ -121,6 +122,7 @@ def cdg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "ms
         locs = engine.locate_parameters(model)
         params = dict(model.named_parameters())
         cache, base = _base(model, x, y, loss)
+        budget = engine.chunk_budget_mb(budget_mb, x.device)
         gen = torch.Generator().manual_seed(int(seed))
         out: Grads = {}
         for name in names:
@@ -128,7 +130,7 @@ def cdg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "ms
             coords = _sampled_coords(p.numel(), coords_per_layer, gen).to(x.device)
             deltas = (eps, -eps) if central else (eps,)
             changes = coordinates.coordinate_loss_changes(model, cache, base, y, loss, locs[name], coords,
-                                                     deltas, budget_mb)
+                                                          deltas, budget)
             values = (changes[0] - changes[1]) / (2 * eps) if central else changes[0] / eps
             g = torch.full((p.numel(),), float("nan"), dtype=p.dtype, device=p.device)
             g[coords] = values.to(p.dtype)
@@ -163,7 +165,8 @@ def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpe
     """:func:`nes_multi` for several σ at once, ``{σ: {S: grads}}``: every σ uses the same seeded
     directions, so the stream is drawn once and, when the first perturbed unit is linear, its
     projection ``U h`` is computed once per chunk for all σ and both signs. Each σ's estimate is
-    that of ``nes_multi(σ)``, bit for bit (the same chunks and the same arithmetic)."""
+    that of ``nes_multi(σ)``, bit for bit (the same chunks and the same arithmetic). Chunks of
+    directions fit ``budget_mb`` (more on a CUDA device: :func:`lib.core.engine.chunk_budget_mb`)."""
     sigmas = list(sigmas)
     if not sigmas or len(set(sigmas)) != len(sigmas):
         raise ValueError(f"sigmas: expected distinct σ values, at least one, got {sigmas!r}")
@@ -186,7 +189,8 @@ def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpe
         copies = 2 if antithetic else 1
         row = cache[min(loc.unit for loc in sel)]
         per_copy = row.numel() * 4 + dim  # activations of a copy (a few live layers) + its noise
-        chunk = max(1, min(total, int(budget_mb * 2**20 / (per_copy * row.element_size() * copies))))
+        budget = engine.chunk_budget_mb(budget_mb, x.device)
+        chunk = max(1, min(total, int(budget * 2**20 / (per_copy * row.element_size() * copies))))
         head_is_linear = isinstance(engine.units_of(model)[min(loc.unit for loc in sel)], LinearAct)
 
         def stream() -> Iterator[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:

@@ -47,7 +47,7 @@ class ThinResNetParams:
     device: str = param("cpu", DEVICE)
     data_source: str = param("digits", NON_EMPTY)        # digits, or a CIFAR-10 binary-version folder
     cache_dir: str = param("cache/thin_resnet", NON_EMPTY)
-    budget_mb: float = param(8.0, POSITIVE)              # memory budget of one CDG chunk
+    budget_mb: float = param(8.0, POSITIVE)              # memory budget of one CDG chunk (CPU; CUDA: more)
 
     def __post_init__(self) -> None:
         validate(self)
