@@ -323,6 +323,37 @@ def test_rerun_is_all_cached(base_grid, tmp_path, capsys):
     assert not manifests.is_cached(run, manifest(tmp), tmp / "reports" / "2024-01-03")
 
 
+def test_a_notebook_key_is_its_code_not_its_prose_outputs_or_metadata(tmp_path):
+    from lib.common.notebooks import code_sha256
+
+    nb = nbformat.read(ROOT / NOTEBOOK, as_version=4)
+    key = code_sha256(ROOT / NOTEBOOK)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("A new paragraph of prose."))
+    code = next(c for c in nb.cells if c.cell_type == "code")
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="42\n")]
+    code.execution_count, code.metadata["scrolled"], nb.metadata["widgets"] = 7, True, {"state": {}}
+    for cell in nb.cells:
+        cell["id"] = f"x{id(cell)}"
+    nbformat.write(nb, tmp_path / "same.ipynb")
+    assert code_sha256(tmp_path / "same.ipynb") == key
+    code.source += "\n# a comment is code"
+    nbformat.write(nb, tmp_path / "other.ipynb")
+    assert code_sha256(tmp_path / "other.ipynb") != key
+
+
+def test_a_run_keyed_by_the_notebook_bytes_counts_and_takes_the_code_key(base_grid, tmp_path):
+    """Entries recorded before the key was the notebook's code (its bytes then) stay finished."""
+    tmp = copy_of(base_grid, tmp_path)
+    run = grid.expand_grid(grid.load_params_file(tmp / "params/toy.yaml", "quick"))[0]
+    assert run.legacy_hash not in (None, run.params_hash)
+    m = manifest(tmp)
+    m["runs"][run.run_id]["params_hash"] = run.legacy_hash
+    assert manifests.is_cached(run, m, report_dir(tmp))
+    assert m["runs"][run.run_id]["params_hash"] == run.params_hash
+    m["runs"][run.run_id]["params_hash"] = "0" * 64
+    assert not manifests.is_cached(run, m, report_dir(tmp))
+
+
 def test_a_truncated_or_altered_results_file_is_not_cached(base_grid, tmp_path, capsys):
     """A finished run counts only if its results file is the one it wrote (its recorded sha256);
     otherwise it is computed again, with a warning naming the file. An entry from before the
@@ -378,7 +409,7 @@ def test_code_sha256_follows_library_sources(tmp_path):
 
 def test_unfinished_grid_of_an_earlier_day_is_pointed_out(tmp_path):
     reports = tmp_path / "reports"
-    runs = [types.SimpleNamespace(run_id=rid, params_hash=f"h{rid}") for rid in ("a", "b", "c")]
+    runs = [types.SimpleNamespace(run_id=rid, params_hash=f"h{rid}", legacy_hash=None) for rid in ("a", "b", "c")]
 
     def day(date: str, profile: str, done: list[str], hash_prefix: str = "h") -> None:
         write(reports / date / "manifest.json", json.dumps(

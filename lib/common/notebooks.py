@@ -1,4 +1,5 @@
-"""Committed notebooks stay output-free: one stripping function for git and for JupyterLab.
+"""Committed notebooks stay output-free: one stripping function for git and for JupyterLab; and
+the hash of a notebook's code (:func:`code_sha256`), the notebook's part of a run's key.
 
 * As a **git clean filter** (``.gitattributes``: ``*.ipynb filter=strip-outputs``; ``run_all.sh``
   sets ``filter.strip-outputs.clean`` to ``python -m lib.common.notebooks`` for its clone), git
@@ -15,11 +16,14 @@ written as nbformat writes it, so a stripped notebook strips to itself.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from lib.common.files import canonical_json
 from lib.common.paths import ROOT
 
 CELL_KEYS = ("collapsed", "scrolled", "execution", "ExecuteTime")
@@ -39,6 +43,16 @@ def strip(nb: dict[str, Any]) -> dict[str, Any]:
             cell["outputs"] = []
             cell["execution_count"] = None
     return nb
+
+
+def code_sha256(path: str | Path) -> str:
+    """sha256 of the notebook's code: the canonical JSON of its code cells' sources, in order.
+    Markdown, outputs, metadata and cell ids do not count, so editing prose or saving the
+    notebook from JupyterLab leaves it unchanged."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    sources = [c.get("source", "") for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+    return hashlib.sha256(canonical_json(["".join(s) if isinstance(s, list) else s for s in sources])
+                          .encode("utf-8")).hexdigest()
 
 
 def strip_text(text: str) -> str:

@@ -15,7 +15,8 @@ the one declaration of the names, types, defaults, ranges and cross-field rules
 whole, before anything runs; the notebook's ``parameters`` cell must declare exactly those names
 (read with ``papermill.inspect_notebook``, which is what papermill will inject into). An error is a
 :class:`ParamsError` of one line per offending file, ``<file>: <key>: <why>``. Each grid point
-becomes a :class:`Run` whose ``params_hash`` covers its parameters and the notebook's bytes.
+becomes a :class:`Run` whose ``params_hash`` covers its parameters and the notebook's code cells
+(:func:`lib.common.notebooks.code_sha256`: prose, outputs and metadata do not count).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from typing import Any, Mapping, Sequence
 import papermill
 
 from lib.common.files import canonical_json, sha256_file
+from lib.common.notebooks import code_sha256
 from lib.common.paths import ROOT
 from lib.experiments.registry import EXPERIMENTS, Experiment, by_notebook
 from lib.experiments.schema import SchemaError, build, check_entry, field_types, format_value, machine_problems
@@ -65,7 +67,8 @@ class ParamsFile:
     path: Path                # the YAML file
     notebook: str             # as written in the file, relative to the repository root
     notebook_path: Path       # absolute
-    notebook_sha256: str
+    notebook_sha256: str      # of the notebook's bytes: the key of runs recorded before code_sha256
+    notebook_code_sha256: str  # of its code cells: the notebook's part of a run's key
     experiment: str           # the notebook's experiment (lib/experiments/registry.py)
     grid: list[str]
     profile: str
@@ -85,13 +88,15 @@ class Run:
     parameters: dict[str, Any]   # what the notebook gets, except results_path
     params_hash: str
     experiment: str | None = None
+    legacy_hash: str | None = None  # the key entries recorded before it was the code's (notebook bytes)
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
 def params_hash(parameters: Mapping[str, Any], notebook_sha256: str) -> str:
-    """sha256 of the canonical JSON of the parameters (without ``results_path``) + notebook sha256."""
+    """sha256 of the canonical JSON of the parameters (without ``results_path``) + the notebook's
+    sha256 (of its code cells; of its bytes for :attr:`Run.legacy_hash`)."""
     payload = {k: v for k, v in parameters.items() if k != RESULTS_KEY}
     return hashlib.sha256((canonical_json(payload) + notebook_sha256).encode("utf-8")).hexdigest()
 
@@ -274,7 +279,8 @@ def load_params_file(path: str | os.PathLike, profile: str, overrides: Sequence[
             raise ParamsError(f"{label}: grid: {key} is a grid axis but profiles.{profile} does not set it")
     _check_grid_points(values, grid, schema, where, f"{label}: profiles.{profile}")
     return ParamsFile(name=path.stem, path=path, notebook=notebook, notebook_path=notebook_path,
-                      notebook_sha256=sha256_file(notebook_path), experiment=experiment.name,
+                      notebook_sha256=sha256_file(notebook_path), notebook_code_sha256=code_sha256(notebook_path),
+                      experiment=experiment.name,
                       grid=list(grid), profile=profile, values=values, applied_overrides=tuple(applied))
 
 
@@ -354,5 +360,6 @@ def expand_grid(params_file: ParamsFile) -> list[Run]:
         seen[run_id] = list(point)
         runs.append(Run(run_id=run_id, name=pf.name, notebook=pf.notebook, notebook_path=pf.notebook_path,
                         profile=pf.profile, parameters=parameters,
-                        params_hash=params_hash(parameters, pf.notebook_sha256), experiment=pf.experiment))
+                        params_hash=params_hash(parameters, pf.notebook_code_sha256), experiment=pf.experiment,
+                        legacy_hash=params_hash(parameters, pf.notebook_sha256)))
     return runs

@@ -2,7 +2,7 @@
 parameters and code, and which runs are finished.
 
 Only the runner writes it (atomically, after every finished run). Each entry records the run's
-parameters, its ``params_hash`` (parameters + notebook bytes), status, wall time, error, the git
+parameters, its ``params_hash`` (parameters + notebook code cells), status, wall time, error, the git
 commit and :func:`code_sha256` of ``lib/`` that computed it; each invocation of the runner is
 recorded in ``invocations``. A run is finished (:func:`is_cached`) when its entry is ``ok`` with
 the same hash and its results file is the one the run wrote (its ``results_sha256``).
@@ -70,15 +70,20 @@ def results_problem(entry: Mapping[str, Any], path: Path) -> str | None:
 
 def is_cached(run: Run, manifest: Mapping[str, Any], report_dir: Path,
               warn: Callable[[str], None] | None = None) -> bool:
-    """Finished before: recorded ok, same parameters and notebook, and a results file that
-    :func:`results_problem` trusts. A present but untrusted file is reported through ``warn``."""
+    """Finished before: recorded ok, same parameters and notebook code, and a results file that
+    :func:`results_problem` trusts. A present but untrusted file is reported through ``warn``. An
+    entry keyed the older way (the notebook's bytes, :attr:`Run.legacy_hash`) counts too, and
+    takes the current key."""
     entry = manifest.get("runs", {}).get(run.run_id)
-    if not (isinstance(entry, dict) and entry.get("status") == "ok" and entry.get("params_hash") == run.params_hash):
+    if not (isinstance(entry, dict) and entry.get("status") == "ok"
+            and entry.get("params_hash") in {run.params_hash, run.legacy_hash} - {None}):
         return False
     path = report_dir / "results" / f"{run.run_id}.json"
     problem = results_problem(entry, path)
     if problem not in (None, "missing") and warn is not None:
         warn(f"warning: {path}: {problem}; {run.run_id} is computed again")
+    if problem is None:
+        entry["params_hash"] = run.params_hash
     return problem is None
 
 
@@ -177,7 +182,7 @@ def unfinished_elsewhere(reports_dir: Path, date: str, profile: str, runs: Seque
     ``None`` when ``date`` already has a manifest or no such folder exists."""
     if (reports_dir / date / "manifest.json").is_file() or not reports_dir.is_dir():
         return None
-    wanted = {(run.run_id, run.params_hash) for run in runs}
+    keys = {run.run_id: {run.params_hash, run.legacy_hash} - {None} for run in runs}
     earlier = sorted((d for d in reports_dir.glob("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]")
                       if d.is_dir() and d.name < date), reverse=True)
     for folder in earlier:
@@ -187,8 +192,8 @@ def unfinished_elsewhere(reports_dir: Path, date: str, profile: str, runs: Seque
             continue
         if not isinstance(manifest, dict) or manifest.get("profile") != profile:
             continue
-        done = {(rid, e.get("params_hash")) for rid, e in (manifest.get("runs") or {}).items()
-                if isinstance(e, dict) and e.get("status") == "ok"} & wanted
-        if done and done != wanted:
+        done = {rid for rid, e in (manifest.get("runs") or {}).items()
+                if isinstance(e, dict) and e.get("status") == "ok" and e.get("params_hash") in keys.get(rid, ())}
+        if done and done != set(keys):
             return folder.name
     return None
