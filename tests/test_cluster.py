@@ -2,6 +2,7 @@
 small grid, resumes it, records a failing point; bad cluster options are refused before compute."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -73,3 +74,36 @@ def test_workers_that_cannot_see_a_path_are_refused(tmp_path):
         with pytest.raises(cluster.ClusterError, match=r"--cluster: worker .* cannot write .*nowhere"):
             cluster.check_workers(client, [tmp_path / "nowhere"], "--cluster")
 
+
+
+LEAK = """
+import multiprocessing as mp, os
+
+def leak():
+    global kept
+    kept = mp.get_context("spawn").Semaphore(1)  # registered with the resource tracker, never freed
+    os._exit(0)
+
+if __name__ == "__main__":
+    child = mp.get_context("spawn").Process(target=leak)
+    child.start()
+    child.join()
+"""
+
+
+def test_the_resource_trackers_warning_about_stopped_workers_is_silenced(tmp_path, monkeypatch):
+    """A child that dies holding a semaphore makes the tracker warn at exit; the runner's filter,
+    passed through the environment as for the cluster's workers, silences it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leak.py"
+    script.write_text(LEAK)
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    loud = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert "leaked semaphore" in loud.stderr
+    cluster._quiet_resource_tracker()
+    cluster._quiet_resource_tracker()  # once is enough
+    assert os.environ["PYTHONWARNINGS"] == cluster.TRACKER_FILTER
+    quiet = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and "leaked semaphore" not in quiet.stderr, quiet.stderr

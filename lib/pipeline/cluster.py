@@ -40,6 +40,7 @@ def dask_client(cluster: str | None = None, scheduler: str | None = None) -> Ite
     from distributed import Client, LocalCluster
 
     if cluster is not None:
+        _quiet_resource_tracker()
         local = LocalCluster(n_workers=parse_cluster(cluster), threads_per_worker=1, processes=True,
                              dashboard_address=":0")  # any free port: two runners never clash
         try:
@@ -55,6 +56,19 @@ def dask_client(cluster: str | None = None, scheduler: str | None = None) -> Ite
                            f"within {CONNECT_TIMEOUT_S} s ({type(exc).__name__})") from exc
     with client:
         yield client
+
+
+# Worker processes stopped by Ctrl-C leave semaphores behind, which multiprocessing's resource
+# tracker then frees, with a warning at exit the user can do nothing about. The tracker is a
+# process of its own, started with the first semaphore; it takes this filter from its environment.
+TRACKER_FILTER = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
+def _quiet_resource_tracker() -> None:
+    """Add :data:`TRACKER_FILTER` to ``PYTHONWARNINGS`` for the processes started from now on."""
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if TRACKER_FILTER not in current.split(","):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, TRACKER_FILTER]))
 
 
 def worker_threads(client: Any) -> int:
