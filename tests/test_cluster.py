@@ -99,7 +99,7 @@ def test_the_resource_trackers_warning_about_stopped_workers_is_silenced(tmp_pat
 
     script = tmp_path / "leak.py"
     script.write_text(LEAK)
-    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    monkeypatch.setenv("PYTHONWARNINGS", "")  # recorded, so the filter set below is undone after the test
     loud = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert "leaked semaphore" in loud.stderr
     cluster._quiet_resource_tracker()
