@@ -26,8 +26,9 @@ The results (a JSON-able dict) hold, besides ``experiment``, ``parameters``, ``n
   NES on the last two layers against the exact one, and the reference's noise ceiling (CDG on an
   independent batch of the same size against it, :func:`noise_ceiling`);
 * ``base_loss``, ``pretrain`` (per initialisation: ``init``, ``curve``, ``cached``,
-  ``final_loss``), ``seconds`` per estimate (``cdg``, ``ste``, ``nes`` for ``nes_samples``
-  directions, all sample counts at once) and ``loss_evaluations`` per estimate (``cdg``; ``nes``:
+  ``final_loss``), mean ``seconds`` per estimate (``cdg``, ``ste``; ``nes`` per σ for
+  ``nes_samples`` directions, all sample counts at once, the σ of a step sharing one call) and
+  ``loss_evaluations`` per estimate (``cdg``; ``nes``:
   ``[{samples, evaluations}]``);
 * ``diagnosis`` (:func:`lib.experiments.toy.diagnosis.diagnose`), or ``None``.
 """
