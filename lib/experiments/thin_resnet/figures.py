@@ -114,8 +114,8 @@ def plot_precisions(result: dict[str, Any]):
         if j == 0:
             ax.set_ylabel("cos(CDG, STE), mean over variants")
     _legend(fig, axes, "activation")
-    fig.suptitle(f"c = {result['initial_channels']}: binary vs ternary vs 2-bit vs full precision "
-                 f"(ε = {result['eps_main']:g}, {_sampled_text(result)})")
+    fig.suptitle(f"c = {result['initial_channels']}: binary vs ternary vs 2-bit vs full precision\n"
+                 f"(ε = {result['eps_main']:g}, {_sampled_text(result)})")  # two lines: two panels are narrow
     return fig
 
 
