@@ -427,3 +427,12 @@ def test_chunk_budget_on_a_cuda_device_follows_its_free_memory(monkeypatch, free
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_mb * 2**20, 2 * free_mb * 2**20))
     assert engine.chunk_budget_mb(32.0, torch.device("cuda")) == want
     assert engine.chunk_budget_mb(32.0, torch.device("cpu")) == 32.0
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_nes_with_a_non_finite_perturbed_loss_raises(antithetic):
+    """σ = 1e38 in float32 overflows the perturbed readout: the estimate must not be returned."""
+    model, x, y = small_problem("binary", num_dim=6)
+    model, x, y = model.float(), x.float(), y.float()
+    with pytest.raises(FloatingPointError, match="perturbed model is not finite"):
+        E.nes_sigmas(model, x, y, sigmas=[0.1, 1e38], samples=[20], antithetic=antithetic, budget_mb=0.01)

@@ -233,11 +233,13 @@ def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpe
                 f_plus[start:start + k] = losses[0]
                 if antithetic:
                     f_minus[start:start + k] = losses[1]
-                if not torch.isfinite(losses).all():
-                    raise FloatingPointError("loss of a perturbed model is not finite")
                 if not fitness_shaping:  # weights known now: one pass over the directions
                     accumulate(sigma, start, flat, lambda s: weights_of(sigma, s, f_plus, f_minus))
 
+        # Checked once, after the stream: a check per chunk would wait for a CUDA device each time.
+        evaluated = [plus[sg] for sg in sigmas] + ([minus[sg] for sg in sigmas] if antithetic else [])
+        if not all(torch.isfinite(f).all() for f in evaluated):
+            raise FloatingPointError("loss of a perturbed model is not finite")
         if fitness_shaping:  # ranks need every loss first: replay the same directions
             shaped: dict[float, dict[int, torch.Tensor]] = {sg: {} for sg in sigmas}
             for sigma in sigmas:
