@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/thin_resnet.py [--channels 8 16] [--batch 128] [--coords 8]
                                                [--naive-coords 2] [--threads N] [--binary-weights]
+    .venv/bin/python benchmarks/thin_resnet.py --threads 1 --profile   # where a front layer's time goes
 
 For each initial channel count c and each parameter of the model (the 16 binary conv weights
 first), on one batch of ``--batch`` images of the embedded default data, cross-entropy, central
@@ -149,6 +150,25 @@ def report(res: dict) -> dict:
             "engine_all_s": engine_all, "naive_all_s": naive_all}
 
 
+def profile_front_layer(c: int, x: torch.Tensor, y: torch.Tensor, coords_k: int, seed: int) -> None:
+    """The operators the engine spends its time in for the first binary conv (the front layer, where
+    the dense pass through the rest of the network dominates), from ``torch.profiler``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = xnor_resnet18(c, act="binary", seed=seed).eval()
+    calibrate_batchnorm(model, x, len(x), 1, seed)
+    cache = engine.forward_cache(model, x)
+    base = per_sample_loss(cache[-1], y, "cross_entropy")
+    name = model.binary_conv_names()[0]
+    loc = engine.locate_parameters(model)[name]
+    coords = sample(dict(model.named_parameters())[name].numel(), coords_k, torch.Generator().manual_seed(seed))
+    engine_seconds(model, cache, base, y, loc, coords)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine_seconds(model, cache, base, y, loc, coords)
+    print(f"\nc = {c}, {name}, {len(coords)} coordinates: where the engine's time goes (self CPU time)")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 16])
@@ -158,6 +178,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--binary-weights", action="store_true", help="XNOR binary weights")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="only profile the first binary conv's CDG")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,6 +186,10 @@ def main(argv=None) -> int:
     print(f"thin XNOR-ResNet-18, batch {args.batch} images 3×32×32 (embedded digits), central CDG ε = {EPS}, "
           f"cross-entropy, float32, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
           f"{'XNOR' if args.binary_weights else 'full-precision'} weights")
+    if args.profile:
+        for c in args.channels:
+            profile_front_layer(c, x, y, 2 * args.coords, args.seed)
+        return 0
     summaries = []
     for c in args.channels:
         coords = args.coords if c <= 8 else max(2, args.coords // 2)
