@@ -421,12 +421,28 @@ def test_direction_losses_equal_a_loop_over_perturbed_copies(names):
             torch.testing.assert_close(got[i, k], expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("free_mb,want", [(16, 32.0), (800, 100.0), (10**6, 4096.0)])
-def test_chunk_budget_on_a_cuda_device_follows_its_free_memory(monkeypatch, free_mb, want):
-    """An eighth of the free memory, at least the CPU budget, at most 4 GiB; the CPU's unchanged."""
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_mb * 2**20, 2 * free_mb * 2**20))
+@pytest.mark.parametrize("total_mb,want", [(256, 32.0), (1600, 100.0), (10**6, 4096.0)])
+def test_chunk_budget_on_a_cuda_device_follows_its_memory(monkeypatch, total_mb, want):
+    """A sixteenth of the device's memory (the total: the same every call), at least the CPU
+    budget, at most 4 GiB; the CPU's unchanged."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1, total_mb * 2**20))
     assert engine.chunk_budget_mb(32.0, torch.device("cuda")) == want
     assert engine.chunk_budget_mb(32.0, torch.device("cpu")) == 32.0
+
+
+@pytest.mark.parametrize("layers", [None, ["fc3.weight", "readout.weight"]])
+def test_nes_with_a_devices_larger_chunks_uses_the_same_directions(monkeypatch, layers):
+    """A device's chunks hold several of the CPU's draw blocks: the estimate is the CPU's up to
+    summation order (torch's sampler would give other directions for other block sizes)."""
+    model, x, y = small_problem("binary", num_dim=6, bias=True)
+    kw = dict(sigmas=[0.05, 0.5], samples=[13, 90], layers=layers, seed=3, budget_mb=0.2)  # blocks of 2+ directions
+    cpu = E.nes_sigmas(model, x, y, **kw)
+    monkeypatch.setattr(engine, "chunk_budget_mb", lambda budget_mb, device: 7.3 * budget_mb)
+    grouped = E.nes_sigmas(model, x, y, **kw)
+    for sigma in cpu:
+        for s in (13, 90):
+            for n, g in cpu[sigma][s].items():
+                torch.testing.assert_close(grouped[sigma][s][n], g, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("antithetic", [True, False])

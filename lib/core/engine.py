@@ -23,7 +23,9 @@ model (docs/design.md §7), so:
 
 This module holds what both share: the units, where each parameter lives, the forward cache and
 the chunk sizes. Chunks are sized to a memory budget (``budget_mb``, :func:`chunk_budget_mb`);
-results do not depend on it except in floating-point summation order.
+results do not depend on the chunks except in floating-point summation order. (NES draws its
+directions in blocks sized from ``budget_mb`` itself, since torch's normal sampler gives other
+numbers for other block sizes; a device's larger chunks hold several blocks.)
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from torch import nn
 
 DEFAULT_BUDGET_MB = 8  # CDG chunks: small chunks stay in cache and run fastest on CPU
 NES_BUDGET_MB = 32  # NES chunks: enough perturbed copies per batched matmul
-DEVICE_SHARE, DEVICE_CAP_MB = 8, 4096  # on CUDA: chunks of up to 1/8 of the free memory, at most 4 GiB
+DEVICE_SHARE, DEVICE_CAP_MB = 16, 4096  # on CUDA: chunks of 1/16 of the device's memory, at most 4 GiB
 
 
 # ----------------------------------------------------------------------------- structure
@@ -108,9 +110,10 @@ def rows_per_chunk(row_numel: int, budget_mb: float, itemsize: int) -> int:
 
 def chunk_budget_mb(budget_mb: float, device: torch.device) -> float:
     """The memory budget of one chunk on ``device``: ``budget_mb`` on the CPU (small chunks stay in
-    cache); on a CUDA device ``max(budget_mb, min(free / DEVICE_SHARE, DEVICE_CAP_MB))`` from its
-    free memory now, so its many cores get enough copies per batched call."""
+    cache); on a CUDA device ``max(budget_mb, min(total / DEVICE_SHARE, DEVICE_CAP_MB))`` of its
+    total memory, so its many cores get enough copies per batched call. From the total, not the
+    free memory, so that the chunks, and the last bits of the sums, do not change from call to call."""
     if device.type != "cuda":
         return budget_mb
-    free, _total = torch.cuda.mem_get_info(device)
-    return max(budget_mb, min(free / DEVICE_SHARE / 2**20, DEVICE_CAP_MB))
+    _free, total = torch.cuda.mem_get_info(device)
+    return max(budget_mb, min(total / DEVICE_SHARE / 2**20, DEVICE_CAP_MB))

@@ -165,8 +165,9 @@ def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpe
     """:func:`nes_multi` for several σ at once, ``{σ: {S: grads}}``: every σ uses the same seeded
     directions, so the stream is drawn once and, when the first perturbed unit is linear, its
     projection ``U h`` is computed once per chunk for all σ and both signs. Each σ's estimate is
-    that of ``nes_multi(σ)``, bit for bit (the same chunks and the same arithmetic). Chunks of
-    directions fit ``budget_mb`` (more on a CUDA device: :func:`lib.core.engine.chunk_budget_mb`)."""
+    that of ``nes_multi(σ)``, bit for bit (the same chunks and the same arithmetic). The
+    directions are drawn in blocks that fit ``budget_mb``; a CUDA device evaluates several blocks
+    per chunk (:func:`lib.core.engine.chunk_budget_mb`), with the same directions."""
     sigmas = list(sigmas)
     if not sigmas or len(set(sigmas)) != len(sigmas):
         raise ValueError(f"sigmas: expected distinct σ values, at least one, got {sigmas!r}")
@@ -189,8 +190,11 @@ def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpe
         copies = 2 if antithetic else 1
         row = cache[min(loc.unit for loc in sel)]
         per_copy = row.numel() * 4 + dim  # activations of a copy (a few live layers) + its noise
-        budget = engine.chunk_budget_mb(budget_mb, x.device)
-        chunk = max(1, min(total, int(budget * 2**20 / (per_copy * row.element_size() * copies))))
+        # The stream is drawn in blocks sized from budget_mb alone: torch's normal sampler gives
+        # other numbers for other block sizes, so the directions must not follow the device. A
+        # device with a larger budget evaluates several blocks per chunk.
+        block = max(1, min(total, int(budget_mb * 2**20 / (per_copy * row.element_size() * copies))))
+        chunk = block * max(1, int(engine.chunk_budget_mb(budget_mb, x.device) // budget_mb))
         head_is_linear = isinstance(engine.units_of(model)[min(loc.unit for loc in sel)], LinearAct)
 
         def stream() -> Iterator[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
@@ -198,7 +202,9 @@ def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpe
             gen = torch.Generator().manual_seed(int(seed))
             for start in range(0, total, chunk):
                 k = min(chunk, total - start)
-                flat = torch.randn(k, dim, generator=gen, dtype=row.dtype).to(x.device)
+                draws = [torch.randn(min(block, start + k - b), dim, generator=gen, dtype=row.dtype)
+                         for b in range(start, start + k, block)]
+                flat = (draws[0] if len(draws) == 1 else torch.cat(draws)).to(x.device)
                 dirs, off = {}, 0
                 for n in names:
                     size = params[n].numel()
