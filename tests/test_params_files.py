@@ -120,6 +120,8 @@ MACHINE_CASES = [  # (what, parameter file, --params text with {tmp}, the refusa
      "thin_resnet.batch_size: 16 training images needed (two batches of 8); {tmp}/cifar has 10"),
     ("batch larger than the digits", "thin_resnet", "{{thin_resnet: {{batch_size: 1000}}}}",
      "thin_resnet.batch_size: 2000 training images needed (two batches of 1000); digits has 1437"),
+    ("batch above train_limit", "thin_resnet", "{{thin_resnet: {{train_limit: 40}}}}",
+     "thin_resnet.train_limit: 64 training images needed (two batches of 32); train_limit keeps 40 of digits's 1437"),
     ("batch of 10^30", "toy", "{{toy: {{batch_size: {huge}}}}}",
      f"toy.batch_size: a batch of {10**30} × 8 Gaussian inputs (float64) would take 6.40e+31 bytes, more than"),
     ("num_dim of 10^9", "toy", "{{toy: {{num_dim: [1000000000]}}}}",

@@ -76,9 +76,12 @@ class ThinResNetParams:
         images = min(self.train_limit, counts["train"]) if self.train_limit else counts["train"]
         needed = self.batch_size * (2 if self.noise_ceiling else 1)
         if needed > images:
-            return [("batch_size", f"{needed} training images needed "
-                                   f"({'two batches' if self.noise_ceiling else 'one batch'} of {self.batch_size}); "
-                                   f"{self.data_source} has {images}")]
+            capped = images < counts["train"]
+            held = f"train_limit keeps {images} of {self.data_source}'s {counts['train']}" if capped \
+                else f"{self.data_source} has {images}"
+            return [("train_limit" if capped else "batch_size",
+                     f"{needed} training images needed ({'two batches' if self.noise_ceiling else 'one batch'} "
+                     f"of {self.batch_size}); {held}")]
         if "trained" in self.states:
             problem = folder_problem(repo_path(self.cache_dir))
             if problem:
