@@ -2,6 +2,7 @@
 resuming a toy run from its partial state (lib/experiments/resume.py)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -49,14 +50,12 @@ def test_describe_before_any_progress():
     assert progress.describe(None) == "starting"
 
 
-def test_toy_reports_one_step_per_rep_and_sigma():
+def test_toy_reports_one_step_per_initialisation_and_batch():
     calls = []
     p = ToyParams(num_dim=4, eps_grid=[0.1], sigma_grid=[0.1, 0.5], nes_samples=[20], ste_variants=["clipped"],
                   num_lr=3, num_lr_refine=2, batch_size=16, num_init=1, num_batch=2, diagnose=False)
     run_toy(p, progress=False, on_step=lambda *a: calls.append(a))
-    assert [c[:2] for c in calls] == [(k, 4) for k in range(1, 5)]
-    assert [c[2] for c in calls] == ["init 0 batch 0: NES σ=0.1", "init 0 batch 0: NES σ=0.5",
-                                     "init 0 batch 1: NES σ=0.1", "init 0 batch 1: NES σ=0.5"]
+    assert calls == [(1, 2, "init 0 batch 0"), (2, 2, "init 0 batch 1")]
     json.dumps(calls)
 
 
@@ -73,7 +72,7 @@ def _numbers(results):
     return {**{k: results[k] for k in ("curves", "cosines", "base_loss", "diagnosis")}, "pretrain": pretrain}
 
 
-@pytest.mark.parametrize("killed_after", [1, 5, 6])  # inside a batch, inside the 2nd batch, at the 2nd init's start
+@pytest.mark.parametrize("killed_after", [1, 2, 3])  # inside the 1st init, at the 2nd init's start, inside it
 def test_toy_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, killed_after, reporters):
     p = _tiny(pretrained=True, cache_dir=str(tmp_path / "cache"))
     reference = run_toy(p, progress=False)  # no reporter: no checkpoint
@@ -85,7 +84,7 @@ def test_toy_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, killed_
     resumed = run_toy(p, progress=False, on_step=recording)
     # reported at once, then only the rest is computed
     assert [c[:2] for c in recording.calls] == \
-        [(killed_after, killed_after)] + [(k, killed_after) for k in range(killed_after + 1, 13)]
+        [(killed_after, killed_after)] + [(k, killed_after) for k in range(killed_after + 1, 5)]
     assert _numbers(resumed) == _numbers(reference)
 
 
@@ -96,7 +95,19 @@ def test_toy_checkpoint_of_other_parameters_is_ignored(tmp_path, reporters):
     p = _tiny()
     recording = reporters.Recording(results)
     resumed = run_toy(p, progress=False, on_step=recording)
-    assert [c[0] for c in recording.calls] == list(range(1, 13))
+    assert [c[0] for c in recording.calls] == list(range(1, 5))
+    assert _numbers(resumed) == _numbers(run_toy(p, progress=False))
+
+
+def test_toy_checkpoint_of_one_step_per_sigma_is_ignored_not_misread(tmp_path, reporters):
+    """A state saved when a toy step was one σ (12 steps here, under the bare parameters' key)
+    would mark every repetition done if its count were read in today's steps."""
+    p = _tiny()
+    results = tmp_path / "run.json"
+    Checkpoint(partial_path(results), dataclasses.asdict(p)).save({"finished": 7, "elapsed_s": 1.0})
+    recording = reporters.Recording(results)
+    resumed = run_toy(p, progress=False, on_step=recording)
+    assert [c[:2] for c in recording.calls] == [(k, 0) for k in range(1, 5)]
     assert _numbers(resumed) == _numbers(run_toy(p, progress=False))
 
 

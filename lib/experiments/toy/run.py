@@ -122,6 +122,10 @@ class _Tally:
         self.seconds.setdefault(kind, []).append(time.perf_counter() - t)
         return out
 
+    def spread(self, kind: str, seconds: float, count: int) -> None:
+        """``seconds`` of one call that computed ``count`` estimates of ``kind``, recorded per estimate."""
+        self.seconds.setdefault(kind, []).extend([seconds / count] * count)
+
     def state(self) -> dict[str, Any]:
         return {"curves": [{"key": k, "values": v} for k, v in self.curves.values()],
                 "cosines": [{"key": k, "values": v} for k, v in self.cosines.values()],
@@ -161,7 +165,6 @@ class _Repetition:
         self.lrs = p.lrs()
         self.cdg_ref: dict[str, torch.Tensor] | None = None
         self.reference = estimate("cdg", eps=p.reference_eps)
-        self.nes_ahead: dict[tuple[str, float], dict[int, dict[str, torch.Tensor]]] = {}
 
     def curve(self, key: dict[str, Any], grads: dict[str, torch.Tensor]) -> None:
         self.tally.curve(key, V.loss_decrease(self.model, self.xe, self.ye, grads, self.lrs, self.p.normalize))
@@ -193,33 +196,32 @@ class _Repetition:
             self.cdg_ref = E.cdg(self.model, self.x, self.y, eps=self.p.reference_eps, seed=self.seed)
         return self.cdg_ref
 
-    def nes_at(self, sigma: float, layers: str) -> dict[int, dict[str, torch.Tensor]]:
-        """NES at ``sigma`` for every sample count, on ``layers`` (``all`` or ``last_two``). The
-        first step that asks computes this σ and every later one of the grid in one
-        :func:`~lib.core.estimators.nes_sigmas` call (one stream, one head projection); the later
-        steps take theirs. The numbers are those of one call per σ, bit for bit, so a run resumed
-        between two σ gives what an uninterrupted one does."""
-        if (layers, sigma) not in self.nes_ahead:
-            p = self.p
-            ahead = p.sigma_grid[p.sigma_grid.index(sigma):]
-            ests = E.nes_sigmas(self.model, self.x, self.y, sigmas=ahead, samples=p.nes_samples,
-                                layers=None if layers == "all" else list(LAST_TWO), seed=self.seed)
-            self.nes_ahead.update({(layers, sg): e for sg, e in ests.items()})
-        return self.nes_ahead.pop((layers, sigma))
+    def nes_steps(self) -> None:
+        """NES at every σ of the grid (all sample counts), and the diagnosis on the last two
+        layers: one :func:`~lib.core.estimators.nes_sigmas` call per layer set, sharing the
+        direction stream and the head's projection; each σ's numbers are its own call's, bit for bit."""
+        p = self.p
+        t = time.perf_counter()
+        every = E.nes_sigmas(self.model, self.x, self.y, sigmas=p.sigma_grid, samples=p.nes_samples, seed=self.seed)
+        self.tally.spread("nes", time.perf_counter() - t, len(p.sigma_grid))
+        two = E.nes_sigmas(self.model, self.x, self.y, sigmas=p.sigma_grid, samples=p.nes_samples,
+                           layers=list(LAST_TWO), seed=self.seed) if p.diagnose else {}
+        for i, sigma in enumerate(p.sigma_grid):
+            self.sigma_records(sigma, every[sigma], two.get(sigma), last=i == len(p.sigma_grid) - 1)
 
-    def sigma_step(self, sigma: float, last: bool) -> None:
-        """NES at ``sigma`` (all sample counts), and the diagnosis on the last two layers."""
+    def sigma_records(self, sigma: float, ests: dict[int, dict[str, torch.Tensor]],
+                      two: dict[int, dict[str, torch.Tensor]] | None, last: bool) -> None:
+        """The curves and cosines of NES at ``sigma`` (``ests`` over all layers, ``two`` on the last
+        two, each per sample count), and the diagnosis's exact smoothed gradient."""
         p, model, x, y, ref = self.p, self.model, self.x, self.y, self.reference_gradient()
-        ests = self.tally.timed("nes", self.nes_at, sigma, "all")
         for s, g in ests.items():
             self.curve(estimate("nes", sigma=sigma, samples=s), g)
             self.tally.cosine(estimate("nes", sigma=sigma, samples=s), self.reference, "all", V.cosine(g, ref)["all"])
-        if p.diagnose:
+        if two is not None:
             exact_key = estimate("smoothed_exact", "last_two", sigma=sigma)
             exact = E.smoothed_exact(model, x, y, sigma)
             self.curve(exact_key, exact)
             self.tally.cosine(exact_key, self.reference, "all", V.cosine(exact, ref)["all"])
-            two = self.nes_at(sigma, "last_two")
             for s, g in two.items():
                 nes_key = estimate("nes", "last_two", sigma=sigma, samples=s)
                 self.curve(nes_key, g)
@@ -232,38 +234,35 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
         progress: bool = True) -> dict[str, Any]:
     """Run one toy grid point; returns the JSON-able results (see the module docstring).
 
-    The run is a sequence of ``num_init · num_batch · len(sigma_grid)`` steps, one per σ of NES
-    for each initialisation × batch; the cheap CDG and STE estimates of an initialisation ×
-    batch belong to its first step, and so does the NES of every σ (:meth:`_Repetition.nes_at`),
-    so the first step of each is the long one. ``on_step(done, total, what)`` is called after each step; with a
-    :class:`lib.experiments.progress.Reporter` the run also saves its state after each step and
-    resumes from it (:class:`lib.experiments.resume.Steps`), with the same numbers as an
-    uninterrupted run."""
+    The run is a sequence of ``num_init · num_batch`` steps of about equal cost, one per
+    initialisation × batch: its CDG and STE estimates, then NES at every σ (one shared stream,
+    :meth:`_Repetition.nes_steps`). ``on_step(done, total, what)`` is called after each step;
+    with a :class:`lib.experiments.progress.Reporter` the run also saves its state after each
+    step and resumes from it (:class:`lib.experiments.resume.Steps`), with the same numbers as
+    an uninterrupted run."""
     from tqdm.auto import tqdm
 
     device = str(resolve_device(p.device))
-    per_rep = len(p.sigma_grid)
-    steps = Steps(asdict(p), p.num_init * p.num_batch * per_rep, on_step)
+    # The step layout is part of the saved state's key: a state saved with one step per σ
+    # (before the σ shared one NES call) is ignored, not misread.
+    steps = Steps({**asdict(p), "steps": "initialisation × batch"}, p.num_init * p.num_batch, on_step)
     tally = _Tally(steps.data)
-    bar = tqdm(total=p.num_init * p.num_batch, initial=steps.finished // per_rep, disable=not progress,
+    bar = tqdm(total=p.num_init * p.num_batch, initial=steps.finished, disable=not progress,
                desc=f"toy d={p.num_dim}{' pretrained' if p.pretrained else ''}")
     for init in range(p.num_init):
-        if steps.done((init + 1) * p.num_batch * per_rep - 1):
+        if steps.done((init + 1) * p.num_batch - 1):
             continue  # this initialisation was finished by an earlier attempt
         problem = toy_problem(p.num_dim, p.seed * 1000 + init, act=p.act, teacher_act=p.teacher_act)
         model = _student(p, problem, init, tally, progress).to(device)
         problem.teacher.to(device)
         for b in range(p.num_batch):
-            first = (init * p.num_batch + b) * per_rep  # the index of this repetition's first step
-            if steps.done(first + per_rep - 1):
+            step = init * p.num_batch + b
+            if steps.done(step):
                 continue
             rep = _Repetition(p, model, problem, init, b, device, tally)
-            if not steps.done(first):
-                rep.first()
-            for i, sigma in enumerate(p.sigma_grid):
-                if not steps.done(first + i):
-                    rep.sigma_step(sigma, last=i == per_rep - 1)
-                    steps.step_finished(first + i, tally.state(), f"init {init} batch {b}: NES σ={sigma:g}")
+            rep.first()
+            rep.nes_steps()
+            steps.step_finished(step, tally.state(), f"init {init} batch {b}")
             bar.update(1)
     bar.close()
     return _results(p, tally, device, steps.elapsed())
