@@ -196,7 +196,7 @@ class _Repetition:
             self.cdg_ref = E.cdg(self.model, self.x, self.y, eps=self.p.reference_eps, seed=self.seed)
         return self.cdg_ref
 
-    def nes_steps(self) -> None:
+    def nes_every_sigma(self) -> None:
         """NES at every σ of the grid (all sample counts), and the diagnosis on the last two
         layers: one :func:`~lib.core.estimators.nes_sigmas` call per layer set, sharing the
         direction stream and the head's projection; each σ's numbers are its own call's, bit for bit."""
@@ -236,7 +236,7 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
 
     The run is a sequence of ``num_init · num_batch`` steps of about equal cost, one per
     initialisation × batch: its CDG and STE estimates, then NES at every σ (one shared stream,
-    :meth:`_Repetition.nes_steps`). ``on_step(done, total, what)`` is called after each step;
+    :meth:`_Repetition.nes_every_sigma`). ``on_step(done, total, what)`` is called after each step;
     with a :class:`lib.experiments.progress.Reporter` the run also saves its state after each
     step and resumes from it (:class:`lib.experiments.resume.Steps`), with the same numbers as
     an uninterrupted run."""
@@ -261,7 +261,7 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
                 continue
             rep = _Repetition(p, model, problem, init, b, device, tally)
             rep.first()
-            rep.nes_steps()
+            rep.nes_every_sigma()
             steps.step_finished(step, tally.state(), f"init {init} batch {b}")
             bar.update(1)
     bar.close()
