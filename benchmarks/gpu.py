@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2000, help="directions per timed NES call")
     ap.add_argument("--num-dims", type=int, nargs="+", default=[8, 16, 32, 64])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--profiles", nargs="+", choices=list(PROFILES), default=list(PROFILES),
+                    help="the profiles whose batch size is timed and projected")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -34,7 +36,8 @@ def main() -> None:
     sgemm = 2 * 4096 ** 3 * 3 / best_of(lambda: [a @ a for _ in range(3)], 2, device) / 1e9
     print(f"torch {torch.__version__}, {device}: sgemm 4096² {sgemm:.0f} GFLOP/s")
     print(f"{'profile':>7} | {'num_dim':>7} | {'all layers dir/s':>16} | {'last two dir/s':>14} | {'GFLOP/s':>8} | share")
-    for name, prof in PROFILES.items():
+    for name in args.profiles:
+        prof = PROFILES[name]
         rates = []
         for d in args.num_dims:
             rates.append(nes_rates(d, prof["batch"], args.samples, device))
