@@ -168,15 +168,7 @@ def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpe
     that of ``nes_multi(σ)``, bit for bit (the same chunks and the same arithmetic). The
     directions are drawn in blocks that fit ``budget_mb``; a CUDA device evaluates several blocks
     per chunk (:func:`lib.core.engine.chunk_budget_mb`), with the same directions."""
-    sigmas = list(sigmas)
-    if not sigmas or len(set(sigmas)) != len(sigmas):
-        raise ValueError(f"sigmas: expected distinct σ values, at least one, got {sigmas!r}")
-    for sigma in sigmas:
-        _check_positive("sigma", sigma)
-    check_loss(loss)
-    samples = [samples] if isinstance(samples, int) else list(samples)
-    if not samples or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in samples):
-        raise ValueError(f"samples: expected positive integers, got {samples!r}")
+    sigmas, samples = _check_nes_args(loss, sigmas, samples)
     names = select_parameters(model, layers)
     _check_batch(model, x, y)
     total = max(samples)
@@ -184,33 +176,21 @@ def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpe
         locs = engine.locate_parameters(model)
         sel = [locs[n] for n in names]
         params = dict(model.named_parameters())
-        dim = sum(params[n].numel() for n in names)
+        shapes = {n: params[n].shape for n in names}  # in the order of names: the layout of a flat direction
+        dim = sum(math.prod(shape) for shape in shapes.values())
         cache, base = _base(model, x, y, loss)
         base_loss = base.mean()
-        copies = 2 if antithetic else 1
         row = cache[min(loc.unit for loc in sel)]
         per_copy = row.numel() * 4 + dim  # activations of a copy (a few live layers) + its noise
         # The stream is drawn in blocks sized from budget_mb alone: torch's normal sampler gives
         # other numbers for other block sizes, so the directions must not follow the device. A
         # device with a larger budget evaluates several blocks per chunk.
-        block = max(1, min(total, int(budget_mb * 2**20 / (per_copy * row.element_size() * copies))))
+        block = max(1, min(total, int(budget_mb * 2**20 / (per_copy * row.element_size() * (1 + antithetic)))))
         chunk = block * max(1, int(engine.chunk_budget_mb(budget_mb, x.device) // budget_mb))
         head_is_linear = isinstance(engine.units_of(model)[min(loc.unit for loc in sel)], LinearAct)
 
         def stream() -> Iterator[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
-            """Chunks of directions ``(start, flat (K, dim), {name: (K, *shape)})``, seeded."""
-            gen = torch.Generator().manual_seed(int(seed))
-            for start in range(0, total, chunk):
-                k = min(chunk, total - start)
-                draws = [torch.randn(min(block, start + k - b), dim, generator=gen, dtype=row.dtype)
-                         for b in range(start, start + k, block)]
-                flat = (draws[0] if len(draws) == 1 else torch.cat(draws)).to(x.device)
-                dirs, off = {}, 0
-                for n in names:
-                    size = params[n].numel()
-                    dirs[n] = flat[:, off:off + size].reshape(k, *params[n].shape)
-                    off += size
-                yield start, flat, dirs
+            return _direction_stream(shapes, total, block, chunk, seed, row.dtype, x.device)
 
         def weights_of(sigma: float, s: int, f_plus: torch.Tensor, f_minus: torch.Tensor | None) -> torch.Tensor:
             if antithetic:
@@ -256,17 +236,51 @@ def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpe
             for start, flat, _ in stream():
                 for sigma in sigmas:
                     accumulate(sigma, start, flat, lambda s: shaped[sigma][s])
+        dtypes = {n: params[n].dtype for n in names}
+        return {sigma: {s: _unflatten(sums[sigma][s], shapes, dtypes) for s in samples} for sigma in sigmas}
 
-        out: dict[float, dict[int, Grads]] = {}
-        for sigma in sigmas:
-            out[sigma] = {}
-            for s in samples:
-                out[sigma][s], off = {}, 0
-                for n in names:
-                    size = params[n].numel()
-                    out[sigma][s][n] = sums[sigma][s][off:off + size].reshape(params[n].shape).to(params[n].dtype)
-                    off += size
-        return out
+
+def _check_nes_args(loss: LossSpec, sigmas: Sequence[float], samples: Sequence[int] | int) -> tuple[list, list]:
+    """``(sigmas, samples)`` as lists, checked: distinct positive σ, positive integer sample counts."""
+    sigmas = list(sigmas)
+    if not sigmas or len(set(sigmas)) != len(sigmas):
+        raise ValueError(f"sigmas: expected distinct σ values, at least one, got {sigmas!r}")
+    for sigma in sigmas:
+        _check_positive("sigma", sigma)
+    check_loss(loss)
+    samples = [samples] if isinstance(samples, int) else list(samples)
+    if not samples or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in samples):
+        raise ValueError(f"samples: expected positive integers, got {samples!r}")
+    return sigmas, samples
+
+
+def _direction_stream(shapes: dict[str, torch.Size], total: int, block: int, chunk: int, seed: int,
+                      dtype: torch.dtype, device: torch.device) -> Iterator[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
+    """Chunks of ``total`` joint directions ``u ~ N(0, I)`` from a generator seeded with ``seed``,
+    drawn on the CPU in blocks of ``block``: ``(start, flat (K, dim), {name: (K, *shape)})``."""
+    dim = sum(math.prod(shape) for shape in shapes.values())
+    gen = torch.Generator().manual_seed(int(seed))
+    for start in range(0, total, chunk):
+        k = min(chunk, total - start)
+        draws = [torch.randn(min(block, start + k - b), dim, generator=gen, dtype=dtype)
+                 for b in range(start, start + k, block)]
+        flat = (draws[0] if len(draws) == 1 else torch.cat(draws)).to(device)
+        dirs, off = {}, 0
+        for n, shape in shapes.items():
+            size = math.prod(shape)
+            dirs[n] = flat[:, off:off + size].reshape(k, *shape)
+            off += size
+        yield start, flat, dirs
+
+
+def _unflatten(flat: torch.Tensor, shapes: dict[str, torch.Size], dtypes: dict[str, torch.dtype]) -> Grads:
+    """``{name: tensor of its shape and dtype}`` from one flat vector over the parameters, in order."""
+    out, off = {}, 0
+    for n, shape in shapes.items():
+        size = math.prod(shape)
+        out[n] = flat[off:off + size].reshape(shape).to(dtypes[n])
+        off += size
+    return out
 
 
 def _centred_ranks(values: torch.Tensor) -> torch.Tensor:
