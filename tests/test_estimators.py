@@ -452,3 +452,20 @@ def test_nes_with_a_non_finite_perturbed_loss_raises(antithetic):
     model, x, y = model.float(), x.float(), y.float()
     with pytest.raises(FloatingPointError, match="perturbed model is not finite"):
         E.nes_sigmas(model, x, y, sigmas=[0.1, 1e38], samples=[20], antithetic=antithetic, budget_mb=0.01)
+
+
+def test_a_devices_chunk_stays_within_its_budget_when_one_direction_exceeds_the_cpus(monkeypatch):
+    """One direction's copies (~79 kB here) exceed the CPU budget (1 kB), so a block is one
+    direction; a device budget of 4 kB must still give chunks of one direction, not four."""
+    model, x, y = small_problem("binary", num_dim=6)
+    seen = []
+    real = directions.head_projection
+
+    def recording(model, cache, locs, dirs):
+        seen.append(len(next(iter(dirs.values()))))  # the directions of this chunk
+        return real(model, cache, locs, dirs)
+
+    monkeypatch.setattr(engine, "chunk_budget_mb", lambda budget_mb, device: 4 * budget_mb)
+    monkeypatch.setattr(directions, "head_projection", recording)
+    E.nes_sigmas(model, x, y, sigmas=[0.1], samples=[6], budget_mb=2**-10)
+    assert seen and max(seen) == 1

@@ -185,8 +185,9 @@ def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpe
         # The stream is drawn in blocks sized from budget_mb alone: torch's normal sampler gives
         # other numbers for other block sizes, so the directions must not follow the device. A
         # device with a larger budget evaluates several blocks per chunk.
-        block = max(1, min(total, int(budget_mb * 2**20 / (per_copy * row.element_size() * (1 + antithetic)))))
-        chunk = block * max(1, int(engine.chunk_budget_mb(budget_mb, x.device) // budget_mb))
+        per_direction = per_copy * row.element_size() * (1 + antithetic)  # bytes, both signs
+        block = max(1, min(total, int(budget_mb * 2**20 / per_direction)))
+        chunk = block * max(1, int(engine.chunk_budget_mb(budget_mb, x.device) * 2**20 / (per_direction * block)))
         head_is_linear = isinstance(engine.units_of(model)[min(loc.unit for loc in sel)], LinearAct)
 
         def stream() -> Iterator[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
