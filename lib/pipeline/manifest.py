@@ -68,6 +68,11 @@ def results_problem(entry: Mapping[str, Any], path: Path) -> str | None:
     return None
 
 
+def _keys(run: Run) -> set[str]:
+    """The hashes a finished entry of ``run`` may carry: its key, and the older one (notebook bytes)."""
+    return {run.params_hash, run.legacy_hash} - {None}
+
+
 def is_cached(run: Run, manifest: Mapping[str, Any], report_dir: Path,
               warn: Callable[[str], None] | None = None) -> bool:
     """Finished before: recorded ok, same parameters and notebook code, and a results file that
@@ -76,7 +81,7 @@ def is_cached(run: Run, manifest: Mapping[str, Any], report_dir: Path,
     takes the current key."""
     entry = manifest.get("runs", {}).get(run.run_id)
     if not (isinstance(entry, dict) and entry.get("status") == "ok"
-            and entry.get("params_hash") in {run.params_hash, run.legacy_hash} - {None}):
+            and entry.get("params_hash") in _keys(run)):
         return False
     path = report_dir / "results" / f"{run.run_id}.json"
     problem = results_problem(entry, path)
@@ -182,7 +187,7 @@ def unfinished_elsewhere(reports_dir: Path, date: str, profile: str, runs: Seque
     ``None`` when ``date`` already has a manifest or no such folder exists."""
     if (reports_dir / date / "manifest.json").is_file() or not reports_dir.is_dir():
         return None
-    keys = {run.run_id: {run.params_hash, run.legacy_hash} - {None} for run in runs}
+    keys = {run.run_id: _keys(run) for run in runs}
     earlier = sorted((d for d in reports_dir.glob("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]")
                       if d.is_dir() and d.name < date), reverse=True)
     for folder in earlier:

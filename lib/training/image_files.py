@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lib.common.paths import repo_path
+
 IMAGE_SIZE = 32  # every source gives 3 × 32 × 32 images (the digits are upsampled)
 CIFAR10_RECORD = 1 + 3 * 32 * 32  # label byte + R, G, B planes of 32×32, row-major
 CIFAR10_FILES = {
@@ -21,6 +23,12 @@ CIFAR10_LAYOUT = ("the CIFAR-10 binary version: a folder holding data_batch_1.bi
                   f"1 label byte + 3072 pixel bytes ({CIFAR10_RECORD} bytes)")
 DIGITS_TRAIN = 1437  # of scikit-learn's 1797 digits; the other 360 are the test split
 DIGITS_TOTAL = 1797
+
+
+def source_path(source: str) -> str:
+    """``"digits"``, or the absolute path of a CIFAR-10 folder (a relative one is taken from the
+    repository root): what a run reads, and what keys its trained checkpoints."""
+    return source if source == "digits" else str(repo_path(source).resolve())
 
 
 def cifar_dir(root: str | os.PathLike) -> Path:

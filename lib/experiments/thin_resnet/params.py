@@ -9,7 +9,7 @@ from lib.common.resources import folder_problem, memory_problem
 from lib.core.names import STE_VARIANTS
 from lib.experiments.schema import (DEVICE, NON_EMPTY, NON_NEGATIVE_INT, NORMALIZATION, POSITIVE, POSITIVE_INT,
                                     PRECISION, STE_VARIANT, one_of, param, validate)
-from lib.training.image_files import IMAGE_SIZE, image_counts
+from lib.training.image_files import IMAGE_SIZE, image_counts, source_path
 
 EXPERIMENT = "thin_resnet"
 STATES = ("init", "trained")
@@ -68,9 +68,8 @@ class ThinResNetParams:
         enough training images for the batch (two with the noise ceiling), a writable cache folder
         for trained models, and memory for the largest tensor (the float32 training images, or a
         first-stage feature map ``B × c × 32 × 32`` of the larger batch ``B``)."""
-        source = self.data_source if self.data_source == "digits" else repo_path(self.data_source)
         try:
-            counts = image_counts(source)
+            counts = image_counts(source_path(self.data_source))
         except (OSError, ValueError) as exc:
             return [("data_source", str(exc))]
         images = min(self.train_limit, counts["train"]) if self.train_limit else counts["train"]

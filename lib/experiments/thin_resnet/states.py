@@ -10,23 +10,18 @@ import torch
 
 from lib.common.paths import repo_path
 from lib.core.resnet import XnorResNet, xnor_resnet18
+from lib.training.image_files import source_path
 from lib.training.images import image_data, step_batches
 from lib.training.train import cached_train, train_ste
 
 from .params import CACHE_VERSION, EXPERIMENT, IN_CHANNELS, LOSS, NUM_CLASSES
 
 
-def data_path(p: dict[str, Any]) -> str:
-    """``data_source``: ``"digits"``, or a CIFAR-10 folder (relative: from the repository root)."""
-    source = p["data_source"]
-    return source if source == "digits" else str(repo_path(source).resolve())
-
-
 def load_data(p: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Training images (``train_limit``, 0 = all), the gradient batch ``x, y`` (``batch_size``
     training images drawn with ``seed``), with ``noise_ceiling`` a second, disjoint batch
     ``x_ref, y_ref`` of the same size, and held-out images (``test_limit``) from ``data_source``."""
-    x_train, y_train = image_data(data_path(p), "train", p["train_limit"] or None)
+    x_train, y_train = image_data(source_path(p["data_source"]), "train", p["train_limit"] or None)
     needed = p["batch_size"] * (2 if p["noise_ceiling"] else 1)
     if needed > len(x_train):
         raise ValueError(f"batch_size: {needed} images needed ({'two batches' if p['noise_ceiling'] else 'one batch'}"
@@ -38,7 +33,7 @@ def load_data(p: dict[str, Any]) -> dict[str, torch.Tensor]:
     if p["noise_ceiling"]:
         data["x_ref"], data["y_ref"] = x_train[ref], y_train[ref]
     if p["test_limit"]:
-        data["x_test"], data["y_test"] = image_data(data_path(p), "test", p["test_limit"])
+        data["x_test"], data["y_test"] = image_data(source_path(p["data_source"]), "test", p["test_limit"])
     return data
 
 
@@ -76,7 +71,7 @@ def calibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor, batch_size: int
 
 def train_params(p: dict[str, Any], act: str) -> dict[str, Any]:
     """What determines the trained weights: the key of the checkpoint cache."""
-    source = data_path(p)
+    source = source_path(p["data_source"])
     return {"experiment": EXPERIMENT, "cache_version": CACHE_VERSION, "model": "xnor_resnet18",
             "initial_channels": p["initial_channels"], "act": act, "binary_weights": p["binary_weights"],
             "num_classes": NUM_CLASSES, "in_channels": IN_CHANNELS, "data_source": source,
