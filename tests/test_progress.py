@@ -40,6 +40,9 @@ def test_reporter_writes_what_read_progress_returns(tmp_path):
     # resumed after 4 steps: this attempt did 2 steps in 60 s, so 2 more take 60 s
     ({"done": 6, "total": 8, "done_at_start": 4, "elapsed_s": 60.0}, None, 60.0, "6/8, ~1 min left"),
     ({"done": 4, "total": 8, "done_at_start": 4, "elapsed_s": 60.0}, None, None, "4/8"),
+    # before this attempt's first step: how long it has run, counted on from the last report
+    ({"done": 0, "total": 9, "elapsed_s": 0.0, "written": 1000.0}, 1240.0, None, "0/9, 4 min in"),
+    ({"done": 4, "total": 8, "done_at_start": 4, "elapsed_s": 0.0, "written": 1000.0}, 1030.0, None, "4/8, 30 s in"),
 ])
 def test_time_left_is_linear_extrapolation(state, now, left, text):
     assert progress.seconds_left(state, now) == left
@@ -48,6 +51,23 @@ def test_time_left_is_linear_extrapolation(state, now, left, text):
 
 def test_describe_before_any_progress():
     assert progress.describe(None) == "starting"
+
+
+def test_a_fresh_run_reports_its_start_at_once(tmp_path):
+    """The runner shows a run's step count from its start, not "starting" until a step is done."""
+    p = ToyParams(num_dim=4, eps_grid=[0.1], sigma_grid=[0.1], nes_samples=[20], ste_variants=["clipped"],
+                  num_lr=3, num_lr_refine=2, batch_size=16, num_init=1, num_batch=2, diagnose=False)
+    seen = []
+
+    class Watching(progress.Reporter):
+        def __call__(self, done, total, what=""):
+            super().__call__(done, total, what)
+            seen.append(progress.read_progress(self.results_path))
+
+    run_toy(p, progress=False, on_step=Watching(tmp_path / "run.json"))
+    assert [(s["done"], s["total"], s["what"]) for s in seen] == \
+        [(0, 2, "started"), (1, 2, "init 0 batch 0"), (2, 2, "init 0 batch 1")]
+    assert progress.describe(seen[0], seen[0]["written"] + 130) == "0/2, 2 min in"
 
 
 def test_toy_reports_one_step_per_initialisation_and_batch():
@@ -95,7 +115,7 @@ def test_toy_checkpoint_of_other_parameters_is_ignored(tmp_path, reporters):
     p = _tiny()
     recording = reporters.Recording(results)
     resumed = run_toy(p, progress=False, on_step=recording)
-    assert [c[0] for c in recording.calls] == list(range(1, 5))
+    assert [c[0] for c in recording.calls] == list(range(0, 5))  # "started", then each step
     assert _numbers(resumed) == _numbers(run_toy(p, progress=False))
 
 
@@ -107,7 +127,7 @@ def test_toy_checkpoint_of_one_step_per_sigma_is_ignored_not_misread(tmp_path, r
     Checkpoint(partial_path(results), dataclasses.asdict(p)).save({"finished": 7, "elapsed_s": 1.0})
     recording = reporters.Recording(results)
     resumed = run_toy(p, progress=False, on_step=recording)
-    assert [c[:2] for c in recording.calls] == [(k, 0) for k in range(1, 5)]
+    assert [c[:2] for c in recording.calls] == [(k, 0) for k in range(0, 5)]
     assert _numbers(resumed) == _numbers(run_toy(p, progress=False))
 
 

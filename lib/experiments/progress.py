@@ -29,7 +29,7 @@ def progress_path(results_path: str | os.PathLike) -> Path:
 
 class Reporter:
     """``report(done, total, what)``: write the progress of the run whose results go to
-    ``results_path``. The clock starts when the reporter is made, or at :meth:`resumed`.
+    ``results_path``. The clock starts when the reporter is made, or at :meth:`begin`.
 
     An experiment handed a reporter also keeps its partial state beside ``results_path`` and
     resumes from it (:class:`lib.experiments.resume.Steps`)."""
@@ -40,12 +40,14 @@ class Reporter:
         self.start = time.perf_counter()
         self.done_at_start = 0
 
-    def resumed(self, done: int, total: int) -> None:
-        """The run resumes with ``done`` of ``total`` steps finished by an earlier attempt: report
-        that at once; the time left is extrapolated from the steps of this attempt, timed from now."""
+    def begin(self, done: int, total: int) -> None:
+        """This attempt starts with ``done`` of ``total`` steps finished by an earlier one (0 on a
+        fresh start): report that at once, so the runner shows the run's count and how long its
+        first step has taken; the time left is extrapolated from the steps of this attempt, timed
+        from now."""
         self.done_at_start = int(done)
         self.start = time.perf_counter()
-        self(done, total, "resumed")
+        self(done, total, "resumed" if done else "started")
 
     def __call__(self, done: int, total: int, what: str = "") -> None:
         atomic_write_json(self.path, {"done": int(done), "total": int(total), "what": str(what),
@@ -79,12 +81,28 @@ def seconds_left(progress: dict[str, Any], now: float | None = None) -> float | 
     return max(left, 0.0)
 
 
+def seconds_in(progress: dict[str, Any], now: float | None = None) -> float | None:
+    """Seconds since this attempt started: ``elapsed + (now − written)``; ``None`` without both."""
+    elapsed, written = progress.get("elapsed_s"), progress.get("written")
+    if not all(isinstance(v, (int, float)) for v in (elapsed, written)):
+        return None
+    return max(elapsed + (time.time() if now is None else now) - written, 0.0)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def describe(progress: dict[str, Any] | None, now: float | None = None) -> str:
-    """``"3/9, ~41 min left"``: short enough for a progress bar's postfix."""
+    """``"3/9, ~41 min left"``, or before this attempt's first step is done ``"0/9, 4 min in"``:
+    short enough for a progress bar's postfix."""
     if not progress:
         return "starting"
     text = f"{progress.get('done')}/{progress.get('total')}"
     left = seconds_left(progress, now)
+    since = seconds_in(progress, now)
     if left is not None:
-        text += f", ~{left / 60:.0f} min left" if left >= 60 else f", ~{left:.0f} s left"
+        text += f", ~{_minutes(left)} left"
+    elif since is not None:
+        text += f", {_minutes(since)} in"
     return text

@@ -81,8 +81,8 @@ class Steps:
         self.data: Any = saved["data"] if saved else None
         self._elapsed_before = float(saved["elapsed_s"]) if saved else 0.0
         self._start = time.perf_counter()
-        if self.finished and isinstance(on_step, Reporter):
-            on_step.resumed(self.finished, self.total)
+        if isinstance(on_step, Reporter):
+            on_step.begin(self.finished, self.total)
 
     def done(self, index: int) -> bool:
         """Whether step ``index`` was finished by an earlier attempt (so it is skipped)."""
