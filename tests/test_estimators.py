@@ -191,12 +191,33 @@ def test_nes_over_several_sigmas_is_each_sigmas_own_call_bit_for_bit(layers, ant
         E.nes_sigmas(model, x, y, sigmas=[0.1, 0.1], **kw)
 
 
-def test_nes_over_several_sigmas_equals_a_loop_over_perturbed_copies():
-    """Float64, one chunk: g_σ = 1/(2σS) Σ_k (L(w + σu_k) − L(w − σu_k)) u_k with u the seeded
-    stream, each L from a perturbed deep copy of the model."""
+def _loop_weights(f_plus: list[float], f_minus: list[float], base: float, sigma: float, antithetic: bool,
+                  shaping: bool) -> list[float]:
+    """The NES weights w_k of g = Σ_k w_k u_k, written out: (f⁺ − f⁻)/2σS, or (f⁺ − L(w))/σS;
+    with shaping, each loss replaced by its rank among all evaluations mapped onto [−0.5, 0.5]
+    (and no baseline)."""
+    s = len(f_plus)
+    if shaping:
+        values = f_plus + f_minus if antithetic else f_plus
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        rank = [0.0] * len(values)
+        for r, i in enumerate(order):
+            rank[i] = r / (len(values) - 1) - 0.5
+        f_plus, f_minus, base = rank[:s], rank[s:], 0.0
+    if antithetic:
+        return [(f_plus[k] - f_minus[k]) / (2 * sigma * s) for k in range(s)]
+    return [(f_plus[k] - base) / (sigma * s) for k in range(s)]
+
+
+@pytest.mark.parametrize("antithetic,shaping", [(True, False), (False, False), (True, True), (False, True)])
+def test_nes_over_several_sigmas_equals_a_loop_over_perturbed_copies(antithetic, shaping):
+    """Float64, several chunks: g_σ = Σ_k w_k u_k with u the seeded stream, each L from a
+    perturbed deep copy of the model, w written out in :func:`_loop_weights`."""
     model, x, y = small_problem("ternary", num_dim=5, batch=50, bias=True)
     sigmas, samples, seed = [0.05, 0.5], 30, 8
-    got = E.nes_sigmas(model, x, y, sigmas=sigmas, samples=[samples], seed=seed, budget_mb=1e3)
+    budget = 1e3 if antithetic and not shaping else 0.02  # one chunk, or several
+    got = E.nes_sigmas(model, x, y, sigmas=sigmas, samples=[samples], seed=seed, budget_mb=budget,
+                       antithetic=antithetic, fitness_shaping=shaping)
     names = [n for n, _ in model.named_parameters()]
     params = dict(model.named_parameters())
     dim = sum(params[n].numel() for n in names)
@@ -210,8 +231,12 @@ def test_nes_over_several_sigmas_equals_a_loop_over_perturbed_copies():
                 off += p.numel()
             return float(F.mse_loss(twin(x), y))
 
+    base = loss_at(torch.zeros(dim, dtype=torch.float64))
     for sigma in sigmas:
-        flat = sum((loss_at(sigma * u[k]) - loss_at(-sigma * u[k])) * u[k] for k in range(samples)) / (2 * sigma * samples)
+        f_plus = [loss_at(sigma * u[k]) for k in range(samples)]
+        f_minus = [loss_at(-sigma * u[k]) for k in range(samples)] if antithetic else []
+        w = _loop_weights(f_plus, f_minus, base, sigma, antithetic, shaping)
+        flat = sum(w[k] * u[k] for k in range(samples))
         want = torch.cat([got[sigma][samples][n].flatten() for n in names])
         torch.testing.assert_close(want, flat, rtol=1e-10, atol=1e-12)
 

@@ -1,8 +1,10 @@
-"""The NES engine: batch losses of many jointly perturbed copies ``w + s · u_k`` of one model
-(docs/design.md §7; the principles are in :mod:`lib.core.engine`)."""
+"""The NES engine: the seeded stream of joint directions ``u_k``, and the batch losses of many
+jointly perturbed copies ``w + s · u_k`` of one model (docs/design.md §7; the principles are in
+:mod:`lib.core.engine`)."""
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -112,3 +114,22 @@ def head_projection(model: nn.Module, cache: list[torch.Tensor], locs: Sequence[
         u = directions[loc.name]
         proj += torch.matmul(h, u.transpose(1, 2)) if loc.local == "weight" else u.unsqueeze(1)
     return base, proj
+
+
+def direction_stream(shapes: dict[str, torch.Size], total: int, block: int, chunk: int, seed: int,
+                     dtype: torch.dtype, device: torch.device) -> Iterator[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
+    """Chunks of ``total`` joint directions ``u ~ N(0, I)`` from a generator seeded with ``seed``,
+    drawn on the CPU in blocks of ``block``: ``(start, flat (K, dim), {name: (K, *shape)})``."""
+    dim = sum(math.prod(shape) for shape in shapes.values())
+    gen = torch.Generator().manual_seed(int(seed))
+    for start in range(0, total, chunk):
+        k = min(chunk, total - start)
+        draws = [torch.randn(min(block, start + k - b), dim, generator=gen, dtype=dtype)
+                 for b in range(start, start + k, block)]
+        flat = (draws[0] if len(draws) == 1 else torch.cat(draws)).to(device)
+        dirs, off = {}, 0
+        for n, shape in shapes.items():
+            size = math.prod(shape)
+            dirs[n] = flat[:, off:off + size].reshape(k, *shape)
+            off += size
+        yield start, flat, dirs

@@ -179,66 +179,88 @@ def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpe
         shapes = {n: params[n].shape for n in names}  # in the order of names: the layout of a flat direction
         dim = sum(math.prod(shape) for shape in shapes.values())
         cache, base = _base(model, x, y, loss)
-        base_loss = base.mean()
-        row = cache[min(loc.unit for loc in sel)]
-        per_copy = row.numel() * 4 + dim  # activations of a copy (a few live layers) + its noise
-        # The stream is drawn in blocks sized from budget_mb alone: torch's normal sampler gives
-        # other numbers for other block sizes, so the directions must not follow the device. A
-        # device with a larger budget evaluates several blocks per chunk.
-        per_direction = per_copy * row.element_size() * (1 + antithetic)  # bytes, both signs
-        block = max(1, min(total, int(budget_mb * 2**20 / per_direction)))
-        chunk = block * max(1, int(engine.chunk_budget_mb(budget_mb, x.device) * 2**20 / (per_direction * block)))
-        head_is_linear = isinstance(engine.units_of(model)[min(loc.unit for loc in sel)], LinearAct)
+        head = min(loc.unit for loc in sel)
+        block, chunk = _stream_sizes(cache[head], dim, total, antithetic, budget_mb)
+        head_is_linear = isinstance(engine.units_of(model)[head], LinearAct)
+        baseline = 0.0 if fitness_shaping else base.mean()  # the plain estimate's L(w)
 
         def stream() -> Iterator[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
-            return _direction_stream(shapes, total, block, chunk, seed, row.dtype, x.device)
-
-        def weights_of(sigma: float, s: int, f_plus: torch.Tensor, f_minus: torch.Tensor | None) -> torch.Tensor:
-            if antithetic:
-                return (f_plus - f_minus) / (2 * sigma * s)
-            return (f_plus - (0.0 if fitness_shaping else base_loss)) / (sigma * s)
+            return directions.direction_stream(shapes, total, block, chunk, seed, cache[head].dtype, x.device)
 
         plus = {sg: torch.empty(total, dtype=base.dtype, device=x.device) for sg in sigmas}
-        minus = {sg: torch.empty(total, dtype=base.dtype, device=x.device) for sg in sigmas} if antithetic else None
-        sums = {sg: {s: torch.zeros(dim, dtype=torch.float64, device=x.device) for s in samples} for sg in sigmas}
-
-        def accumulate(sigma: float, start: int, flat: torch.Tensor, weight_of: Callable[[int], torch.Tensor]) -> None:
-            """``sums[σ][s] += Σ_k w_k u_k`` over this chunk's directions that belong to the first ``s``."""
-            for s in samples:
-                k = min(s, start + flat.shape[0]) - start
-                if k > 0:
-                    w = weight_of(s)[start:start + k].to(flat.dtype)
-                    sums[sigma][s] += (w @ flat[:k]).to(torch.float64)
-
+        minus = {sg: torch.empty(total, dtype=base.dtype, device=x.device) for sg in sigmas} if antithetic else {}
+        sums = _Sums(sigmas, samples, dim, x.device)
         for start, flat, dirs in stream():
             k = flat.shape[0]
             shared = directions.head_projection(model, cache, sel, dirs) if head_is_linear else None
             for sigma in sigmas:
                 losses = directions.direction_losses(model, cache, y, loss, sel, dirs,
                                                      (sigma, -sigma) if antithetic else (sigma,), shared)
-                f_plus, f_minus = plus[sigma], minus[sigma] if antithetic else None
-                f_plus[start:start + k] = losses[0]
+                plus[sigma][start:start + k] = losses[0]
                 if antithetic:
-                    f_minus[start:start + k] = losses[1]
+                    minus[sigma][start:start + k] = losses[1]
                 if not fitness_shaping:  # weights known now: one pass over the directions
-                    accumulate(sigma, start, flat, lambda s: weights_of(sigma, s, f_plus, f_minus))
-
+                    sums.add(sigma, start, flat, lambda s: _nes_weights(sigma, s, plus[sigma], minus.get(sigma),
+                                                                        baseline))
         # Checked once, after the stream: a check per chunk would wait for a CUDA device each time.
-        evaluated = [plus[sg] for sg in sigmas] + ([minus[sg] for sg in sigmas] if antithetic else [])
-        if not all(torch.isfinite(f).all() for f in evaluated):
+        if not all(torch.isfinite(f).all() for f in [*plus.values(), *minus.values()]):
             raise FloatingPointError("loss of a perturbed model is not finite")
         if fitness_shaping:  # ranks need every loss first: replay the same directions
-            shaped: dict[float, dict[int, torch.Tensor]] = {sg: {} for sg in sigmas}
-            for sigma in sigmas:
-                for s in samples:
-                    vals = torch.cat([plus[sigma][:s], minus[sigma][:s]]) if antithetic else plus[sigma][:s]
-                    ranks = _centred_ranks(vals)
-                    shaped[sigma][s] = weights_of(sigma, s, ranks[:s], ranks[s:] if antithetic else None)
+            shaped = {sg: {s: _nes_weights(sg, s, *_shaped(plus[sg][:s], minus[sg][:s] if antithetic else None), 0.0)
+                           for s in samples} for sg in sigmas}
             for start, flat, _ in stream():
                 for sigma in sigmas:
-                    accumulate(sigma, start, flat, lambda s: shaped[sigma][s])
+                    sums.add(sigma, start, flat, lambda s: shaped[sigma][s])
         dtypes = {n: params[n].dtype for n in names}
-        return {sigma: {s: _unflatten(sums[sigma][s], shapes, dtypes) for s in samples} for sigma in sigmas}
+        return {sigma: {s: _unflatten(sums.sums[sigma][s], shapes, dtypes) for s in samples} for sigma in sigmas}
+
+
+def _stream_sizes(row: torch.Tensor, dim: int, total: int, antithetic: bool, budget_mb: float) -> tuple[int, int]:
+    """``(block, chunk)``: the directions drawn at a time, and evaluated at a time, for inputs
+    ``row`` of the first perturbed unit and ``dim`` perturbed weights.
+
+    The block is sized from ``budget_mb`` alone: torch's normal sampler gives other numbers for
+    other block sizes, so the directions must not follow the device. A device with a larger
+    budget (:func:`lib.core.engine.chunk_budget_mb`) evaluates several blocks per chunk."""
+    per_copy = row.numel() * 4 + dim  # activations of a copy (a few live layers) + its noise
+    per_direction = per_copy * row.element_size() * (1 + antithetic)  # bytes, both signs
+    block = max(1, min(total, int(budget_mb * 2**20 / per_direction)))
+    per_chunk = int(engine.chunk_budget_mb(budget_mb, row.device) * 2**20 / (per_direction * block))
+    return block, block * max(1, per_chunk)
+
+
+def _nes_weights(sigma: float, s: int, f_plus: torch.Tensor, f_minus: torch.Tensor | None,
+                 baseline: float | torch.Tensor) -> torch.Tensor:
+    """The weights ``w_k`` of ``g = Σ_k w_k u_k`` over the first ``s`` directions (longer inputs
+    are sliced later): ``(f⁺ − f⁻) / 2σS`` (antithetic) or ``(f⁺ − baseline) / σS``."""
+    if f_minus is not None:
+        return (f_plus - f_minus) / (2 * sigma * s)
+    return (f_plus - baseline) / (sigma * s)
+
+
+def _shaped(f_plus: torch.Tensor, f_minus: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fitness shaping: the losses replaced by their centred ranks among all ``2S`` (or ``S``)."""
+    if f_minus is None:
+        return _centred_ranks(f_plus), None
+    ranks = _centred_ranks(torch.cat([f_plus, f_minus]))
+    return ranks[:len(f_plus)], ranks[len(f_plus):]
+
+
+class _Sums:
+    """``sums[σ][S] = Σ_{k<S} w_k u_k`` in float64, for every σ and sample count, chunk by chunk."""
+
+    def __init__(self, sigmas: Sequence[float], samples: Sequence[int], dim: int, device: torch.device) -> None:
+        self.samples = samples
+        self.sums = {sg: {s: torch.zeros(dim, dtype=torch.float64, device=device) for s in samples} for sg in sigmas}
+
+    def add(self, sigma: float, start: int, flat: torch.Tensor, weights_of: Callable[[int], torch.Tensor]) -> None:
+        """Add this chunk's directions ``flat`` (those from ``start`` on) that belong to the first
+        ``S``, weighted by ``weights_of(S)`` (indexed from direction 0)."""
+        for s in self.samples:
+            k = min(s, start + flat.shape[0]) - start
+            if k > 0:
+                w = weights_of(s)[start:start + k].to(flat.dtype)
+                self.sums[sigma][s] += (w @ flat[:k]).to(torch.float64)
 
 
 def _check_nes_args(loss: LossSpec, sigmas: Sequence[float], samples: Sequence[int] | int) -> tuple[list, list]:
@@ -253,25 +275,6 @@ def _check_nes_args(loss: LossSpec, sigmas: Sequence[float], samples: Sequence[i
     if not samples or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in samples):
         raise ValueError(f"samples: expected positive integers, got {samples!r}")
     return sigmas, samples
-
-
-def _direction_stream(shapes: dict[str, torch.Size], total: int, block: int, chunk: int, seed: int,
-                      dtype: torch.dtype, device: torch.device) -> Iterator[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
-    """Chunks of ``total`` joint directions ``u ~ N(0, I)`` from a generator seeded with ``seed``,
-    drawn on the CPU in blocks of ``block``: ``(start, flat (K, dim), {name: (K, *shape)})``."""
-    dim = sum(math.prod(shape) for shape in shapes.values())
-    gen = torch.Generator().manual_seed(int(seed))
-    for start in range(0, total, chunk):
-        k = min(chunk, total - start)
-        draws = [torch.randn(min(block, start + k - b), dim, generator=gen, dtype=dtype)
-                 for b in range(start, start + k, block)]
-        flat = (draws[0] if len(draws) == 1 else torch.cat(draws)).to(device)
-        dirs, off = {}, 0
-        for n, shape in shapes.items():
-            size = math.prod(shape)
-            dirs[n] = flat[:, off:off + size].reshape(k, *shape)
-            off += size
-        yield start, flat, dirs
 
 
 def _unflatten(flat: torch.Tensor, shapes: dict[str, torch.Size], dtypes: dict[str, torch.dtype]) -> Grads:
