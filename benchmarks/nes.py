@@ -12,6 +12,9 @@ Prints, in one run and after a full-size warm-up of each measured call:
   of perturbed parameter sets, chunks of 100 directions, antithetic (the peer), and the ratio;
 * the 8 σ of a toy step in one ``nes_sigmas`` call (one direction stream, one projection of the
   first layer) against one call per σ, at num_dim 64 over all layers;
+* the same 8 σ with malloc keeping freed memory for the next chunk
+  (:func:`lib.core.engine.keep_freed_memory`, the default) against glibc's own settings, each in
+  a fresh process, alternating, best of two;
 * directions per second (per σ, the 8 σ in one call) for every num_dim of the full profile, over
   all layers and over the last two, and the NES time of the full profile projected from them (params/toy.yaml and
   params/toy_pretrained.yaml: 4 num_dim × 2 sections, 3 × 3 repetitions, 8 σ, 50000 directions
@@ -20,6 +23,7 @@ Prints, in one run and after a full-size warm-up of each measured call:
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 
 import torch
 from timing import PROFILES, best_of, nes_directions_per_s, nes_rates, projected_nes_hours
@@ -61,6 +65,28 @@ def peer_nes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: fl
     return grads
 
 
+def _directions_per_s_in_fresh_process(keep_freed: bool, batch: int, samples: int, threads: int | None) -> float:
+    """:func:`nes_directions_per_s` at num_dim 64 in this (fresh, spawned) process, with or
+    without :func:`lib.core.engine.keep_freed_memory`."""
+    from lib.core import engine
+
+    engine.KEEP_FREED_MEMORY = keep_freed
+    if threads:
+        torch.set_num_threads(threads)
+    return nes_directions_per_s(64, batch, samples)
+
+
+def freed_memory_ratio(batch: int, samples: int, threads: int | None) -> tuple[float, float]:
+    """Directions per second (best of two fresh processes each, alternating) with freed memory
+    kept for reuse and with glibc's default settings."""
+    ctx = multiprocessing.get_context("spawn")
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for keep in (False, True, False, True):
+        with ctx.Pool(1) as pool:
+            rates[keep].append(pool.apply(_directions_per_s_in_fresh_process, (keep, batch, samples, threads)))
+    return max(rates[True]), max(rates[False])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=2000)
@@ -89,6 +115,10 @@ def main() -> None:
     alone = nes_directions_per_s(64, args.batch, args.samples, shared=False)
     print(f"8 σ in one call: {shared:.0f} directions/s per σ against {alone:.0f} with one call per σ: "
           f"{shared / alone:.2f}×")
+
+    kept, default = freed_memory_ratio(args.batch, args.samples, args.threads)
+    print(f"freed memory kept for the next chunk: {kept:.0f} directions/s per σ against {default:.0f} "
+          f"with glibc's defaults: {kept / default:.2f}×")
 
     print(f"{'num_dim':>7} | {'all layers dir/s':>16} | {'last two dir/s':>14}")
     rates = []

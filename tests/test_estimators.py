@@ -13,7 +13,7 @@ from lib.core import evaluate as V
 from lib.training.gaussian import toy_problem
 from lib.core.losses import batch_loss
 from lib.core.models import BinaryMLP
-from lib.core.quantizers import Quantizer, get_surrogate, level_index, levels, quantize
+from lib.core.quantizers import Quantizer, get_surrogate, level_index, levels, quantize, quantize_
 
 
 def brute_force_cdg(model, x, y, eps, central, loss="mse", names=None):
@@ -338,6 +338,27 @@ def test_level_index_picks_the_quantized_level_including_ties(precision):
     assert torch.equal(quantize(torch.tensor(lv), precision)[k], quantize(x, precision))  # exactly, ties too
 
 
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+@pytest.mark.parametrize("dtype", list(_BITS))
+@pytest.mark.parametrize("precision", ["binary", "ternary", "2bit", "fp"])
+def test_in_place_quantizer_gives_the_same_bits(precision, dtype):
+    """quantize_ against quantize, compared as bit patterns (so ±0 and NaN's sign count): the
+    levels' thresholds, signed zeros, infinities, NaNs of both signs, subnormals, random values."""
+    lv = [-1.0, -1 / 3, 0.0, 1 / 3, 1.0]
+    special = [(u + v) / 2 for u, v in zip(lv, lv[1:])] + [-0.0, 0.0, 1e-40, -1e-40, 5e-324, float("inf"),
+                                                          -float("inf"), float("nan"), -float("nan"), 1.0, -1.0]
+    x = torch.cat([torch.tensor(special, dtype=torch.float64),
+                   3 * torch.randn(2000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)]).to(dtype)
+    x = x.reshape(-1, 1).expand(-1, 3).contiguous()  # a 2-d block, as in a batched pass
+    want = quantize(x, precision)
+    got = quantize_(x.clone(), precision)
+    assert torch.equal(got.view(_BITS[dtype]), want.view(_BITS[dtype]))
+    with pytest.raises(ValueError, match="precision"):
+        quantize_(x.clone(), "4bit")
+
+
 def test_level_index_refuses_full_precision():
     with pytest.raises(ValueError, match="precision"):
         level_index(torch.zeros(3), "fp")
@@ -494,3 +515,31 @@ def test_a_devices_chunk_stays_within_its_budget_when_one_direction_exceeds_the_
     monkeypatch.setattr(directions, "head_projection", recording)
     E.nes_sigmas(model, x, y, sigmas=[0.1], samples=[6], budget_mb=2**-10)
     assert seen and max(seen) == 1
+
+
+_NES_IN_A_FRESH_PROCESS = """
+import sys, torch
+from lib.core import engine
+from lib.core import estimators as E
+from lib.training.gaussian import toy_problem
+engine.KEEP_FREED_MEMORY = sys.argv[1] == "keep"
+prob = toy_problem(16, 3)
+x, y = prob.batch(512, 0)
+g = E.nes_sigmas(prob.student, x, y, sigmas=[0.01, 1.0], samples=[40, 300], seed=5, budget_mb=2)
+flat = torch.cat([g[sg][count][name].flatten() for sg in g for count in g[sg] for name in g[sg][count]])
+print(engine.keep_freed_memory(), flat.numpy().tobytes().hex())
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keeping_freed_memory_changes_no_number():
+    """NES (chunks of a few MiB, so the heap serves them) gives the same bits in a process that
+    keeps freed memory for the next chunk and in one with glibc's own settings."""
+    import subprocess
+    import sys
+
+    runs = {mode: subprocess.run([sys.executable, "-c", _NES_IN_A_FRESH_PROCESS, mode], check=True,
+                                 capture_output=True, text=True).stdout.split() for mode in ("keep", "default")}
+    assert runs["keep"][0] == "True" and runs["default"][0] == "False"
+    assert runs["keep"][1] == runs["default"][1]
+    assert engine.keep_freed_memory() is True  # this process: set by the estimators, once

@@ -30,6 +30,8 @@ numbers for other block sizes; a device's larger chunks hold several blocks.)
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -39,6 +41,10 @@ from torch import nn
 DEFAULT_BUDGET_MB = 8  # CDG chunks: small chunks stay in cache and run fastest on CPU
 NES_BUDGET_MB = 32  # NES chunks: enough perturbed copies per batched matmul
 DEVICE_SHARE, DEVICE_CAP_MB = 16, 4096  # on CUDA: chunks of 1/16 of the device's memory, at most 4 GiB
+KEEP_FREED_MB = 1024  # host blocks up to this size come from, and go back to, malloc's heap
+KEEP_FREED_MEMORY = True  # False: leave malloc's settings alone (benchmarks/nes.py measures both)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_kept = False
 
 
 # ----------------------------------------------------------------------------- structure
@@ -117,3 +123,25 @@ def chunk_budget_mb(budget_mb: float, device: torch.device) -> float:
         return budget_mb
     _free, total = torch.cuda.mem_get_info(device)
     return max(budget_mb, min(total / DEVICE_SHARE / 2**20, DEVICE_CAP_MB))
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed host memory for the next chunk: blocks up to
+    ``KEEP_FREED_MB`` come from its heap (``mallopt(M_MMAP_THRESHOLD)``) and freed ones stay there
+    (``mallopt(M_TRIM_THRESHOLD)``). By default glibc maps every block of 32 MiB or more (and,
+    as the heap is trimmed, many smaller ones) fresh from the kernel and returns it when freed,
+    so every chunk's activations page-fault again: at num_dim 64 that made NES's batched matmuls
+    and sign passes a third slower (docs/performance.md). The numbers do not change; the
+    process keeps its peak memory instead of returning it. Once per process; ``False`` where
+    there is no glibc (the setting is then the platform's) or :data:`KEEP_FREED_MEMORY` is off."""
+    global _kept
+    if _kept or not KEEP_FREED_MEMORY:
+        return _kept
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    limit = KEEP_FREED_MB * 2**20
+    _kept = bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * limit))
+    return _kept

@@ -73,7 +73,9 @@ def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
 @contextlib.contextmanager
 def _prepared(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
               device: str | torch.device | None) -> Iterator[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
-    """The model (a copy only when moved to another ``device``) in eval mode, and ``x, y`` on it."""
+    """The model (a copy only when moved to another ``device``) in eval mode, and ``x, y`` on it;
+    host memory is kept for reuse from chunk to chunk (:func:`lib.core.engine.keep_freed_memory`)."""
+    engine.keep_freed_memory()
     ref = next(model.parameters())
     dev = torch.device(device) if device is not None else ref.device
     if dev != ref.device:
