@@ -13,6 +13,7 @@ from torch.func import functional_call, vmap
 from .engine import ParamLocation, run_units, units_of
 from .losses import LossSpec, per_sample_loss
 from .models import LinearAct
+from .quantizers import quantize_
 
 
 @torch.no_grad()
@@ -49,7 +50,7 @@ def direction_losses(
     if isinstance(head, LinearAct):
         base, proj = projection if projection is not None else head_projection(model, cache, locs, directions)
         z = torch.cat([base + s * proj for s in scales])                      # (S·K, N, out)
-        batched = z if head.act is None else head.act(z)
+        batched = z if head.act is None else quantize_(z, head.act.precision)
         start = first + 1
     rest = [loc for loc in locs if loc.unit >= start]
     pert = {loc.name: torch.cat([s * directions[loc.name] for s in scales]) for loc in rest}
@@ -85,7 +86,7 @@ def direction_losses(
                 z = torch.matmul(out, unit.weight.t())
             if unit.bias is not None:
                 z = z + ((unit.bias + delta["bias"]).unsqueeze(1) if "bias" in delta else unit.bias)
-            out = z if unit.act is None else unit.act(z)
+            out = z if unit.act is None else quantize_(z, unit.act.precision)  # z is this pass's own
         losses = per_sample_loss(out, y, loss).mean(dim=1)
     elif not rest:  # nothing perturbed after the head: one plain pass over all copies' rows
         out = run_units(units[start:], batched.reshape(copies * h.shape[0], *batched.shape[2:]))

@@ -49,6 +49,33 @@ def quantize(x: torch.Tensor, precision: str) -> torch.Tensor:
     raise ValueError(f"precision: unknown activation precision {precision!r}; expected one of {PRECISIONS}")
 
 
+# copysign(1, x) from the bits: x's sign bit joined to the bits of 1.0, per floating dtype
+_SIGN_AND_ONE = {torch.float32: (torch.int32, -2**31, 0x3F800000),
+                 torch.float64: (torch.int64, -2**63, 0x3FF0000000000000),
+                 torch.float16: (torch.int16, -2**15, 0x3C00), torch.bfloat16: (torch.int16, -2**15, 0x3F80)}
+
+
+def quantize_(x: torch.Tensor, precision: str) -> torch.Tensor:
+    """:func:`quantize` in place, for a tensor the caller owns (a batched pass's temporaries):
+    the same values bit for bit, without a new tensor per pass. ``binary`` keeps ``x``'s sign
+    bit and sets the rest to the bits of 1.0, which is ``copysign(1, x)`` (±0 and NaN
+    included) in two integer passes."""
+    if precision == "binary":
+        spec = _SIGN_AND_ONE.get(x.dtype)
+        if spec is None:
+            return torch.copysign(x.new_tensor(1.0), x, out=x)
+        itype, sign, one = spec
+        x.view(itype).bitwise_and_(sign).bitwise_or_(one)
+        return x
+    if precision == "ternary":
+        return x.clamp_(-1.0, 1.0).round_()
+    if precision == "2bit":
+        return x.clamp_(-1.0, 1.0).add_(1.0).mul_(1.5).round_().div_(1.5).sub_(1.0)
+    if precision == "fp":
+        return x
+    raise ValueError(f"precision: unknown activation precision {precision!r}; expected one of {PRECISIONS}")
+
+
 def levels(precision: str) -> tuple[float, ...]:
     """The output levels of a step quantizer in increasing order (``fp`` has none: ``ValueError``).
 
