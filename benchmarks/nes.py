@@ -12,6 +12,8 @@ Prints, in one run and after a full-size warm-up of each measured call:
   of perturbed parameter sets, chunks of 100 directions, antithetic (the peer), and the ratio;
 * the 8 σ of a toy step in one ``nes_sigmas`` call (one direction stream, one projection of the
   first layer) against one call per σ, at num_dim 64 over all layers;
+* the same 8 σ with the batched pass quantizing its temporaries in place (``quantize_``, the
+  default) against a new tensor per quantizer pass (``quantize``), alternating, best of three;
 * the same 8 σ with malloc keeping freed memory for the next chunk
   (:func:`lib.core.engine.keep_freed_memory`, the default) against glibc's own settings, each in
   a fresh process, alternating, best of two;
@@ -29,7 +31,9 @@ import torch
 from timing import PROFILES, best_of, nes_directions_per_s, nes_rates, projected_nes_hours
 from torch.func import functional_call, vmap
 
+from lib.core import directions
 from lib.core.estimators import nes
+from lib.core.quantizers import quantize
 from lib.core.losses import per_sample_loss
 from lib.training.gaussian import toy_problem
 
@@ -63,6 +67,21 @@ def peer_nes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: fl
             for n in params:
                 grads[n] += torch.tensordot(w, u[n], dims=1)
     return grads
+
+
+def in_place_ratio(batch: int, samples: int) -> tuple[float, float]:
+    """Directions per second at num_dim 64 with the batched pass's quantizer in place and with a
+    new tensor per pass (``directions.quantize_`` swapped for ``quantize`` for the measurement)."""
+    in_place = directions.quantize_
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for _ in range(3):
+            for own in (False, True):
+                directions.quantize_ = in_place if own else quantize
+                rates[own].append(nes_directions_per_s(64, batch, samples))
+    finally:
+        directions.quantize_ = in_place
+    return max(rates[True]), max(rates[False])
 
 
 def _directions_per_s_in_fresh_process(keep_freed: bool, batch: int, samples: int, threads: int | None) -> float:
@@ -116,6 +135,9 @@ def main() -> None:
     print(f"8 σ in one call: {shared:.0f} directions/s per σ against {alone:.0f} with one call per σ: "
           f"{shared / alone:.2f}×")
 
+    own, new = in_place_ratio(args.batch, args.samples)
+    print(f"quantizer in place: {own:.0f} directions/s per σ against {new:.0f} with a new tensor per pass: "
+          f"{own / new:.2f}×")
     kept, default = freed_memory_ratio(args.batch, args.samples, args.threads)
     print(f"freed memory kept for the next chunk: {kept:.0f} directions/s per σ against {default:.0f} "
           f"with glibc's defaults: {kept / default:.2f}×")

@@ -14,7 +14,7 @@ RUNS = [  # (script and tiny arguments, a line its output must have)
     (["estimators.py", "--num-dim", "8", "--batches", "64", "--naive-coords", "2", "--nes-samples", "20"],
      "NES/matmul"),
     (["convergence.py", "--num-dim", "8", "--batches", "100", "--precisions", "binary", "fp"], "CDG / STE"),
-    (["nes.py", "--samples", "20", "--batch", "64"], "freed memory kept for the next chunk:"),
+    (["nes.py", "--samples", "20", "--batch", "64"], "projected NES time of the full profile:"),
     (["gpu.py", "--device", "cpu", "--samples", "20", "--num-dims", "8", "--profiles", "full"],
      "projected NES time of the full profile on cpu"),
     (["thin_resnet.py", "--channels", "4", "--batch", "8", "--coords", "2", "--naive-coords", "1"], "summary:"),
