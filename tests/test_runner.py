@@ -580,6 +580,22 @@ def test_only_override_and_changed_parameter(tmp_path, capsys):
     assert results(tmp_path, "single")["token"] == second["token"]
 
 
+def test_a_profile_some_files_lack_runs_the_others_with_a_note(tmp_path, capsys):
+    """--profile lab without --only: the files without a lab profile are named and left out; with
+    --only, or when no file has the profile, a missing profile is an error."""
+    write(tmp_path / "params/toy.yaml", TOY_YAML)  # quick and full only
+    write(tmp_path / "params/single.yaml", SINGLE_YAML.replace("  quick:", "  lab:"))
+    assert run_main(tmp_path, "--profile", "lab") == 0
+    out = capsys.readouterr()
+    assert "note: no profile lab in toy; running single" in out.err
+    assert set(manifest(tmp_path)["runs"]) == {"single"} and "1 ok" in out.out
+    assert run_main(tmp_path, "--profile", "lab", "--only", "toy,single") == 2
+    assert capsys.readouterr().err.strip().splitlines() == \
+        [f"{tmp_path / 'params/toy.yaml'}: profiles.lab: profile not found (available: quick, full)"]
+    assert run_main(tmp_path, "--profile", "huge") == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 2  # both files named
+
+
 def test_failing_runs_recorded_and_grid_goes_on(tmp_path, capsys):
     write(tmp_path / "params/modes.yaml", f"""\
         notebook: {NOTEBOOK}

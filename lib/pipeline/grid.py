@@ -168,6 +168,10 @@ def _assigned_names(notebook_path: Path) -> list[str]:
 # ----------------------------------------------------------------------------- parameter files
 
 
+class ProfileNotFound(ParamsError):
+    """A parameter file has no profile of the requested name."""
+
+
 def _read_file(path: Path, profile: str, root: Path) -> tuple[str, Path, list[str], dict[str, Any]]:
     """The checked structure of a parameter file: ``(notebook, its path, grid axes, the profile's
     raw values)``."""
@@ -197,7 +201,7 @@ def _read_file(path: Path, profile: str, root: Path) -> tuple[str, Path, list[st
         raise ParamsError(f"{label}: profiles: expected a mapping from profile name to parameters")
     if profile not in profiles:
         available = ", ".join(map(str, profiles)) or "none"
-        raise ParamsError(f"{label}: profiles.{profile}: profile not found (available: {available})")
+        raise ProfileNotFound(f"{label}: profiles.{profile}: profile not found (available: {available})")
     if not isinstance(profiles[profile], dict):
         raise ParamsError(f"{label}: profiles.{profile}: expected a mapping of parameter: value")
     return notebook, notebook_path, grid, profiles[profile]
@@ -311,11 +315,14 @@ def validate(params_dir: str | os.PathLike, names: Sequence[str] | None, profile
              override_file: str | os.PathLike | None = None, root: Path = ROOT) -> list[ParamsFile]:
     """Validate every selected parameter file (and the override file) before anything runs.
 
-    ``names`` are file stems in ``params_dir`` (``None``: all ``*.yaml`` there, sorted). Raises
-    :class:`ParamsError` whose message has one line per offending file (its first problem).
+    ``names`` are file stems in ``params_dir`` (``None``: all ``*.yaml`` there, sorted, less those
+    that do not define ``profile`` when others do: ``--profile lab`` runs the files that have a
+    lab profile). Raises :class:`ParamsError` whose message has one line per offending file (its
+    first problem).
     """
     params_dir = Path(params_dir)
     available = sorted(p.stem for p in params_dir.glob("*.yaml")) if params_dir.is_dir() else []
+    every_file = names is None
     if names is None:
         names = available
         if not names:
@@ -328,11 +335,13 @@ def validate(params_dir: str | os.PathLike, names: Sequence[str] | None, profile
         except ParamsError as exc:
             errors.append(str(exc))
     files: list[ParamsFile] = []
+    problems: list[ParamsError] = []
     for name in names:
         try:
             files.append(load_params_file(params_dir / f"{name}.yaml", profile, overrides.get(name, ()), root))
         except ParamsError as exc:
-            errors.append(str(exc))
+            problems.append(exc)
+    errors += [str(exc) for exc in problems if not (every_file and files and isinstance(exc, ProfileNotFound))]
     if not errors and files:
         applied = {key for pf in files for key in pf.applied_overrides}
         for ov in overrides.get(files[0].name, ()):

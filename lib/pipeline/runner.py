@@ -181,6 +181,11 @@ def _main(argv: Sequence[str] | None) -> int:
     except ParamsError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    if names is None:
+        left_out = sorted({p.stem for p in Path(args.params_dir).glob("*.yaml")} - {pf.name for pf in files})
+        if left_out:
+            print(f"note: no profile {args.profile} in {', '.join(left_out)}; running "
+                  f"{', '.join(pf.name for pf in files)}", file=sys.stderr)
 
     report_dir = Path(args.reports_dir) / args.date
     for folder, option in ((Path(args.reports_dir), "--reports-dir"), (report_dir, "--date")):
