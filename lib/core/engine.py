@@ -130,8 +130,8 @@ def keep_freed_memory() -> bool:
     ``KEEP_FREED_MB`` come from its heap (``mallopt(M_MMAP_THRESHOLD)``) and freed ones stay there
     (``mallopt(M_TRIM_THRESHOLD)``). By default glibc maps every block of 32 MiB or more (and,
     as the heap is trimmed, many smaller ones) fresh from the kernel and returns it when freed,
-    so every chunk's activations page-fault again: at num_dim 64 that made NES's batched matmuls
-    and sign passes a third slower (docs/performance.md). The numbers do not change; the
+    so every chunk's activations page-fault again: in a fresh process that made a toy step's NES
+    at num_dim 64 take 1.8 times as long (docs/performance.md). The numbers do not change; the
     process keeps its peak memory instead of returning it. Once per process; ``False`` where
     there is no glibc (the setting is then the platform's) or :data:`KEEP_FREED_MEMORY` is off."""
     global _kept
