@@ -99,9 +99,11 @@ def test_toy_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, killed_
     results = tmp_path / "run.json"
     with pytest.raises(reporters.Killed):
         run_toy(p, progress=False, on_step=reporters.DiesAfter(results, killed_after))
-    assert json.loads(partial_path(results).read_text())["state"]["finished"] == killed_after
+    saved = json.loads(partial_path(results).read_text())["state"]
+    assert saved["finished"] == killed_after and saved["cpu_s"] > 0
     recording = reporters.Recording(results)
     resumed = run_toy(p, progress=False, on_step=recording)
+    assert resumed["cpu_s"] > saved["cpu_s"] and resumed["wall_s"] > saved["elapsed_s"]  # summed over attempts
     # reported at once, then only the rest is computed
     assert [c[:2] for c in recording.calls] == \
         [(killed_after, killed_after)] + [(k, killed_after) for k in range(killed_after + 1, 5)]

@@ -97,7 +97,7 @@ def test_results_schema_and_json(tiny_results):
     json.dumps(r, allow_nan=False)
     assert r["experiment"] == "thin_resnet" and r["initial_channels"] == 2 and r["seed"] == 3
     assert {"torch", "numpy", "python"} <= set(r["versions"])
-    assert r["wall_s"] > 0 and r["device"] == "cpu"
+    assert r["wall_s"] > 0 and r["cpu_s"] > 0 and r["device"] == "cpu"
     labels = [layer["label"] for layer in r["layers"]]
     assert len(r["layers"]) == 16 and labels[0] == "1.0.1" and labels[-1] == "4.1.2"
     assert [layer["stage"] for layer in r["layers"]] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
@@ -142,7 +142,7 @@ def test_progress_steps_count_state_precision_pairs(tiny_results):
 def _strip(r):
     """The numbers of a result, without timings and cache flags."""
     r = json.loads(json.dumps(r))
-    r.pop("wall_s")
+    r.pop("wall_s"), r.pop("cpu_s")
     for e in r["analyses"]:
         e.pop("timings")
         e["state_info"].pop("cache_hit", None)

@@ -107,9 +107,10 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     assert re.search(r"toy__pretrained-true__num_dim-6.{0,400}FloatingPointError: loss is not finite", html, re.S)
     # two invocations computed something: the grid, then the failing run
     # the seed column shows the notebook's default seed, which the results record
-    # (after the wall time of the last attempt and the compute time of all attempts)
+    # (after the wall time of the last attempt, the compute time and the CPU time of all attempts)
     assert re.search(r"toy__pretrained-true__num_dim-4</td>\s*<td[^>]*>ok</td>\s*<td[^>]*>[\d.]+ s</td>"
-                     r"\s*<td[^>]*>[\d.]+ s</td>\s*<td[^>]*>0</td>", html)
+                     r"\s*<td[^>]*>[\d.]+ s</td>\s*<td[^>]*>[\d.]+ s</td>\s*<td[^>]*>0</td>", html)
+    assert re.search(r"total compute time \d+ s \(CPU time \d+ s in the 2 runs that record it\)", html)
     assert "3 runs, 1 failed" in html and "Computed by 2 invocation(s) of the runner (0 interrupted, 0 ended" in html
 
 

@@ -69,7 +69,7 @@ class Steps:
     results file after each step, and a run started again with the same ``parameters`` resumes:
     :attr:`data` is what the last finished step saved (``None`` on a fresh start), :meth:`done`
     tells the steps to skip, and the progress reports that at once. :meth:`elapsed` is the
-    compute time of all attempts together."""
+    compute time of all attempts together, :meth:`timing` that and their CPU time."""
 
     def __init__(self, parameters: Mapping[str, Any], total: int,
                  on_step: Callable[[int, int, str], None] | None = None) -> None:
@@ -80,7 +80,9 @@ class Steps:
         self.finished = int(saved["finished"]) if saved else 0
         self.data: Any = saved["data"] if saved else None
         self._elapsed_before = float(saved["elapsed_s"]) if saved else 0.0
+        self._cpu_before = float(saved.get("cpu_s", 0.0)) if saved else 0.0  # states saved before cpu_s: 0
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
         if isinstance(on_step, Reporter):
             on_step.begin(self.finished, self.total)
 
@@ -92,10 +94,20 @@ class Steps:
         """Step ``index`` is finished and ``data`` (JSON-able) is the run's state after it."""
         self.finished = index + 1
         if self.checkpoint:
-            self.checkpoint.save({"finished": self.finished, "data": data, "elapsed_s": self.elapsed()})
+            self.checkpoint.save({"finished": self.finished, "data": data, "elapsed_s": self.elapsed(),
+                                  "cpu_s": self.cpu()})
         if self.on_step:
             self.on_step(self.finished, self.total, what)
 
     def elapsed(self) -> float:
         """Seconds of compute of this run, over all its attempts."""
         return self._elapsed_before + time.perf_counter() - self._start
+
+    def cpu(self) -> float:
+        """CPU seconds of this run's process (all its threads), over all its attempts: the
+        compute time that does not grow when other work shares the machine."""
+        return self._cpu_before + time.process_time() - self._cpu_start
+
+    def timing(self) -> dict[str, float]:
+        """``{"wall_s": elapsed(), "cpu_s": cpu()}``, for a run's results."""
+        return {"wall_s": self.elapsed(), "cpu_s": self.cpu()}

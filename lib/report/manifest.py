@@ -29,10 +29,11 @@ def _seconds(value: Any) -> str:
     return f"{value:.1f} s" if isinstance(value, (int, float)) else "–"
 
 
-def _compute_s(run: dict[str, Any]) -> float | None:
+def _compute_s(run: dict[str, Any], key: str = "wall_s") -> float | None:
     """The run's compute time summed over its attempts, as its results file records it (a run
-    resumed after an interrupt finishes with a shorter last attempt); None without results."""
-    value = (run["results"] or {}).get("wall_s")
+    resumed after an interrupt finishes with a shorter last attempt); ``key="cpu_s"``: its CPU
+    time (results written before it was recorded have none); None without results."""
+    value = (run["results"] or {}).get(key)
     return value if isinstance(value, (int, float)) else None
 
 
@@ -69,14 +70,18 @@ def manifest_section(manifest: dict[str, Any], runs: Sequence[dict[str, Any]]) -
         wall, compute = e.get("wall_s"), _compute_s(r)
         seed = _seed_of(e, r["results"])
         run_commit = (e.get("git_commit") or "")[:9] + ("+" if e.get("git_dirty") else "")
-        rows.append([r["id"], e.get("status", "?"), _seconds(wall), _seconds(compute),
+        rows.append([r["id"], e.get("status", "?"), _seconds(wall), _seconds(compute), _seconds(_compute_s(r, "cpu_s")),
                      seed, run_commit or "–", (e.get("params_hash") or "")[:12], e.get("error") or ""])
     n_failed = sum(1 for r in runs if r["entry"].get("status") != "ok")
     total = sum(_compute_s(r) or r["entry"].get("wall_s") or 0 for r in runs)
-    summary = f"{len(runs)} runs, {n_failed} failed; total compute time {total:.0f} s. " + invocation_summary(manifest)
+    cpu = [c for c in (_compute_s(r, "cpu_s") for r in runs) if c is not None]
+    cpu_note = (f" (CPU time {sum(cpu):.0f} s" + (")" if len(cpu) == len(runs) else f" in the {len(cpu)} runs that "
+                                                  "record it)")) if cpu else ""
+    summary = (f"{len(runs)} runs, {n_failed} failed; total compute time {total:.0f} s{cpu_note}. "
+               + invocation_summary(manifest))
     cells.append(md(summary))
-    cells.append(table(["run", "status", "wall time, last attempt", "compute, all attempts", "seed", "commit",
-                        "params hash", "error"], rows))
+    cells.append(table(["run", "status", "wall time, last attempt", "compute, all attempts", "CPU, all attempts",
+                        "seed", "commit", "params hash", "error"], rows))
     missing = not_run_yet(manifest)
     if missing:
         cells.append(md(f"**Not run yet** ({len(missing)}; rerun the same command to resume): "

@@ -55,7 +55,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     uninterrupted run. The results:
 
     ``experiment``, ``parameters`` (all of them, validated), ``seed``, ``versions``, ``device``,
-    ``wall_s`` (compute time of all attempts), ``initial_channels``, ``eps``, ``eps_main``, ``lrs``,
+    ``wall_s`` (compute time of all attempts), ``cpu_s`` (their CPU time), ``initial_channels``, ``eps``, ``eps_main``, ``lrs``,
     ``ste_variants``, ``data`` (source, image counts, batch size, batch class counts), ``layers``
     (the 16 binary conv weights, front to back: ``{name, label ("1.0.1" = stage.block.conv),
     stage, numel}``), ``decrease_layers`` (names) and ``analyses``, one record per (state,
@@ -97,7 +97,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
         results["analyses"].append(entry)
         results = to_jsonable(results)
         steps.step_finished(i, results, f"{state}/{act}")
-    results["wall_s"] = steps.elapsed()
+    results.update(steps.timing())
     return to_jsonable(results)
 
 

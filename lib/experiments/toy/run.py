@@ -10,7 +10,8 @@ cosine with it that rises with the sample count means *variance*; an exact smoot
 that itself fails to decrease the loss means *smoothing bias* (σ too large).
 
 The results (a JSON-able dict) hold, besides ``experiment``, ``parameters``, ``num_dim``,
-``pretrained``, ``lrs``, ``versions``, ``device`` and ``wall_s`` (compute time of all attempts):
+``pretrained``, ``lrs``, ``versions``, ``device``, ``wall_s`` (compute time of all attempts) and
+``cpu_s`` (their CPU time):
 
 * ``curves``: one record per estimate (:mod:`lib.experiments.records`), identified by
   ``estimator`` (``cdg``, ``nes``, ``ste``, ``smoothed_exact``), ``layers`` (``all``, or
@@ -265,7 +266,7 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
             steps.step_finished(step, tally.state(), f"init {init} batch {b}")
             bar.update(1)
     bar.close()
-    return _results(p, tally, device, steps.elapsed())
+    return _results(p, tally, device, steps.timing())
 
 
 def _student(p: ToyParams, problem, init: int, tally: _Tally, progress: bool) -> torch.nn.Module:
@@ -279,7 +280,7 @@ def _student(p: ToyParams, problem, init: int, tally: _Tally, progress: bool) ->
     return student
 
 
-def _results(p: ToyParams, tally: _Tally, device: str, wall_s: float) -> dict[str, Any]:
+def _results(p: ToyParams, tally: _Tally, device: str, timing: dict[str, float]) -> dict[str, Any]:
     lrs = p.lrs()
     results = {
         "experiment": EXPERIMENT,
@@ -297,7 +298,7 @@ def _results(p: ToyParams, tally: _Tally, device: str, wall_s: float) -> dict[st
         "cosines": tally.cosine_records(),
         "versions": versions(),
         "device": device,
-        "wall_s": wall_s,
+        **timing,
     }
     results = json.loads(json.dumps(to_jsonable(results)))  # exactly what the JSON file holds
     results["diagnosis"] = diagnose(results) if p.diagnose else None
