@@ -65,18 +65,21 @@ def manifest_section(manifest: dict[str, Any], runs: Sequence[dict[str, Any]]) -
                     f"{manifest.get('started')}; git commit `{commit}`{dirty}; {manifest.get('platform', '')}.\n\n"
                     f"Versions: {versions}."))
     rows = []
-    for r in runs:
+    cpu = [_compute_s(r, "cpu_s") for r in runs]
+    for r, run_cpu in zip(runs, cpu):
         e = r["entry"]
         wall, compute = e.get("wall_s"), _compute_s(r)
         seed = _seed_of(e, r["results"])
         run_commit = (e.get("git_commit") or "")[:9] + ("+" if e.get("git_dirty") else "")
-        rows.append([r["id"], e.get("status", "?"), _seconds(wall), _seconds(compute), _seconds(_compute_s(r, "cpu_s")),
+        rows.append([r["id"], e.get("status", "?"), _seconds(wall), _seconds(compute), _seconds(run_cpu),
                      seed, run_commit or "–", (e.get("params_hash") or "")[:12], e.get("error") or ""])
     n_failed = sum(1 for r in runs if r["entry"].get("status") != "ok")
     total = sum(_compute_s(r) or r["entry"].get("wall_s") or 0 for r in runs)
-    cpu = [c for c in (_compute_s(r, "cpu_s") for r in runs) if c is not None]
-    cpu_note = (f" (CPU time {sum(cpu):.0f} s" + (")" if len(cpu) == len(runs) else f" in the {len(cpu)} runs that "
-                                                  "record it)")) if cpu else ""
+    recorded = [c for c in cpu if c is not None]
+    cpu_note = ""
+    if recorded:
+        which = "" if len(recorded) == len(runs) else f" in the {len(recorded)} runs that record it"
+        cpu_note = f" (CPU time {sum(recorded):.0f} s{which})"
     summary = (f"{len(runs)} runs, {n_failed} failed; total compute time {total:.0f} s{cpu_note}. "
                + invocation_summary(manifest))
     cells.append(md(summary))
