@@ -1,3 +1,9 @@
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -5,6 +11,8 @@ from lib.training.gaussian import toy_problem
 from lib.core.models import BinaryMLP, xnor_resnet18
 from lib.common.files import canonical_json, content_key
 from lib.training.train import cached_train, train_ste
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -95,3 +103,38 @@ def test_an_unreadable_checkpoint_is_moved_aside_and_trained_again(tmp_path, cap
     assert "weights_only" not in err  # torch's advice to unpickle arbitrary code is not passed on
     assert (tmp_path / f"{path.name}.corrupt").read_bytes() == content
     assert torch.load(path, weights_only=True)["curve"].tolist() == curve  # a good checkpoint in its place
+
+
+_PRETRAIN_SCRIPT = """
+import hashlib, sys, torch
+torch.set_num_threads(1)
+import lib.experiments.toy.run as toy
+from lib.experiments.toy.params import ToyParams
+from lib.training.gaussian import toy_problem
+toy.PRETRAIN_DTYPE = getattr(torch, sys.argv[1])
+p = ToyParams(num_dim=8, pretrained=True, pretrain_steps=40, pretrain_batch_size=4000, cache_dir=sys.argv[2])
+student, _, hit = toy.pretrain_student(toy_problem(8, 0), p, progress=False)
+assert not hit
+state = student.state_dict()
+print(hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest())
+"""
+
+
+def _pretrained_sha(dtype: str, isa: str, cache: Path) -> str:
+    env = {**os.environ, "MKL_ENABLE_INSTRUCTIONS": isa, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _PRETRAIN_SCRIPT, dtype, str(cache)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available() or platform.machine() not in ("x86_64", "AMD64"),
+                    reason="needs MKL on x86-64 (its instruction set is chosen with MKL_ENABLE_INSTRUCTIONS)")
+def test_a_pretrained_student_does_not_depend_on_the_cpus_vector_instructions(tmp_path):
+    """The toy's pretraining (float64) gives the same student, bit for bit, whether MKL takes its
+    SSE4.2 or its AVX2 code path, as on two machines. The control: trained in float32, the
+    students differ, so the two paths do sum differently here."""
+    float32 = [_pretrained_sha("float32", isa, tmp_path / f"f32-{isa}") for isa in ("SSE4_2", "AVX2")]
+    if float32[0] == float32[1]:
+        pytest.skip("MKL's SSE4.2 and AVX2 paths give the same float32 sums on this machine")
+    assert _pretrained_sha("float64", "SSE4_2", tmp_path / "a") == _pretrained_sha("float64", "AVX2", tmp_path / "b")

@@ -35,6 +35,7 @@ The results (a JSON-able dict) hold, besides ``experiment``, ``parameters``, ``n
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -59,28 +60,38 @@ from .diagnosis import diagnose
 from .params import EXPERIMENT, LAST_TWO, ToyParams
 
 
+PRETRAIN_DTYPE = torch.float64  # machine-independent students (docs/design.md §3, "Pretraining")
+
+
 def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torch.nn.Module, list[float], bool]:
     """Train the student with the STE ``pretrain_variant`` and Adam on ``pretrain_steps`` fresh
     batches of ``pretrain_batch_size`` rows ``x ~ N(0, I)`` (targets from the teacher); cached in
     ``cache_dir`` (relative: from the repository root) by a hash of everything that determines the
-    result."""
+    result.
+
+    The training runs on float64 copies of the student and the teacher (inputs as drawn, in
+    float64), and the student keeps its own dtype, the trained weights rounded to it. In float32,
+    the last bits of the BLAS sums differ between CPUs (their vector instructions), and 2000 steps
+    of a binary network turn those bits into a different student."""
     key = {"kind": "toy-pretrain", "num_dim": p.num_dim, "init_seed": problem.seed, "teacher_act": p.teacher_act,
-           **({"act": p.act} if p.act != "binary" else {}),  # binary students keep their cached checkpoints
-           "steps": p.pretrain_steps, "batch_size": p.pretrain_batch_size, "lr": p.pretrain_lr,
-           "variant": p.pretrain_variant, "torch": torch.__version__.split("+")[0]}
-    student = problem.student
+           "act": p.act, "steps": p.pretrain_steps, "batch_size": p.pretrain_batch_size, "lr": p.pretrain_lr,
+           "variant": p.pretrain_variant, "dtype": str(PRETRAIN_DTYPE).removeprefix("torch."),
+           "torch": torch.__version__.split("+")[0]}
+    teacher = copy.deepcopy(problem.teacher).to(PRETRAIN_DTYPE)
 
     def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = seeded_generator(7_919 * (problem.seed + 1) + 104_729 * step + 1)
-        x = gaussian_batch(p.num_dim, p.pretrain_batch_size, gen)
-        return x, teacher_targets(problem.teacher, x)
+        x = gaussian_batch(p.num_dim, p.pretrain_batch_size, gen, dtype=PRETRAIN_DTYPE)
+        return x, teacher_targets(teacher, x)
 
-    def train(model):
-        return train_ste(model, batch_fn, p.pretrain_steps, loss="mse", variant=p.pretrain_variant,
-                         lr=p.pretrain_lr, progress=progress, desc=f"pretrain d={p.num_dim} init {problem.seed}")
+    def train(model: torch.nn.Module) -> list[float]:
+        wide = copy.deepcopy(model).to(PRETRAIN_DTYPE)
+        curve = train_ste(wide, batch_fn, p.pretrain_steps, loss="mse", variant=p.pretrain_variant,
+                          lr=p.pretrain_lr, progress=progress, desc=f"pretrain d={p.num_dim} init {problem.seed}")
+        model.load_state_dict(wide.state_dict())  # copy_ rounds to the student's dtype
+        return curve
 
-    model, curve, hit = cached_train(repo_path(p.cache_dir), key, lambda: student, train)
-    return model, curve, hit
+    return cached_train(repo_path(p.cache_dir), key, lambda: problem.student, train)
 
 
 def estimate(estimator: str, layers: str = "all", **hyper: Any) -> dict[str, Any]:
