@@ -28,7 +28,7 @@ from lib.pipeline import grid
 from lib.report import manifest as report
 from lib.pipeline import execute, runner
 from lib.pipeline import manifest as manifests
-from lib.common.files import read_json
+from lib.common.files import atomic_write_json, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "tests/fixtures/toy.ipynb"
@@ -349,9 +349,17 @@ def test_a_run_keyed_by_the_notebook_bytes_counts_and_takes_the_code_key(base_gr
     m = manifest(tmp)
     m["runs"][run.run_id]["params_hash"] = run.legacy_hash
     assert manifests.is_cached(run, m, report_dir(tmp))
+    assert m["runs"][run.run_id]["params_hash"] == run.legacy_hash  # asking does not change it
+    manifests.take_current_key(run, m)
     assert m["runs"][run.run_id]["params_hash"] == run.params_hash
     m["runs"][run.run_id]["params_hash"] = "0" * 64
     assert not manifests.is_cached(run, m, report_dir(tmp))
+    # through the runner: still finished, and the manifest on disk now carries the current key
+    m["runs"][run.run_id]["params_hash"] = run.legacy_hash
+    atomic_write_json(report_dir(tmp) / "manifest.json", m)
+    assert run_main(tmp) == 0
+    assert manifest(tmp)["runs"][run.run_id]["params_hash"] == run.params_hash
+    assert manifest(tmp)["invocations"][-1]["ran"] == []
 
 
 def test_a_truncated_or_altered_results_file_is_not_cached(base_grid, tmp_path, capsys):

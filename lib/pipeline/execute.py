@@ -30,7 +30,8 @@ from lib.common.versions import versions
 from lib.experiments.progress import describe, progress_path, read_progress
 from lib.experiments.resume import partial_path
 from lib.pipeline.grid import RESULTS_KEY, Run
-from lib.pipeline.manifest import adopt_verified_results, code_sha256, git_commit, is_cached, load_manifest, now
+from lib.pipeline.manifest import (adopt_verified_results, code_sha256, git_commit, is_cached, load_manifest, now,
+                                   take_current_key)
 from lib.pipeline.priority import NICE_ENV
 
 KERNEL_NAME = "python3"
@@ -164,6 +165,9 @@ class _GridRun:
             for run in self.todo:
                 partial_path(self.results_file(run)).unlink(missing_ok=True)
         todo_ids = {run.run_id for run in self.todo}
+        for run in runs:
+            if run.run_id not in todo_ids:
+                take_current_key(run, self.manifest)
         self.outcome: dict[str, list[str]] = {"ok": [], "cached": [r.run_id for r in runs if r.run_id not in todo_ids],
                                               "failed": []}
         # One record per invocation, rewritten with the manifest after every run and when the

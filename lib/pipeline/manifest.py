@@ -77,8 +77,8 @@ def is_cached(run: Run, manifest: Mapping[str, Any], report_dir: Path,
               warn: Callable[[str], None] | None = None) -> bool:
     """Finished before: recorded ok, same parameters and notebook code, and a results file that
     :func:`results_problem` trusts. A present but untrusted file is reported through ``warn``. An
-    entry keyed the older way (the notebook's bytes, :attr:`Run.legacy_hash`) counts too, and
-    takes the current key."""
+    entry keyed the older way (the notebook's bytes, :attr:`Run.legacy_hash`) counts too
+    (:func:`take_current_key` rewrites it). Reads only: the manifest is not changed."""
     entry = manifest.get("runs", {}).get(run.run_id)
     if not (isinstance(entry, dict) and entry.get("status") == "ok"
             and entry.get("params_hash") in _keys(run)):
@@ -87,9 +87,13 @@ def is_cached(run: Run, manifest: Mapping[str, Any], report_dir: Path,
     problem = results_problem(entry, path)
     if problem not in (None, "missing") and warn is not None:
         warn(f"warning: {path}: {problem}; {run.run_id} is computed again")
-    if problem is None:
-        entry["params_hash"] = run.params_hash
     return problem is None
+
+
+def take_current_key(run: Run, manifest: dict[str, Any]) -> None:
+    """Give the finished entry of ``run`` (one :func:`is_cached` accepted) the current key, so an
+    entry keyed the older way is found by it from now on."""
+    manifest["runs"][run.run_id]["params_hash"] = run.params_hash
 
 
 def load_manifest(report_dir: Path) -> dict[str, Any]:
