@@ -14,7 +14,7 @@ import argparse
 import time
 
 import torch
-from timing import best_of
+from timing import best_of, bmm_gflops
 
 from lib.core.estimators import cdg, nes
 from lib.core.losses import batch_loss
@@ -37,15 +37,6 @@ def naive_cdg_seconds_per_coord(model, x, y, eps: float, n_coords: int) -> float
             v[i] += eps
             _ = (lp - lm) / (2 * eps)
     return (time.perf_counter() - t) / len(chosen)
-
-
-def matmul_gflops(n: int, d: int, repeats: int = 10) -> float:
-    """GFLOP/s of a batched float32 matmul (64 × (n, d) @ (d, d)), the NES layer shape."""
-    a = torch.randn(64, n, d)
-    b = torch.randn(64, d, d)
-    torch.bmm(a, b)
-    dt = best_of(lambda: [torch.bmm(a, b) for _ in range(repeats)])
-    return 2 * 64 * n * d * d * repeats / dt / 1e9
 
 
 def main() -> None:
@@ -77,7 +68,7 @@ def main() -> None:
         nes_s = best_of(lambda: nes(model, x, y, sigma=0.1, samples=args.nes_samples), 2)
         dirs = args.nes_samples / nes_s
         nes_gflops = dirs * 2 * flops_per_eval / 1e9
-        mm = matmul_gflops(n, d)
+        mm = bmm_gflops(n, d)
         print(f"{n:>6} | {n_coords:>6} | {engine_s:>12.3f} | {naive_s:>15.2f} | {naive_s / engine_s:>6.0f}x | "
               f"{dirs:>9.0f} | {nes_gflops:>11.1f} | {mm:>14.1f} | {nes_gflops / mm:>9.0%}")
 

@@ -5,7 +5,9 @@ projected NES time (a script, not a test).
 
 Prints, in one run and after a full-size warm-up of each measured call:
 
-* the GFLOP/s of a single-threaded 2048² float32 sgemm (the reference);
+* the GFLOP/s of a single-threaded 2048² float32 sgemm (the reference), and of a batched matmul
+  of NES's own shape: one chunk of perturbed copies, each a (batch, 64) block times its own
+  64 × 64 weight (the limit at that shape, which a wide-vector core reaches far less well);
 * NES over all layers of the toy (num_dim 64, batch 1024, 2000 antithetic directions): GFLOP/s
   (``2 · N · Σ fan_in·fan_out`` per loss evaluation) and its share of the sgemm rate;
 * the same NES written as an ES-library user would: ``torch.func.vmap`` over ``functional_call``
@@ -28,10 +30,11 @@ import argparse
 import multiprocessing
 
 import torch
-from timing import PROFILES, best_of, nes_directions_per_s, nes_rates, projected_nes_hours
+from timing import PROFILES, best_of, bmm_gflops, nes_directions_per_s, nes_rates, projected_nes_hours
 from torch.func import functional_call, vmap
 
 from lib.core import directions
+from lib.core.engine import NES_BUDGET_MB, rows_per_chunk
 from lib.core.estimators import nes
 from lib.core.quantizers import quantize
 from lib.core.losses import per_sample_loss
@@ -117,6 +120,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, batch {args.batch}")
     sgemm = sgemm_gflops()
     print(f"sgemm 2048²: {sgemm:.1f} GFLOP/s")
+    copies = rows_per_chunk(args.batch * 64, NES_BUDGET_MB, 4)  # about NES's chunk (15 directions × 2 signs at d 64)
+    bmm = bmm_gflops(args.batch, 64, copies)
+    print(f"bmm of NES's shape ({copies} × ({args.batch}, 64)·(64, 64)): {bmm:.1f} GFLOP/s = {bmm / sgemm:.0%} of sgemm")
 
     prob = toy_problem(64, 0)
     x, y = prob.batch(args.batch, 0)
@@ -127,7 +133,8 @@ def main() -> None:
     peer_nes(model, x, y, 0.1, args.samples)
     peer = best_of(lambda: peer_nes(model, x, y, 0.1, args.samples), 2)
     rate = 2 * args.samples * flops / ours / 1e9
-    print(f"NES num_dim 64, {args.samples} directions: {ours:.2f} s, {rate:.1f} GFLOP/s = {rate / sgemm:.0%} of sgemm")
+    print(f"NES num_dim 64, {args.samples} directions: {ours:.2f} s, {rate:.1f} GFLOP/s = {rate / sgemm:.0%} of sgemm, "
+          f"{rate / bmm:.0%} of the bmm")
     print(f"peer (vmap over functional_call, chunks of 100): {peer:.2f} s; NES is {peer / ours:.2f}× faster")
 
     shared = nes_directions_per_s(64, args.batch, args.samples, shared=True)

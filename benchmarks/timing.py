@@ -39,6 +39,15 @@ def best_of(fn: Callable[[], object], repeats: int = 3, device: torch.device | s
     return best
 
 
+def bmm_gflops(n: int, d: int, copies: int = 64, repeats: int = 10) -> float:
+    """GFLOP/s of a batched float32 matmul, ``copies × (n, d) @ (d, d)``: NES's layer shape, each
+    perturbed copy's activations times its own weight (``2·copies·n·d²`` flops per call)."""
+    a, b = torch.randn(copies, n, d), torch.randn(copies, d, d)
+    out = torch.bmm(a, b)
+    dt = best_of(lambda: [torch.bmm(a, b, out=out) for _ in range(repeats)])
+    return 2 * copies * n * d * d * repeats / dt / 1e9
+
+
 def nes_directions_per_s(num_dim: int, batch: int, samples: int, layers: Sequence[str] | None = None,
                          device: torch.device | str = "cpu", shared: bool = True) -> float:
     """Antithetic NES directions per second and per σ on the toy student, after a full-size
