@@ -61,7 +61,7 @@ def test_local_cluster_runs_resumes_and_records_a_failure(tmp_path, capsys):
     assert "0 ok, 2 cached, 0 failed" in capsys.readouterr().out
     # a point that fails on its worker is recorded, with its error, beside the finished ones
     broken = _setup(tmp_path, {"num_dim": [5], "pretrained": [True], "pretrain_steps": 5, "pretrain_batch_size": 64,
-                               "pretrain_lr": 1e30})  # the pretraining diverges on its worker
+                               "pretrain_lr": 1e300})  # the pretraining (float64) diverges on its worker
     assert runner.main(broken + ["--cluster", "local:2"]) == 1
     entry = read_json(report / "manifest.json")["runs"]["toy__pretrained-true__num_dim-5"]
     assert entry["status"] == "failed" and "loss is not finite" in entry["error"]

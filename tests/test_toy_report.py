@@ -42,7 +42,7 @@ def report_dir(tmp_path_factory) -> Path:
               "--only", "toy", "--jobs", "1"]
     assert runner.main(common + ["--params", str(tmp / "tiny.yaml")]) == 0
     # a run that fails at run time: pretraining diverges (validation cannot know), the loss is inf
-    broken = dict(tiny, num_dim=[6], pretrained=[True], pretrain_lr=1e30)
+    broken = dict(tiny, num_dim=[6], pretrained=[True], pretrain_lr=1e300)  # float64: inf only past 1e308
     (tmp / "broken.yaml").write_text(yaml.safe_dump(broken))
     assert runner.main(common + ["--params", str(tmp / "broken.yaml")]) == 1
     return tmp / "reports" / DATE
