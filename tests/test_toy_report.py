@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lib.experiments.toy import tables
@@ -69,6 +70,7 @@ def test_toy_runs_write_complete_results(report_dir):
             # n counts the finite values (a cosine with an all-zero estimate is NaN, stored as null)
             assert c["n"] == len(finite(c["values"])) and (c["interval"] is None) == (c["n"] < 2)
         assert r["parameters"]["seed"] == 0 and r["versions"]["torch"] and r["wall_s"] > 0
+        assert r["machine"]["cpu"] and r["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         assert (len(r["pretrain"]) == 1) == (pre == "true")
         assert [e["sigma"] for e in r["diagnosis"]["per_sigma"]] == [0.1, 0.5]
     executed = (report_dir / "runs" / "toy__pretrained-false__num_dim-4.ipynb").read_text()
@@ -111,7 +113,20 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     assert re.search(r"toy__pretrained-true__num_dim-4</td>\s*<td[^>]*>ok</td>\s*<td[^>]*>[\d.]+ s</td>"
                      r"\s*<td[^>]*>[\d.]+ s</td>\s*<td[^>]*>[\d.]+ s</td>\s*<td[^>]*>0</td>", html)
     assert re.search(r"total compute time \d+ s \(CPU time \d+ s in the 2 runs that record it\)", html)
+    machine = read_json(report_dir / "results" / "toy__pretrained-true__num_dim-4.json")["machine"]
+    assert f"CPUs: {machine['cpu']} ({machine['cpu_capability']}): 2 runs." in html  # the failed one wrote none
     assert "3 runs, 1 failed" in html and "Computed by 2 invocation(s) of the runner (0 interrupted, 0 ended" in html
+
+
+def test_the_manifest_names_each_cpu_and_warns_when_runs_mix_them():
+    from lib.report.manifest import _machines_sentence
+
+    xeon, epyc = {"cpu": "Xeon", "cpu_capability": "AVX512"}, {"cpu": "EPYC", "cpu_capability": "AVX2"}
+    runs = [{"results": {"machine": m}} for m in (xeon, epyc, xeon)] + [{"results": None}, {"results": {}}]
+    assert _machines_sentence(runs) == (" CPUs: Xeon (AVX512): 2 runs; EPYC (AVX2): 1 run. Float32 sums may "
+                                        "differ in their last digits between them.")
+    assert _machines_sentence(runs[:1]) == " CPUs: Xeon (AVX512): 1 run."
+    assert _machines_sentence(runs[3:]) == ""
 
 
 def test_invocation_summary_counts_the_invocations_that_had_work():

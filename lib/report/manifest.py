@@ -2,6 +2,7 @@
 time per run and per runner invocation, failures, runs not yet run."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Sequence
 
 from lib.experiments.cells import heading, md, table
@@ -56,6 +57,16 @@ def invocation_summary(manifest: dict[str, Any]) -> str:
             "wall time in all (report build excluded).")
 
 
+def _machines_sentence(runs: Sequence[dict[str, Any]]) -> str:
+    """`` CPUs: <model> (<vector instructions>): n runs; …`` from the results, or ``""``."""
+    counts = Counter(f"{m.get('cpu')} ({m.get('cpu_capability')})" for r in runs
+                     if isinstance(m := (r["results"] or {}).get("machine"), dict))
+    if not counts:
+        return ""
+    listed = "; ".join(f"{cpu}: {n} run{'s' * (n != 1)}" for cpu, n in counts.most_common())
+    return f" CPUs: {listed}." + (" Float32 sums may differ in their last digits between them." if len(counts) > 1 else "")
+
+
 def manifest_section(manifest: dict[str, Any], runs: Sequence[dict[str, Any]]) -> list:
     cells = [md(heading(2, "Run manifest"))]
     commit = manifest.get("git_commit") or "unknown"
@@ -63,7 +74,7 @@ def manifest_section(manifest: dict[str, Any], runs: Sequence[dict[str, Any]]) -
     versions = ", ".join(f"{k} {v}" for k, v in sorted((manifest.get("versions") or {}).items()) if v)
     cells.append(md(f"Profile `{manifest.get('profile')}`, date {manifest.get('date')}, started "
                     f"{manifest.get('started')}; git commit `{commit}`{dirty}; {manifest.get('platform', '')}.\n\n"
-                    f"Versions: {versions}."))
+                    f"Versions: {versions}." + _machines_sentence(runs)))
     rows = []
     cpu = [_compute_s(r, "cpu_s") for r in runs]
     for r, run_cpu in zip(runs, cpu):

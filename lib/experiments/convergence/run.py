@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from lib.common.files import to_jsonable
-from lib.common.versions import versions
+from lib.common.versions import machine, versions
 from lib.core.device import resolve_device
 from lib.core.estimators import cdg, ste
 from lib.core.evaluate import cosine
@@ -111,7 +111,7 @@ def run(params: ConvergenceParams | Mapping[str, Any], on_step: Callable[[int, i
     bar.close()
     layers = list(dict.fromkeys(r["layer"] for r in raw if r["layer"] not in ("all", LAYER_MEAN)))
     return to_jsonable({"experiment": EXPERIMENT, "parameters": dataclasses.asdict(p), "versions": versions(),
-                        "device": device, "layers": layers, "cosines": _aggregate(raw), **steps.timing()})
+                        "machine": machine(), "device": device, "layers": layers, "cosines": _aggregate(raw), **steps.timing()})
 
 
 def _aggregate(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:

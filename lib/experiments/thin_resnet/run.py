@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from lib.common.files import to_jsonable
-from lib.common.versions import versions
+from lib.common.versions import machine, versions
 from lib.core.device import resolve_device
 from lib.core.resnet import XnorResNet
 from lib.experiments.resume import Steps
@@ -104,7 +104,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
 def _header(p: dict[str, Any], data: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
     """What the results record before the first analysis."""
     return {"experiment": EXPERIMENT, "parameters": dict(p), "seed": p["seed"], "versions": versions(),
-            "device": str(device), "initial_channels": p["initial_channels"],
+            "machine": machine(), "device": str(device), "initial_channels": p["initial_channels"],
             "eps": p["eps"], "eps_main": main_eps(p["eps"]), "lrs": p["lrs"], "ste_variants": p["ste_variants"],
             "data": {"source": p["data_source"], "train_images": len(data["x_train"]),
                      "test_images": len(data.get("x_test", [])), "batch_size": p["batch_size"],

@@ -47,7 +47,7 @@ import torch
 
 from lib.common.files import canonical_json, to_jsonable
 from lib.common.paths import repo_path
-from lib.common.versions import versions
+from lib.common.versions import machine, versions
 from lib.core import estimators as E
 from lib.core import evaluate as V
 from lib.core.device import resolve_device
@@ -308,6 +308,7 @@ def _results(p: ToyParams, tally: _Tally, device: str, timing: dict[str, float])
         "curves": tally.curve_records(lrs),
         "cosines": tally.cosine_records(),
         "versions": versions(),
+        "machine": machine(),
         "device": device,
         **timing,
     }
