@@ -49,7 +49,11 @@ def direction_losses(
     head = units[first]
     if isinstance(head, LinearAct):
         base, proj = projection if projection is not None else head_projection(model, cache, locs, directions)
-        z = torch.cat([base + s * proj for s in scales])                      # (S·K, N, out)
+        z = torch.empty((len(scales) * k, *base.shape), dtype=base.dtype, device=base.device)  # (S·K, N, out)
+        for i, s in enumerate(scales):  # base + s · proj, written in place: the same bits, no copies
+            part = z[i * k:(i + 1) * k]
+            torch.mul(proj, s, out=part)
+            part += base
         batched = z if head.act is None else quantize_(z, head.act.precision)
         start = first + 1
     rest = [loc for loc in locs if loc.unit >= start]
@@ -84,8 +88,8 @@ def direction_losses(
                 z = torch.bmm(out, (unit.weight + delta["weight"]).transpose(1, 2))
             else:
                 z = torch.matmul(out, unit.weight.t())
-            if unit.bias is not None:
-                z = z + ((unit.bias + delta["bias"]).unsqueeze(1) if "bias" in delta else unit.bias)
+            if unit.bias is not None:  # z is this pass's own: added in place, the same bits
+                z += (unit.bias + delta["bias"]).unsqueeze(1) if "bias" in delta else unit.bias
             out = z if unit.act is None else quantize_(z, unit.act.precision)  # z is this pass's own
         losses = per_sample_loss(out, y, loss).mean(dim=1)
     elif not rest:  # nothing perturbed after the head: one plain pass over all copies' rows
