@@ -72,6 +72,7 @@ def test_toy_runs_write_complete_results(report_dir):
         assert r["parameters"]["seed"] == 0 and r["versions"]["torch"] and r["wall_s"] > 0
         assert r["machine"]["cpu"] and r["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         assert (len(r["pretrain"]) == 1) == (pre == "true")
+        assert all(info["dtype"] == "float64" for info in r["pretrain"])  # docs/design.md §3
         assert [e["sigma"] for e in r["diagnosis"]["per_sigma"]] == [0.1, 0.5]
     executed = (report_dir / "runs" / "toy__pretrained-false__num_dim-4.ipynb").read_text()
     assert "image/png" in executed  # the notebook shows its figures
@@ -88,6 +89,7 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
                      "Cosine with CDG (beyond the notes)"]:
         assert expected in text, expected
     assert "NES grad似乎不能指向loss下降的方向" in html
+    assert "num_dim) ~ N(0, 1), in float64." in html  # the pretraining's precision, from the results
     assert "Dim = 4" in html and "Sample = 20" in html and "Sample = 100" in html  # the notes' sub-items, as panel labels
     # per toy section one figure each: CDG, NES, best → num_dim, STE; the pretrained one adds the
     # diagnosis and the pretraining curves

@@ -63,6 +63,11 @@ from .params import EXPERIMENT, LAST_TWO, ToyParams
 PRETRAIN_DTYPE = torch.float64  # machine-independent students (docs/design.md §3, "Pretraining")
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``"float64"`` for ``torch.float64``."""
+    return str(dtype).removeprefix("torch.")
+
+
 def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torch.nn.Module, list[float], bool]:
     """Train the student with the STE ``pretrain_variant`` and Adam on ``pretrain_steps`` fresh
     batches of ``pretrain_batch_size`` rows ``x ~ N(0, I)`` (targets from the teacher); cached in
@@ -75,7 +80,7 @@ def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torc
     of a binary network turn those bits into a different student."""
     key = {"kind": "toy-pretrain", "num_dim": p.num_dim, "init_seed": problem.seed, "teacher_act": p.teacher_act,
            "act": p.act, "steps": p.pretrain_steps, "batch_size": p.pretrain_batch_size, "lr": p.pretrain_lr,
-           "variant": p.pretrain_variant, "dtype": str(PRETRAIN_DTYPE).removeprefix("torch."),
+           "variant": p.pretrain_variant, "dtype": dtype_name(PRETRAIN_DTYPE),
            "torch": torch.__version__.split("+")[0]}
     teacher = copy.deepcopy(problem.teacher).to(PRETRAIN_DTYPE)
 
@@ -286,7 +291,7 @@ def _student(p: ToyParams, problem, init: int, tally: _Tally, progress: bool) ->
         return problem.student
     student, curve, hit = pretrain_student(problem, p, progress)
     if not any(info["init"] == init for info in tally.pretrain):
-        tally.pretrain.append({"init": init, "curve": curve, "cached": hit,
+        tally.pretrain.append({"init": init, "curve": curve, "cached": hit, "dtype": dtype_name(PRETRAIN_DTYPE),
                                "final_loss": finite_mean(curve[-max(1, len(curve) // 20):])})
     return student
 
