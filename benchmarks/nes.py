@@ -7,7 +7,7 @@ Prints, in one run and after a full-size warm-up of each measured call:
 
 * the GFLOP/s of a single-threaded 2048² float32 sgemm (the reference), and of a batched matmul
   of NES's own shape: one chunk of perturbed copies, each a (batch, 64) block times its own
-  64 × 64 weight (the limit at that shape, which a wide-vector core reaches far less well);
+  64 × 64 weight (the matmul limit at that shape);
 * NES over all layers of the toy (num_dim 64, batch 1024, 2000 antithetic directions): GFLOP/s
   (``2 · N · Σ fan_in·fan_out`` per loss evaluation) and its share of the sgemm rate;
 * the same NES written as an ES-library user would: ``torch.func.vmap`` over ``functional_call``

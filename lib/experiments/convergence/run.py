@@ -16,7 +16,7 @@ readout) and as the mean of the per-layer cosines (``mean_over_layers``, the lab
 coordinates CDG computed (all, or ``coords_per_layer`` seeded ones per layer, the same on both
 batches).
 
-The results: ``experiment``, ``parameters``, ``versions``, ``device``, ``wall_s``, ``cpu_s``, ``layers``
+The results: ``experiment``, ``parameters``, ``versions``, ``machine``, ``device``, ``wall_s``, ``cpu_s``, ``layers``
 (parameter names) and ``cosines``, one record per (``precision``, ``eps``, ``batch_size``,
 ``layer``, ``estimate``) with ``estimate`` ``{"estimator": "ste", "variant": v,
 "reference_batch": "same" or "independent"}`` or ``{"estimator": "cdg", "batch": "independent"}``
@@ -111,7 +111,8 @@ def run(params: ConvergenceParams | Mapping[str, Any], on_step: Callable[[int, i
     bar.close()
     layers = list(dict.fromkeys(r["layer"] for r in raw if r["layer"] not in ("all", LAYER_MEAN)))
     return to_jsonable({"experiment": EXPERIMENT, "parameters": dataclasses.asdict(p), "versions": versions(),
-                        "machine": machine(), "device": device, "layers": layers, "cosines": _aggregate(raw), **steps.timing()})
+                        "machine": machine(), "device": device, "layers": layers, "cosines": _aggregate(raw),
+                        **steps.timing()})
 
 
 def _aggregate(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -54,7 +54,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     (:class:`lib.experiments.resume.Steps`); every draw is seeded, so the numbers are those of an
     uninterrupted run. The results:
 
-    ``experiment``, ``parameters`` (all of them, validated), ``seed``, ``versions``, ``device``,
+    ``experiment``, ``parameters`` (all of them, validated), ``seed``, ``versions``, ``machine``, ``device``,
     ``wall_s`` (compute time of all attempts), ``cpu_s`` (their CPU time), ``initial_channels``, ``eps``, ``eps_main``, ``lrs``,
     ``ste_variants``, ``data`` (source, image counts, batch size, batch class counts), ``layers``
     (the 16 binary conv weights, front to back: ``{name, label ("1.0.1" = stage.block.conv),

@@ -10,8 +10,8 @@ cosine with it that rises with the sample count means *variance*; an exact smoot
 that itself fails to decrease the loss means *smoothing bias* (σ too large).
 
 The results (a JSON-able dict) hold, besides ``experiment``, ``parameters``, ``num_dim``,
-``pretrained``, ``lrs``, ``versions``, ``device``, ``wall_s`` (compute time of all attempts) and
-``cpu_s`` (their CPU time):
+``pretrained``, ``lrs``, ``versions``, ``machine`` (the CPU), ``device``, ``wall_s`` (compute
+time of all attempts) and ``cpu_s`` (their CPU time):
 
 * ``curves``: one record per estimate (:mod:`lib.experiments.records`), identified by
   ``estimator`` (``cdg``, ``nes``, ``ste``, ``smoothed_exact``), ``layers`` (``all``, or
@@ -27,7 +27,7 @@ The results (a JSON-able dict) hold, besides ``experiment``, ``parameters``, ``n
   NES on the last two layers against the exact one, and the reference's noise ceiling (CDG on an
   independent batch of the same size against it, :func:`noise_ceiling`);
 * ``base_loss``, ``pretrain`` (per initialisation: ``init``, ``curve``, ``cached``,
-  ``final_loss``), mean ``seconds`` per estimate (``cdg``, ``ste``; ``nes`` per σ for
+  ``dtype``, ``final_loss``), mean ``seconds`` per estimate (``cdg``, ``ste``; ``nes`` per σ for
   ``nes_samples`` directions, all sample counts at once, the σ of a step sharing one call) and
   ``loss_evaluations`` per estimate (``cdg``; ``nes``:
   ``[{samples, evaluations}]``);
