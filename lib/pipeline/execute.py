@@ -165,11 +165,10 @@ class _GridRun:
             for run in self.todo:
                 partial_path(self.results_file(run)).unlink(missing_ok=True)
         todo_ids = {run.run_id for run in self.todo}
-        for run in runs:
-            if run.run_id not in todo_ids:
-                take_current_key(run, self.manifest)
-        self.outcome: dict[str, list[str]] = {"ok": [], "cached": [r.run_id for r in runs if r.run_id not in todo_ids],
-                                              "failed": []}
+        cached = [run for run in runs if run.run_id not in todo_ids]
+        for run in cached:
+            take_current_key(run, self.manifest)
+        self.outcome: dict[str, list[str]] = {"ok": [], "cached": [run.run_id for run in cached], "failed": []}
         # One record per invocation, rewritten with the manifest after every run and when the
         # invocation ends or is interrupted: the wall time of a grid finished over several
         # (interrupted, resumed) invocations is the sum of their wall_s.
