@@ -10,7 +10,7 @@ import torch
 from lib.training.gaussian import toy_problem
 from lib.core.models import BinaryMLP, xnor_resnet18
 from lib.common.files import canonical_json, content_key
-from lib.training.train import cached_train, train_ste
+from lib.training.train import cached_train, train_ste, train_wide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,12 +120,23 @@ print(hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))
 """
 
 
-def _pretrained_sha(dtype: str, isa: str, cache: Path) -> str:
-    env = {**os.environ, "MKL_ENABLE_INSTRUCTIONS": isa, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", _PRETRAIN_SCRIPT, dtype, str(cache)], cwd=ROOT, env=env,
+# The code paths of the libraries under torch: MKL (matmuls), oneDNN (float32 convolutions) and
+# ATen's own vectorised kernels (elementwise, reductions), each forced to one instruction set.
+_ISA_ENV = {"SSE4_2": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                       "ATEN_CPU_CAPABILITY": "default"},
+            "AVX2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+
+
+def _run_script(script: str, isa: str, *args: str) -> str:
+    env = {**os.environ, **_ISA_ENV[isa], "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
+
+
+def _pretrained_sha(dtype: str, isa: str, cache: Path) -> str:
+    return _run_script(_PRETRAIN_SCRIPT, isa, dtype, str(cache))
 
 
 @pytest.mark.skipif(not torch.backends.mkl.is_available() or platform.machine() not in ("x86_64", "AMD64"),
@@ -138,3 +149,57 @@ def test_a_pretrained_student_does_not_depend_on_the_cpus_vector_instructions(tm
     if float32[0] == float32[1]:
         pytest.skip("MKL's SSE4.2 and AVX2 paths give the same float32 sums on this machine")
     assert _pretrained_sha("float64", "SSE4_2", tmp_path / "a") == _pretrained_sha("float64", "AVX2", tmp_path / "b")
+
+
+_THIN_RESNET_SCRIPT = """
+import dataclasses, sys, torch
+torch.set_num_threads(1)
+import lib.experiments.thin_resnet.states as states
+from lib.experiments.thin_resnet.params import ThinResNetParams
+states.TRAIN_DTYPE = getattr(torch, sys.argv[1])
+p = dataclasses.asdict(ThinResNetParams(initial_channels=8, train_epochs=1, train_limit=512, cache_dir=sys.argv[2]))
+model, info = states.make_state(p, "binary", "trained", states.load_data(p), torch.device("cpu"))
+assert not info["cache_hit"] and info["dtype"] == sys.argv[1] and next(model.parameters()).dtype == torch.float32
+torch.save({"state": model.state_dict(), "curve": torch.tensor(info["curve"], dtype=torch.float64)}, sys.argv[3])
+"""
+
+
+def _thin_resnet_trained(dtype: str, isa: str, tmp_path: Path) -> dict:
+    out = tmp_path / f"{dtype}-{isa}.pt"
+    _run_script(_THIN_RESNET_SCRIPT, isa, dtype, str(tmp_path / f"cache-{dtype}-{isa}"), str(out))
+    return torch.load(out, weights_only=True)
+
+
+def _same_model(a: dict, b: dict) -> bool:
+    """Every float tensor equal to float32's rounding (biases that train at ~1e-11, having no
+    gradient in exact arithmetic, within 1e-9), and the training curves to 1e-9."""
+    return all(torch.allclose(a["state"][k], b["state"][k], rtol=1e-6, atol=1e-9)
+               for k in a["state"] if a["state"][k].dtype.is_floating_point) \
+        and torch.allclose(a["curve"], b["curve"], rtol=0, atol=1e-9)
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available() or platform.machine() not in ("x86_64", "AMD64"),
+                    reason="needs MKL on x86-64 (its instruction set is chosen with MKL_ENABLE_INSTRUCTIONS)")
+def test_a_trained_thin_resnet_does_not_depend_on_the_cpus_vector_instructions(tmp_path):
+    """The thin ResNet's training (float64, rounded back to float32) gives the same model under
+    the SSE4.2 and the AVX2 code paths of MKL, oneDNN and ATen, as on two machines. The control:
+    trained in float32 (8 steps), the models already differ beyond float32's rounding."""
+    if _same_model(*(_thin_resnet_trained("float32", isa, tmp_path) for isa in ("SSE4_2", "AVX2"))):
+        pytest.skip("the SSE4.2 and AVX2 paths give the same float32 training on this machine")
+    assert _same_model(*(_thin_resnet_trained("float64", isa, tmp_path) for isa in ("SSE4_2", "AVX2")))
+
+
+def test_train_wide_trains_a_float64_copy_and_rounds_the_result_back():
+    model = BinaryMLP(4, seed=0)
+    seen = []
+
+    def train(wide):
+        seen.append({p.dtype for p in wide.parameters()})
+        with torch.no_grad():
+            next(wide.parameters()).fill_(1 / 3)  # a float64 value, not a float32 one
+        return [0.5]
+
+    assert train_wide(model, train) == [0.5]
+    assert seen == [{torch.float64}]
+    first = next(model.parameters())
+    assert first.dtype == torch.float32 and bool((first == torch.tensor(1 / 3, dtype=torch.float32)).all())

@@ -4,6 +4,7 @@ Checkpoints hold tensors and strings only and are read back with ``torch.load(we
 """
 from __future__ import annotations
 
+import copy
 import io
 import os
 import sys
@@ -18,6 +19,28 @@ from lib.core.losses import LossSpec, batch_loss, check_loss
 from lib.core.quantizers import get_surrogate, use_surrogate
 
 BatchFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+TRAIN_DTYPE = torch.float64  # machine-independent training (docs/design.md §3 and §4)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``"float64"`` for ``torch.float64``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def train_wide(model: nn.Module, train: Callable[[nn.Module], list[float]],
+               dtype: torch.dtype = TRAIN_DTYPE) -> list[float]:
+    """Run ``train`` on a copy of ``model`` in ``dtype`` (its batches must come in ``dtype`` too);
+    ``model`` keeps its own dtype and gets the trained parameters and buffers, rounded to it
+    (``load_state_dict`` copies). Returns what ``train`` returns (the loss curve).
+
+    Why: in float32 the last bits of the BLAS and convolution sums differ between CPUs (their
+    vector instructions), and a few thousand steps of a binary network turn those bits into a
+    different model; in float64 the differences stay below float32's rounding."""
+    wide = copy.deepcopy(model).to(dtype)
+    curve = train(wide)
+    model.load_state_dict(wide.state_dict())
+    return curve
 
 
 def _model_device(model: nn.Module) -> torch.device | None:

@@ -63,7 +63,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     test_accuracy, state_info, timings, ...}`` with the records of
     :func:`lib.experiments.thin_resnet.analysis.analyse` (``cosines``, ``ceiling``, ``magnitudes``,
     ``decrease``, ``sampled``, each over ``coord_sets`` coordinate sets). ``state_info``: init: ``bn_calibration_batches``; trained:
-    ``cache_hit``, ``steps``, ``train_s``, ``curve`` (per-step training loss), ``final_loss``.
+    ``cache_hit``, ``steps``, ``train_s``, ``dtype`` (of the training), ``curve`` (per-step training loss), ``final_loss``.
 
     NaN (e.g. a cosine with an all-zero estimate) is stored as ``null``.
     """

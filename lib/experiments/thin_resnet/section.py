@@ -28,6 +28,9 @@ def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
     r0 = results[0]
     p = r0["parameters"]
     cs = sorted({r["initial_channels"] for r in results})
+    dtypes = sorted({a["state_info"]["dtype"] for r in results for a in r["analyses"]
+                     if "dtype" in a.get("state_info", {})})  # recorded since float64 training
+    trained_in = f", in {' and '.join(dtypes)}" if dtypes else ""
     source = ("scikit-learn's embedded digits (8×8 greyscale, upsampled to 32×32, 3 channels; "
               "no download)" if p["data_source"] == "digits" else f"CIFAR-10 from `{p['data_source']}`")
     lines = [
@@ -43,7 +46,7 @@ def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
             {"init": f"`init` = fresh weights (seed {p['seed']}), BatchNorm statistics averaged over "
                      f"{p['init_bn_batches']} training batches",
              "trained": f"`trained` = {p['train_epochs']} epoch(s) of STE ({p['train_variant']}) + Adam "
-                        f"(lr {p['train_lr']:g}, batch {p['train_batch_size']}), one model per activation"}[s]
+                        f"(lr {p['train_lr']:g}, batch {p['train_batch_size']}{trained_in}), one model per activation"}[s]
             for s in p["states"]) + ".",
         f"* CDG: central, ε ∈ {{{', '.join(f'{e:g}' for e in p['eps'])}}}, on {p['coords_per_layer']} "
         "seeded coordinates of each of the 16 binary conv weights; the STE variants "

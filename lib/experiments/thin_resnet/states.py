@@ -12,7 +12,7 @@ from lib.common.paths import repo_path
 from lib.core.resnet import XnorResNet, xnor_resnet18
 from lib.training.image_files import source_path
 from lib.training.images import image_data, step_batches
-from lib.training.train import cached_train, train_ste
+from lib.training.train import TRAIN_DTYPE, cached_train, dtype_name, train_ste, train_wide
 
 from .params import CACHE_VERSION, EXPERIMENT, IN_CHANNELS, LOSS, NUM_CLASSES
 
@@ -76,12 +76,17 @@ def train_params(p: dict[str, Any], act: str) -> dict[str, Any]:
             "initial_channels": p["initial_channels"], "act": act, "binary_weights": p["binary_weights"],
             "num_classes": NUM_CLASSES, "in_channels": IN_CHANNELS, "data_source": source,
             "train_limit": p["train_limit"], "epochs": p["train_epochs"], "batch_size": p["train_batch_size"],
-            "lr": p["train_lr"], "variant": p["train_variant"], "seed": p["seed"], "loss": LOSS}
+            "lr": p["train_lr"], "variant": p["train_variant"], "seed": p["seed"], "loss": LOSS,
+            "dtype": dtype_name(TRAIN_DTYPE)}
 
 
 def make_state(p: dict[str, Any], act: str, state: str, data: dict[str, torch.Tensor],
                device: torch.device) -> tuple[XnorResNet, dict[str, Any]]:
-    """The model in ``state`` (on ``device``, eval mode) and what to record about it."""
+    """The model in ``state`` (on ``device``, eval mode, float32) and what to record about it.
+
+    ``trained``: :func:`lib.training.train.train_ste` on a float64 copy (``TRAIN_DTYPE``, batches
+    converted), the weights rounded back to float32 (:func:`lib.training.train.train_wide`), so
+    that the trained model does not depend on the CPU's vector instructions (docs/design.md §8)."""
     x_train, y_train = data["x_train"], data["y_train"]
     info: dict[str, Any] = {}
     if state == "init":
@@ -91,13 +96,22 @@ def make_state(p: dict[str, Any], act: str, state: str, data: dict[str, torch.Te
     elif state == "trained":
         bs = min(p["train_batch_size"], len(x_train))
         steps = p["train_epochs"] * (len(x_train) // bs)
-        batch_fn = step_batches(x_train, y_train, bs, p["seed"])
+        images = step_batches(x_train, y_train, bs, p["seed"])
+
+        def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            x, y = images(step)
+            return x.to(TRAIN_DTYPE), y
+
+        def train(model: XnorResNet) -> list[float]:
+            return train_wide(model, lambda wide: train_ste(
+                wide, batch_fn, steps, loss=LOSS, variant=p["train_variant"], lr=p["train_lr"],
+                progress=False, desc=f"train {act}"), TRAIN_DTYPE)
+
         t0 = time.perf_counter()
-        model, curve, hit = cached_train(
-            repo_path(p["cache_dir"]), train_params(p, act), lambda: build_model(p, act).to(device),
-            lambda m: train_ste(m, batch_fn, steps, loss=LOSS, variant=p["train_variant"],
-                                lr=p["train_lr"], progress=False, desc=f"train {act}"))
+        model, curve, hit = cached_train(repo_path(p["cache_dir"]), train_params(p, act),
+                                         lambda: build_model(p, act).to(device), train)
         info.update({"cache_hit": hit, "steps": steps, "train_s": time.perf_counter() - t0,
+                     "dtype": dtype_name(TRAIN_DTYPE),
                      "curve": curve, "final_loss": float(np.mean(curve[-max(1, len(curve) // 10):]))})
     else:  # pragma: no cover - validated before
         raise ValueError(f"states: unknown state {state!r}")

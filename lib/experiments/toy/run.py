@@ -54,18 +54,13 @@ from lib.core.device import resolve_device
 from lib.experiments.resume import Steps
 from lib.experiments.stats import finite, finite_mean, interval
 from lib.training.gaussian import gaussian_batch, seeded_generator, teacher_targets, toy_problem
-from lib.training.train import cached_train, train_ste
+from lib.training.train import TRAIN_DTYPE, cached_train, dtype_name, train_ste, train_wide
 
 from .diagnosis import diagnose
 from .params import EXPERIMENT, LAST_TWO, ToyParams
 
 
-PRETRAIN_DTYPE = torch.float64  # machine-independent students (docs/design.md §3, "Pretraining")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``"float64"`` for ``torch.float64``."""
-    return str(dtype).removeprefix("torch.")
+PRETRAIN_DTYPE = TRAIN_DTYPE  # machine-independent students (docs/design.md §3, "Pretraining")
 
 
 def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torch.nn.Module, list[float], bool]:
@@ -90,11 +85,9 @@ def pretrain_student(problem, p: ToyParams, progress: bool = True) -> tuple[torc
         return x, teacher_targets(teacher, x)
 
     def train(model: torch.nn.Module) -> list[float]:
-        wide = copy.deepcopy(model).to(PRETRAIN_DTYPE)
-        curve = train_ste(wide, batch_fn, p.pretrain_steps, loss="mse", variant=p.pretrain_variant,
-                          lr=p.pretrain_lr, progress=progress, desc=f"pretrain d={p.num_dim} init {problem.seed}")
-        model.load_state_dict(wide.state_dict())  # copy_ rounds to the student's dtype
-        return curve
+        return train_wide(model, lambda wide: train_ste(
+            wide, batch_fn, p.pretrain_steps, loss="mse", variant=p.pretrain_variant, lr=p.pretrain_lr,
+            progress=progress, desc=f"pretrain d={p.num_dim} init {problem.seed}"), PRETRAIN_DTYPE)
 
     return cached_train(repo_path(p.cache_dir), key, lambda: problem.student, train)
 
