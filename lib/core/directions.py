@@ -34,33 +34,84 @@ def direction_losses(
     come from ``cache``. When that first unit is linear (``z = W h + b``), its input ``h`` is
     shared by all copies, so ``z = W h + b + s · (U h + u_b)`` with the projection ``U h`` of
     every direction computed once in one matmul and reused for every scale; the remaining units
-    run over the ``len(scales) · K`` copies as batched matmuls when they are all linear units,
-    else as one ``vmap``-ed pass. ``projection``: that head's :func:`head_projection` of these
-    directions, when a caller reuses it for several calls (the σ of a NES step); the losses are
-    the same, bit for bit.
+    run over the ``len(scales) · K`` copies as batched matmuls when they are all linear units
+    (:func:`_linear_chain_losses`), else as one ``vmap``-ed pass (:func:`_vmap_losses`).
+    ``projection``: that head's :func:`head_projection` of these directions, when a caller reuses
+    it for several calls (the σ of a NES step); the losses are the same, bit for bit.
     """
     units = units_of(model)
     first = min(loc.unit for loc in locs)
     k = next(iter(directions.values())).shape[0]
-    model_params = dict(model.named_parameters())
     h = cache[first]
     batched = None
     start = first
-    head = units[first]
-    if isinstance(head, LinearAct):
+    if isinstance(units[first], LinearAct):
         base, proj = projection if projection is not None else head_projection(model, cache, locs, directions)
-        z = torch.empty((len(scales) * k, *base.shape), dtype=base.dtype, device=base.device)  # (S·K, N, out)
-        for i, s in enumerate(scales):  # base + s · proj, written in place: the same bits, no copies
-            part = z[i * k:(i + 1) * k]
-            torch.mul(proj, s, out=part)
-            part += base
-        batched = z if head.act is None else quantize_(z, head.act.precision)
+        batched = _head_outputs(units[first], base, proj, scales)
         start = first + 1
     rest = [loc for loc in locs if loc.unit >= start]
     pert = {loc.name: torch.cat([s * directions[loc.name] for s in scales]) for loc in rest}
-    by_unit: dict[int, list[ParamLocation]] = {}
+    if batched is not None and rest and all(isinstance(u, LinearAct) for u in units[start:]):
+        losses = _linear_chain_losses(units, start, batched, rest, pert, y, loss)
+    elif not rest:  # nothing perturbed after the head: one plain pass over all copies' rows
+        copies = len(scales) * k
+        out = run_units(units[start:], batched.reshape(copies * h.shape[0], *batched.shape[2:]))
+        losses = per_sample_loss(out.reshape(copies, h.shape[0], *out.shape[1:]), y, loss).mean(dim=1)
+    else:
+        losses = _vmap_losses(model, units, start, h if batched is None else batched, batched is not None,
+                              rest, pert, y, loss)
+    return losses.reshape(len(scales), k)
+
+
+def _head_outputs(head: LinearAct, base: torch.Tensor, proj: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+    """The first perturbed unit's outputs ``q(base + s · proj[k])`` for every scale ``s`` and
+    direction ``k``, shape ``(S·K, N, out)``: written in place into one buffer, the same bits as
+    the sums, no copies."""
+    k = proj.shape[0]
+    z = torch.empty((len(scales) * k, *base.shape), dtype=base.dtype, device=base.device)
+    for i, s in enumerate(scales):
+        part = z[i * k:(i + 1) * k]
+        torch.mul(proj, s, out=part)
+        part += base
+    return z if head.act is None else quantize_(z, head.act.precision)
+
+
+def _by_unit(rest: Sequence[ParamLocation]) -> dict[int, list[ParamLocation]]:
+    out: dict[int, list[ParamLocation]] = {}
     for loc in rest:
-        by_unit.setdefault(loc.unit, []).append(loc)
+        out.setdefault(loc.unit, []).append(loc)
+    return out
+
+
+def _linear_chain_losses(units: list[nn.Module], start: int, batched: torch.Tensor, rest: Sequence[ParamLocation],
+                         pert: dict[str, torch.Tensor], y: torch.Tensor, loss: LossSpec) -> torch.Tensor:
+    """Losses of the copies through a chain of linear units (the toy MLP), ``h ← q(h (W + δW)ᵀ +
+    b + δb)`` per copy as explicit batched matmuls: the same arithmetic as :func:`_vmap_losses`
+    (equal bit for bit in float32 here) without vmap's per-op overhead, which matters for small
+    layers. ``batched``: the copies' inputs to unit ``start``, ``(copies, N, in)``."""
+    by_unit = _by_unit(rest)
+    out = batched
+    for u in range(start, len(units)):
+        unit = units[u]
+        delta = {loc.local: pert[loc.name] for loc in by_unit.get(u, [])}
+        if "weight" in delta:
+            z = torch.bmm(out, (unit.weight + delta["weight"]).transpose(1, 2))
+        else:
+            z = torch.matmul(out, unit.weight.t())
+        if unit.bias is not None:  # z is this pass's own: added in place, the same bits
+            z += (unit.bias + delta["bias"]).unsqueeze(1) if "bias" in delta else unit.bias
+        out = z if unit.act is None else quantize_(z, unit.act.precision)  # z is this pass's own
+    return per_sample_loss(out, y, loss).mean(dim=1)
+
+
+def _vmap_losses(model: nn.Module, units: list[nn.Module], start: int, h: torch.Tensor, per_copy: bool,
+                 rest: Sequence[ParamLocation], pert: dict[str, torch.Tensor], y: torch.Tensor,
+                 loss: LossSpec) -> torch.Tensor:
+    """Losses of the copies from unit ``start`` on, one ``vmap``-ed ``functional_call`` pass with
+    each copy's perturbed parameters ``w + δw``; ``h``: the input to unit ``start``, one per copy
+    (``per_copy``) or shared."""
+    model_params = dict(model.named_parameters())
+    by_unit = _by_unit(rest)
 
     def copy_loss(perturbation: dict[str, torch.Tensor], h_in: torch.Tensor) -> torch.Tensor:
         out = h_in
@@ -75,31 +126,7 @@ def direction_losses(
                 out = unit(out)
         return per_sample_loss(out, y, loss).mean()
 
-    copies = len(scales) * k
-    if batched is not None and rest and all(isinstance(u, LinearAct) for u in units[start:]):
-        # A chain of linear units (the toy MLP): explicit batched matmuls, the same arithmetic as
-        # the vmap below (equal bit for bit in float32 here) without vmap's per-op overhead,
-        # which matters for small layers.
-        out = batched
-        for u in range(start, len(units)):
-            unit = units[u]
-            delta = {loc.local: pert[loc.name] for loc in by_unit.get(u, [])}
-            if "weight" in delta:
-                z = torch.bmm(out, (unit.weight + delta["weight"]).transpose(1, 2))
-            else:
-                z = torch.matmul(out, unit.weight.t())
-            if unit.bias is not None:  # z is this pass's own: added in place, the same bits
-                z += (unit.bias + delta["bias"]).unsqueeze(1) if "bias" in delta else unit.bias
-            out = z if unit.act is None else quantize_(z, unit.act.precision)  # z is this pass's own
-        losses = per_sample_loss(out, y, loss).mean(dim=1)
-    elif not rest:  # nothing perturbed after the head: one plain pass over all copies' rows
-        out = run_units(units[start:], batched.reshape(copies * h.shape[0], *batched.shape[2:]))
-        losses = per_sample_loss(out.reshape(copies, h.shape[0], *out.shape[1:]), y, loss).mean(dim=1)
-    elif batched is None:
-        losses = vmap(copy_loss, in_dims=(0, None))(pert, h)
-    else:
-        losses = vmap(copy_loss)(pert, batched)
-    return losses.reshape(len(scales), k)
+    return vmap(copy_loss, in_dims=(0, 0 if per_copy else None))(pert, h)
 
 
 @torch.no_grad()
