@@ -121,6 +121,7 @@ def test_results_schema_and_json(tiny_results):
         assert ("decrease" in e) == (e["act"] == "binary")
     info = only(r["analyses"], state="trained", act="binary")["state_info"]
     assert info["steps"] == 2 and len(info["curve"]) == 2 and info["cache_hit"] is False
+    assert info["dtype"] == "float64"  # trained in float64 (the model itself stays float32)
     dec = only(r["analyses"], state="init", act="binary")["decrease"]
     assert [d["layer"] for d in dec][::4] == r["decrease_layers"]  # per layer: CDG at 2 ε, 2 STE variants
     for layer in r["decrease_layers"]:
@@ -230,6 +231,7 @@ def test_report_cells(tiny_results):
     assert "标准XNOR-ResNet-18深度，但是initial channel分别设置为8/16" in text
     assert text.index("Initial channels = 2") < text.index("Initial channels = 4")  # sorted by c
     assert "front" in text and "|" in text  # the summary paragraph and the tables
+    assert "batch 32, in float64), one model per activation" in text  # how the trained state was trained
     # training curves; c = 2: cosine, magnitude, precisions, loss decrease; c = 4: no precisions
     assert len(_pngs(cells)) == 1 + 4 + 3
     for c in cells:  # valid cells for nbformat
