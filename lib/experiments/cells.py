@@ -10,7 +10,7 @@ import base64
 import html
 import io
 import re
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import matplotlib.pyplot as plt
 import nbformat
@@ -19,6 +19,13 @@ from nbformat import NotebookNode
 
 # How the report names the activation precisions of lib.core.names.PRECISIONS.
 PRECISION_TITLES = {"binary": "binary", "ternary": "ternary", "2bit": "2-bit", "fp": "full precision"}
+
+
+def dtypes_phrase(dtypes: Iterable[str]) -> str:
+    """``", in float64"`` for the dtypes a training recorded (sorted, joined by "and"); ``""`` for
+    none (results from before the dtype was recorded)."""
+    names = sorted(set(dtypes))
+    return f", in {' and '.join(names)}" if names else ""
 
 
 def md(text: str) -> NotebookNode:

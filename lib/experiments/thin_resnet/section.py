@@ -5,7 +5,7 @@ import math
 from typing import Any, Sequence
 
 from lib.experiments import cells as nbcells
-from lib.experiments.cells import PRECISION_TITLES, failed_runs_note
+from lib.experiments.cells import PRECISION_TITLES, dtypes_phrase, failed_runs_note
 from lib.experiments.records import select
 from lib.experiments.stats import rank, with_interval
 
@@ -28,9 +28,8 @@ def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
     r0 = results[0]
     p = r0["parameters"]
     cs = sorted({r["initial_channels"] for r in results})
-    dtypes = sorted({a["state_info"]["dtype"] for r in results for a in r["analyses"]
-                     if "dtype" in a.get("state_info", {})})  # recorded since float64 training
-    trained_in = f", in {' and '.join(dtypes)}" if dtypes else ""
+    trained_in = dtypes_phrase(a["state_info"]["dtype"] for r in results for a in r["analyses"]
+                               if "dtype" in a.get("state_info", {}))
     source = ("scikit-learn's embedded digits (8×8 greyscale, upsampled to 32×32, 3 channels; "
               "no download)" if p["data_source"] == "digits" else f"CIFAR-10 from `{p['data_source']}`")
     lines = [

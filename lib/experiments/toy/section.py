@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lib.common.files import read_json
-from lib.experiments.cells import failed_runs_note, figure, heading, md, table
+from lib.experiments.cells import dtypes_phrase, failed_runs_note, figure, heading, md, table
 from lib.experiments.stats import rank, with_interval
 
 from . import figures as plots
@@ -55,10 +55,10 @@ def _setting_cells(notes_lines: Sequence[str], ok: Sequence[dict[str, Any]]) -> 
             text += (" **One initialisation × one batch per point:** no intervals, so this section shows the "
                      "structure of the results, not conclusions (the `full` profile has 3 × 3).")
         if ok[0]["pretrained"]:
-            dtypes = sorted({info["dtype"] for r in ok for info in r["pretrain"] if "dtype" in info})  # recorded since float64
+            dtypes = dtypes_phrase(info["dtype"] for r in ok for info in r["pretrain"] if "dtype" in info)
             text += (f" Pretraining: {p['pretrain_steps']} Adam steps (lr {p['pretrain_lr']:g}, STE "
                      f"`{p['pretrain_variant']}`) on fresh batches of ({p['pretrain_batch_size']}, num_dim) ~ N(0, 1)"
-                     + (f", in {' and '.join(dtypes)}." if dtypes else "."))
+                     f"{dtypes}.")
         cells.append(md(text))
     return cells
 
