@@ -3,7 +3,7 @@
 #
 #   ./run_all.sh                      # all params/*.yaml, profile quick -> reports/<today>/index.html
 #   ./run_all.sh --profile full --nice 19 --only toy,toy_pretrained
-#   ./run_all.sh test [pytest args]   # the test suite
+#   ./run_all.sh test [pytest args]   # the test suite, one worker per core
 #
 # The virtual environment .venv is (re)built from requirements.txt, then this repository's
 # package `lib` is installed into it editable (pyproject.toml), when .venv is missing or when
@@ -58,8 +58,10 @@ echo '{"ContentsManager": {"pre_save_hook": "lib.common.notebooks.pre_save_hook"
 
 if [[ "${1:-}" == "test" ]]; then
   shift
-  echo "run_all: pytest tests $*"
-  exec "$VENV/bin/python" -m pytest -q tests "$@"
+  # One worker per core (pytest-xdist), each test file on one worker so that a
+  # file's shared fixtures are built once; `./run_all.sh test -n 0` runs in this process.
+  echo "run_all: pytest -n auto --dist loadfile tests $*"
+  exec "$VENV/bin/python" -m pytest -q -n auto --dist loadfile tests "$@"
 fi
 echo "run_all: python -m lib.pipeline.runner $*"
 exec "$VENV/bin/python" -m lib.pipeline.runner "$@"

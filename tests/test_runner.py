@@ -735,7 +735,7 @@ def test_run_all_bootstrap_stamp(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert calls() == ["pip install --quiet --disable-pip-version-check -r requirements.txt MPLBACKEND=Agg",
                        "pip install --quiet --disable-pip-version-check --no-deps -e . MPLBACKEND=Agg",
-                       "python -m pytest -q tests -k x MPLBACKEND=Agg"]
+                       "python -m pytest -q -n auto --dist loadfile tests -k x MPLBACKEND=Agg"]
     stamp = (tmp_path / ".venv" / ".requirements.sha256").read_text().strip()
     assert stamp == hashlib.sha256(b"tqdm\n").hexdigest() + hashlib.sha256(b"[project]\nname = 'x'\n").hexdigest()
 
