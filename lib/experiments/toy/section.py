@@ -55,10 +55,10 @@ def _setting_cells(notes_lines: Sequence[str], ok: Sequence[dict[str, Any]]) -> 
             text += (" **One initialisation × one batch per point:** no intervals, so this section shows the "
                      "structure of the results, not conclusions (the `full` profile has 3 × 3).")
         if ok[0]["pretrained"]:
-            dtypes = dtypes_phrase(info["dtype"] for r in ok for info in r["pretrain"] if "dtype" in info)
+            trained_in = dtypes_phrase(info["dtype"] for r in ok for info in r["pretrain"] if "dtype" in info)
             text += (f" Pretraining: {p['pretrain_steps']} Adam steps (lr {p['pretrain_lr']:g}, STE "
                      f"`{p['pretrain_variant']}`) on fresh batches of ({p['pretrain_batch_size']}, num_dim) ~ N(0, 1)"
-                     f"{dtypes}.")
+                     f"{trained_in}.")
         cells.append(md(text))
     return cells
 
