@@ -89,3 +89,59 @@ def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, 
     out = {n: _cos(a[n], b[n]) for n in shared}
     out["all"] = _cos(torch.cat([a[n].flatten() for n in shared]), torch.cat([b[n].flatten() for n in shared]))
     return out
+
+
+class HeldOutSet:
+    """Loss decreases of steps on chosen layers, on one fixed evaluation set ``(x, y)``: rows the
+    gradient never saw, the same for every estimate of a model, so comparisons stay paired.
+
+    ``decrease(grads, lrs, layers)`` is ``ΔL(lr) = L(w) − L(w − lr · ĝ)`` with ``ĝ`` the
+    normalised estimate restricted to ``layers`` (parameter names): every other parameter, the
+    readout for a hidden-layer metric, is held. Units before the first stepped one are evaluated
+    once (their output is cached), so a step on a late layer costs a late suffix only."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse") -> None:
+        check_loss(loss)
+        self.model, self.y, self.loss = model, y, loss
+        self.units = list(model.units)
+        names = {id(m): n for n, m in model.named_modules()}
+        self.unit_names = [names[id(u)] for u in self.units]
+        self._inputs: dict[int, torch.Tensor] = {0: x}
+        with torch.no_grad(), eval_mode(model):
+            self.base = batch_loss(model(x), y, loss).item()
+
+    def _unit_of(self, name: str) -> int:
+        for k, unit_name in enumerate(self.unit_names):
+            if name.startswith(unit_name + "."):
+                return k
+        raise ValueError(f"layers: {name!r} is no parameter of the model's units {self.unit_names}")
+
+    @torch.no_grad()
+    def _input(self, k: int) -> torch.Tensor:
+        """The input of unit ``k`` at the unperturbed weights (cached)."""
+        if k not in self._inputs:
+            self._inputs[k] = self.units[k - 1](self._input(k - 1))
+        return self._inputs[k]
+
+    @torch.no_grad()
+    def decrease(self, grads: dict[str, torch.Tensor], lrs: Sequence[float], layers: Sequence[str],
+                 normalize_mode: str = "layer") -> np.ndarray:
+        """``ΔL(lr)`` for each ``lr`` of a step on ``layers`` only (float64 array)."""
+        missing = [n for n in layers if n not in grads]
+        if missing:
+            raise ValueError(f"grads: no estimate for the stepped layer(s) {missing}")
+        direction = normalize({n: grads[n] for n in layers}, normalize_mode)
+        first = min(self._unit_of(n) for n in layers)
+        params = dict(self.model.named_parameters())
+        out = np.empty(len(lrs))
+        with eval_mode(self.model):
+            h0 = self._input(first)
+            for i, lr in enumerate(lrs):
+                h = h0
+                for k in range(first, len(self.units)):
+                    prefix = self.unit_names[k] + "."
+                    stepped = {n[len(prefix):]: params[n] - lr * d.to(params[n].dtype)
+                               for n, d in direction.items() if n.startswith(prefix)}
+                    h = functional_call(self.units[k], stepped, (h,)) if stepped else self.units[k](h)
+                out[i] = self.base - batch_loss(h, self.y, self.loss).item()
+        return out

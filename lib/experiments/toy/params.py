@@ -37,7 +37,10 @@ class ToyParams:
     num_init: int = param(3, POSITIVE_INT)
     num_batch: int = param(3, POSITIVE_INT)
     normalize: str = param("layer", NORMALIZATION)
-    held_out: bool = param(False)
+    held_out: bool = param(False)  # the notes' curves (``curves``) on a held-out batch; the population protocol always is
+    eval_rows: int = param(65536, POSITIVE_INT)  # rows of each initialisation's evaluation set
+    large_batch_sizes: list[int] = param([], POSITIVE_INT, may_be_empty=True)  # CDG, STE, exact smoothed only
+    equivalence_margin: float = param(0.01, POSITIVE)  # "A matches B": |paired difference| of relative decreases below it
     reference_eps: float = param(0.1, POSITIVE)
     diagnose: bool = param(True)
     pretrain_steps: int = param(2000, POSITIVE_INT)
@@ -59,6 +62,8 @@ class ToyParams:
         if self.diagnose and self.act != "binary":
             out.append(("diagnose", f"the exact smoothed gradient needs a binary student, got act {self.act!r}; "
                                     "set diagnose: false"))
+        if self.batch_size in self.large_batch_sizes:
+            out.append(("large_batch_sizes", f"batch_size {self.batch_size} is already computed with every estimator"))
         low_high = self.lr_refine
         if len(low_high) != 2 or not low_high[0] < low_high[1]:
             out.append(("lr_refine", f"expected [low, high] with low < high, got {low_high}"))
@@ -67,15 +72,16 @@ class ToyParams:
     def machine_problems(self) -> list[tuple[str, str]]:
         """What this machine cannot give the run, as ``(key, message)``: a writable cache folder
         for pretrained students, and memory for the largest tensor, a batch of Gaussian inputs
-        drawn in float64 (``8 · batch · num_dim`` bytes, the pretraining batch too when pretrained)
-        or a hidden layer's weight (``4 · num_dim²`` bytes)."""
+        drawn in float64 (``8 · rows · num_dim`` bytes: a gradient batch, the evaluation set, the
+        pretraining batch when pretrained) or a hidden layer's weight (``4 · num_dim²`` bytes)."""
         if self.pretrained:
             problem = folder_problem(repo_path(self.cache_dir))
             if problem:
                 return [("cache_dir", problem)]
-        tensors = [("batch_size", 8 * self.batch_size * self.num_dim,
-                    f"a batch of {self.batch_size} × {self.num_dim} Gaussian inputs (float64)"),
-                   ("num_dim", 4 * self.num_dim**2, f"a {self.num_dim} × {self.num_dim} weight (float32)")]
+        tensors = [(key, 8 * rows * self.num_dim, f"a batch of {rows} × {self.num_dim} Gaussian inputs (float64)")
+                   for key, rows in (("batch_size", self.batch_size), ("eval_rows", self.eval_rows),
+                                     ("large_batch_sizes", max(self.large_batch_sizes, default=0)))]
+        tensors.append(("num_dim", 4 * self.num_dim**2, f"a {self.num_dim} × {self.num_dim} weight (float32)"))
         if self.pretrained:
             tensors.append(("pretrain_batch_size", 8 * self.pretrain_batch_size * self.num_dim,
                             f"a pretraining batch of {self.pretrain_batch_size} × {self.num_dim} inputs (float64)"))

@@ -3,8 +3,9 @@ and NES (σ, samples), with and without pretraining, plus the STE variants and t
 
 One call of :func:`run` is one grid point (one ``num_dim``, pretrained or not). For each
 initialisation × gradient batch it computes every estimate once and its lr → loss-decrease
-curve ``ΔL(lr) = L(w) − L(w − lr ĝ)`` on the same batch (or a held-out one); curves are then
-averaged over the repetitions. The **NES diagnosis** restricts NES to the last hidden layer and
+curve ``ΔL(lr) = L(w) − L(w − lr ĝ)`` on the same batch (or a held-out one), the notes' metric,
+averaged over the repetitions; and its population metrics, relative decreases on the
+initialisation's evaluation set (:mod:`.population`). The **NES diagnosis** restricts NES to the last hidden layer and
 the readout, where :func:`lib.core.estimators.smoothed_exact` is the infinite-sample limit: low
 cosine with it that rises with the sample count means *variance*; an exact smoothed gradient
 that itself fails to decrease the loss means *smoothing bias* (σ too large).
@@ -31,7 +32,13 @@ time of all attempts) and ``cpu_s`` (their CPU time):
   ``nes_samples`` directions, all sample counts at once, the σ of a step sharing one call) and
   ``loss_evaluations`` per estimate (``cdg``; ``nes``:
   ``[{samples, evaluations}]``);
-* ``diagnosis`` (:func:`lib.experiments.toy.diagnosis.diagnose`), or ``None``.
+* ``diagnosis`` (:func:`lib.experiments.toy.diagnosis.diagnose`), or ``None``;
+* ``population``: the population protocol (:mod:`lib.experiments.toy.population`): ``eval_rows``,
+  ``base_losses`` (``[{init, loss}]``: each initialisation's loss on its evaluation set) and
+  ``records`` (:class:`~lib.experiments.toy.population.PopulationCurves`: per estimate, metric and
+  gradient batch size, the relative held-out decrease curve of every repetition with its
+  initialisation), including the controls and the ``large_batch_sizes``. Findings are drawn from
+  these (:mod:`lib.experiments.toy.protocol`); ``curves`` are the notes' in-sample metric.
 """
 from __future__ import annotations
 
@@ -56,6 +63,7 @@ from lib.experiments.stats import finite, finite_mean, interval
 from lib.training.gaussian import gaussian_batch, seeded_generator, teacher_targets, toy_problem
 from lib.training.train import TRAIN_DTYPE, cached_train, dtype_name, train_ste, train_wide
 
+from . import population as P
 from .diagnosis import diagnose
 from .params import EXPERIMENT, LAST_TWO, ToyParams
 
@@ -111,13 +119,14 @@ class _Tally:
     appends in the same order as an uninterrupted one, so means and spreads agree bit for bit)."""
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
-        data = data or {"curves": [], "cosines": [], "seconds": {}, "base_losses": [], "pretrain": []}
+        data = data or {"curves": [], "cosines": [], "seconds": {}, "base_losses": [], "pretrain": [], "population": None}
         self.curves = {canonical_json(e["key"]): (e["key"], [np.asarray(c, dtype=float) for c in e["values"]])
                        for e in data["curves"]}
         self.cosines = {canonical_json(e["key"]): (e["key"], list(e["values"])) for e in data["cosines"]}
         self.seconds: dict[str, list[float]] = data["seconds"]
         self.base_losses: list[float] = data["base_losses"]
         self.pretrain: list[dict[str, Any]] = data["pretrain"]
+        self.population = P.PopulationTally(data["population"])
 
     def curve(self, key: dict[str, Any], values: np.ndarray) -> None:
         self.curves.setdefault(canonical_json(key), (key, []))[1].append(values)
@@ -139,7 +148,8 @@ class _Tally:
     def state(self) -> dict[str, Any]:
         return {"curves": [{"key": k, "values": v} for k, v in self.curves.values()],
                 "cosines": [{"key": k, "values": v} for k, v in self.cosines.values()],
-                "seconds": self.seconds, "base_losses": self.base_losses, "pretrain": self.pretrain}
+                "seconds": self.seconds, "base_losses": self.base_losses, "pretrain": self.pretrain,
+                "population": self.population.state()}
 
     def curve_records(self, lrs: Sequence[float]) -> list[dict[str, Any]]:
         """Per estimate: the mean curve and its spread, the best of the mean curve with its lr,
@@ -164,12 +174,15 @@ class _Tally:
 
 
 class _Repetition:
-    """One initialisation × gradient batch: the model, its batch, and the estimates of its steps."""
+    """One initialisation × gradient batch: the model, its batch, and the estimates of its steps,
+    each scored on the notes' curve (:meth:`curve`) and on the population metrics (``scorer``)."""
 
     def __init__(self, p: ToyParams, model: torch.nn.Module, problem, init: int, b: int, device: str,
-                 tally: _Tally) -> None:
+                 tally: _Tally, scorer: P.Scorer) -> None:
         self.p, self.model, self.tally, self.problem, self.b, self.device = p, model, tally, problem, b, device
+        self.init, self.scorer = init, scorer
         self.x, self.y = problem.batch(p.batch_size, b, device=device)
+        scorer.with_batch(self.x, self.y)
         self.xe, self.ye = problem.batch(p.batch_size, 10_000 + b, device=device) if p.held_out else (self.x, self.y)
         self.seed = p.seed * 1_000_003 + init * 1009 + b
         self.lrs = p.lrs()
@@ -177,7 +190,30 @@ class _Repetition:
         self.reference = estimate("cdg", eps=p.reference_eps)
 
     def curve(self, key: dict[str, Any], grads: dict[str, torch.Tensor]) -> None:
+        """The notes' curve of an estimate at the notes' batch size, and its population metrics."""
         self.tally.curve(key, V.loss_decrease(self.model, self.xe, self.ye, grads, self.lrs, self.p.normalize))
+        self.score(key, grads, self.p.batch_size)
+
+    def score(self, key: dict[str, Any], grads: dict[str, torch.Tensor], batch_size: int) -> None:
+        self.tally.population.score(self.scorer, key, grads, self.init, batch_size, batch_size == self.p.batch_size)
+
+    def controls(self) -> None:
+        """The random hidden-layer direction and the data-free shrink-the-readout direction."""
+        self.score(estimate(P.RANDOM), P.random_direction(self.model, self.seed + 7_777), self.p.batch_size)
+        self.score(estimate(P.SHRINK_READOUT), P.shrink_readout(self.model), self.p.batch_size)
+
+    def large_batches(self) -> None:
+        """CDG at every ε, the STE variants and the exact smoothed gradients on independent
+        gradient batches of each of ``large_batch_sizes`` rows, scored on the population metrics."""
+        p = self.p
+        for k, n in enumerate(p.large_batch_sizes):
+            x, y = self.problem.batch(n, P.LARGE_BATCH + 100 * k + self.b, device=self.device)
+            for eps in p.eps_grid:
+                self.score(estimate("cdg", eps=eps), E.cdg(self.model, x, y, eps=eps, seed=self.seed), n)
+            for variant in p.ste_variants:
+                self.score(estimate("ste", variant=variant), E.ste(self.model, x, y, variant=variant), n)
+            for sigma in p.sigma_grid if p.diagnose else []:
+                self.score(estimate("smoothed_exact", "last_two", sigma=sigma), E.smoothed_exact(self.model, x, y, sigma), n)
 
     def first(self) -> None:
         """The base loss, CDG at every ε and the STE variants (with their cosines with CDG)."""
@@ -265,17 +301,27 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
         problem = toy_problem(p.num_dim, p.seed * 1000 + init, act=p.act, teacher_act=p.teacher_act)
         model = _student(p, problem, init, tally, progress).to(device)
         problem.teacher.to(device)
+        scorer = _scorer(p, problem, model, device)
+        tally.population.base_loss(init, scorer.base_loss)
         for b in range(p.num_batch):
             step = init * p.num_batch + b
             if steps.done(step):
                 continue
-            rep = _Repetition(p, model, problem, init, b, device, tally)
+            rep = _Repetition(p, model, problem, init, b, device, tally, scorer)
             rep.first()
+            rep.controls()
             rep.nes_every_sigma()
+            rep.large_batches()
             steps.step_finished(step, tally.state(), f"init {init} batch {b}")
             bar.update(1)
     bar.close()
     return _results(p, tally, device, steps.timing())
+
+
+def _scorer(p: ToyParams, problem, model: torch.nn.Module, device: str) -> P.Scorer:
+    """The population metrics of initialisation ``problem.seed``: its evaluation set of ``eval_rows`` rows."""
+    x, y = problem.batch(p.eval_rows, P.EVAL_BATCH, device=device)
+    return P.Scorer(model, x, y, p.lrs(), p.normalize)
 
 
 def _student(p: ToyParams, problem, init: int, tally: _Tally, progress: bool) -> torch.nn.Module:
@@ -305,6 +351,7 @@ def _results(p: ToyParams, tally: _Tally, device: str, timing: dict[str, float])
         "pretrain": tally.pretrain,
         "curves": tally.curve_records(lrs),
         "cosines": tally.cosine_records(),
+        "population": {"eval_rows": p.eval_rows, **tally.population.state()},
         "versions": versions(),
         "machine": machine(),
         "device": device,

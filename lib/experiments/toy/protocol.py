@@ -1,0 +1,191 @@
+"""What the toy's population records support (docs/design.md §2–§3): cross-fitted scores per
+estimator family, paired comparisons over initialisations with Holm's correction over a section's
+family, and equivalence only within the params file's margin (:mod:`lib.experiments.inference`).
+
+A **family** is an estimator whose free choices (ε for CDG, σ for NES, the variant for "best
+STE", and the lr for every one) are made by leave-one-initialisation-out cross-fitting on the
+relative held-out decrease ``r(lr)`` of :mod:`.population`: the score of initialisation ``i`` is
+its mean over batches at the option that does best on the other initialisations. Everything here
+reads the records of :mod:`.population`; nothing in-sample enters a score, except the
+``hidden_in_sample`` metric, which the report labels as such.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Sequence
+
+import numpy as np
+
+from lib.experiments.inference import (ALPHA, CrossFit, Difference, Estimate, cross_fit, holm, over_inits,
+                                       paired_difference)
+
+from .population import ALL, HIDDEN, IN_SAMPLE, RANDOM, SHRINK_READOUT, PopulationCurves
+
+Results = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Family:
+    """An estimator with the choices cross-fitting makes: ``match`` selects its estimates,
+    ``option`` names the hyper-parameter part of an option (the lr is always added)."""
+
+    name: str
+    match: Callable[[dict[str, Any]], bool]
+    option: Callable[[dict[str, Any]], str]
+
+
+def families(results: Results, metric: str = HIDDEN) -> list[Family]:
+    """The families of a run on ``metric``: CDG (over ε), NES per sample count (over σ), the best
+    STE (over variants), each STE variant, and the controls; on the last hidden layer the
+    diagnosis's estimates on the last two layers (NES per sample count, the exact smoothed gradient)."""
+    p = results["parameters"]
+    out = [Family("CDG", lambda e: e["estimator"] == "cdg" and e["layers"] == "all", lambda e: f"ε={e['eps']:g}")]
+    out += [Family(f"NES {s}", lambda e, s=s: e["estimator"] == "nes" and e["layers"] == "all" and e["samples"] == s,
+                   lambda e: f"σ={e['sigma']:g}") for s in p["nes_samples"]]
+    out.append(Family("best STE", lambda e: e["estimator"] == "ste", lambda e: e["variant"]))
+    out += [Family(f"STE {v}", lambda e, v=v: e["estimator"] == "ste" and e["variant"] == v, lambda e: "")
+            for v in p["ste_variants"]]
+    out.append(Family("random direction", lambda e: e["estimator"] == RANDOM, lambda e: ""))
+    if metric == ALL:
+        out.append(Family("shrink the readout", lambda e: e["estimator"] == SHRINK_READOUT, lambda e: ""))
+    if metric == "fc3.weight":
+        out.append(Family("exact smoothed", lambda e: e["estimator"] == "smoothed_exact", lambda e: f"σ={e['sigma']:g}"))
+        out += [Family(f"NES {s} (last two)", lambda e, s=s: e["estimator"] == "nes" and e["layers"] == "last_two"
+                       and e["samples"] == s, lambda e: f"σ={e['sigma']:g}") for s in p["nes_samples"]]
+    return out
+
+
+def _records(results: Results, metric: str, batch_size: int) -> list[PopulationCurves]:
+    return [r for r in results.get("population", {}).get("records", [])
+            if r["metric"] == metric and r["batch_size"] == batch_size]
+
+
+def option_table(results: Results, family: Family, metric: str, batch_size: int,
+                 fixed: Callable[[dict[str, Any]], bool] | None = None) -> dict[Hashable, dict[int, float]]:
+    """``{option: {init: mean over its batches of r(lr)}}``, an option being (hyper-parameter, lr);
+    ``fixed`` narrows the estimates further (a σ, for the diagnosis)."""
+    lrs = results["lrs"]
+    table: dict[Hashable, dict[int, float]] = {}
+    for rec in _records(results, metric, batch_size):
+        est = rec["estimate"]
+        if not family.match(est) or (fixed is not None and not fixed(est)):
+            continue
+        curves = np.asarray(rec["curves"], dtype=float)
+        inits = np.asarray(rec["inits"])
+        for i in sorted(set(rec["inits"])):
+            means = curves[inits == i].mean(axis=0)
+            for k, lr in enumerate(lrs):
+                table.setdefault((family.option(est), f"lr={lr:.3g}"), {})[int(i)] = float(means[k])
+    return table
+
+
+@dataclass(frozen=True)
+class Score:
+    """A family's cross-fitted score on one metric and gradient batch size: the estimate over
+    initialisations, the per-initialisation scores, the choice most initialisations made."""
+
+    family: str
+    estimate: Estimate
+    per_init: dict[int, float]
+    choice: str
+    cross_fitted: bool
+
+
+def score(results: Results, family: Family, metric: str, batch_size: int,
+          fixed: Callable[[dict[str, Any]], bool] | None = None) -> Score | None:
+    """The family's cross-fitted score, ``None`` when the run has no such estimate there."""
+    table = option_table(results, family, metric, batch_size, fixed)
+    if not table:
+        return None
+    fit: CrossFit = cross_fit(table)
+    chosen = [", ".join(x for x in c if x) for c in fit.choices.values()]
+    common = max(set(chosen), key=chosen.count) if chosen else ""
+    return Score(family.name, over_inits(fit.scores), fit.scores, common, fit.cross_fitted)
+
+
+def scores(results: Results, metric: str = HIDDEN, batch_size: int | None = None) -> dict[str, Score]:
+    """``{family name: Score}`` of a run on ``metric`` at ``batch_size`` (default: the notes' batch)."""
+    n = batch_size or results["parameters"]["batch_size"]
+    out = {}
+    for fam in families(results, metric):
+        s = score(results, fam, metric, n)
+        if s is not None:
+            out[fam.name] = s
+    return out
+
+
+def batch_sizes(results: Results) -> list[int]:
+    """The gradient batch sizes of a run's population records, ascending."""
+    return sorted({r["batch_size"] for r in results.get("population", {}).get("records", [])})
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A paired comparison ``a − b`` of cross-fitted scores at one num_dim and batch size, with its
+    Holm-corrected p-values (difference and equivalence) over the section's family and verdict."""
+
+    num_dim: int
+    batch_size: int
+    a: str
+    b: str
+    difference: Difference
+    p_holm: float
+    p_equivalent_holm: float
+    margin: float
+
+    @property
+    def verdict(self) -> str:
+        """``a > b``, ``a < b``, ``equivalent`` (within ± margin) or ``not distinguishable``."""
+        if self.p_holm < ALPHA:
+            return f"{self.a} > {self.b}" if self.difference.mean > 0 else f"{self.a} < {self.b}"
+        if self.p_equivalent_holm < ALPHA:
+            return "equivalent"
+        return "not distinguishable"
+
+    def sentence(self) -> str:
+        d = self.difference
+        iv = "" if d.interval is None else f" [{d.interval[0]:.3g}, {d.interval[1]:.3g}]"
+        words = {"equivalent": f"{self.a} matches {self.b} within ±{self.margin:g}",
+                 "not distinguishable": f"{self.a} and {self.b} not distinguishable at n = {d.n}"}
+        return f"{words.get(self.verdict, self.verdict)} ({self.a} − {self.b} = {d.mean:.3g}{iv}, Holm p = {self.p_holm:.2g})"
+
+
+# The section's family of claims: (a, b) pairs of family names, at every num_dim; the large batch sizes
+# compare CDG and the best STE only (no NES there).
+PAIRS = (("CDG", "best STE"), ("best STE", "random direction"), ("CDG", "random direction"))
+
+
+def section_pairs(results: Results, batch_size: int) -> list[tuple[str, str]]:
+    """The pairs a section tests for one run at one batch size."""
+    if batch_size != results["parameters"]["batch_size"]:
+        return [("CDG", "best STE")]
+    largest = max(results["parameters"]["nes_samples"])
+    return list(PAIRS) + [(f"NES {largest}", "CDG")]
+
+
+def comparisons(runs: Sequence[Results], metric: str = HIDDEN) -> list[Comparison]:
+    """Every paired comparison a section claims from, over its runs (num_dim) and batch sizes,
+    with Holm's correction over all of them (differences and equivalences each as one family)."""
+    raw: list[tuple[int, int, str, str, Difference, float]] = []
+    for r in sorted(runs, key=lambda r: r["num_dim"]):
+        margin = r["parameters"].get("equivalence_margin", 0.0)
+        for n in batch_sizes(r):
+            sc = scores(r, metric, n)
+            for a, b in section_pairs(r, n):
+                if a in sc and b in sc:
+                    raw.append((r["num_dim"], n, a, b, paired_difference(sc[a].per_init, sc[b].per_init, margin), margin))
+    p = holm([d.p for *_, d, _ in raw])
+    q = holm([d.p_equivalent if d.p_equivalent is not None else 1.0 for *_, d, _ in raw])
+    return [Comparison(dim, n, a, b, d, p[k], q[k], margin) for k, (dim, n, a, b, d, margin) in enumerate(raw)]
+
+
+def informative(comps: Sequence[Comparison], num_dim: int, batch_size: int) -> bool:
+    """Whether, at this num_dim and batch size, the estimators beat the random direction (CDG
+    and the best STE both, Holm-corrected): if not, a comparison between them is uninformative."""
+    beat = [c for c in comps if c.num_dim == num_dim and c.batch_size == batch_size and c.b == "random direction"]
+    return bool(beat) and all(c.verdict == f"{c.a} > {c.b}" for c in beat)
+
+
+def n_inits(results: Results) -> int:
+    """The number of initialisations the population records hold."""
+    return len({b["init"] for b in results.get("population", {}).get("base_losses", [])})
