@@ -27,7 +27,8 @@ DATE = "2025-01-01"
 TINY = {
     "num_dim": [4], "pretrained": [False, True], "eps_grid": [0.1, 0.3], "sigma_grid": [0.1, 0.5],
     "nes_samples": [20, 100], "ste_variants": ["clipped", "identity"], "num_lr": 4, "num_lr_refine": 2,
-    "batch_size": 32, "num_init": 1, "num_batch": 2, "pretrain_steps": 5, "pretrain_batch_size": 64,
+    "batch_size": 32, "num_init": 2, "num_batch": 1, "pretrain_steps": 5, "pretrain_batch_size": 64,
+    "eval_rows": 4096, "large_batch_sizes": [128],
 }
 
 
@@ -60,8 +61,8 @@ def test_toy_runs_write_complete_results(report_dir):
         assert len(select(r["curves"], estimator="nes", layers="last_two")) == 4  # the diagnosis
         for stats in select(r["curves"], estimator="cdg", layers="all"):
             assert len(stats["mean"]) == len(r["lrs"]) and all(math.isfinite(v) for v in stats["mean"])
-            assert stats["best"] == max(stats["mean"]) and stats["n"] == 2  # 1 initialisation × 2 batches
-            # the interval of the best: t_{0.975, 1} · s / √2 around it, from the two batches' values there
+            assert stats["best"] == max(stats["mean"]) and stats["n"] == 2  # 2 initialisations × 1 batch
+            # the interval of the best: t_{0.975, 1} · s / √2 around it, from the two values there
             lo, hi = stats["interval"]
             a, b = stats["at_best"]
             assert (a + b) / 2 == pytest.approx(stats["best"])
@@ -71,7 +72,7 @@ def test_toy_runs_write_complete_results(report_dir):
             assert c["n"] == len(finite(c["values"])) and (c["interval"] is None) == (c["n"] < 2)
         assert r["parameters"]["seed"] == 0 and r["versions"]["torch"] and r["wall_s"] > 0
         assert r["machine"]["cpu"] and r["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-        assert (len(r["pretrain"]) == 1) == (pre == "true")
+        assert len(r["pretrain"]) == (2 if pre == "true" else 0)  # one per initialisation
         assert all(info["dtype"] == "float64" for info in r["pretrain"])  # docs/design.md §3
         assert [e["sigma"] for e in r["diagnosis"]["per_sigma"]] == [0.1, 0.5]
     executed = (report_dir / "runs" / "toy__pretrained-false__num_dim-4.ipynb").read_text()
@@ -91,9 +92,10 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     assert "NES grad似乎不能指向loss下降的方向" in html
     assert "num_dim) ~ N(0, 1), in float64." in html  # the pretraining's precision, from the results
     assert "Dim = 4" in html and "Sample = 20" in html and "Sample = 100" in html  # the notes' sub-items, as panel labels
-    # per toy section one figure each: CDG, NES, best → num_dim, STE; the pretrained one adds the
-    # diagnosis and the pretraining curves
-    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', html)) == 10
+    # per toy section one figure each: held out → num_dim, CDG, NES, best → num_dim, STE; the
+    # pretrained one adds the diagnosis and the pretraining curves
+    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', html)) == 12
+    assert text.count("Held-out loss decrease on the hidden layers (beyond the notes)") == 2
     assert not re.search(r'(src|href)="https?://', html)
     # unique heading ids, every in-page link resolves, the contents before the first section
     ids = re.findall(r'\sid="([^"]*)"', html)
@@ -102,11 +104,13 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     assert html.index('<nav class="toc">') < html.index('<h2 id="follow-up-of-the-binaryduo-setting-experiments"')
     # it opens with its findings, each linking to its evidence in the report
     findings = html[html.index('<h2 id="findings"'):html.index('<nav class="toc">')]
-    for claim in ("Difficulty", "STE against CDG", "Question"):
+    for claim in ("Difficulty", "STE against CDG", "Question", "NES against CDG", "Readout"):
         assert f"<strong>{claim}</strong>" in findings, claim
-    assert 'href="#hyper-parameter-search-epsilon-for-cdg-sigma-for-nes-1--difficulty"' in findings
+    held_out = "held-out-loss-decrease-on-the-hidden-layers-beyond-the-notes"
+    assert f'href="#hyper-parameter-search-epsilon-for-cdg-sigma-for-nes-1--{held_out}"' in findings
+    assert f'href="#hyper-parameter-search-epsilon-for-cdg-sigma-for-nes-2--{held_out}"' in findings
     assert 'href="#hyper-parameter-search-epsilon-for-cdg-sigma-for-nes-2--question"' in findings
-    assert "n = 2" in findings  # 1 initialisation × 2 batches
+    assert "n = 2 initialisations" in findings and "Holm over" in findings
     assert "toy__pretrained-true__num_dim-6" in html and "failed" in html
     assert re.search(r"toy__pretrained-true__num_dim-6.{0,400}FloatingPointError: loss is not finite", html, re.S)
     # two invocations computed something: the grid, then the failing run
@@ -403,7 +407,7 @@ def test_report_images_load_in_a_headless_browser(report_dir, tmp_path):
         pytest.skip("no Chromium on this machine")
     html = build_report(report_dir).read_text(encoding="utf-8")
     images, broken = _images_in_browser(browser, html, tmp_path)
-    assert images == 10 and broken == 0
+    assert images == 12 and broken == 0
     # the check itself can fail: a page with an undecodable image
     bad = html.replace("</body>", '<img src="data:image/png;base64,AAAA"></body>')
-    assert _images_in_browser(browser, bad, tmp_path) == (11, 1)
+    assert _images_in_browser(browser, bad, tmp_path) == (13, 1)

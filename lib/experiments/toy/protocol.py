@@ -19,7 +19,7 @@ import numpy as np
 from lib.experiments.inference import (ALPHA, CrossFit, Difference, Estimate, cross_fit, holm, over_inits,
                                        paired_difference)
 
-from .population import ALL, HIDDEN, IN_SAMPLE, RANDOM, SHRINK_READOUT, PopulationCurves
+from .population import ALL, HIDDEN, RANDOM, SHRINK_READOUT, PopulationCurves
 
 Results = dict[str, Any]
 
@@ -105,10 +105,12 @@ def score(results: Results, family: Family, metric: str, batch_size: int,
 
 def scores(results: Results, metric: str = HIDDEN, batch_size: int | None = None) -> dict[str, Score]:
     """``{family name: Score}`` of a run on ``metric`` at ``batch_size`` (default: the notes' batch)."""
-    n = batch_size or results["parameters"]["batch_size"]
+    main = results["parameters"]["batch_size"]
+    n = batch_size or main
     out = {}
     for fam in families(results, metric):
-        s = score(results, fam, metric, n)
+        # the controls use no data: the same directions score every batch size
+        s = score(results, fam, metric, main if fam.name in CONTROLS else n)
         if s is not None:
             out[fam.name] = s
     return out
@@ -150,17 +152,17 @@ class Comparison:
         return f"{words.get(self.verdict, self.verdict)} ({self.a} − {self.b} = {d.mean:.3g}{iv}, Holm p = {self.p_holm:.2g})"
 
 
-# The section's family of claims: (a, b) pairs of family names, at every num_dim; the large batch sizes
-# compare CDG and the best STE only (no NES there).
+CONTROLS = ("random direction", "shrink the readout")
+# The section's family of claims: (a, b) pairs of family names, at every num_dim and batch size; NES
+# only at the notes' batch size (the only one where it runs).
 PAIRS = (("CDG", "best STE"), ("best STE", "random direction"), ("CDG", "random direction"))
 
 
 def section_pairs(results: Results, batch_size: int) -> list[tuple[str, str]]:
     """The pairs a section tests for one run at one batch size."""
     if batch_size != results["parameters"]["batch_size"]:
-        return [("CDG", "best STE")]
-    largest = max(results["parameters"]["nes_samples"])
-    return list(PAIRS) + [(f"NES {largest}", "CDG")]
+        return list(PAIRS)
+    return list(PAIRS) + [(f"NES {s}", "CDG") for s in results["parameters"]["nes_samples"]]
 
 
 def comparisons(runs: Sequence[Results], metric: str = HIDDEN) -> list[Comparison]:
