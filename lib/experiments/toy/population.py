@@ -59,11 +59,12 @@ def hidden_layers(model: torch.nn.Module) -> list[str]:
     return [n for n, _ in model.named_parameters() if not n.startswith("readout.")]
 
 
-def metrics_for(estimate: dict[str, Any], hidden: Sequence[str], main_batch: bool) -> list[str]:
+def metrics_for(estimate: dict[str, Any], hidden: Sequence[str], main_batch: bool, most_samples: int) -> list[str]:
     """The metrics an estimate is scored on (module docstring): the controls on theirs; an
     estimate on the last two layers (NES or the exact smoothed gradient of the diagnosis) on the
-    last hidden layer; every other estimate on the hidden metrics, and at the notes' batch size
-    also on ``all`` and in-sample."""
+    last hidden layer; NES with fewer than ``most_samples`` directions on ``hidden`` and in-sample;
+    every other estimate on the hidden metrics, and at the notes' batch size also on ``all`` and
+    in-sample."""
     per_layer = list(hidden)
     if estimate["estimator"] == SHRINK_READOUT:
         return [ALL]
@@ -71,6 +72,8 @@ def metrics_for(estimate: dict[str, Any], hidden: Sequence[str], main_batch: boo
         return [HIDDEN] + per_layer
     if estimate["layers"] == "last_two":
         return [hidden[-1]]
+    if estimate["estimator"] == "nes" and estimate["samples"] < most_samples:
+        return [HIDDEN, IN_SAMPLE]
     return [HIDDEN] + per_layer + ([ALL, IN_SAMPLE] if main_batch else [])
 
 
@@ -135,9 +138,9 @@ class PopulationTally:
             self.base_losses.append({"init": init, "loss": loss})
 
     def score(self, scorer: Scorer, estimate: dict[str, Any], grads: dict[str, torch.Tensor], init: int,
-              batch_size: int, main_batch: bool) -> None:
+              batch_size: int, main_batch: bool, most_samples: int) -> None:
         """Score ``grads`` on every metric of :func:`metrics_for` and append the curves."""
-        for metric in metrics_for(estimate, scorer.hidden, main_batch):
+        for metric in metrics_for(estimate, scorer.hidden, main_batch, most_samples):
             key = canonical_json([estimate, metric, batch_size])
             rec = self.records.setdefault(key, PopulationCurves(estimate=estimate, metric=metric,
                                                                 batch_size=batch_size, inits=[], curves=[]))

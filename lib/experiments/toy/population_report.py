@@ -42,6 +42,17 @@ def score_table(by_dim: Sequence[Results], metric: str, batch_size: int | None, 
     return table(["estimator"] + [f"num_dim {d}" for d in per_dim], rows)
 
 
+def layer_table(by_dim: Sequence[Results], batch_size: int, names: Sequence[str]) -> Any:
+    """(family, hidden layer) × num_dim: cross-fitted relative held-out decrease of a one-layer step."""
+    layers = [n for n in dict.fromkeys(rec["metric"] for rec in by_dim[0]["population"]["records"])
+              if n not in (HIDDEN, ALL, IN_SAMPLE)]
+    per = {(r["num_dim"], layer): PR.scores(r, layer, batch_size) for r in by_dim for layer in layers}
+    dims = [r["num_dim"] for r in by_dim]
+    rows = [[f"{name}, {layer.removesuffix('.weight')}"] + [_cell(per[d, layer].get(name), False) for d in dims]
+            for layer in layers for name in names]
+    return table(["estimator, layer"] + [f"num_dim {d}" for d in dims], rows)
+
+
 def _protocol_text(by_dim: Sequence[Results]) -> str:
     r = by_dim[0]
     p, n = r["parameters"], _n(by_dim)
@@ -133,6 +144,8 @@ def population_cells(level: int, by_dim: Sequence[Results], pretrained: bool) ->
                   score_table(by_dim, HIDDEN, n)]
     cells += comparison_cells(by_dim)
     largest = f"NES {max(by_dim[0]['parameters']['nes_samples'])}"
+    cells += [md(f"Per hidden layer (a step on that layer alone, readout held; gradient batches of {main:,} rows):"),
+              layer_table(by_dim, main, ["CDG", largest, "best STE", CONTROL])]
     cells += [md("**Why the readout leaves the comparison.** The same step with the readout stepped too (the "
                  "notes' metric, held out), beside *shrink the readout*, a direction that uses no data (g = v on "
                  "the readout, zero elsewhere):"),

@@ -195,7 +195,8 @@ class _Repetition:
         self.score(key, grads, self.p.batch_size)
 
     def score(self, key: dict[str, Any], grads: dict[str, torch.Tensor], batch_size: int) -> None:
-        self.tally.population.score(self.scorer, key, grads, self.init, batch_size, batch_size == self.p.batch_size)
+        self.tally.population.score(self.scorer, key, grads, self.init, batch_size, batch_size == self.p.batch_size,
+                                    max(self.p.nes_samples))
 
     def controls(self) -> None:
         """The random hidden-layer direction and the data-free shrink-the-readout direction."""
