@@ -10,6 +10,7 @@ import numpy as np
 from lib.experiments import palette
 from lib.experiments.cells import PRECISION_TITLES
 from lib.experiments.records import select
+from lib.experiments.stats import finite
 
 from .run import CEILING, LAYER_MEAN, ste_estimate
 
@@ -35,7 +36,8 @@ def _line(ax, recs: list[dict], band: bool = False, **style: Any) -> None:
 
 def convergence_figure(r: Results) -> "plt.Figure":
     """Mean per-layer cosine against the batch size N (log x): the noise ceiling of CDG (dashed)
-    with its 95% band over initialisations, and each STE variant against CDG on an independent
+    with its 95% band over initialisations, √ceiling (dotted: what the population gradient would
+    score against CDG on an independent batch), and each STE variant against CDG on an independent
     batch (one colour per variant; their intervals are in the section's table); rows = ε, columns
     = precisions."""
     p = r["parameters"]
@@ -46,8 +48,11 @@ def convergence_figure(r: Results) -> "plt.Figure":
     for i, eps in enumerate(eps_list):
         for j, precision in enumerate(precisions):
             ax = axes[i][j]
-            _line(ax, series(r, precision, eps, CEILING), band=True, color=palette.CEILING, ls="--",
-                  label="CDG noise ceiling (band: 95%)")
+            ceiling = series(r, precision, eps, CEILING)
+            _line(ax, ceiling, band=True, color=palette.CEILING, ls="--", label="CDG noise ceiling (band: 95%)")
+            roots = [np.mean([math.sqrt(max(v, 0.0)) for v in finite(c.get("values", []))] or [np.nan]) for c in ceiling]
+            ax.plot([c["batch_size"] for c in ceiling], roots, color=palette.CEILING, ls=":", lw=1.5,
+                    label="√ceiling: the population gradient's score")
             for v in p["ste_variants"]:
                 _line(ax, series(r, precision, eps, ste_estimate(v, "independent")), color=palette.ste_colour(v), lw=1,
                       label=f"STE {v}")
@@ -61,6 +66,6 @@ def convergence_figure(r: Results) -> "plt.Figure":
                 ax.set_ylabel("cosine, mean over layers")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
-    fig.suptitle(f"Reference convergence, num_dim {p['num_dim']}: CDG against itself (independent batches) "
-                 f"and each STE against CDG on an independent batch; n = {p['num_init']} initialisations")
+    fig.suptitle(f"Reference convergence, num_dim {p['num_dim']}: CDG against itself (independent batches)\n"
+                 f"and each STE against CDG on an independent batch; n = {p['num_init']} initialisations", fontsize=10)
     return fig

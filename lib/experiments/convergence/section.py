@@ -1,20 +1,24 @@
 """The "Reference convergence" section of the static report."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from lib.experiments.cells import PRECISION_TITLES, anchor, failed_runs_note, figure, heading, md, table
-from lib.experiments.stats import rank, separated, with_interval
+from lib.experiments.inference import ALPHA, Difference, holm, over_inits, paired_difference
+from lib.experiments.stats import finite, rank, with_interval
 
 from .figures import convergence_figure, series
 from .run import CEILING, ste_estimate
 
 HEADING = "Reference convergence"  # beyond the notes: no heading of theirs beside it
-RULE = ("An STE variant's own error is *resolved* at a batch size N when its cosine with CDG on an independent "
-        "batch lies below CDG's noise ceiling, the two 95% intervals apart: CDG then agrees with itself better "
-        "than with the STE, so the gap is the STE's. Where the intervals meet, the STE–CDG disagreement is "
-        "within the reference's own noise at that N. (An estimate equal to the population gradient would score "
-        "about √ceiling against CDG on an independent batch; one as noisy as CDG, the ceiling itself.)")
+RULE = ("An estimate equal to the population gradient would score about √ceiling against CDG on an "
+        "independent batch (CDG on either batch being the population gradient plus independent noise of the same "
+        "size); one as noisy as CDG, the ceiling itself. So an STE variant's own error is *resolved* at a batch "
+        "size N when its cosine with CDG on an independent batch lies below √ceiling: the paired difference "
+        "cos(STE_A, CDG_B) − √max(ceiling, 0) over initialisations, its 95% interval below 0 after Holm's "
+        "correction over every (activation, ε, N, variant) of the run. Where it is not, the STE–CDG "
+        "disagreement is within the reference's own noise at that N.")
 
 
 def ste_records(r: dict[str, Any], precision: str, eps: float, n: int, reference_batch: str) -> list[dict[str, Any]]:
@@ -30,12 +34,33 @@ def best_ste(r: dict[str, Any], precision: str, eps: float, n: int, reference_ba
     return ste_records(r, precision, eps, n, reference_batch)[0]
 
 
+def _values(r: dict[str, Any], precision: str, eps: float, estimate: dict[str, Any], n: int) -> list[float | None]:
+    return next(c for c in series(r, precision, eps, estimate) if c["batch_size"] == n).get("values", [])
+
+
+def gap_to_sqrt_ceiling(r: dict[str, Any], precision: str, eps: float, variant: str, n: int) -> Difference:
+    """``cos(STE_A, CDG_B) − √max(ceiling, 0)`` paired over initialisations (see :data:`RULE`)."""
+    ceiling = _values(r, precision, eps, CEILING, n)
+    ste = _values(r, precision, eps, ste_estimate(variant, "independent"), n)
+    ok = [i for i, (c, v) in enumerate(zip(ceiling, ste)) if c is not None and v is not None
+          and math.isfinite(c) and math.isfinite(v)]
+    return paired_difference({i: ste[i] for i in ok}, {i: math.sqrt(max(ceiling[i], 0.0)) for i in ok})
+
+
+def resolution(r: dict[str, Any]) -> dict[tuple[str, float, str, int], tuple[Difference, float]]:
+    """Every (precision, ε, variant, N) of a run: its gap to √ceiling and the Holm-corrected p-value
+    over all of them."""
+    p = r["parameters"]
+    keys = [(precision, eps, v, n) for precision in p["precisions"] for eps in p["eps"]
+            for v in p["ste_variants"] for n in sorted(p["batch_sizes"])]
+    gaps = [gap_to_sqrt_ceiling(r, *key) for key in keys]
+    return dict(zip(keys, zip(gaps, holm([g.p for g in gaps]))))
+
+
 def resolved(r: dict[str, Any], precision: str, eps: float, variant: str, n: int) -> bool:
-    """Whether the STE variant's cosine with CDG on the independent batch lies below the noise
-    ceiling at batch size ``n``, intervals apart (see :data:`RULE`)."""
-    ceiling = next(c for c in series(r, precision, eps, CEILING) if c["batch_size"] == n)
-    ste = next(c for c in series(r, precision, eps, ste_estimate(variant, "independent")) if c["batch_size"] == n)
-    return rank(ste["mean"]) < rank(ceiling["mean"]) and separated(ceiling.get("interval"), ste.get("interval"))
+    """Whether the variant's error is resolved at batch size ``n`` (see :data:`RULE`)."""
+    gap, p_holm = resolution(r)[precision, eps, variant, n]
+    return gap.mean < 0 and p_holm < ALPHA
 
 
 def resolved_from(r: dict[str, Any], precision: str, eps: float, variant: str) -> int | None:
@@ -63,13 +88,15 @@ def _table(r: dict[str, Any], eps: float) -> list:
         for ceil in series(r, precision, eps, CEILING):
             n = ceil["batch_size"]
             best = {kind: best_ste(r, precision, eps, n, kind) for kind in ("same", "independent")}
+            root = over_inits([math.sqrt(max(c, 0.0)) for c in finite(ceil.get("values", []))])
             rows.append([PRECISION_TITLES.get(precision, precision), n, with_interval(ceil["mean"], ceil["interval"]),
+                         with_interval(root.mean, root.interval),
                          f"{with_interval(best['same']['mean'], best['same']['interval'])} "
                          f"({best['same']['estimate']['variant']})",
                          f"{with_interval(best['independent']['mean'], best['independent']['interval'])} "
                          f"({best['independent']['estimate']['variant']})"])
-    return [table(["activation", "N", "CDG noise ceiling", "best STE, same batch", "best STE, independent batch"],
-                  rows)]
+    return [table(["activation", "N", "CDG noise ceiling", "√ceiling", "best STE, same batch",
+                   "best STE, independent batch"], rows)]
 
 
 def report_cells(runs: Sequence[dict[str, Any]]) -> list:
@@ -92,9 +119,9 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
 
 
 def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
-    """At the largest batch of each run, per precision: CDG's noise ceiling, the STE variants whose
-    error is resolved there (with their cosines with CDG on an independent batch) and the best of
-    those within the reference's noise."""
+    """At the largest batch of each run, per precision: CDG's noise ceiling and √ceiling, the STE
+    variants whose error is resolved there (cosine with CDG on an independent batch below √ceiling,
+    paired and Holm-corrected) and the best of those the reference cannot tell from it."""
     out = []
     for r in [run["results"] for run in runs if run["results"] is not None]:
         p = r["parameters"]
@@ -105,15 +132,18 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
             stes = ste_records(r, precision, eps, n_max, "independent")
             below = [c for c in stes if resolved(r, precision, eps, c["estimate"]["variant"], n_max)]
             within = [c for c in stes if c not in below]
-            text = f"{PRECISION_TITLES.get(precision, precision)}: ceiling {with_interval(ceiling['mean'], ceiling['interval'])}"
+            root = over_inits([math.sqrt(max(c, 0.0)) for c in finite(ceiling.get("values", []))])
+            text = (f"{PRECISION_TITLES.get(precision, precision)}: ceiling {with_interval(ceiling['mean'], ceiling['interval'])}, "
+                    f"√ceiling {with_interval(root.mean, root.interval)}")
             if below:
-                text += "; below it " + ", ".join(f"{c['estimate']['variant']} {with_interval(c['mean'], c['interval'])}"
-                                                  for c in below)
+                text += "; below √ceiling (resolved) " + ", ".join(
+                    f"{c['estimate']['variant']} {with_interval(c['mean'], c['interval'])}" for c in below)
             if within:
-                text += (f"; within its noise {', '.join(c['estimate']['variant'] for c in within)} (best "
-                         f"{with_interval(within[0]['mean'], within[0]['interval'])})")
+                text += (f"; not distinguishable from √ceiling {', '.join(c['estimate']['variant'] for c in within)} "
+                         f"(best {with_interval(within[0]['mean'], within[0]['interval'])})")
             parts.append(text)
         out.append(f"**Reference convergence** ([section](#{anchor(HEADING)})): how wrong each STE variant is against "
                    f"the converged reference, as its mean per-layer cosine with CDG on an independent batch at "
-                   f"N = {n_max}, ε = {eps:g}: {'; '.join(parts)} (n = {p['num_init']} initialisations).")
+                   f"N = {n_max}, ε = {eps:g}, against √ceiling, what the population gradient itself would score: "
+                   f"{'; '.join(parts)} (n = {p['num_init']} initialisations; paired, Holm-corrected).")
     return out
