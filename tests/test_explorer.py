@@ -43,21 +43,48 @@ def test_explore_returns_finite_curves_of_the_grid_length(small):
     json.dumps(small.to_json())  # JSON-able
 
 
+@torch.no_grad()
+def _stepped_loss_drop(model, x, y, grads, lrs, layers):
+    """Brute force: per lr, a copy of the model with ``layers`` stepped by lr · g_l / ‖g_l‖ (the
+    others held), its loss drop on (x, y) relative to the loss there."""
+    import copy
+
+    base = float(((model(x) - y) ** 2).mean())
+    out = []
+    for lr in lrs:
+        m = copy.deepcopy(model)
+        for name, w in m.named_parameters():
+            if name in layers:
+                w -= lr * grads[name] / grads[name].norm()
+        out.append((base - float(((m(x) - y) ** 2).mean())) / base)
+    return np.array(out)
+
+
 def test_curves_equal_an_independent_recomputation(small):
+    """Held out (the default): the relative decrease on the evaluation set of a step on the hidden
+    layers (the last one for the exact smoothed gradient); in-sample: the notes' ΔL on the batch."""
+    from lib.experiments.toy.population import EVAL_BATCH
+
     problem = toy_problem(8, 3)
     model = problem.student
     x, y = problem.batch(64, 0)
+    xe, ye = problem.batch(16384, EVAL_BATCH)
     lrs = np.geomspace(1e-2, 1.0, 7)
+    hidden = ["fc1.weight", "fc2.weight", "fc3.weight"]
     cdg = E.cdg(model, x, y, eps=0.05)
-    np.testing.assert_allclose(small.curves["cdg"], V.loss_decrease(model, x, y, cdg, lrs), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(small.curves["cdg"], _stepped_loss_drop(model, xe, ye, cdg, lrs, hidden), atol=1e-5)
     exact = E.smoothed_exact(model, x, y, 0.2)
-    np.testing.assert_allclose(small.curves["exact"], V.loss_decrease(model, x, y, exact, lrs), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(small.curves["exact"], _stepped_loss_drop(model, xe, ye, exact, lrs, ["fc3.weight"]),
+                               atol=1e-5)
     ste = E.ste(model, x, y, variant="clipped")
-    np.testing.assert_allclose(small.curves["ste"], V.loss_decrease(model, x, y, ste, lrs), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(small.curves["ste"], _stepped_loss_drop(model, xe, ye, ste, lrs, hidden), atol=1e-5)
     assert math.isclose(small.cosines["ste_vs_cdg"]["all"], V.cosine(ste, cdg)["all"], abs_tol=1e-9)
     again = explore(**SMALL, seed=3, eps=0.05, sigma=0.2)  # same arguments → same numbers
     for k in ESTIMATORS:
         np.testing.assert_array_equal(again.curves[k], small.curves[k])
+    notes = explore(**SMALL, seed=3, eps=0.05, sigma=0.2, held_out=False)
+    np.testing.assert_allclose(notes.curves["cdg"], V.loss_decrease(model, x, y, cdg, lrs), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(notes.curves["exact"], V.loss_decrease(model, x, y, exact, lrs), rtol=0, atol=1e-6)
 
 
 def test_pretrained_uses_the_cached_pretraining(tmp_path):
@@ -75,7 +102,9 @@ def test_pretrained_uses_the_cached_pretraining(tmp_path):
                   pretrain_variant="clipped", cache_dir=str(tmp_path))
     student, _, hit = pretrain_student(problem, p, progress=False)
     assert hit
-    x, y = problem.batch(64, 0)
+    from lib.experiments.toy.population import EVAL_BATCH
+
+    x, y = problem.batch(16384, EVAL_BATCH)  # the base loss is the population loss on the evaluation set
     with torch.no_grad():
         assert math.isclose(second.base_loss, float(((student(x) - y) ** 2).mean()), rel_tol=1e-6)
     fresh = explore(**kw, pretrained=False)
@@ -86,7 +115,7 @@ def test_pretrained_uses_the_cached_pretraining(tmp_path):
     ("num_dim", 0), ("num_dim", 8.0), ("eps", -0.1), ("eps", float("nan")), ("sigma", 0), ("samples", 0),
     ("lr_min", 0.0), ("num_lr", 1), ("pretrained", "yes"), ("variant", "bogus"), ("batch_size", 0),
     ("seed", -1), ("pretrain_steps", 0), ("pretrain_variant", "nope"), ("cache_dir", ""), ("diagnose", 1),
-    ("threads", 0),
+    ("threads", 0), ("held_out", "no"), ("eval_rows", 0),
 ])
 def test_bad_argument_raises_naming_it(name, value):
     with pytest.raises(ValueError, match=f"^{name}:"):
@@ -136,7 +165,7 @@ def test_plot_has_two_panels_with_log_lr_axis(small):
 def test_widget_app_updates_on_a_slider_change(tmp_path):
     app = ExplorerApp(num_dim=8, samples=100, auto_update=False, batch_size=64, num_lr=5, cache_dir=tmp_path)
     c = app.controls
-    assert set(c) == {"num_dim", "eps", "sigma", "samples", "lr_range", "pretrained", "variant"}
+    assert set(c) == {"num_dim", "eps", "sigma", "samples", "lr_range", "pretrained", "variant", "held_out"}
     for name in ("num_dim", "eps", "sigma", "samples", "lr_range"):
         assert c[name].continuous_update is False, name
     assert app.calls == 0 and app.output.outputs == ()

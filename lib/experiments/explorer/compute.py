@@ -14,9 +14,14 @@ optionally pretrained (cheap, cached), and one gradient batch ``(x, y)`` of ``ba
 * ``nes_last2`` NES with the same ``σ, S`` restricted to those two layers (its cosine with
   ``exact`` measures the NES variance alone),
 
-and for each the loss-decrease curve ``ΔL(lr) = L(w) − L(w − lr ĝ)`` with ``ĝ_l = g_l / ‖g_l‖`` per
-layer, on the same batch, for ``num_lr`` learning rates log-spaced on ``[lr_min, lr_max]``; the
-best decrease ``max_lr ΔL(lr)`` with its lr; and cosine similarities ``a·b / (‖a‖‖b‖)`` with CDG.
+and for each a loss-decrease curve for ``num_lr`` learning rates log-spaced on ``[lr_min, lr_max]``,
+with ``ĝ_l = g_l / ‖g_l‖`` per layer; the best decrease ``max_lr`` of it with its lr; and cosine
+similarities ``a·b / (‖a‖‖b‖)`` with CDG. With ``held_out`` (the default) the curve is the report's
+population metric (:mod:`lib.experiments.toy.population`): the relative decrease
+``[L_E(w) − L_E(w − lr ĝ)] / L_E(w)`` on an evaluation set of ``eval_rows`` rows the gradient never
+saw, of a step on the hidden layers with the readout held (on the last hidden layer for ``exact``
+and ``nes_last2``); otherwise the notes' in-sample ``ΔL(lr) = L(w) − L(w − lr ĝ)`` on the
+gradient's batch, every layer stepped.
 
 :func:`lib.experiments.explorer.figure.plot_explorer` draws a result;
 :class:`lib.experiments.explorer.widgets.ExplorerApp` wires ipywidgets controls to :func:`explore`
@@ -34,6 +39,7 @@ import torch
 
 from lib.core import estimators as E
 from lib.core import evaluate as V
+from lib.experiments.toy import population as P
 from lib.experiments.toy.params import LAST_TWO
 from lib.experiments.toy.run import pretrain_student
 from lib.training.gaussian import toy_problem
@@ -100,8 +106,8 @@ def explore(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: in
             lr_min: float = 1e-5, lr_max: float = 10.0, num_lr: int = 25, pretrained: bool = False,
             variant: str = "clipped", batch_size: int = 256, seed: int = 0, pretrain_steps: int = 300,
             pretrain_batch_size: int = 512, pretrain_lr: float = 3e-3, pretrain_variant: str = "clipped",
-            cache_dir: str | os.PathLike = DEFAULT_CACHE, diagnose: bool = True,
-            threads: int | None = 1) -> ExplorerResult:
+            cache_dir: str | os.PathLike = DEFAULT_CACHE, diagnose: bool = True, held_out: bool = True,
+            eval_rows: int = 16384, threads: int | None = 1) -> ExplorerResult:
     """Every estimator and its lr → loss-decrease curve on one toy problem (module docstring).
 
     The problem is ``lib.training.gaussian.toy_problem(num_dim, seed)``; with ``pretrained`` its student is
@@ -118,7 +124,7 @@ def explore(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: in
                         num_lr=num_lr, pretrained=pretrained, variant=variant, batch_size=batch_size, seed=seed,
                         pretrain_steps=pretrain_steps, pretrain_batch_size=pretrain_batch_size,
                         pretrain_lr=pretrain_lr, pretrain_variant=pretrain_variant, cache_dir=cache_dir,
-                        diagnose=diagnose)
+                        diagnose=diagnose, held_out=held_out, eval_rows=eval_rows)
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ValueError(f"threads: expected None or a positive integer, got {threads!r}")
     saved = torch.get_num_threads()
@@ -146,8 +152,9 @@ def _explore(p: ExplorerParams) -> ExplorerResult:
     model = problem.student
     x, y = problem.batch(p.batch_size, 0)
     lrs = explore_lrs(p.lr_min, p.lr_max, p.num_lr)
+    scorer = P.Scorer(model, *problem.batch(p.eval_rows, P.EVAL_BATCH), lrs, "layer") if p.held_out else None
     with torch.no_grad():
-        base_loss = float(((model(x) - y) ** 2).mean())
+        base_loss = scorer.base_loss if scorer else float(((model(x) - y) ** 2).mean())
 
     grads: dict[str, dict[str, torch.Tensor]] = {}
     curves: dict[str, np.ndarray] = {}
@@ -155,7 +162,11 @@ def _explore(p: ExplorerParams) -> ExplorerResult:
     def run(key: str, fn) -> None:
         t = time.perf_counter()
         grads[key] = fn()
-        curves[key] = V.loss_decrease(model, x, y, grads[key], lrs, "layer")
+        if scorer is None:
+            curves[key] = V.loss_decrease(model, x, y, grads[key], lrs, "layer")
+        else:
+            metric = scorer.hidden[-1] if key in ("exact", "nes_last2") else P.HIDDEN
+            curves[key] = scorer.curve(grads[key], metric)
         timings[key] = time.perf_counter() - t
 
     run("cdg", lambda: E.cdg(model, x, y, eps=p.eps))
@@ -177,8 +188,8 @@ def _explore(p: ExplorerParams) -> ExplorerResult:
         "cdg": f"CDG ε={p.eps:.3g}",
         "nes": f"NES σ={p.sigma:.3g}, S={p.samples}",
         "ste": f"STE {p.variant}",
-        "exact": f"exact smoothed σ={p.sigma:.3g} (last 2 layers)",
-        "nes_last2": f"NES σ={p.sigma:.3g}, S={p.samples} (last 2 layers)",
+        "exact": f"exact smoothed σ={p.sigma:.3g} (last 2 layers{'; step on the last hidden' if p.held_out else ''})",
+        "nes_last2": f"NES σ={p.sigma:.3g}, S={p.samples} (last 2 layers{'; step on the last hidden' if p.held_out else ''})",
     }
     labels = {k: v for k, v in labels.items() if k in curves}
     return ExplorerResult(

@@ -47,10 +47,12 @@ def plot_explorer(result: ExplorerResult, figsize: tuple[float, float] = (11.0, 
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # no mathtext: faster redraws
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss decrease  L(w) − L(w − lr ĝ)")
     p = result.params
+    held = p.get("held_out", False)
+    ax.set_ylabel("held-out relative decrease, hidden layers" if held else "in-sample decrease  L(w) − L(w − lr ĝ)")
     state = "pretrained" if p["pretrained"] else "random init"
-    ax.set_title(f"num_dim={p['num_dim']}, {state}, L(w)={result.base_loss:.3g}, batch {p['batch_size']}"
+    where = f"held out on {p['eval_rows']:,} rows" if held else "in-sample"
+    ax.set_title(f"num_dim={p['num_dim']}, {state}, L={result.base_loss:.3g} ({where}), batch {p['batch_size']}"
                  f"  (★ best; {result.wall_s:.2f} s)", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(True, alpha=0.3)

@@ -31,6 +31,8 @@ class ExplorerParams:
     pretrain_variant: str = param("clipped", STE_VARIANT)
     cache_dir: str = param("cache/pretrain", NON_EMPTY)
     diagnose: bool = param(True)                          # NES on the last two layers against the exact gradient
+    held_out: bool = param(True)                          # curves on an evaluation set, hidden layers (the report's)
+    eval_rows: int = param(16384, POSITIVE_INT)           # rows of that evaluation set
 
     def __post_init__(self) -> None:
         validate(self)

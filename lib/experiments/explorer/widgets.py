@@ -17,13 +17,13 @@ DEBOUNCE_S = 0.3  # seconds the controls must stay still before a recompute star
 
 def make_widgets(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
                  lr_min: float = 1e-5, lr_max: float = 10.0, pretrained: bool = False,
-                 variant: str = "clipped") -> dict[str, Any]:
+                 variant: str = "clipped", held_out: bool = True) -> dict[str, Any]:
     """The controls, keyed by :func:`explore` argument (``lr_range`` holds ``(log10 lr_min,
     log10 lr_max)``), all with ``continuous_update=False`` where the widget has it."""
     import ipywidgets as W
 
     explorer_params(num_dim=num_dim, eps=eps, sigma=sigma, samples=samples, lr_min=lr_min, lr_max=lr_max,
-                    pretrained=pretrained, variant=variant)
+                    pretrained=pretrained, variant=variant, held_out=held_out)
     style = {"description_width": "90px"}
     layout = W.Layout(width="340px")
     common = dict(continuous_update=False, style=style, layout=layout)
@@ -41,6 +41,8 @@ def make_widgets(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, sample
                                        step=0.25, description="log10 lr", readout_format=".2f", **common),
         "pretrained": W.Checkbox(value=pretrained, description="pretrained student", indent=False,
                                  layout=W.Layout(width="200px")),
+        "held_out": W.Checkbox(value=held_out, description="held out, hidden layers (the report's)",
+                               indent=False, layout=W.Layout(width="300px")),
         "variant": W.Dropdown(options=list(STE_VARIANTS), value=variant, description="STE variant",
                               style=style, layout=layout),
     }
@@ -57,11 +59,11 @@ class ExplorerApp:
 
     def __init__(self, num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
                  lr_min: float = 1e-5, lr_max: float = 10.0, pretrained: bool = False, variant: str = "clipped",
-                 auto_update: bool = True, **explore_kwargs: Any) -> None:
+                 held_out: bool = True, auto_update: bool = True, **explore_kwargs: Any) -> None:
         import ipywidgets as W
 
         self.explore_kwargs = explore_kwargs
-        self.controls = make_widgets(num_dim, eps, sigma, samples, lr_min, lr_max, pretrained, variant)
+        self.controls = make_widgets(num_dim, eps, sigma, samples, lr_min, lr_max, pretrained, variant, held_out)
         self.output = W.Output(layout=W.Layout(min_height="380px"))
         self.status = W.HTML(value="")
         self.calls = 0
@@ -75,7 +77,7 @@ class ExplorerApp:
         c = self.controls
         self.ui = W.VBox([
             W.HBox([W.VBox([c["num_dim"], c["eps"], c["sigma"], c["samples"]]),
-                    W.VBox([c["lr_range"], c["variant"], c["pretrained"], self.status])]),
+                    W.VBox([c["lr_range"], c["variant"], c["pretrained"], c["held_out"], self.status])]),
             self.output,
         ])
         if auto_update:
@@ -87,7 +89,8 @@ class ExplorerApp:
         lo, hi = c["lr_range"].value
         return {"num_dim": c["num_dim"].value, "eps": float(c["eps"].value), "sigma": float(c["sigma"].value),
                 "samples": c["samples"].value, "lr_min": 10.0 ** lo, "lr_max": 10.0 ** hi,
-                "pretrained": bool(c["pretrained"].value), "variant": c["variant"].value, **self.explore_kwargs}
+                "pretrained": bool(c["pretrained"].value), "variant": c["variant"].value,
+                "held_out": bool(c["held_out"].value), **self.explore_kwargs}
 
     def _on_change(self, change: dict[str, Any]) -> None:
         """Recompute once the controls have been still for :data:`DEBOUNCE_S`: a newer change
