@@ -119,6 +119,9 @@ def test_results_schema_and_json(tiny_results):
             assert len(c["sets"]) == 3
             assert c["all"] == pytest.approx(sum(s["all"] for s in c["sets"]) / 3)
         assert ("decrease" in e) == (e["act"] == "binary")
+        assert ("decrease_held_out" in e) == (e["act"] == "binary")  # on the 16 held-out images
+        assert sorted(c["variant"] for c in e["cross_cosines"]) == ["clipped", "identity"]
+        assert all(c["eps"] == 0.1 and len(c["sets"]) == 3 for c in e["cross_cosines"])
     info = only(r["analyses"], state="trained", act="binary")["state_info"]
     assert info["steps"] == 2 and len(info["curve"]) == 2 and info["cache_hit"] is False
     assert info["dtype"] == "float64"  # trained in float64 (the model itself stays float32)
@@ -270,9 +273,44 @@ def test_notebook_runs_under_papermill(tmp_path, monkeypatch):
 def test_findings_sentence(tiny_results):
     r, _ = tiny_results
     (sentence,) = section.findings([{"id": "thin_resnet", "entry": {}, "results": r}])
-    assert "(#thin-resnet-18-cdg-gradient-experiment-1--summary)" in sentence
-    assert "c = 2 init: " in sentence and "c = 2 trained: " in sentence
-    assert "front " in sentence and "(95% intervals over n = 3 coordinate sets)" in sentence
+    assert "(#thin-resnet-18-cdg-gradient-experiment-1--can-the-reference-resolve-the-ste-s-error)" in sentence
+    assert "c = 2 init: ceiling " in sentence and "c = 2 trained: ceiling " in sentence and "√ceiling" in sentence
+    assert "scikit-learn's digits" in sentence and "batches of 8 images" in sentence
+    assert "(n = 3 coordinate sets of one model and one batch" in sentence
+
+
+def test_cross_batch_cosines_by_hand(tiny_results):
+    """cos(STE on the gradient batch, CDG on the independent batch) on the same coordinates, recomputed."""
+    r, _ = tiny_results
+    p = r["parameters"]
+    data = states.load_data(p)
+    model, _ = states.make_state(p, "binary", "init", data, torch.device("cpu"))
+    names = model.binary_conv_names()
+    g = ste(model, data["x"], data["y"], loss="cross_entropy", variant="clipped", layers=names)
+    k = 1
+    other = cdg(model, data["x_ref"], data["y_ref"], loss="cross_entropy", eps=0.1, layers=names,
+                coords_per_layer=3, seed=analysis.coord_seed(p, k), budget_mb=p["budget_mb"])
+    rec = only(only(r["analyses"], state="init", act="binary")["cross_cosines"], variant="clipped")
+    assert rec["sets"][k]["all"] == pytest.approx(cosine(other, g)["all"], abs=1e-6)
+
+
+def test_resolution_against_sqrt_ceiling():
+    """Only an estimate of the population gradient scores √ceiling against CDG on another batch:
+    a variant at the ceiling is resolved, one at √ceiling is not."""
+    from lib.experiments.thin_resnet.resolution import resolutions
+
+    def rec(values, **key):
+        return {**key, "eps": 0.1, "all": sum(values) / 3, "sets": [{"all": v, "per_layer": []} for v in values]}
+
+    ceiling = [0.25, 0.36, 0.49]  # √: 0.5, 0.6, 0.7
+    entry = {"state": "init", "act": "binary", "ceiling": [rec(ceiling)],
+             "cross_cosines": [rec([0.26, 0.35, 0.50], variant="at_ceiling"),
+                               rec([0.51, 0.58, 0.72], variant="at_root")]}
+    result = {"initial_channels": 8, "eps_main": 0.1, "parameters": {"states": ["init"], "acts": ["binary"]},
+              "analyses": [entry]}
+    found = {v.variant: v for v in resolutions([result])}
+    assert found["at_ceiling"].resolved and not found["at_root"].resolved
+    assert found["at_ceiling"].root.mean == pytest.approx(0.6) and found["at_ceiling"].gap.n == 3
 
 
 def _made_up(front_by_set, back_by_set):

@@ -11,12 +11,18 @@ The records :func:`analyse` returns (:mod:`lib.experiments.records`), per-layer 
 * ``ceiling`` (with a reference batch; at the main ε, :func:`main_eps`): ``{eps, per_layer, all,
   sets}``: CDG on the gradient batch against CDG on an independent batch of the same size, on the
   same coordinates: how well the reference agrees with itself at this batch size;
+* ``cross_cosines`` (with a reference batch, at the main ε): ``{variant, eps, per_layer, all,
+  sets}``: the STE variant on the gradient batch against CDG on the independent batch, sharing no
+  sampling noise: the cosine an estimate of the population gradient scores about √ceiling on
+  (docs/design.md §2);
 * ``magnitudes``: ``{estimator: "cdg", eps, per_layer}`` and ``{estimator: "ste", variant,
   per_layer, all_coordinates}``: RMS on the sampled coordinates (and, for the STE, on all);
 * ``decrease`` (precisions in ``decrease_acts``): ``{layer, estimator, eps or variant, curve,
   best, best_lr, interval, n, sets: [{curve, best, best_lr}]}``: the single-layer lr →
   loss-decrease curve over ``lrs`` (mean over the sets), its best, and the 95% interval of the
-  sets' values at that lr;
+  sets' values at that lr, **in-sample** (on the gradient batch);
+* ``decrease_held_out`` (the same, with held-out images): the same curves scored on the held-out
+  images, which no gradient saw;
 * ``sampled`` (coordinates per layer and set) and ``timings`` (``ste_s``, ``cdg_s`` as ``[{eps,
   seconds}]``, ``decrease_s``).
 """
@@ -79,13 +85,16 @@ def _cosine_record(c: dict[str, float], names: list[str]) -> dict[str, Any]:
 
 def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: torch.Tensor,
             device: torch.device, log: Callable[[str], None] = lambda s: None,
-            reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+            reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+            held_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """CDG vs STE for one model on the batch ``(x, y)`` (see the module doc); with ``reference``,
-    an independent batch of the same size, CDG's noise ceiling too."""
+    an independent batch of the same size, CDG's noise ceiling and the cross-batch STE cosines
+    too; with ``held_out`` images, the single-layer decreases scored on them as well."""
     names = model.binary_conv_names()
     variants = p["ste_variants"]
     sets = range(p["coord_sets"])
-    out: dict[str, Any] = {"cosines": [], "ceiling": [], "magnitudes": [], "timings": {"cdg_s": []}}
+    out: dict[str, Any] = {"cosines": [], "ceiling": [], "cross_cosines": [], "magnitudes": [],
+                           "timings": {"cdg_s": []}}
     t0 = time.perf_counter()
     ste_grads = _ste_gradients(model, act, variants, x, y, names)
     out["timings"]["ste_s"] = time.perf_counter() - t0
@@ -104,8 +113,11 @@ def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: 
             out["cosines"].append({"variant": v, "eps": eps,
                                    **_over_sets([_cosine_record(cosine(g, ste_grads[v]), names) for g in gs])})
         if reference is not None and eps == main_eps(p["eps"]):  # the ε of the tables and figures
+            other = [cdg_on(*reference, eps, k) for k in sets]
             out["ceiling"].append({"eps": eps, **_over_sets(
-                [_cosine_record(cosine(g, cdg_on(*reference, eps, k)), names) for k, g in zip(sets, gs)])})
+                [_cosine_record(cosine(g, gb), names) for g, gb in zip(gs, other)])})
+            out["cross_cosines"] += [{"variant": v, "eps": eps, **_over_sets(
+                [_cosine_record(cosine(gb, ste_grads[v]), names) for gb in other])} for v in variants]
         out["magnitudes"].append({"estimator": "cdg", "eps": eps, "per_layer": [
             finite_mean(_rms(g[n], torch.isfinite(g[n])) for g in gs) for n in names]})
     masks = [{n: torch.isfinite(g[n]) for n in names} for g in next(iter(cdg_grads.values()))]
@@ -116,16 +128,19 @@ def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: 
                           for v in variants]
     if act in p["decrease_acts"]:
         t0 = time.perf_counter()
-        out["decrease"] = _decrease(model, p, x, y, names, cdg_grads, ste_grads, masks)
+        out["decrease"] = _decrease(model, p, (x, y), names, cdg_grads, ste_grads, masks)
+        if held_out is not None:
+            out["decrease_held_out"] = _decrease(model, p, held_out, names, cdg_grads, ste_grads, masks)
         out["timings"]["decrease_s"] = time.perf_counter() - t0
     return out
 
 
-def _decrease(model: XnorResNet, p: dict[str, Any], x: torch.Tensor, y: torch.Tensor, names: list[str],
+def _decrease(model: XnorResNet, p: dict[str, Any], scored_on: tuple[torch.Tensor, torch.Tensor], names: list[str],
               cdg_grads: dict[float, list[dict[str, torch.Tensor]]], ste_grads: dict[str, dict[str, torch.Tensor]],
               masks: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
-    """Single-layer loss decrease of the first, middle and last binary layer, per coordinate set:
-    CDG (each ε) and each STE variant restricted to that set's coordinates of the layer."""
+    """Single-layer loss decrease of the first, middle and last binary layer, per coordinate set,
+    on the images ``scored_on``: CDG (each ε) and each STE variant restricted to that set's
+    coordinates of the layer."""
     out = []
     for layer in decrease_layers(names):
         keys = [{"estimator": "cdg", "eps": eps} for eps in cdg_grads] + \
@@ -138,7 +153,7 @@ def _decrease(model: XnorResNet, p: dict[str, Any], x: torch.Tensor, y: torch.Te
                 else:
                     g = ste_grads[key["variant"]][layer]
                     d = torch.where(mask[layer], g, torch.zeros_like(g))
-                c = loss_decrease(model, x, y, {layer: d}, p["lrs"], p["normalize"], LOSS).tolist()
+                c = loss_decrease(model, *scored_on, {layer: d}, p["lrs"], p["normalize"], LOSS).tolist()
                 best, best_lr = best_decrease(p["lrs"], c)
                 per_set.append({"curve": c, "best": best, "best_lr": best_lr})
             out.append({"layer": layer, **key, **_mean_curve(p["lrs"], per_set)})

@@ -9,7 +9,7 @@ from lib.experiments import palette
 from lib.experiments.cells import PRECISION_TITLES
 from lib.experiments.records import select
 
-from .summary import acts_of, analysis_of, cosine_of, layer_label, mean_cosine, states_of
+from .summary import acts_of, analysis_of, cosine_of, decrease_key, layer_label, mean_cosine, states_of
 
 
 def _plt():
@@ -121,7 +121,8 @@ def plot_precisions(result: dict[str, Any]):
 
 def plot_decrease(result: dict[str, Any]):
     """Single-layer lr → loss decrease, CDG (each ε) vs the STE variants; rows = (state, precision),
-    columns = first, middle, last binary layer. ``None`` when no precision had the analysis."""
+    columns = first, middle, last binary layer; on the held-out images where the run scored them
+    there, else in-sample (the title says which). ``None`` when no precision had the analysis."""
     rows = [(s, a) for s in states_of(result) for a in acts_of(result, s) if "decrease" in analysis_of(result, s, a)]
     if not rows:
         return None
@@ -130,7 +131,8 @@ def plot_decrease(result: dict[str, Any]):
     lrs = result["lrs"]
     reds = palette.shades("cdg", len(result["eps"]))
     for i, (state, act) in enumerate(rows):
-        dec = analysis_of(result, state, act)["decrease"]
+        entry = analysis_of(result, state, act)
+        dec = entry[decrease_key(entry)]
         for j, layer in enumerate(layers):
             ax = axes[i][j]
             for d, col in zip(select(dec, layer=layer, estimator="cdg"), reds):
@@ -145,7 +147,10 @@ def plot_decrease(result: dict[str, Any]):
             if j == 0:
                 ax.set_ylabel("loss decrease L(w) − L(w − lr ĝ)")
     _legend(fig, axes)
-    fig.suptitle(f"c = {result['initial_channels']}: single-layer loss decrease ({_sampled_text(result)} of the layer)")
+    held = all(decrease_key(analysis_of(result, s, a)) == "decrease_held_out" for s, a in rows)
+    fig.suptitle(f"c = {result['initial_channels']}: single-layer loss decrease, "
+                 f"{'on held-out images' if held else 'in-sample (on the gradient batch)'} "
+                 f"({_sampled_text(result)} of the layer)")
     return fig
 
 

@@ -61,8 +61,9 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     stage, numel}``), ``decrease_layers`` (names) and ``analyses``, one record per (state,
     precision) in the order of the parameters: ``{state, act, loss, batch_accuracy,
     test_accuracy, state_info, timings, ...}`` with the records of
-    :func:`lib.experiments.thin_resnet.analysis.analyse` (``cosines``, ``ceiling``, ``magnitudes``,
-    ``decrease``, ``sampled``, each over ``coord_sets`` coordinate sets). ``state_info``: init: ``bn_calibration_batches``; trained:
+    :func:`lib.experiments.thin_resnet.analysis.analyse` (``cosines``, ``ceiling``, ``cross_cosines``,
+    ``magnitudes``, ``decrease`` (in-sample), ``decrease_held_out`` (on the held-out images),
+    ``sampled``, each over ``coord_sets`` coordinate sets). ``state_info``: init: ``bn_calibration_batches``; trained:
     ``cache_hit``, ``steps``, ``train_s``, ``dtype`` (of the training), ``curve`` (per-step training loss), ``final_loss``.
 
     NaN (e.g. a cosine with an all-zero estimate) is stored as ``null``.
@@ -78,6 +79,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     data = load_data(p)
     x, y = data["x"].to(device), data["y"].to(device)
     reference = (data["x_ref"].to(device), data["y_ref"].to(device)) if p["noise_ceiling"] else None
+    held_out = (data["x_test"].to(device), data["y_test"].to(device)) if "x_test" in data else None
     results: dict[str, Any] = steps.data or _header(p, data, device)
     for i, (state, act) in enumerate(pairs):
         if steps.done(i):
@@ -91,7 +93,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
             how = "cached" if info["cache_hit"] else f"{info['train_s']:.1f}s"
             log(f"c={p['initial_channels']} {state}/{act}: trained {info['steps']} steps ({how}), "
                 f"test accuracy {entry['test_accuracy']}")
-        entry.update(analyse(model, p, act, x, y, device, log, reference))
+        entry.update(analyse(model, p, act, x, y, device, log, reference, held_out))
         entry["timings"]["total_s"] = time.perf_counter() - t0
         log(f"c={p['initial_channels']} {state}/{act}: loss {entry['loss']:.3f}, {entry['timings']['total_s']:.1f}s")
         results["analyses"].append(entry)

@@ -1,0 +1,68 @@
+"""Can the reference resolve the STE's error on the thin ResNet? (docs/design.md §2, noise ceiling.)
+
+CDG on a batch of N images agrees with CDG on an independent batch at the noise ceiling. An
+estimate equal to the population gradient would score about ``√ceiling`` against CDG on the
+independent batch, so an STE variant's own error is *resolved* only where its cross-batch cosine
+``cos(STE_A, CDG_B)`` lies below ``√max(ceiling, 0)``: the paired difference over the coordinate
+sets, its 95% interval below 0 after Holm's correction over every (c, state, precision, variant)
+of the section. Same-batch cosines share batch A's sampling noise and are compared with nothing.
+
+The n here is the number of seeded coordinate sets on **one model and one batch**: the interval
+covers the choice of coordinates, not of the model or of the batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from lib.experiments.inference import ALPHA, Difference, Estimate, holm, over_inits, paired_difference
+from lib.experiments.records import select
+
+from .summary import acts_of, analysis_of, states_of
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """One (c, state, precision, variant): the ceiling and √ceiling over all 16 layers, the
+    cross-batch STE cosine, their paired gap and its Holm-corrected p-value."""
+
+    initial_channels: int
+    state: str
+    act: str
+    variant: str
+    ceiling: Estimate
+    root: Estimate
+    cross: Estimate
+    gap: Difference
+    p_holm: float
+
+    @property
+    def resolved(self) -> bool:
+        return self.gap.mean < 0 and self.p_holm < ALPHA
+
+
+def _all_layers(record: dict[str, Any]) -> dict[int, float]:
+    """``{coordinate set: cosine over all layers}`` (finite values only)."""
+    sets = record.get("sets") or [record]
+    return {k: float(s["all"]) for k, s in enumerate(sets) if s["all"] is not None and math.isfinite(s["all"])}
+
+
+def resolutions(results: Sequence[dict[str, Any]]) -> list[Resolution]:
+    """Every (c, state, precision, variant) with a noise ceiling and cross-batch cosines."""
+    raw = []
+    for r in sorted(results, key=lambda r: r["initial_channels"]):
+        for state in states_of(r):
+            for act in acts_of(r, state):
+                entry = analysis_of(r, state, act)
+                ceilings = select(entry.get("ceiling", []), eps=r["eps_main"])
+                if not ceilings:
+                    continue
+                ceiling = _all_layers(ceilings[0])
+                root = {k: math.sqrt(max(v, 0.0)) for k, v in ceiling.items()}
+                for rec in select(entry.get("cross_cosines", []), eps=r["eps_main"]):
+                    cross = _all_layers(rec)
+                    raw.append((r["initial_channels"], state, act, rec["variant"], over_inits(ceiling),
+                                over_inits(root), over_inits(cross), paired_difference(cross, root)))
+    p = holm([entry[-1].p for entry in raw])
+    return [Resolution(*entry, p_holm=p[k]) for k, entry in enumerate(raw)]
