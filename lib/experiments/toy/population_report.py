@@ -53,6 +53,21 @@ def layer_table(by_dim: Sequence[Results], batch_size: int, names: Sequence[str]
     return table(["estimator, layer"] + [f"num_dim {d}" for d in dims], rows)
 
 
+def nes_projection(by_dim: Sequence[Results], rows: int) -> str:
+    """What NES over the run's σ grid would cost per repetition at ``rows`` rows, projected from its
+    measured time at the notes' batch size, assuming the cost grows linearly with the rows (every
+    direction is a forward pass over every row)."""
+    parts = []
+    for r in by_dim:
+        per_sigma, n = r["seconds"].get("nes"), r["parameters"]["batch_size"]
+        if per_sigma is not None:
+            hours = per_sigma * len(r["parameters"]["sigma_grid"]) * rows / n / 3600
+            parts.append(f"num_dim {r['num_dim']} {hours:.2g} h")
+    return ("NES over the σ grid would take, per repetition on this machine, about " + ", ".join(parts)
+            + f" (its measured time at {by_dim[0]['parameters']['batch_size']:,} rows × the rows)") if parts else \
+        "its cost grows with the rows"
+
+
 def _protocol_text(by_dim: Sequence[Results]) -> str:
     r = by_dim[0]
     p, n = r["parameters"], _n(by_dim)
@@ -140,7 +155,8 @@ def population_cells(level: int, by_dim: Sequence[Results], pretrained: bool) ->
               md(f"Cross-fitted relative held-out decrease, hidden layers, gradient batches of {main:,} rows:"),
               score_table(by_dim, HIDDEN, main)]
     for n in sorted({n for r in by_dim for n in PR.batch_sizes(r)} - {main}):
-        cells += [md(f"The same at gradient batches of {n:,} rows (CDG, the STE variants; no NES at this size):"),
+        cells += [md(f"The same at gradient batches of {n:,} rows (CDG, the STE variants; no NES at this size: "
+                     f"{nes_projection(by_dim, n)}):"),
                   score_table(by_dim, HIDDEN, n)]
     cells += comparison_cells(by_dim)
     largest = f"NES {max(by_dim[0]['parameters']['nes_samples'])}"
