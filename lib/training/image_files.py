@@ -23,12 +23,17 @@ CIFAR10_LAYOUT = ("the CIFAR-10 binary version: a folder holding data_batch_1.bi
                   f"1 label byte + 3072 pixel bytes ({CIFAR10_RECORD} bytes)")
 DIGITS_TRAIN = 1437  # of scikit-learn's 1797 digits; the other 360 are the test split
 DIGITS_TOTAL = 1797
+# The generated teacher-labelled images (lib/training/teacher_images.py): as many as asked, up to these.
+TEACHER_COUNTS = {"train": 1_000_000, "test": 100_000}
+
+
+GENERATED = ("digits", "teacher")  # the sources that are not folders
 
 
 def source_path(source: str) -> str:
-    """``"digits"``, or the absolute path of a CIFAR-10 folder (a relative one is taken from the
-    repository root): what a run reads, and what keys its trained checkpoints."""
-    return source if source == "digits" else str(repo_path(source).resolve())
+    """``"digits"``, ``"teacher"``, or the absolute path of a CIFAR-10 folder (a relative one is
+    taken from the repository root): what a run reads, and what keys its trained checkpoints."""
+    return source if source in GENERATED else str(repo_path(source).resolve())
 
 
 def cifar_dir(root: str | os.PathLike) -> Path:
@@ -61,8 +66,10 @@ def image_counts(source: str | os.PathLike) -> dict[str, int]:
     ``FileNotFoundError`` or ``ValueError`` naming the path otherwise."""
     if isinstance(source, str) and source == "digits":
         return {"train": DIGITS_TRAIN, "test": DIGITS_TOTAL - DIGITS_TRAIN}
+    if isinstance(source, str) and source == "teacher":
+        return dict(TEACHER_COUNTS)
     if not Path(source).exists():
-        raise FileNotFoundError(f"image source {str(source)!r}: not 'digits' and no such path; expected 'digits' "
-                                f"or the path of {CIFAR10_LAYOUT}")
+        raise FileNotFoundError(f"image source {str(source)!r}: not 'digits' or 'teacher' and no such path; expected "
+                                f"'digits', 'teacher' or the path of {CIFAR10_LAYOUT}")
     folder = cifar_dir(source)
     return {split: sum(cifar_records(folder / name) for name in names) for split, names in CIFAR10_FILES.items()}

@@ -102,10 +102,17 @@ def load_digits32(split: str = "train", limit: int | None = None,
 
 def image_data(source: str | os.PathLike = "digits", split: str = "train",
                limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` from ``source``: ``"digits"`` (:func:`load_digits32`) or the path of a local
-    CIFAR-10 binary copy (:func:`load_cifar10`). Anything else raises ``FileNotFoundError`` naming it."""
+    """``(x, y)`` from ``source``: ``"digits"`` (:func:`load_digits32`), ``"teacher"``
+    (:func:`lib.training.teacher_images.teacher_images`) or the path of a local CIFAR-10 binary
+    copy (:func:`load_cifar10`). Anything else raises ``FileNotFoundError`` naming it."""
     if isinstance(source, str) and source == "digits":
         return load_digits32(split, limit)
+    if isinstance(source, str) and source == "teacher":
+        _check_split(split)
+        _check_limit(limit)
+        from .teacher_images import teacher_images
+
+        return teacher_images(split, limit)
     image_counts(source)  # FileNotFoundError or ValueError naming the path when it is missing or corrupt
     return load_cifar10(source, split, limit)
 

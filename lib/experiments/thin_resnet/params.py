@@ -45,7 +45,7 @@ class ThinResNetParams:
     test_limit: int = param(512, NON_NEGATIVE_INT)       # held-out images for the accuracy; 0 means none
     seed: int = param(0, NON_NEGATIVE_INT)
     device: str = param("cpu", DEVICE)
-    data_source: str = param("digits", NON_EMPTY)        # digits, or a CIFAR-10 binary-version folder
+    data_source: str = param("digits", NON_EMPTY)        # digits, teacher, or a CIFAR-10 binary-version folder
     cache_dir: str = param("cache/thin_resnet", NON_EMPTY)
     budget_mb: float = param(8.0, POSITIVE)              # memory budget of one CDG chunk (CPU; CUDA: more)
 
@@ -60,11 +60,14 @@ class ThinResNetParams:
             out.append(("decrease_acts", f"{missing} not in acts {self.acts}"))
         if "trained" in self.states and self.train_epochs < 1:
             out.append(("train_epochs", "the trained state needs at least one epoch"))
+        if self.data_source == "teacher" and not self.train_limit:
+            out.append(("train_limit", "the teacher source generates as many training images as asked: "
+                                       "set train_limit (e.g. 4096)"))
         return out
 
     def machine_problems(self) -> list[tuple[str, str]]:
         """What this machine cannot give the run, as ``(key, message)``, found without reading
-        pixels: the data source (``digits`` or a CIFAR-10 folder whose files have whole records),
+        pixels: the data source (``digits``, ``teacher`` or a CIFAR-10 folder whose files have whole records),
         enough training images for the batch (two with the noise ceiling), a writable cache folder
         for trained models, and memory for the largest tensor (the float32 training images, or a
         first-stage feature map ``B × c × 32 × 32`` of the larger batch ``B``)."""

@@ -14,6 +14,9 @@ from .resolution import resolutions
 from .summary import (acts_of, analysis_of, decrease_key, front_back, front_back_sets, layer_label, states_of,
                       summary_text)
 
+TEACHER_TEXT = ("seeded smooth random images (8×8×3 Gaussian noise upsampled to 32×32) labelled by a seeded teacher "
+                "thin ResNet (c = 8, binary activations, class-centred logits): as many independent images as "
+                "asked, generated on the machine (lib/training/teacher_images.py)")
 RESOLUTION_RULE = ("CDG on a batch of N images agrees with CDG on an independent batch at the noise ceiling; an "
                    "estimate equal to the population gradient would score about √ceiling against CDG on the "
                    "independent batch. So an STE variant's own error is resolved only where its cross-batch "
@@ -37,8 +40,8 @@ def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
     cs = sorted({r["initial_channels"] for r in results})
     trained_in = dtypes_phrase(a["state_info"]["dtype"] for r in results for a in r["analyses"]
                                if "dtype" in a.get("state_info", {}))
-    source = ("scikit-learn's embedded digits (8×8 greyscale, upsampled to 32×32, 3 channels; "
-              "no download)" if p["data_source"] == "digits" else f"CIFAR-10 from `{p['data_source']}`")
+    source = {"digits": "scikit-learn's embedded digits (8×8 greyscale, upsampled to 32×32, 3 channels; no download)",
+              "teacher": TEACHER_TEXT}.get(p["data_source"], f"CIFAR-10 from `{p['data_source']}`")
     lines = [
         "#### Setting · 实验设置",
         "",
@@ -203,8 +206,8 @@ RESOLUTION = "Can the reference resolve the STE's error?"
 def data_name(r: dict[str, Any]) -> str:
     """The data of a run in words."""
     source = r["parameters"]["data_source"]
-    return ("scikit-learn's digits (1,797 8×8 images, upsampled)" if source == "digits"
-            else f"CIFAR-10 (`{source}`)")
+    return {"digits": "scikit-learn's digits (1,797 8×8 images, upsampled)",
+            "teacher": "seeded images labelled by a seeded teacher thin ResNet"}.get(source, f"CIFAR-10 (`{source}`)")
 
 
 def resolution_cells(results: list[dict[str, Any]]) -> list:
