@@ -109,7 +109,7 @@ def _cifar(folder: Path, records: int = 2, broken: str | None = None, missing: s
 
 MACHINE_CASES = [  # (what, parameter file, --params text with {tmp}, the refusal after "<file>: ")
     ("data_source missing", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/nowhere}}}}",
-     "thin_resnet.data_source: image source '{tmp}/nowhere': not 'digits' and no such path"),
+     "thin_resnet.data_source: image source '{tmp}/nowhere': not 'digits' or 'teacher' and no such path"),
     ("data_source a file", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/a_file}}}}",
      "thin_resnet.data_source: CIFAR-10 folder '{tmp}/a_file' is a file; expected the CIFAR-10 binary version"),
     ("CIFAR file truncated", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/truncated}}}}",
