@@ -5,10 +5,10 @@ One call of :func:`run` is one grid point (one ``num_dim``, pretrained or not). 
 initialisation × gradient batch it computes every estimate once and its lr → loss-decrease
 curve ``ΔL(lr) = L(w) − L(w − lr ĝ)`` on the same batch (or a held-out one), the notes' metric,
 averaged over the repetitions; and its population metrics, relative decreases on the
-initialisation's evaluation set (:mod:`.population`). The **NES diagnosis** restricts NES to the last hidden layer and
-the readout, where :func:`lib.core.estimators.smoothed_exact` is the infinite-sample limit: low
-cosine with it that rises with the sample count means *variance*; an exact smoothed gradient
-that itself fails to decrease the loss means *smoothing bias* (σ too large).
+initialisation's evaluation set (:mod:`.population`). For the **NES diagnosis** NES also runs
+restricted to the last hidden layer and the readout, where
+:func:`lib.core.estimators.smoothed_exact` is its infinite-sample limit; the verdicts come from
+their held-out decreases (:mod:`.nes_diagnosis`).
 
 The results (a JSON-able dict) hold, besides ``experiment``, ``parameters``, ``num_dim``,
 ``pretrained``, ``lrs``, ``versions``, ``machine`` (the CPU), ``device``, ``wall_s`` (compute
@@ -32,7 +32,8 @@ time of all attempts) and ``cpu_s`` (their CPU time):
   ``nes_samples`` directions, all sample counts at once, the σ of a step sharing one call) and
   ``loss_evaluations`` per estimate (``cdg``; ``nes``:
   ``[{samples, evaluations}]``);
-* ``diagnosis`` (:func:`lib.experiments.toy.diagnosis.diagnose`), or ``None``;
+* ``diagnosis`` (:func:`lib.experiments.toy.diagnosis.diagnose`: the in-sample numbers of the
+  diagnosis figure, no verdict), or ``None``;
 * ``population``: the population protocol (:mod:`lib.experiments.toy.population`): ``eval_rows``,
   ``base_losses`` (``[{init, loss}]``: each initialisation's loss on its evaluation set) and
   ``records`` (:class:`~lib.experiments.toy.population.PopulationCurves`: per estimate, metric and
