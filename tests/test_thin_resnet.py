@@ -1,7 +1,6 @@
 """The thin ResNet experiment (lib/experiments/thin_resnet/), its notebook under papermill, its report section."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -84,7 +83,7 @@ def test_notebook_kernel_and_parameters_cell():
 
 
 def test_decrease_layers_and_labels():
-    names = states.build_model(dataclasses.asdict(ThinResNetParams(initial_channels=2)), "binary").binary_conv_names()
+    names = states.build_model(ThinResNetParams(initial_channels=2), "binary").binary_conv_names()
     assert analysis.decrease_layers(names) == [
         "layer1.0.conv1.conv.weight", "layer3.0.conv1.conv.weight", "layer4.1.conv2.conv.weight"]
     assert analysis.main_eps([0.03, 0.1, 0.3]) == 0.1 and analysis.main_eps([0.3, 1.0]) == 0.3
@@ -190,7 +189,7 @@ def test_cosines_agree_with_an_independent_computation(tmp_path):
     ``seed + 7919 k``; the noise ceiling is CDG on the next ``batch_size`` images of the seeded permutation."""
     given = tiny_params(tmp_path, states=["init"], acts=["binary"], eps=[0.2], decrease_acts=[], coord_sets=2)
     r = run_thin_resnet(given, log=None)
-    p = dataclasses.asdict(build(ThinResNetParams, given))
+    p = build(ThinResNetParams, given)
     data = states.load_data(p)
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(3))
     assert torch.equal(data["x_ref"], states.image_data("digits", "train", 64)[0][perm[8:16]])
@@ -282,14 +281,14 @@ def test_findings_sentence(tiny_results):
 def test_cross_batch_cosines_by_hand(tiny_results):
     """cos(STE on the gradient batch, CDG on the independent batch) on the same coordinates, recomputed."""
     r, _ = tiny_results
-    p = r["parameters"]
+    p = build(ThinResNetParams, r["parameters"])
     data = states.load_data(p)
     model, _ = states.make_state(p, "binary", "init", data, torch.device("cpu"))
     names = model.binary_conv_names()
     g = ste(model, data["x"], data["y"], loss="cross_entropy", variant="clipped", layers=names)
     k = 1
     other = cdg(model, data["x_ref"], data["y_ref"], loss="cross_entropy", eps=0.1, layers=names,
-                coords_per_layer=3, seed=analysis.coord_seed(p, k), budget_mb=p["budget_mb"])
+                coords_per_layer=3, seed=analysis.coord_seed(p, k), budget_mb=p.budget_mb)
     rec = only(only(r["analyses"], state="init", act="binary")["cross_cosines"], variant="clipped")
     assert rec["sets"][k]["all"] == pytest.approx(cosine(other, g)["all"], abs=1e-6)
 

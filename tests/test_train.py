@@ -157,7 +157,7 @@ torch.set_num_threads(1)
 import lib.experiments.thin_resnet.states as states
 from lib.experiments.thin_resnet.params import ThinResNetParams
 states.TRAIN_DTYPE = getattr(torch, sys.argv[1])
-p = dataclasses.asdict(ThinResNetParams(initial_channels=8, train_epochs=1, train_limit=512, cache_dir=sys.argv[2]))
+p = ThinResNetParams(initial_channels=8, train_epochs=1, train_limit=512, cache_dir=sys.argv[2])
 model, info = states.make_state(p, "binary", "trained", states.load_data(p), torch.device("cpu"))
 assert not info["cache_hit"] and info["dtype"] == sys.argv[1] and next(model.parameters()).dtype == torch.float32
 torch.save({"state": model.state_dict(), "curve": torch.tensor(info["curve"], dtype=torch.float64)}, sys.argv[3])

@@ -38,7 +38,7 @@ from lib.core.evaluate import best_decrease, cosine, loss_decrease
 from lib.core.resnet import XnorResNet
 from lib.experiments.stats import finite_mean, interval
 
-from .params import LOSS
+from .params import LOSS, ThinResNetParams
 
 
 def main_eps(eps: Sequence[float]) -> float:
@@ -67,9 +67,9 @@ def _ste_gradients(model: XnorResNet, act: str, variants: Sequence[str], x: torc
     return out
 
 
-def coord_seed(p: dict[str, Any], k: int) -> int:
+def coord_seed(p: ThinResNetParams, k: int) -> int:
     """The seed of coordinate set ``k`` (set 0: the run's own ``seed``)."""
-    return int(p["seed"]) + 7919 * k
+    return int(p.seed) + 7919 * k
 
 
 def _over_sets(per_set: list[dict[str, Any]]) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def _cosine_record(c: dict[str, float], names: list[str]) -> dict[str, Any]:
     return {"per_layer": [c[n] for n in names], "all": c["all"]}
 
 
-def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: torch.Tensor,
+def analyse(model: XnorResNet, p: ThinResNetParams, act: str, x: torch.Tensor, y: torch.Tensor,
             device: torch.device, log: Callable[[str], None] = lambda s: None,
             reference: tuple[torch.Tensor, torch.Tensor] | None = None,
             held_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
@@ -91,8 +91,8 @@ def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: 
     an independent batch of the same size, CDG's noise ceiling and the cross-batch STE cosines
     too; with ``held_out`` images, the single-layer decreases scored on them as well."""
     names = model.binary_conv_names()
-    variants = p["ste_variants"]
-    sets = range(p["coord_sets"])
+    variants = p.ste_variants
+    sets = range(p.coord_sets)
     out: dict[str, Any] = {"cosines": [], "ceiling": [], "cross_cosines": [], "magnitudes": [],
                            "timings": {"cdg_s": []}}
     t0 = time.perf_counter()
@@ -100,11 +100,11 @@ def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: 
     out["timings"]["ste_s"] = time.perf_counter() - t0
 
     def cdg_on(xb: torch.Tensor, yb: torch.Tensor, eps: float, k: int) -> dict[str, torch.Tensor]:
-        return cdg(model, xb, yb, loss=LOSS, eps=eps, central=True, layers=names, coords_per_layer=p["coords_per_layer"],
-                   seed=coord_seed(p, k), device=device, budget_mb=p["budget_mb"])
+        return cdg(model, xb, yb, loss=LOSS, eps=eps, central=True, layers=names, coords_per_layer=p.coords_per_layer,
+                   seed=coord_seed(p, k), device=device, budget_mb=p.budget_mb)
 
     cdg_grads: dict[float, list[dict[str, torch.Tensor]]] = {}
-    for eps in p["eps"]:
+    for eps in p.eps:
         t0 = time.perf_counter()
         gs = cdg_grads[eps] = [cdg_on(x, y, eps, k) for k in sets]
         out["timings"]["cdg_s"].append({"eps": eps, "seconds": time.perf_counter() - t0})
@@ -112,7 +112,7 @@ def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: 
         for v in variants:
             out["cosines"].append({"variant": v, "eps": eps,
                                    **_over_sets([_cosine_record(cosine(g, ste_grads[v]), names) for g in gs])})
-        if reference is not None and eps == main_eps(p["eps"]):  # the ε of the tables and figures
+        if reference is not None and eps == main_eps(p.eps):  # the ε of the tables and figures
             other = [cdg_on(*reference, eps, k) for k in sets]
             out["ceiling"].append({"eps": eps, **_over_sets(
                 [_cosine_record(cosine(g, gb), names) for g, gb in zip(gs, other)])})
@@ -126,7 +126,7 @@ def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: 
                            "per_layer": [finite_mean(_rms(ste_grads[v][n], m[n]) for m in masks) for n in names],
                            "all_coordinates": [float(ste_grads[v][n].double().pow(2).mean().sqrt()) for n in names]}
                           for v in variants]
-    if act in p["decrease_acts"]:
+    if act in p.decrease_acts:
         t0 = time.perf_counter()
         out["decrease"] = _decrease(model, p, (x, y), names, cdg_grads, ste_grads, masks)
         if held_out is not None:
@@ -135,7 +135,7 @@ def analyse(model: XnorResNet, p: dict[str, Any], act: str, x: torch.Tensor, y: 
     return out
 
 
-def _decrease(model: XnorResNet, p: dict[str, Any], scored_on: tuple[torch.Tensor, torch.Tensor], names: list[str],
+def _decrease(model: XnorResNet, p: ThinResNetParams, scored_on: tuple[torch.Tensor, torch.Tensor], names: list[str],
               cdg_grads: dict[float, list[dict[str, torch.Tensor]]], ste_grads: dict[str, dict[str, torch.Tensor]],
               masks: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
     """Single-layer loss decrease of the first, middle and last binary layer, per coordinate set,
@@ -144,7 +144,7 @@ def _decrease(model: XnorResNet, p: dict[str, Any], scored_on: tuple[torch.Tenso
     out = []
     for layer in decrease_layers(names):
         keys = [{"estimator": "cdg", "eps": eps} for eps in cdg_grads] + \
-               [{"estimator": "ste", "variant": v} for v in p["ste_variants"]]
+               [{"estimator": "ste", "variant": v} for v in p.ste_variants]
         for key in keys:
             per_set = []
             for k, mask in enumerate(masks):
@@ -153,10 +153,10 @@ def _decrease(model: XnorResNet, p: dict[str, Any], scored_on: tuple[torch.Tenso
                 else:
                     g = ste_grads[key["variant"]][layer]
                     d = torch.where(mask[layer], g, torch.zeros_like(g))
-                c = loss_decrease(model, *scored_on, {layer: d}, p["lrs"], p["normalize"], LOSS).tolist()
-                best, best_lr = best_decrease(p["lrs"], c)
+                c = loss_decrease(model, *scored_on, {layer: d}, p.lrs, p.normalize, LOSS).tolist()
+                best, best_lr = best_decrease(p.lrs, c)
                 per_set.append({"curve": c, "best": best, "best_lr": best_lr})
-            out.append({"layer": layer, **key, **_mean_curve(p["lrs"], per_set)})
+            out.append({"layer": layer, **key, **_mean_curve(p.lrs, per_set)})
     return out
 
 

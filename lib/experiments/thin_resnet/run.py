@@ -71,14 +71,14 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     log = log or (lambda s: None)
     if not isinstance(params, ThinResNetParams):
         params = build(ThinResNetParams, params)
-    p = dataclasses.asdict(params)
-    pairs = [(state, act) for state in p["states"] for act in p["acts"]]
-    steps = Steps(p, len(pairs), on_step)
-    device = resolve_device(p["device"])
-    torch.manual_seed(p["seed"])
+    p = params
+    pairs = [(state, act) for state in p.states for act in p.acts]
+    steps = Steps(dataclasses.asdict(p), len(pairs), on_step)
+    device = resolve_device(p.device)
+    torch.manual_seed(p.seed)
     data = load_data(p)
     x, y = data["x"].to(device), data["y"].to(device)
-    reference = (data["x_ref"].to(device), data["y_ref"].to(device)) if p["noise_ceiling"] else None
+    reference = (data["x_ref"].to(device), data["y_ref"].to(device)) if p.noise_ceiling else None
     held_out = (data["x_test"].to(device), data["y_test"].to(device)) if "x_test" in data else None
     results: dict[str, Any] = steps.data or _header(p, data, device)
     for i, (state, act) in enumerate(pairs):
@@ -91,11 +91,11 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
         entry = {"state": state, "act": act, **_evaluate(model, x, y, data, device), "state_info": info}
         if state == "trained":
             how = "cached" if info["cache_hit"] else f"{info['train_s']:.1f}s"
-            log(f"c={p['initial_channels']} {state}/{act}: trained {info['steps']} steps ({how}), "
+            log(f"c={p.initial_channels} {state}/{act}: trained {info['steps']} steps ({how}), "
                 f"test accuracy {entry['test_accuracy']}")
         entry.update(analyse(model, p, act, x, y, device, log, reference, held_out))
         entry["timings"]["total_s"] = time.perf_counter() - t0
-        log(f"c={p['initial_channels']} {state}/{act}: loss {entry['loss']:.3f}, {entry['timings']['total_s']:.1f}s")
+        log(f"c={p.initial_channels} {state}/{act}: loss {entry['loss']:.3f}, {entry['timings']['total_s']:.1f}s")
         results["analyses"].append(entry)
         results = to_jsonable(results)
         steps.step_finished(i, results, f"{state}/{act}")
@@ -103,13 +103,13 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     return to_jsonable(results)
 
 
-def _header(p: dict[str, Any], data: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
+def _header(p: ThinResNetParams, data: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
     """What the results record before the first analysis."""
-    return {"experiment": EXPERIMENT, "parameters": dict(p), "seed": p["seed"], "versions": versions(),
-            "machine": machine(), "device": str(device), "initial_channels": p["initial_channels"],
-            "eps": p["eps"], "eps_main": main_eps(p["eps"]), "lrs": p["lrs"], "ste_variants": p["ste_variants"],
-            "data": {"source": p["data_source"], "train_images": len(data["x_train"]),
-                     "test_images": len(data.get("x_test", [])), "batch_size": p["batch_size"],
+    return {"experiment": EXPERIMENT, "parameters": dataclasses.asdict(p), "seed": p.seed, "versions": versions(),
+            "machine": machine(), "device": str(device), "initial_channels": p.initial_channels,
+            "eps": p.eps, "eps_main": main_eps(p.eps), "lrs": p.lrs, "ste_variants": p.ste_variants,
+            "data": {"source": p.data_source, "train_images": len(data["x_train"]),
+                     "test_images": len(data.get("x_test", [])), "batch_size": p.batch_size,
                      "image_shape": list(data["x"].shape[1:]),
                      "batch_class_counts": torch.bincount(data["y"], minlength=NUM_CLASSES).tolist()},
             "analyses": []}

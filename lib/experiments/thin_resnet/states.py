@@ -14,33 +14,33 @@ from lib.training.image_files import source_path
 from lib.training.images import image_data, step_batches
 from lib.training.train import TRAIN_DTYPE, cached_train, dtype_name, train_ste, train_wide
 
-from .params import CACHE_VERSION, EXPERIMENT, IN_CHANNELS, LOSS, NUM_CLASSES
+from .params import CACHE_VERSION, EXPERIMENT, IN_CHANNELS, LOSS, NUM_CLASSES, ThinResNetParams
 
 
-def load_data(p: dict[str, Any]) -> dict[str, torch.Tensor]:
+def load_data(p: ThinResNetParams) -> dict[str, torch.Tensor]:
     """Training images (``train_limit``, 0 = all), the gradient batch ``x, y`` (``batch_size``
     training images drawn with ``seed``), with ``noise_ceiling`` a second, disjoint batch
     ``x_ref, y_ref`` of the same size, and held-out images (``test_limit``) from ``data_source``."""
-    x_train, y_train = image_data(source_path(p["data_source"]), "train", p["train_limit"] or None)
-    needed = p["batch_size"] * (2 if p["noise_ceiling"] else 1)
+    x_train, y_train = image_data(source_path(p.data_source), "train", p.train_limit or None)
+    needed = p.batch_size * (2 if p.noise_ceiling else 1)
     if needed > len(x_train):
-        raise ValueError(f"batch_size: {needed} images needed ({'two batches' if p['noise_ceiling'] else 'one batch'}"
-                         f" of {p['batch_size']}), there are {len(x_train)} training images")
-    gen = torch.Generator().manual_seed(int(p["seed"]))
+        raise ValueError(f"batch_size: {needed} images needed ({'two batches' if p.noise_ceiling else 'one batch'}"
+                         f" of {p.batch_size}), there are {len(x_train)} training images")
+    gen = torch.Generator().manual_seed(int(p.seed))
     perm = torch.randperm(len(x_train), generator=gen)
-    idx, ref = perm[:p["batch_size"]], perm[p["batch_size"]:needed]
+    idx, ref = perm[:p.batch_size], perm[p.batch_size:needed]
     data = {"x_train": x_train, "y_train": y_train, "x": x_train[idx], "y": y_train[idx]}
-    if p["noise_ceiling"]:
+    if p.noise_ceiling:
         data["x_ref"], data["y_ref"] = x_train[ref], y_train[ref]
-    if p["test_limit"]:
-        data["x_test"], data["y_test"] = image_data(source_path(p["data_source"]), "test", p["test_limit"])
+    if p.test_limit:
+        data["x_test"], data["y_test"] = image_data(source_path(p.data_source), "test", p.test_limit)
     return data
 
 
-def build_model(p: dict[str, Any], act: str) -> XnorResNet:
+def build_model(p: ThinResNetParams, act: str) -> XnorResNet:
     """The freshly initialised model (weights from ``seed``) with activation precision ``act``."""
-    return xnor_resnet18(p["initial_channels"], NUM_CLASSES, act=act, surrogate=p["train_variant"],
-                         binary_weights=p["binary_weights"], in_channels=IN_CHANNELS, seed=p["seed"])
+    return xnor_resnet18(p.initial_channels, NUM_CLASSES, act=act, surrogate=p.train_variant,
+                         binary_weights=p.binary_weights, in_channels=IN_CHANNELS, seed=p.seed)
 
 
 @torch.no_grad()
@@ -69,18 +69,18 @@ def calibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor, batch_size: int
         model.eval()
 
 
-def train_params(p: dict[str, Any], act: str) -> dict[str, Any]:
+def train_params(p: ThinResNetParams, act: str) -> dict[str, Any]:
     """What determines the trained weights: the key of the checkpoint cache."""
-    source = source_path(p["data_source"])
+    source = source_path(p.data_source)
     return {"experiment": EXPERIMENT, "cache_version": CACHE_VERSION, "model": "xnor_resnet18",
-            "initial_channels": p["initial_channels"], "act": act, "binary_weights": p["binary_weights"],
+            "initial_channels": p.initial_channels, "act": act, "binary_weights": p.binary_weights,
             "num_classes": NUM_CLASSES, "in_channels": IN_CHANNELS, "data_source": source,
-            "train_limit": p["train_limit"], "epochs": p["train_epochs"], "batch_size": p["train_batch_size"],
-            "lr": p["train_lr"], "variant": p["train_variant"], "seed": p["seed"], "loss": LOSS,
+            "train_limit": p.train_limit, "epochs": p.train_epochs, "batch_size": p.train_batch_size,
+            "lr": p.train_lr, "variant": p.train_variant, "seed": p.seed, "loss": LOSS,
             "dtype": dtype_name(TRAIN_DTYPE)}
 
 
-def make_state(p: dict[str, Any], act: str, state: str, data: dict[str, torch.Tensor],
+def make_state(p: ThinResNetParams, act: str, state: str, data: dict[str, torch.Tensor],
                device: torch.device) -> tuple[XnorResNet, dict[str, Any]]:
     """The model in ``state`` (on ``device``, eval mode, float32) and what to record about it.
 
@@ -91,12 +91,12 @@ def make_state(p: dict[str, Any], act: str, state: str, data: dict[str, torch.Te
     info: dict[str, Any] = {}
     if state == "init":
         model = build_model(p, act).to(device)
-        calibrate_batchnorm(model, x_train, p["train_batch_size"], p["init_bn_batches"], p["seed"])
-        info["bn_calibration_batches"] = p["init_bn_batches"]
+        calibrate_batchnorm(model, x_train, p.train_batch_size, p.init_bn_batches, p.seed)
+        info["bn_calibration_batches"] = p.init_bn_batches
     elif state == "trained":
-        bs = min(p["train_batch_size"], len(x_train))
-        steps = p["train_epochs"] * (len(x_train) // bs)
-        images = step_batches(x_train, y_train, bs, p["seed"])
+        bs = min(p.train_batch_size, len(x_train))
+        steps = p.train_epochs * (len(x_train) // bs)
+        images = step_batches(x_train, y_train, bs, p.seed)
 
         def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
             x, y = images(step)
@@ -104,11 +104,11 @@ def make_state(p: dict[str, Any], act: str, state: str, data: dict[str, torch.Te
 
         def train(model: XnorResNet) -> list[float]:
             return train_wide(model, lambda wide: train_ste(
-                wide, batch_fn, steps, loss=LOSS, variant=p["train_variant"], lr=p["train_lr"],
+                wide, batch_fn, steps, loss=LOSS, variant=p.train_variant, lr=p.train_lr,
                 progress=False, desc=f"train {act}"), TRAIN_DTYPE)
 
         t0 = time.perf_counter()
-        model, curve, hit = cached_train(repo_path(p["cache_dir"]), train_params(p, act),
+        model, curve, hit = cached_train(repo_path(p.cache_dir), train_params(p, act),
                                          lambda: build_model(p, act).to(device), train)
         info.update({"cache_hit": hit, "steps": steps, "train_s": time.perf_counter() - t0,
                      "dtype": dtype_name(TRAIN_DTYPE),
