@@ -93,16 +93,16 @@ def test_where_each_variant_error_is_resolved():
                             "b": [[0.51, 0.59, 0.71], [0.79, 0.91, 0.70], [0.979, 0.981, 0.980]]})
     assert [section.resolved(r, "binary", 0.1, "a", n) for n in (10, 100, 1000)] == [True, False, True]
     assert section.gap_to_sqrt_ceiling(r, "binary", 0.1, "a", 10).mean == pytest.approx(-0.4)
-    assert section.resolved_from(r, "binary", 0.1, "a") == 10
+    assert section.resolved_at(r, "binary", 0.1, "a") == [10, 1000]
     # b sits at √ceiling at N = 10 and 100, and at the ceiling itself at N = 1000: only an estimate
     # of the population gradient scores √ceiling, so an STE at the ceiling is resolved there
     assert [section.resolved(r, "binary", 0.1, "b", n) for n in (10, 100, 1000)] == [False, False, True]
-    assert section.resolution_lines(r) == ["* binary, ε = 0.1: a from N = 10; b from N = 1000"]
+    assert section.resolution_lines(r) == ["* binary, ε = 0.1: a at N ∈ {10, 1000}; b at N ∈ {1000}"]
     r = _records(CEILINGS, {"a": [[0.1]] * 3})  # one initialisation: no interval, nothing is claimed
     r["cosines"] = [dict(c, values=c["values"][:1]) for c in r["cosines"]]
-    assert section.resolved_from(r, "binary", 0.1, "a") is None
+    assert section.resolved_at(r, "binary", 0.1, "a") == []
     r = _records(CEILINGS, {"a": [[None, None, None]] * 3})  # missing numbers resolve nothing
-    assert section.resolved_from(r, "binary", 0.1, "a") is None
+    assert section.resolved_at(r, "binary", 0.1, "a") == []
 
 
 def test_section_cells(tiny):
