@@ -21,8 +21,8 @@ The records :func:`analyse` returns (:mod:`lib.experiments.records`), per-layer 
   best, best_lr, interval, n, sets: [{curve, best, best_lr}]}``: the single-layer lr →
   loss-decrease curve over ``lrs`` (mean over the sets), its best, and the 95% interval of the
   sets' values at that lr, **in-sample** (on the gradient batch);
-* ``decrease_held_out`` (the same, with held-out images): the same curves scored on the held-out
-  images, which no gradient saw;
+* ``decrease_held_out`` (with held-out images): the same curves scored on held-out images, which
+  no gradient saw (the run passes as many as the gradient batch has);
 * ``sampled`` (coordinates per layer and set) and ``timings`` (``ste_s``, ``cdg_s`` as ``[{eps,
   seconds}]``, ``decrease_s``).
 """

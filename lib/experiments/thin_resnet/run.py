@@ -62,7 +62,8 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     precision) in the order of the parameters: ``{state, act, loss, batch_accuracy,
     test_accuracy, state_info, timings, ...}`` with the records of
     :func:`lib.experiments.thin_resnet.analysis.analyse` (``cosines``, ``ceiling``, ``cross_cosines``,
-    ``magnitudes``, ``decrease`` (in-sample), ``decrease_held_out`` (on the held-out images),
+    ``magnitudes``, ``decrease`` (in-sample), ``decrease_held_out`` (on the first ``batch_size``
+    held-out images),
     ``sampled``, each over ``coord_sets`` coordinate sets). ``state_info``: init: ``bn_calibration_batches``; trained:
     ``cache_hit``, ``steps``, ``train_s``, ``dtype`` (of the training), ``curve`` (per-step training loss), ``final_loss``.
 
@@ -79,7 +80,9 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     data = load_data(p)
     x, y = data["x"].to(device), data["y"].to(device)
     reference = (data["x_ref"].to(device), data["y_ref"].to(device)) if p.noise_ceiling else None
-    held_out = (data["x_test"].to(device), data["y_test"].to(device)) if "x_test" in data else None
+    # the single-layer decreases held out: as many held-out images as the gradient batch has
+    held_out = (data["x_test"][:p.batch_size].to(device), data["y_test"][:p.batch_size].to(device)) \
+        if "x_test" in data else None
     results: dict[str, Any] = steps.data or _header(p, data, device)
     for i, (state, act) in enumerate(pairs):
         if steps.done(i):
