@@ -82,3 +82,29 @@ def test_a_run_scores_every_estimate_paired_on_its_evaluation_set():
 def test_bad_protocol_parameters_are_refused(bad):
     with pytest.raises(ValueError):
         ToyParams(**{"batch_size": 1024, **bad})
+
+
+def _all_layer_run(cdg, shrink, num_dim=8, inits=6, sd=0.01, seed=0):
+    """A run whose held-out decreases with the readout stepped are ``cdg`` and ``shrink`` (+ noise)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def record(estimate, value):
+        return {"estimate": estimate, "metric": "all", "batch_size": 64, "inits": list(range(inits)),
+                "curves": [[0.0, float(value + rng.normal(0, sd))] for _ in range(inits)]}
+
+    return {"num_dim": num_dim, "lrs": [0.01, 0.1],
+            "parameters": {"batch_size": 64, "nes_samples": [500], "ste_variants": [], "equivalence_margin": 0.01},
+            "population": {"records": [record({"estimator": "cdg", "layers": "all", "eps": 0.1}, cdg),
+                                       record({"estimator": "shrink_readout", "layers": "all"}, shrink)],
+                           "base_losses": [{"init": i, "loss": 1.0} for i in range(inits)]}}
+
+
+def test_the_readout_finding_names_only_where_the_data_free_direction_does_as_well():
+    from lib.experiments.toy.population_report import readout_finding
+
+    sections = ("a", "b")
+    text = readout_finding([_all_layer_run(0.4, 0.5, 8), _all_layer_run(0.6, 0.1, 16)], False, sections)
+    assert "num_dim 8: 0.5" in text and "num_dim 16" not in text  # at 16 CDG beats the control
+    assert readout_finding([_all_layer_run(0.01, 0.0)], True, sections) == ""  # the control decreases nothing

@@ -104,7 +104,7 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     assert html.index('<nav class="toc">') < html.index('<h2 id="follow-up-of-the-binaryduo-setting-experiments"')
     # it opens with its findings, each linking to its evidence in the report
     findings = html[html.index('<h2 id="findings"'):html.index('<nav class="toc">')]
-    for claim in ("Difficulty", "STE against CDG", "Question", "NES against CDG", "Readout"):
+    for claim in ("Difficulty", "STE against CDG", "Question", "NES against CDG"):
         assert f"<strong>{claim}</strong>" in findings, claim
     held_out = "held-out-loss-decrease-on-the-hidden-layers-beyond-the-notes"
     assert f'href="#hyper-parameter-search-epsilon-for-cdg-sigma-for-nes-1--{held_out}"' in findings

@@ -225,14 +225,19 @@ def comparison_finding(by_dim: Sequence[Results], pretrained: bool, sections: tu
 
 
 def readout_finding(by_dim: Sequence[Results], pretrained: bool, sections: tuple[str, str]) -> str:
-    """How a direction that uses no data (shrink the readout) compares with CDG once the readout is
-    stepped too: the paired difference per num_dim (a control; no Holm)."""
+    """Where a direction that uses no data (shrink the readout) decreases the held-out loss once the
+    readout is stepped too, and CDG does not beat it: the paired difference per such num_dim (a
+    control; no Holm). Empty where the control decreases nothing (after pretraining, typically)."""
     by_dim = [r for r in by_dim if r.get("population")]
     parts = []
     for r in by_dim:
         sc = PR.scores(r, ALL)
         if "shrink the readout" in sc and "CDG" in sc:
+            shrink = sc["shrink the readout"].estimate
             d = paired_difference(sc["shrink the readout"].per_init, sc["CDG"].per_init)
+            cdg_beats_it = d.interval is not None and d.interval[1] < 0
+            if shrink.interval is None or shrink.interval[0] <= 0 or cdg_beats_it:
+                continue
             parts.append(f"num_dim {r['num_dim']}: {_cell(sc['shrink the readout'], False)} against CDG's "
                          f"{_cell(sc['CDG'], False)} (difference {with_interval(d.mean, d.interval)})")
     if not parts:
