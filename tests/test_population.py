@@ -106,5 +106,5 @@ def test_the_readout_finding_names_only_where_the_data_free_direction_does_as_we
 
     sections = ("a", "b")
     text = readout_finding([_all_layer_run(0.4, 0.5, 8), _all_layer_run(0.6, 0.1, 16)], False, sections)
-    assert "num_dim 8: 0.5" in text and "num_dim 16" not in text  # at 16 CDG beats the control
+    assert "num_dim 8: 0.499 [" in text and "num_dim 16" not in text  # at 16 CDG beats the control
     assert readout_finding([_all_layer_run(0.01, 0.0)], True, sections) == ""  # the control decreases nothing
