@@ -306,10 +306,16 @@ def test_resolution_against_sqrt_ceiling():
              "cross_cosines": [rec([0.26, 0.35, 0.50], variant="at_ceiling"),
                                rec([0.51, 0.58, 0.72], variant="at_root")]}
     result = {"initial_channels": 8, "eps_main": 0.1, "parameters": {"states": ["init"], "acts": ["binary"]},
-              "analyses": [entry]}
+              "data": {"batch_size": 32}, "analyses": [entry]}
     found = {v.variant: v for v in resolutions([result])}
     assert found["at_ceiling"].resolved and not found["at_root"].resolved
     assert found["at_ceiling"].root.mean == pytest.approx(0.6) and found["at_ceiling"].gap.n == 3
+    # more batch sizes: each N is tested on its own records, in the same Holm family
+    entry["by_batch"] = [{"batch_size": 512, "eps": 0.1, "ceiling": rec([0.81, 0.64, 0.49]),
+                          "cross": [rec([0.9, 0.8, 0.7], variant="at_root")]}]
+    found = {(v.variant, v.batch_size): v for v in resolutions([result])}
+    assert set(found) == {("at_ceiling", 32), ("at_root", 32), ("at_root", 512)}
+    assert not found["at_root", 512].resolved and found["at_root", 512].root.mean == pytest.approx(0.8)
 
 
 def _made_up(front_by_set, back_by_set):
@@ -332,3 +338,31 @@ def test_front_back_claims_only_what_the_interval_supports(front, back, claim):
 
     phrase = front_back_phrase(_made_up(front, back), "init")
     assert phrase.startswith(claim), phrase
+
+
+def test_the_ceiling_at_more_batch_sizes_by_hand(tmp_path):
+    """``resolution_batch_sizes``: two more disjoint batches of N images after the gradient batches
+    of the seeded permutation; the ceiling and the cross-batch cosines there, recomputed."""
+    given = tiny_params(tmp_path, states=["init"], acts=["binary"], eps=[0.1], decrease_acts=[], coord_sets=2,
+                        resolution_batch_sizes=[16])
+    r = run_thin_resnet(given, log=None)
+    (b,) = only(r["analyses"], state="init", act="binary")["by_batch"]
+    assert b["batch_size"] == 16 and len(b["ceiling"]["sets"]) == 2 and len(b["cross"]) == 2
+    p = build(ThinResNetParams, given)
+    x, y = states.image_data("digits", "train", 64)
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(3))
+    a, c = perm[16:32], perm[32:48]  # after the gradient batch and the ceiling's batch of 8 each
+    model, _ = states.make_state(p, "binary", "init", states.load_data(p), torch.device("cpu"))
+    names = model.binary_conv_names()
+
+    def cdg_on(idx, k):
+        return cdg(model, x[idx], y[idx], loss="cross_entropy", eps=0.1, layers=names, coords_per_layer=3,
+                   seed=analysis.coord_seed(p, k), budget_mb=p.budget_mb)
+
+    assert b["ceiling"]["sets"][1]["all"] == pytest.approx(cosine(cdg_on(a, 1), cdg_on(c, 1))["all"], abs=1e-6)
+    g = ste(model, x[a], y[a], loss="cross_entropy", variant="clipped", layers=names)
+    cross = next(rec for rec in b["cross"] if rec["variant"] == "clipped")
+    assert cross["sets"][0]["all"] == pytest.approx(cosine(cdg_on(c, 0), g)["all"], abs=1e-6)
+    (problem,) = build(ThinResNetParams, dict(given, resolution_batch_sizes=[40])).machine_problems()
+    assert problem[0] == "train_limit" and "96 training images needed" in problem[1]
+    assert "resolution_batch_sizes [40]" in problem[1]

@@ -21,6 +21,9 @@ The records :func:`analyse` returns (:mod:`lib.experiments.records`), per-layer 
   best, best_lr, interval, n, sets: [{curve, best, best_lr}]}``: the single-layer lr →
   loss-decrease curve over ``lrs`` (mean over the sets), its best, and the 95% interval of the
   sets' values at that lr, **in-sample** (on the gradient batch);
+* ``by_batch`` (binary activations, with ``resolution_batch_sizes``): ``{batch_size, eps,
+  ceiling: {per_layer, all, sets}, cross: [{variant, per_layer, all, sets}]}``: the noise ceiling
+  and the cross-batch STE cosines again on two fresh disjoint batches of each size, at the main ε;
 * ``decrease_held_out`` (with held-out images): the same curves scored on held-out images, which
   no gradient saw (the run passes as many as the gradient batch has);
 * ``sampled`` (coordinates per layer and set) and ``timings`` (``ste_s``, ``cdg_s`` as ``[{eps,
@@ -86,10 +89,12 @@ def _cosine_record(c: dict[str, float], names: list[str]) -> dict[str, Any]:
 def analyse(model: XnorResNet, p: ThinResNetParams, act: str, x: torch.Tensor, y: torch.Tensor,
             device: torch.device, log: Callable[[str], None] = lambda s: None,
             reference: tuple[torch.Tensor, torch.Tensor] | None = None,
-            held_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+            held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
+            resolution: Sequence[tuple[int, tuple, tuple]] = ()) -> dict[str, Any]:
     """CDG vs STE for one model on the batch ``(x, y)`` (see the module doc); with ``reference``,
     an independent batch of the same size, CDG's noise ceiling and the cross-batch STE cosines
-    too; with ``held_out`` images, the single-layer decreases scored on them as well."""
+    too; with ``held_out`` images, the single-layer decreases scored on them as well; with binary
+    activations and ``resolution`` batches, ``by_batch``."""
     names = model.binary_conv_names()
     variants = p.ste_variants
     sets = range(p.coord_sets)
@@ -126,6 +131,10 @@ def analyse(model: XnorResNet, p: ThinResNetParams, act: str, x: torch.Tensor, y
                            "per_layer": [finite_mean(_rms(ste_grads[v][n], m[n]) for m in masks) for n in names],
                            "all_coordinates": [float(ste_grads[v][n].double().pow(2).mean().sqrt()) for n in names]}
                           for v in variants]
+    if act == "binary" and resolution:
+        t0 = time.perf_counter()
+        out["by_batch"] = [_at_batch(model, p, n, a, b, names) for n, a, b in resolution]
+        out["timings"]["by_batch_s"] = time.perf_counter() - t0
     if act in p.decrease_acts:
         t0 = time.perf_counter()
         out["decrease"] = _decrease(model, p, (x, y), names, cdg_grads, ste_grads, masks)
@@ -133,6 +142,28 @@ def analyse(model: XnorResNet, p: ThinResNetParams, act: str, x: torch.Tensor, y
             out["decrease_held_out"] = _decrease(model, p, held_out, names, cdg_grads, ste_grads, masks)
         out["timings"]["decrease_s"] = time.perf_counter() - t0
     return out
+
+
+def _at_batch(model: XnorResNet, p: ThinResNetParams, n: int, a: tuple[torch.Tensor, torch.Tensor],
+              b: tuple[torch.Tensor, torch.Tensor], names: list[str]) -> dict[str, Any]:
+    """The noise ceiling ``cos(CDG_a, CDG_b)`` and each variant's ``cos(STE_a, CDG_b)`` on two
+    disjoint batches of ``n`` images, at the main ε, on the run's coordinate sets."""
+    eps = main_eps(p.eps)
+    device = next(model.parameters()).device
+    a = tuple(t.to(device) for t in a)
+    b = tuple(t.to(device) for t in b)
+
+    def cdg_on(xb: torch.Tensor, yb: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        return cdg(model, xb, yb, loss=LOSS, eps=eps, central=True, layers=names, coords_per_layer=p.coords_per_layer,
+                   seed=coord_seed(p, k), device=device, budget_mb=p.budget_mb)
+
+    sets = range(p.coord_sets)
+    ga, gb = [cdg_on(*a, k) for k in sets], [cdg_on(*b, k) for k in sets]
+    stes = _ste_gradients(model, "binary", p.ste_variants, *a, names)
+    return {"batch_size": n, "eps": eps,
+            "ceiling": _over_sets([_cosine_record(cosine(x, y), names) for x, y in zip(ga, gb)]),
+            "cross": [{"variant": v, **_over_sets([_cosine_record(cosine(g, stes[v]), names) for g in gb])}
+                      for v in p.ste_variants]}
 
 
 def _decrease(model: XnorResNet, p: ThinResNetParams, scored_on: tuple[torch.Tensor, torch.Tensor], names: list[str],

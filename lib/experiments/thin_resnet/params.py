@@ -32,6 +32,7 @@ class ThinResNetParams:
     coord_sets: int = param(3, POSITIVE_INT)             # independent seeded sets of them: the n of the intervals
     noise_ceiling: bool = param(True)                    # CDG on a second batch too: the reference's own noise
     batch_size: int = param(64, POSITIVE_INT)            # images in the gradient batch
+    resolution_batch_sizes: list[int] = param([], POSITIVE_INT, may_be_empty=True)  # binary: ceiling at more N
     lrs: list[float] = param([0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0], POSITIVE)
     normalize: str = param("layer", NORMALIZATION)
     decrease_acts: list[str] = param(["binary"], PRECISION, may_be_empty=True)
@@ -65,6 +66,15 @@ class ThinResNetParams:
                                        "set train_limit (e.g. 4096)"))
         return out
 
+    def images_needed(self) -> int:
+        """Training images the analyses draw: the gradient batch, the noise ceiling's batch, and two
+        disjoint batches of each of ``resolution_batch_sizes``."""
+        return self.batch_size * (2 if self.noise_ceiling else 1) + 2 * sum(self.resolution_batch_sizes)
+
+    def _resolution_text(self) -> str:
+        return (" and two of each of resolution_batch_sizes " + str(self.resolution_batch_sizes)
+                if self.resolution_batch_sizes else "")
+
     def machine_problems(self) -> list[tuple[str, str]]:
         """What this machine cannot give the run, as ``(key, message)``, found without reading
         pixels: the data source (``digits``, ``teacher`` or a CIFAR-10 folder whose files have whole records),
@@ -76,14 +86,14 @@ class ThinResNetParams:
         except (OSError, ValueError) as exc:
             return [("data_source", str(exc))]
         images = min(self.train_limit, counts["train"]) if self.train_limit else counts["train"]
-        needed = self.batch_size * (2 if self.noise_ceiling else 1)
+        needed = self.images_needed()
         if needed > images:
             capped = images < counts["train"]
             held = f"train_limit keeps {images} of {self.data_source}'s {counts['train']}" if capped \
                 else f"{self.data_source} has {images}"
             return [("train_limit" if capped else "batch_size",
                      f"{needed} training images needed ({'two batches' if self.noise_ceiling else 'one batch'} "
-                     f"of {self.batch_size}); {held}")]
+                     f"of {self.batch_size}{self._resolution_text()}); {held}")]
         if "trained" in self.states:
             problem = folder_problem(repo_path(self.cache_dir))
             if problem:

@@ -30,6 +30,7 @@ class Resolution:
     initial_channels: int
     state: str
     act: str
+    batch_size: int
     variant: str
     ceiling: Estimate
     root: Estimate
@@ -48,21 +49,29 @@ def _all_layers(record: dict[str, Any]) -> dict[int, float]:
     return {k: float(s["all"]) for k, s in enumerate(sets) if s["all"] is not None and math.isfinite(s["all"])}
 
 
+def _batches(r: dict[str, Any], entry: dict[str, Any]) -> list[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
+    """``(batch size, ceiling record, cross-batch records)`` of one analysis: the gradient batch's,
+    then those of ``by_batch``."""
+    out = []
+    ceilings = select(entry.get("ceiling", []), eps=r["eps_main"])
+    if ceilings:
+        out.append((r["data"]["batch_size"], ceilings[0], select(entry.get("cross_cosines", []), eps=r["eps_main"])))
+    out += [(b["batch_size"], b["ceiling"], b["cross"]) for b in entry.get("by_batch", [])]
+    return out
+
+
 def resolutions(results: Sequence[dict[str, Any]]) -> list[Resolution]:
-    """Every (c, state, precision, variant) with a noise ceiling and cross-batch cosines."""
+    """Every (c, state, precision, batch size, variant) with a noise ceiling and cross-batch cosines."""
     raw = []
     for r in sorted(results, key=lambda r: r["initial_channels"]):
         for state in states_of(r):
             for act in acts_of(r, state):
-                entry = analysis_of(r, state, act)
-                ceilings = select(entry.get("ceiling", []), eps=r["eps_main"])
-                if not ceilings:
-                    continue
-                ceiling = _all_layers(ceilings[0])
-                root = {k: math.sqrt(max(v, 0.0)) for k, v in ceiling.items()}
-                for rec in select(entry.get("cross_cosines", []), eps=r["eps_main"]):
-                    cross = _all_layers(rec)
-                    raw.append((r["initial_channels"], state, act, rec["variant"], over_inits(ceiling),
-                                over_inits(root), over_inits(cross), paired_difference(cross, root)))
+                for n, ceiling_rec, crosses in _batches(r, analysis_of(r, state, act)):
+                    ceiling = _all_layers(ceiling_rec)
+                    root = {k: math.sqrt(max(v, 0.0)) for k, v in ceiling.items()}
+                    for rec in crosses:
+                        cross = _all_layers(rec)
+                        raw.append((r["initial_channels"], state, act, n, rec["variant"], over_inits(ceiling),
+                                    over_inits(root), over_inits(cross), paired_difference(cross, root)))
     p = holm([entry[-1].p for entry in raw])
     return [Resolution(*entry, p_holm=p[k]) for k, entry in enumerate(raw)]

@@ -62,6 +62,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     precision) in the order of the parameters: ``{state, act, loss, batch_accuracy,
     test_accuracy, state_info, timings, ...}`` with the records of
     :func:`lib.experiments.thin_resnet.analysis.analyse` (``cosines``, ``ceiling``, ``cross_cosines``,
+    ``by_batch`` (binary, with ``resolution_batch_sizes``),
     ``magnitudes``, ``decrease`` (in-sample), ``decrease_held_out`` (on the first ``batch_size``
     held-out images),
     ``sampled``, each over ``coord_sets`` coordinate sets). ``state_info``: init: ``bn_calibration_batches``; trained:
@@ -96,7 +97,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
             how = "cached" if info["cache_hit"] else f"{info['train_s']:.1f}s"
             log(f"c={p.initial_channels} {state}/{act}: trained {info['steps']} steps ({how}), "
                 f"test accuracy {entry['test_accuracy']}")
-        entry.update(analyse(model, p, act, x, y, device, log, reference, held_out))
+        entry.update(analyse(model, p, act, x, y, device, log, reference, held_out, data["resolution"]))
         entry["timings"]["total_s"] = time.perf_counter() - t0
         log(f"c={p.initial_channels} {state}/{act}: loss {entry['loss']:.3f}, {entry['timings']['total_s']:.1f}s")
         results["analyses"].append(entry)

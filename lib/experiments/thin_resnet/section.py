@@ -180,7 +180,8 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
     """Whether the reference resolves the STE's error, binary activations, per initial width and
     state (:mod:`.resolution`), naming the data and the batch size."""
     results = sorted((r["results"] for r in runs if r["results"] is not None), key=lambda r: r["initial_channels"])
-    found = [v for v in resolutions(results) if v.act == "binary"]
+    everywhere = [v for v in resolutions(results) if v.act == "binary"]
+    found = [v for v in everywhere if v.batch_size == results[0]["data"]["batch_size"]]
     if not found:
         return []
     parts = []
@@ -190,6 +191,10 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
         resolved = [v.variant for v in mine if v.resolved]
         verdict = (f"resolved below √ceiling for {', '.join(resolved)}" if resolved else
                    "not resolved for any variant")
+        larger = sorted({v.batch_size for v in everywhere if (v.initial_channels, v.state) == (c, state)
+                         and v.resolved and v.batch_size != best.batch_size})
+        if larger:
+            verdict += f"; resolved for some variant at N ∈ {{{', '.join(map(str, larger))}}}"
         parts.append(f"c = {c} {state}: ceiling {with_interval(best.ceiling.mean, best.ceiling.interval)}, "
                      f"√ceiling {with_interval(best.root.mean, best.root.interval)}, best cross-batch STE cosine "
                      f"{with_interval(best.cross.mean, best.cross.interval)} ({best.variant}); {verdict}")
@@ -218,16 +223,17 @@ def resolution_cells(results: list[dict[str, Any]]) -> list:
         return []
     variants = list(dict.fromkeys(v.variant for v in found))
     rows = []
-    for key in dict.fromkeys((v.initial_channels, v.state, v.act) for v in found):
-        mine = {v.variant: v for v in found if (v.initial_channels, v.state, v.act) == key}
+    for key in dict.fromkeys((v.initial_channels, v.state, v.act, v.batch_size) for v in found):
+        mine = {v.variant: v for v in found if (v.initial_channels, v.state, v.act, v.batch_size) == key}
         first = next(iter(mine.values()))
-        rows.append([key[0], key[1], PRECISION_TITLES.get(key[2], key[2]),
+        rows.append([key[0], key[1], PRECISION_TITLES.get(key[2], key[2]), key[3],
                      with_interval(first.ceiling.mean, first.ceiling.interval),
                      with_interval(first.root.mean, first.root.interval)]
                     + [with_interval(mine[v].cross.mean, mine[v].cross.interval) + (" ✓" if mine[v].resolved else "")
                        if v in mine else "–" for v in variants])
-    return [nbcells.md(f"#### {RESOLUTION}\n\n{RESOLUTION_RULE} Data: {data_name(results[0])}; gradient batches of "
-                       f"{results[0]['data']['batch_size']} images; cosines over all 16 layers; n = "
+    return [nbcells.md(f"#### {RESOLUTION}\n\n{RESOLUTION_RULE} Data: {data_name(results[0])}; batches of N "
+                       f"images (N: the gradient batch's, and `resolution_batch_sizes` with binary activations); "
+                       "cosines over all 16 layers; n = "
                        f"{found[0].ceiling.n} coordinate sets of one model and one batch. ✓: the variant's error is "
                        f"resolved (Holm over the {len(found)} tests of the section)."),
-            nbcells.table(["c", "state", "activation", "CDG noise ceiling", "√ceiling", *variants], rows)]
+            nbcells.table(["c", "state", "activation", "N", "CDG noise ceiling", "√ceiling", *variants], rows)]

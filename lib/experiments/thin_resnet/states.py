@@ -17,21 +17,29 @@ from lib.training.train import TRAIN_DTYPE, cached_train, dtype_name, train_ste,
 from .params import CACHE_VERSION, EXPERIMENT, IN_CHANNELS, LOSS, NUM_CLASSES, ThinResNetParams
 
 
-def load_data(p: ThinResNetParams) -> dict[str, torch.Tensor]:
+def load_data(p: ThinResNetParams) -> dict[str, Any]:
     """Training images (``train_limit``, 0 = all), the gradient batch ``x, y`` (``batch_size``
     training images drawn with ``seed``), with ``noise_ceiling`` a second, disjoint batch
-    ``x_ref, y_ref`` of the same size, and held-out images (``test_limit``) from ``data_source``."""
+    ``x_ref, y_ref`` of the same size, ``resolution``: ``[(n, (x_a, y_a), (x_b, y_b))]`` two more
+    disjoint batches of each of ``resolution_batch_sizes``, all from one seeded permutation, and
+    held-out images (``test_limit``) from ``data_source``."""
     x_train, y_train = image_data(source_path(p.data_source), "train", p.train_limit or None)
-    needed = p.batch_size * (2 if p.noise_ceiling else 1)
+    needed = p.images_needed()
     if needed > len(x_train):
         raise ValueError(f"batch_size: {needed} images needed ({'two batches' if p.noise_ceiling else 'one batch'}"
-                         f" of {p.batch_size}), there are {len(x_train)} training images")
+                         f" of {p.batch_size}{p._resolution_text()}), there are {len(x_train)} training images")
     gen = torch.Generator().manual_seed(int(p.seed))
     perm = torch.randperm(len(x_train), generator=gen)
-    idx, ref = perm[:p.batch_size], perm[p.batch_size:needed]
+    idx, ref = perm[:p.batch_size], perm[p.batch_size:2 * p.batch_size]
     data = {"x_train": x_train, "y_train": y_train, "x": x_train[idx], "y": y_train[idx]}
     if p.noise_ceiling:
         data["x_ref"], data["y_ref"] = x_train[ref], y_train[ref]
+    start = p.batch_size * (2 if p.noise_ceiling else 1)
+    data["resolution"] = []
+    for n in p.resolution_batch_sizes:  # two disjoint batches of n images each, after the others
+        a, b = perm[start:start + n], perm[start + n:start + 2 * n]
+        data["resolution"].append((n, (x_train[a], y_train[a]), (x_train[b], y_train[b])))
+        start += 2 * n
     if p.test_limit:
         data["x_test"], data["y_test"] = image_data(source_path(p.data_source), "test", p.test_limit)
     return data
