@@ -136,6 +136,15 @@ def explore(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: in
         torch.set_num_threads(saved)
 
 
+def _curve(key: str, grads: dict[str, torch.Tensor], scorer: P.Scorer | None, model: torch.nn.Module,
+           x: torch.Tensor, y: torch.Tensor, lrs: np.ndarray) -> np.ndarray:
+    """The curve of estimate ``key``: held out on the hidden layers (the last one for the two-layer
+    estimates) when there is a ``scorer``, else the notes' in-sample ΔL with every layer stepped."""
+    if scorer is None:
+        return V.loss_decrease(model, x, y, grads, lrs, "layer")
+    return scorer.curve(grads, scorer.hidden[-1] if key in ("exact", "nes_last2") else P.HIDDEN)
+
+
 def _explore(p: ExplorerParams) -> ExplorerResult:
     params = asdict(p)
     t0 = time.perf_counter()
@@ -162,11 +171,7 @@ def _explore(p: ExplorerParams) -> ExplorerResult:
     def run(key: str, fn) -> None:
         t = time.perf_counter()
         grads[key] = fn()
-        if scorer is None:
-            curves[key] = V.loss_decrease(model, x, y, grads[key], lrs, "layer")
-        else:
-            metric = scorer.hidden[-1] if key in ("exact", "nes_last2") else P.HIDDEN
-            curves[key] = scorer.curve(grads[key], metric)
+        curves[key] = _curve(key, grads[key], scorer, model, x, y, lrs)
         timings[key] = time.perf_counter() - t
 
     run("cdg", lambda: E.cdg(model, x, y, eps=p.eps))

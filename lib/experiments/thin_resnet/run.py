@@ -79,11 +79,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     device = resolve_device(p.device)
     torch.manual_seed(p.seed)
     data = load_data(p)
-    x, y = data["x"].to(device), data["y"].to(device)
-    reference = (data["x_ref"].to(device), data["y_ref"].to(device)) if p.noise_ceiling else None
-    # the single-layer decreases held out: as many held-out images as the gradient batch has
-    held_out = (data["x_test"][:p.batch_size].to(device), data["y_test"][:p.batch_size].to(device)) \
-        if "x_test" in data else None
+    (x, y), reference, held_out = _on_device(p, data, device)
     results: dict[str, Any] = steps.data or _header(p, data, device)
     for i, (state, act) in enumerate(pairs):
         if steps.done(i):
@@ -105,6 +101,15 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
         steps.step_finished(i, results, f"{state}/{act}")
     results.update(steps.timing())
     return to_jsonable(results)
+
+
+def _on_device(p: ThinResNetParams, data: dict[str, Any], device: torch.device) -> tuple:
+    """The gradient batch, the noise ceiling's batch (or None) and the held-out images of the
+    single-layer decreases (as many as the gradient batch has; or None), on ``device``."""
+    reference = (data["x_ref"].to(device), data["y_ref"].to(device)) if p.noise_ceiling else None
+    held_out = (data["x_test"][:p.batch_size].to(device), data["y_test"][:p.batch_size].to(device)) \
+        if "x_test" in data else None
+    return (data["x"].to(device), data["y"].to(device)), reference, held_out
 
 
 def _header(p: ThinResNetParams, data: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
