@@ -108,3 +108,17 @@ def test_the_readout_finding_names_only_where_the_data_free_direction_does_as_we
     text = readout_finding([_all_layer_run(0.4, 0.5, 8), _all_layer_run(0.6, 0.1, 16)], False, sections)
     assert "num_dim 8: 0.499 [" in text and "num_dim 16" not in text  # at 16 CDG beats the control
     assert readout_finding([_all_layer_run(0.01, 0.0)], True, sections) == ""  # the control decreases nothing
+
+
+def test_comparisons_are_uninformative_where_cdg_does_not_beat_the_random_direction():
+    from lib.experiments.inference import Difference
+    from lib.experiments.toy.protocol import Comparison, informative
+
+    def comp(dim, a, b, mean, p):
+        return Comparison(dim, 64, a, b, Difference(mean, [mean - 0.1, mean + 0.1], 10, p), p, 1.0, 0.01)
+
+    comps = [comp(8, "CDG", "random direction", 0.3, 0.001), comp(8, "best STE", "random direction", 0.05, 0.4),
+             comp(16, "CDG", "random direction", 0.05, 0.3), comp(16, "best STE", "random direction", 0.3, 0.001),
+             comp(32, "CDG", "random direction", -0.3, 0.001)]
+    assert informative(comps, 8, 64)  # the reference tells a gradient from a random direction
+    assert not informative(comps, 16, 64) and not informative(comps, 32, 64) and not informative(comps, 64, 64)

@@ -96,13 +96,13 @@ def comparison_cells(by_dim: Sequence[Results]) -> list:
     for c in comps:
         d = c.difference
         verdict = c.verdict if PR.informative(comps, c.num_dim, c.batch_size) or CONTROL in (c.a, c.b) \
-            else f"{c.verdict} (uninformative: the estimators do not beat the random direction here)"
+            else f"{c.verdict} (uninformative: CDG does not beat the random direction here)"
         rows.append([c.num_dim, f"{c.batch_size:,}", f"{c.a} − {c.b}", with_interval(d.mean, d.interval),
                      f"{c.p_holm:.2g}", verdict])
     return [md(f"Paired comparisons (differences of cross-fitted relative held-out decreases over n = "
                f"{_n(by_dim)} initialisations), Holm-corrected over the {len(comps)} comparisons of this section; "
                f"\"equivalent\" only where two one-sided tests (also Holm-corrected) put the difference within "
-               f"±{margin:g} (the params file's `equivalence_margin`). Where CDG or the best STE does not beat "
+               f"±{margin:g} (the params file's `equivalence_margin`). Where CDG, the reference, does not beat "
                "the random direction, the comparisons at that num_dim and batch size are uninformative."),
             table(["num_dim", "batch", "difference", "mean [95% interval]", "Holm p", "verdict"], rows)]
 
@@ -216,7 +216,7 @@ def comparison_finding(by_dim: Sequence[Results], pretrained: bool, sections: tu
                      f"{len(mine)} (num_dim, batch size) points")
     blind = [_where(c) for c in mine if not PR.informative(comps, c.num_dim, c.batch_size)]
     if blind:
-        parts.append("uninformative (CDG or the best STE not shown to beat a random direction) "
+        parts.append("uninformative (CDG not shown to beat a random direction) "
                      + ("at every point" if len(blind) == len(mine) else "at " + ", ".join(blind)))
     state = "after pretraining" if pretrained else "without pretraining"
     return (f"**{label}** ([held out, hidden layers, {state}](#{_link(pretrained, sections)})): "
