@@ -29,7 +29,7 @@ from lib.experiments.stats import with_interval
 from . import protocol as PR
 
 Results = dict[str, Any]
-LAYER = "fc3.weight"
+LAYER = PR.LAST_HIDDEN
 VERDICTS = ("both", "bias", "variance", "neither", "not distinguishable")
 RULES = ("scored on the last hidden layer, held out, lr (and CDG's ε) cross-fitted; *variance* at S samples when "
          "NES with S samples decreases the loss less than its infinite-sample limit (the exact smoothed gradient, "

@@ -22,6 +22,7 @@ from lib.experiments.inference import (ALPHA, CrossFit, Difference, Estimate, cr
 from .population import ALL, HIDDEN, RANDOM, SHRINK_READOUT, PopulationCurves
 
 Results = dict[str, Any]
+LAST_HIDDEN = "fc3.weight"  # the toy's last hidden layer (three hidden layers, docs/design.md §3)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def families(results: Results, metric: str = HIDDEN) -> list[Family]:
     out.append(Family("random direction", lambda e: e["estimator"] == RANDOM, lambda e: ""))
     if metric == ALL:
         out.append(Family("shrink the readout", lambda e: e["estimator"] == SHRINK_READOUT, lambda e: ""))
-    if metric == "fc3.weight":
+    if metric == LAST_HIDDEN:
         out.append(Family("exact smoothed", lambda e: e["estimator"] == "smoothed_exact", lambda e: f"σ={e['sigma']:g}"))
         out += [Family(f"NES {s} (last two)", lambda e, s=s: e["estimator"] == "nes" and e["layers"] == "last_two"
                        and e["samples"] == s, lambda e: f"σ={e['sigma']:g}") for s in p["nes_samples"]]
@@ -75,7 +76,7 @@ def option_table(results: Results, family: Family, metric: str, batch_size: int,
         for i in sorted(set(rec["inits"])):
             means = curves[inits == i].mean(axis=0)
             for k, lr in enumerate(lrs):
-                table.setdefault((family.option(est), f"lr={lr:.3g}"), {})[int(i)] = float(means[k])
+                table.setdefault((family.option(est), f"lr={lr:.6g}"), {})[int(i)] = float(means[k])
     return table
 
 
