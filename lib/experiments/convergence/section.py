@@ -57,27 +57,34 @@ def resolution(r: dict[str, Any]) -> dict[tuple[str, float, str, int], tuple[Dif
     return dict(zip(keys, zip(gaps, holm([g.p for g in gaps]))))
 
 
+def resolved_keys(r: dict[str, Any]) -> set[tuple[str, float, str, int]]:
+    """The (precision, ε, variant, N) of a run at which the variant's error is resolved (see
+    :data:`RULE`); computed once per run, the Holm family being all of them."""
+    return {key for key, (gap, p_holm) in resolution(r).items() if gap.mean < 0 and p_holm < ALPHA}
+
+
 def resolved(r: dict[str, Any], precision: str, eps: float, variant: str, n: int) -> bool:
     """Whether the variant's error is resolved at batch size ``n`` (see :data:`RULE`)."""
-    gap, p_holm = resolution(r)[precision, eps, variant, n]
-    return gap.mean < 0 and p_holm < ALPHA
+    return (precision, eps, variant, n) in resolved_keys(r)
 
 
-def resolved_at(r: dict[str, Any], precision: str, eps: float, variant: str) -> list[int]:
+def resolved_at(r: dict[str, Any], precision: str, eps: float, variant: str,
+                done: set[tuple[str, float, str, int]] | None = None) -> list[int]:
     """The batch sizes of the run at which the variant's error is resolved, ascending (it need not
-    stay resolved as N grows: the gap shrinks with the reference's noise, and n is small)."""
-    res = resolution(r)
-    return [n for n in sorted(r["parameters"]["batch_sizes"])
-            if res[precision, eps, variant, n][0].mean < 0 and res[precision, eps, variant, n][1] < ALPHA]
+    stay resolved as N grows: the gap shrinks with the reference's noise, and n is small);
+    ``done``: :func:`resolved_keys` of the run, when the caller has it."""
+    done = resolved_keys(r) if done is None else done
+    return [n for n in sorted(r["parameters"]["batch_sizes"]) if (precision, eps, variant, n) in done]
 
 
 def resolution_lines(r: dict[str, Any]) -> list[str]:
     """Per (ε, precision): the N at which each variant's error is resolved, or none."""
     p = r["parameters"]
+    done = resolved_keys(r)
     lines = []
     for eps in p["eps"]:
         for precision in p["precisions"]:
-            at = {v: resolved_at(r, precision, eps, v) for v in p["ste_variants"]}
+            at = {v: resolved_at(r, precision, eps, v, done) for v in p["ste_variants"]}
             parts = [f"{v} at N ∈ {{{', '.join(map(str, ns))}}}" for v, ns in at.items() if ns]
             hidden = [v for v, ns in at.items() if not ns]
             if hidden:
@@ -130,11 +137,12 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
     for r in [run["results"] for run in runs if run["results"] is not None]:
         p = r["parameters"]
         eps, n_max = p["eps"][0], max(p["batch_sizes"])
+        done = resolved_keys(r)
         parts = []
         for precision in p["precisions"]:
             ceiling = next(c for c in series(r, precision, eps, CEILING) if c["batch_size"] == n_max)
             stes = ste_records(r, precision, eps, n_max, "independent")
-            below = [c for c in stes if resolved(r, precision, eps, c["estimate"]["variant"], n_max)]
+            below = [c for c in stes if (precision, eps, c["estimate"]["variant"], n_max) in done]
             within = [c for c in stes if c not in below]
             root = over_inits([math.sqrt(max(c, 0.0)) for c in finite(ceiling.get("values", []))])
             text = (f"{PRECISION_TITLES.get(precision, precision)}: ceiling {with_interval(ceiling['mean'], ceiling['interval'])}, "
@@ -150,5 +158,6 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
                    f"the converged reference, as its mean per-layer cosine with CDG on an independent batch at "
                    f"N = {n_max}, ε = {eps:g}, against √ceiling, what the population gradient itself would score: "
                    f"{'; '.join(parts)} (n = {p['num_init']} initialisations; paired, Holm over the run's "
-                   f"{len(resolution(r))} (activation, ε, N, variant) tests).")
+                   f"{len(p['precisions']) * len(p['eps']) * len(p['ste_variants']) * len(p['batch_sizes'])} "
+                   "(activation, ε, N, variant) tests).")
     return out
