@@ -105,8 +105,7 @@ def analyse(model: XnorResNet, p: ThinResNetParams, act: str, x: torch.Tensor, y
     out["timings"]["ste_s"] = time.perf_counter() - t0
 
     def cdg_on(xb: torch.Tensor, yb: torch.Tensor, eps: float, k: int) -> dict[str, torch.Tensor]:
-        return cdg(model, xb, yb, loss=LOSS, eps=eps, central=True, layers=names, coords_per_layer=p.coords_per_layer,
-                   seed=coord_seed(p, k), device=device, budget_mb=p.budget_mb)
+        return _cdg_on_set(model, p, xb, yb, eps, k, names, device)
 
     cdg_grads: dict[float, list[dict[str, torch.Tensor]]] = {}
     for eps in p.eps:
@@ -144,6 +143,13 @@ def analyse(model: XnorResNet, p: ThinResNetParams, act: str, x: torch.Tensor, y
     return out
 
 
+def _cdg_on_set(model: XnorResNet, p: ThinResNetParams, x: torch.Tensor, y: torch.Tensor, eps: float, k: int,
+                names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    """Central CDG at ``eps`` on coordinate set ``k`` (seed :func:`coord_seed`) of the binary convs."""
+    return cdg(model, x, y, loss=LOSS, eps=eps, central=True, layers=names, coords_per_layer=p.coords_per_layer,
+               seed=coord_seed(p, k), device=device, budget_mb=p.budget_mb)
+
+
 def _at_batch(model: XnorResNet, p: ThinResNetParams, n: int, a: tuple[torch.Tensor, torch.Tensor],
               b: tuple[torch.Tensor, torch.Tensor], names: list[str]) -> dict[str, Any]:
     """The noise ceiling ``cos(CDG_a, CDG_b)`` and each variant's ``cos(STE_a, CDG_b)`` on two
@@ -152,13 +158,9 @@ def _at_batch(model: XnorResNet, p: ThinResNetParams, n: int, a: tuple[torch.Ten
     device = next(model.parameters()).device
     a = tuple(t.to(device) for t in a)
     b = tuple(t.to(device) for t in b)
-
-    def cdg_on(xb: torch.Tensor, yb: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-        return cdg(model, xb, yb, loss=LOSS, eps=eps, central=True, layers=names, coords_per_layer=p.coords_per_layer,
-                   seed=coord_seed(p, k), device=device, budget_mb=p.budget_mb)
-
     sets = range(p.coord_sets)
-    ga, gb = [cdg_on(*a, k) for k in sets], [cdg_on(*b, k) for k in sets]
+    ga = [_cdg_on_set(model, p, *a, eps, k, names, device) for k in sets]
+    gb = [_cdg_on_set(model, p, *b, eps, k, names, device) for k in sets]
     stes = _ste_gradients(model, "binary", p.ste_variants, *a, names)
     return {"batch_size": n, "eps": eps,
             "ceiling": _over_sets([_cosine_record(cosine(x, y), names) for x, y in zip(ga, gb)]),
