@@ -54,3 +54,19 @@ def test_holm_over_the_section_can_undo_a_marginal_test():
     assert alone[0].tests[1].p_holm < 0.05 and alone[0].verdict == "variance"
     assert many[0].tests[1].p_holm > 0.05 and many[0].verdict == "not distinguishable"
     assert all(t.p_holm >= t.difference.p for v in many for t in v.tests)
+
+
+def test_where_cdg_does_not_beat_a_random_direction_the_verdicts_are_uninformative():
+    """The control: a random direction on the last hidden layer. Scoring like CDG, it makes the
+    layer's metric unable to tell a gradient from no information; far below CDG, the verdict stands."""
+    def with_random(value, **kw):
+        r = results(1.0, 0.5, {500: 0.5, 5000: 0.5}, **kw)
+        rec = dict(r["population"]["records"][0], estimate={"estimator": "random", "layers": "all"},
+                   curves=[[0.0, value + 0.01 * ((i % 3) - 1)] for i in range(INITS)])
+        r["population"]["records"].append(rec)
+        return r
+
+    (v,) = diagnose_section([with_random(0.0)])
+    assert v.verdict == "bias" and v.control.holds
+    (v,) = diagnose_section([with_random(1.0)])
+    assert v.verdict == "uninformative" and not v.control.holds

@@ -30,13 +30,14 @@ from . import protocol as PR
 
 Results = dict[str, Any]
 LAYER = PR.LAST_HIDDEN
-VERDICTS = ("both", "bias", "variance", "neither", "not distinguishable")
+VERDICTS = ("both", "bias", "variance", "neither", "not distinguishable", "uninformative")
 RULES = ("scored on the last hidden layer, held out, lr (and CDG's ε) cross-fitted; *variance* at S samples when "
          "NES with S samples decreases the loss less than its infinite-sample limit (the exact smoothed gradient, "
          "same σ); *smoothing bias* when that limit decreases it less than the best CDG on the same layer; *both* "
          "when both hold; *neither* when NES with the most samples matches its limit and the limit matches CDG "
-         "(two one-sided tests within the equivalence margin); otherwise *not distinguishable*. Paired over "
-         "initialisations, Holm-corrected over every test of the section")
+         "(two one-sided tests within the equivalence margin); otherwise *not distinguishable*; *uninformative* "
+         "where CDG does not beat a random direction on that layer. Paired over initialisations, "
+         "Holm-corrected over every test of the section")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class SigmaVerdict:
     tests: tuple[Test, ...]
     exact: PR.Score
     cdg: PR.Score
+    control: Test | None = None  # CDG − the random direction on the same layer (None: a run without controls)
 
     @property
     def variance_at(self) -> list[int]:
@@ -74,6 +76,8 @@ class SigmaVerdict:
 
     @property
     def verdict(self) -> str:
+        if self.control is not None and not self.control.holds:
+            return "uninformative"  # CDG does not beat a random direction on this layer
         bias = any(t.holds for t in self.tests if t.what == "bias")
         if bias and self.variance_at:
             return "both"
@@ -87,6 +91,15 @@ class SigmaVerdict:
 
 def _sigma_fixed(sigma: float):
     return lambda e: e.get("sigma") == sigma
+
+
+def _control(r: Results) -> Test | None:
+    """CDG − the random direction on the last hidden layer, paired (None without the control)."""
+    fams = {f.name: f for f in PR.families(r, LAYER)}
+    n = r["parameters"]["batch_size"]
+    cdg, random = (PR.score(r, fams[name], LAYER, n) for name in ("CDG", "random direction"))
+    return None if cdg is None or random is None else \
+        Test("control", None, paired_difference(cdg.per_init, random.per_init))
 
 
 def _raw(r: Results) -> list[tuple[float, list[Test], PR.Score, PR.Score]]:
@@ -110,19 +123,24 @@ def _raw(r: Results) -> list[tuple[float, list[Test], PR.Score, PR.Score]]:
 
 
 def diagnose_section(runs: Sequence[Results]) -> list[SigmaVerdict]:
-    """The diagnosis of every (num_dim, σ) of a section's runs, Holm-corrected over all its tests."""
-    raw = [(r["num_dim"], *entry) for r in sorted(runs, key=lambda r: r["num_dim"])
-           if r["parameters"].get("diagnose", True) and r.get("population") for entry in _raw(r)]
-    flat = [t for _, _, tests, _, _ in raw for t in tests]
+    """The diagnosis of every (num_dim, σ) of a section's runs, Holm-corrected over all its tests
+    and each run's control (CDG against the random direction on the same layer: where CDG does not
+    beat it, the layer's metric tells no gradient from a data-free direction, and every verdict of
+    that run is *uninformative*)."""
+    used = [r for r in sorted(runs, key=lambda r: r["num_dim"]) if r["parameters"].get("diagnose", True)
+            and r.get("population")]
+    controls = {r["num_dim"]: _control(r) for r in used}
+    raw = [(r["num_dim"], *entry) for r in used for entry in _raw(r)]
+    flat = [t for _, _, tests, _, _ in raw for t in tests] + [c for c in controls.values() if c is not None]
     p = holm([t.difference.p for t in flat])
     q = holm([t.difference.p_equivalent if t.difference.p_equivalent is not None else 1.0 for t in flat])
-    k, out = 0, []
+    corrected = [Test(t.what, t.samples, t.difference, p[k], q[k]) for k, t in enumerate(flat)]
+    fixed_controls = iter(corrected[len(flat) - sum(c is not None for c in controls.values()):])
+    controls = {d: (next(fixed_controls) if c is not None else None) for d, c in controls.items()}
+    out, k = [], 0
     for dim, sigma, tests, exact, cdg in raw:
-        corrected = []
-        for t in tests:
-            corrected.append(Test(t.what, t.samples, t.difference, p[k], q[k]))
-            k += 1
-        out.append(SigmaVerdict(dim, sigma, tuple(corrected), exact, cdg))
+        out.append(SigmaVerdict(dim, sigma, tuple(corrected[k:k + len(tests)]), exact, cdg, controls[dim]))
+        k += len(tests)
     return out
 
 
