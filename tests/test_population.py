@@ -115,7 +115,8 @@ def test_comparisons_are_uninformative_where_cdg_does_not_beat_the_random_direct
     from lib.experiments.toy.protocol import Comparison, informative
 
     def comp(dim, a, b, mean, p):
-        return Comparison(dim, 64, a, b, Difference(mean, [mean - 0.1, mean + 0.1], 10, p), p, 1.0, 0.01)
+        return Comparison(a=a, b=b, difference=Difference(mean, [mean - 0.1, mean + 0.1], 10, p), p_holm=p,
+                          p_equivalent_holm=1.0, margin=0.01, num_dim=dim, batch_size=64)
 
     comps = [comp(8, "CDG", "random direction", 0.3, 0.001), comp(8, "best STE", "random direction", 0.05, 0.4),
              comp(16, "CDG", "random direction", 0.05, 0.3), comp(16, "best STE", "random direction", 0.3, 0.001),

@@ -30,7 +30,7 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 from scipy import stats as _scipy_stats
 
-from .stats import LEVEL, interval
+from .stats import LEVEL, interval, with_interval
 
 ALPHA = 1 - LEVEL  # the familywise error rate of a section's claims
 
@@ -155,3 +155,67 @@ def cross_fit(table: Mapping[Hashable, Mapping[int, float]]) -> CrossFit:
         best = max(candidates, key=lambda o: mean_over(o, others))
         choices[i], scores[i] = best, table[best][i]
     return CrossFit(scores, choices, len(inits) > 1)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A family's cross-fitted score (:func:`cross_fitted`): the estimate over the units
+    (initialisations; batches of one model in the thin ResNet), the per-unit scores, the choice most
+    units made, and whether it was cross-fitted."""
+
+    family: str
+    estimate: Estimate
+    per_init: dict[int, float]  # {unit: score at the option chosen on the other units}
+    choice: str
+    cross_fitted: bool
+
+    def text(self, choice: bool = True) -> str:
+        """``0.0123 [0.01, 0.0146] (ε=0.1, lr=1)``: the mean, its interval and the common choice."""
+        out = with_interval(self.estimate.mean, self.estimate.interval)
+        return f"{out} ({self.choice})" if choice and self.choice else out
+
+
+def cross_fitted(family: str, table: Mapping[tuple[str, ...], Mapping[int, float]]) -> Score:
+    """The :class:`Score` of ``{option: {unit: value}}``, an option being a tuple of its parts
+    (``("ε=0.1", "lr=1")``), by :func:`cross_fit`; the choice is shown with its parts joined."""
+    fit = cross_fit(table)
+    chosen = [", ".join(x for x in c if x) for c in fit.choices.values()]
+    common = max(set(chosen), key=chosen.count) if chosen else ""
+    return Score(family, over_inits(fit.scores), fit.scores, common, fit.cross_fitted)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paired comparison ``a − b`` with its Holm-corrected p-values (difference and equivalence)
+    over the family a section tests (:func:`corrected`), and the equivalence margin."""
+
+    a: str
+    b: str
+    difference: Difference
+    p_holm: float
+    p_equivalent_holm: float
+    margin: float
+
+    @property
+    def verdict(self) -> str:
+        """``a > b``, ``a < b``, ``equivalent`` (within ± margin) or ``not distinguishable``."""
+        if self.p_holm < ALPHA:
+            return f"{self.a} > {self.b}" if self.difference.mean > 0 else f"{self.a} < {self.b}"
+        if self.p_equivalent_holm < ALPHA:
+            return "equivalent"
+        return "not distinguishable"
+
+    def sentence(self) -> str:
+        """The verdict in words with the difference, its interval and the Holm p-value."""
+        d = self.difference
+        iv = "" if d.interval is None else f" [{d.interval[0]:.3g}, {d.interval[1]:.3g}]"
+        words = {"equivalent": f"{self.a} matches {self.b} within ±{self.margin:g}",
+                 "not distinguishable": f"{self.a} and {self.b} not distinguishable at n = {d.n}"}
+        return f"{words.get(self.verdict, self.verdict)} ({self.a} − {self.b} = {d.mean:.3g}{iv}, Holm p = {self.p_holm:.2g})"
+
+
+def corrected(differences: Sequence[Difference]) -> tuple[list[float], list[float]]:
+    """Holm over a section's family: the adjusted p-values of the differences and, as a family of
+    its own, of their equivalences (1 where no margin was given)."""
+    return (holm([d.p for d in differences]),
+            holm([d.p_equivalent if d.p_equivalent is not None else 1.0 for d in differences]))

@@ -26,10 +26,7 @@ def _n(by_dim: Sequence[Results]) -> int:
 
 
 def _cell(s: PR.Score | None, choice: bool = True) -> str:
-    if s is None:
-        return "–"
-    text = with_interval(s.estimate.mean, s.estimate.interval)
-    return f"{text} ({s.choice})" if choice and s.choice else text
+    return "–" if s is None else s.text(choice)
 
 
 def score_table(by_dim: Sequence[Results], metric: str, batch_size: int | None, names: Sequence[str] | None = None,

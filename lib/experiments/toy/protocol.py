@@ -16,8 +16,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
-from lib.experiments.inference import (ALPHA, CrossFit, Difference, Estimate, cross_fit, holm, over_inits,
-                                       paired_difference)
+from lib.experiments.inference import Claim, Difference, Score, corrected, cross_fitted, paired_difference
 
 from .population import ALL, HIDDEN, RANDOM, SHRINK_READOUT, PopulationCurves
 
@@ -80,28 +79,11 @@ def option_table(results: Results, family: Family, metric: str, batch_size: int,
     return table
 
 
-@dataclass(frozen=True)
-class Score:
-    """A family's cross-fitted score on one metric and gradient batch size: the estimate over
-    initialisations, the per-initialisation scores, the choice most initialisations made."""
-
-    family: str
-    estimate: Estimate
-    per_init: dict[int, float]
-    choice: str
-    cross_fitted: bool
-
-
 def score(results: Results, family: Family, metric: str, batch_size: int,
           fixed: Callable[[dict[str, Any]], bool] | None = None) -> Score | None:
     """The family's cross-fitted score, ``None`` when the run has no such estimate there."""
     table = option_table(results, family, metric, batch_size, fixed)
-    if not table:
-        return None
-    fit: CrossFit = cross_fit(table)
-    chosen = [", ".join(x for x in c if x) for c in fit.choices.values()]
-    common = max(set(chosen), key=chosen.count) if chosen else ""
-    return Score(family.name, over_inits(fit.scores), fit.scores, common, fit.cross_fitted)
+    return cross_fitted(family.name, table) if table else None
 
 
 def scores(results: Results, metric: str = HIDDEN, batch_size: int | None = None) -> dict[str, Score]:
@@ -123,34 +105,13 @@ def batch_sizes(results: Results) -> list[int]:
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """A paired comparison ``a − b`` of cross-fitted scores at one num_dim and batch size, with its
-    Holm-corrected p-values (difference and equivalence) over the section's family and verdict."""
+class Comparison(Claim):
+    """A paired comparison ``a − b`` of cross-fitted scores at one num_dim and batch size
+    (:class:`lib.experiments.inference.Claim`: its Holm-corrected p-values over the section's family
+    and its verdict)."""
 
     num_dim: int
     batch_size: int
-    a: str
-    b: str
-    difference: Difference
-    p_holm: float
-    p_equivalent_holm: float
-    margin: float
-
-    @property
-    def verdict(self) -> str:
-        """``a > b``, ``a < b``, ``equivalent`` (within ± margin) or ``not distinguishable``."""
-        if self.p_holm < ALPHA:
-            return f"{self.a} > {self.b}" if self.difference.mean > 0 else f"{self.a} < {self.b}"
-        if self.p_equivalent_holm < ALPHA:
-            return "equivalent"
-        return "not distinguishable"
-
-    def sentence(self) -> str:
-        d = self.difference
-        iv = "" if d.interval is None else f" [{d.interval[0]:.3g}, {d.interval[1]:.3g}]"
-        words = {"equivalent": f"{self.a} matches {self.b} within ±{self.margin:g}",
-                 "not distinguishable": f"{self.a} and {self.b} not distinguishable at n = {d.n}"}
-        return f"{words.get(self.verdict, self.verdict)} ({self.a} − {self.b} = {d.mean:.3g}{iv}, Holm p = {self.p_holm:.2g})"
 
 
 CONTROLS = ("random direction", "shrink the readout")
@@ -177,9 +138,9 @@ def comparisons(runs: Sequence[Results], metric: str = HIDDEN) -> list[Compariso
             for a, b in section_pairs(r, n):
                 if a in sc and b in sc:
                     raw.append((r["num_dim"], n, a, b, paired_difference(sc[a].per_init, sc[b].per_init, margin), margin))
-    p = holm([d.p for *_, d, _ in raw])
-    q = holm([d.p_equivalent if d.p_equivalent is not None else 1.0 for *_, d, _ in raw])
-    return [Comparison(dim, n, a, b, d, p[k], q[k], margin) for k, (dim, n, a, b, d, margin) in enumerate(raw)]
+    p, q = corrected([d for *_, d, _ in raw])
+    return [Comparison(a=a, b=b, difference=d, p_holm=p[k], p_equivalent_holm=q[k], margin=margin, num_dim=dim,
+                       batch_size=n) for k, (dim, n, a, b, d, margin) in enumerate(raw)]
 
 
 def informative(comps: Sequence[Comparison], num_dim: int, batch_size: int) -> bool:
