@@ -117,11 +117,14 @@ MACHINE_CASES = [  # (what, parameter file, --params text with {tmp}, the refusa
     ("CIFAR file missing", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/missing}}}}",
      "thin_resnet.data_source: CIFAR-10 file '{tmp}/missing/test_batch.bin' is missing"),
     ("batch larger than the data", "thin_resnet", "{{thin_resnet: {{data_source: {tmp}/cifar, batch_size: 8}}}}",
-     "thin_resnet.batch_size: 16 training images needed (two batches of 8); {tmp}/cifar has 10"),
+     "thin_resnet.batch_size: 40 training images needed (two batches of 8 and 3 decrease batches of 8); "
+     "{tmp}/cifar has 10"),
     ("batch larger than the digits", "thin_resnet", "{{thin_resnet: {{batch_size: 1000}}}}",
-     "thin_resnet.batch_size: 2000 training images needed (two batches of 1000); digits has 1437"),
+     "thin_resnet.batch_size: 5000 training images needed (two batches of 1000 and 3 decrease batches of 1000); "
+     "digits has 1437"),
     ("batch above train_limit", "thin_resnet", "{{thin_resnet: {{train_limit: 40}}}}",
-     "thin_resnet.train_limit: 64 training images needed (two batches of 32); train_limit keeps 40 of digits's 1437"),
+     "thin_resnet.train_limit: 160 training images needed (two batches of 32 and 3 decrease batches of 32); "
+     "train_limit keeps 40 of digits's 1437"),
     ("batch of 10^30", "toy", "{{toy: {{batch_size: {huge}}}}}",
      f"toy.batch_size: a batch of {10**30} × 8 Gaussian inputs (float64) would take 6.40e+31 bytes, more than"),
     ("num_dim of 10^9", "toy", "{{toy: {{num_dim: [1000000000]}}}}",
@@ -171,7 +174,7 @@ def test_a_cifar_folder_of_whole_records_and_enough_images_passes(machine_folder
     tmp = machine_folders
     assert image_counts(tmp / "cifar") == {"train": 10, "test": 2}
     over = tmp / "over.yaml"
-    over.write_text(f"{{thin_resnet: {{data_source: {tmp}/cifar, batch_size: 5, cache_dir: {tmp}/new/cache}}}}\n")
+    over.write_text(f"{{thin_resnet: {{data_source: {tmp}/cifar, batch_size: 5, decrease_batches: 0, cache_dir: {tmp}/new/cache}}}}\n")
     files = grid.validate(tmp / "params", ["thin_resnet"], "quick", over)
     assert files[0].values["batch_size"] == 5
 

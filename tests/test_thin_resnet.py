@@ -26,7 +26,8 @@ def tiny_params(tmp: Path, **over):
     params = dict(initial_channels=2, states=["init", "trained"], acts=["binary", "fp"],
                   ste_variants=["identity", "clipped"], eps=[0.1, 0.3], coords_per_layer=3, batch_size=8,
                   lrs=[0.1, 1.0, 10.0], decrease_acts=["binary"], train_epochs=1, train_batch_size=32,
-                  train_limit=64, init_bn_batches=1, test_limit=16, seed=3, cache_dir=str(tmp / "cache"))
+                  train_limit=64, init_bn_batches=1, test_limit=16, seed=3, decrease_batches=3,
+                  cache_dir=str(tmp / "cache"))
     params.update(over)
     return params
 
@@ -118,7 +119,7 @@ def test_results_schema_and_json(tiny_results):
             assert len(c["sets"]) == 3
             assert c["all"] == pytest.approx(sum(s["all"] for s in c["sets"]) / 3)
         assert ("decrease" in e) == (e["act"] == "binary")
-        assert ("decrease_held_out" in e) == (e["act"] == "binary")  # on the 16 held-out images
+        assert ("held_out" in e) == (e["act"] == "binary")  # on the 16 held-out images, over 3 batches
         assert sorted(c["variant"] for c in e["cross_cosines"]) == ["clipped", "identity"]
         assert all(c["eps"] == 0.1 and len(c["sets"]) == 3 for c in e["cross_cosines"])
     info = only(r["analyses"], state="trained", act="binary")["state_info"]
@@ -271,7 +272,8 @@ def test_notebook_runs_under_papermill(tmp_path, monkeypatch):
 
 def test_findings_sentence(tiny_results):
     r, _ = tiny_results
-    (sentence,) = section.findings([{"id": "thin_resnet", "entry": {}, "results": r}])
+    sentence, held = section.findings([{"id": "thin_resnet", "entry": {}, "results": r}])
+    assert held.startswith("**Thin ResNet, single-layer step held out**") and "n = 3 gradient batches" in held
     assert "(#thin-resnet-18-cdg-gradient-experiment-1--can-the-reference-resolve-the-ste-s-error)" in sentence
     assert "c = 2 init: ceiling " in sentence and "c = 2 trained: ceiling " in sentence and "√ceiling" in sentence
     assert "scikit-learn's digits" in sentence and "batches of 8 images" in sentence

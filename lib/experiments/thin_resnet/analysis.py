@@ -24,8 +24,6 @@ The records :func:`analyse` returns (:mod:`lib.experiments.records`), per-layer 
 * ``by_batch`` (binary activations, with ``resolution_batch_sizes``): ``{batch_size, eps,
   ceiling: {per_layer, all, sets}, cross: [{variant, per_layer, all, sets}]}``: the noise ceiling
   and the cross-batch STE cosines again on two fresh disjoint batches of each size, at the main ε;
-* ``decrease_held_out`` (with held-out images): the same curves scored on held-out images, which
-  no gradient saw (the run passes as many as the gradient batch has);
 * ``sampled`` (coordinates per layer and set) and ``timings`` (``ste_s``, ``cdg_s`` as ``[{eps,
   seconds}]``, ``decrease_s``).
 """
@@ -89,12 +87,10 @@ def _cosine_record(c: dict[str, float], names: list[str]) -> dict[str, Any]:
 def analyse(model: XnorResNet, p: ThinResNetParams, act: str, x: torch.Tensor, y: torch.Tensor,
             device: torch.device, log: Callable[[str], None] = lambda s: None,
             reference: tuple[torch.Tensor, torch.Tensor] | None = None,
-            held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
             resolution: Sequence[tuple[int, tuple, tuple]] = ()) -> dict[str, Any]:
     """CDG vs STE for one model on the batch ``(x, y)`` (see the module doc); with ``reference``,
     an independent batch of the same size, CDG's noise ceiling and the cross-batch STE cosines
-    too; with ``held_out`` images, the single-layer decreases scored on them as well; with binary
-    activations and ``resolution`` batches, ``by_batch``."""
+    too; with binary activations and ``resolution`` batches, ``by_batch``."""
     names = model.binary_conv_names()
     variants = p.ste_variants
     sets = range(p.coord_sets)
@@ -137,8 +133,6 @@ def analyse(model: XnorResNet, p: ThinResNetParams, act: str, x: torch.Tensor, y
     if act in p.decrease_acts:
         t0 = time.perf_counter()
         out["decrease"] = _decrease(model, p, (x, y), names, cdg_grads, ste_grads, masks)
-        if held_out is not None:
-            out["decrease_held_out"] = _decrease(model, p, held_out, names, cdg_grads, ste_grads, masks)
         out["timings"]["decrease_s"] = time.perf_counter() - t0
     return out
 

@@ -9,7 +9,7 @@ from lib.experiments import palette
 from lib.experiments.cells import PRECISION_TITLES
 from lib.experiments.records import select
 
-from .summary import acts_of, analysis_of, cosine_of, decrease_key, layer_label, mean_cosine, states_of
+from .summary import acts_of, analysis_of, cosine_of, layer_label, mean_cosine, states_of
 
 
 def _plt():
@@ -121,8 +121,8 @@ def plot_precisions(result: dict[str, Any]):
 
 def plot_decrease(result: dict[str, Any]):
     """Single-layer lr → loss decrease, CDG (each ε) vs the STE variants; rows = (state, precision),
-    columns = first, middle, last binary layer; on the held-out images where the run scored them
-    there, else in-sample (the title says which). ``None`` when no precision had the analysis."""
+    columns = first, middle, last binary layer; in-sample, on the gradient batch (the notes'
+    measurement). ``None`` when no precision had the analysis."""
     rows = [(s, a) for s in states_of(result) for a in acts_of(result, s) if "decrease" in analysis_of(result, s, a)]
     if not rows:
         return None
@@ -132,7 +132,7 @@ def plot_decrease(result: dict[str, Any]):
     reds = palette.shades("cdg", len(result["eps"]))
     for i, (state, act) in enumerate(rows):
         entry = analysis_of(result, state, act)
-        dec = entry[decrease_key(entry)]
+        dec = entry["decrease"]
         for j, layer in enumerate(layers):
             ax = axes[i][j]
             for d, col in zip(select(dec, layer=layer, estimator="cdg"), reds):
@@ -147,10 +147,8 @@ def plot_decrease(result: dict[str, Any]):
             if j == 0:
                 ax.set_ylabel("loss decrease L(w) − L(w − lr ĝ)")
     _legend(fig, axes)
-    held = all(decrease_key(analysis_of(result, s, a)) == "decrease_held_out" for s, a in rows)
-    fig.suptitle(f"c = {result['initial_channels']}: single-layer loss decrease, "
-                 f"{'on held-out images' if held else 'in-sample (on the gradient batch)'} "
-                 f"({_sampled_text(result)} of the layer)")
+    fig.suptitle(f"c = {result['initial_channels']}: single-layer loss decrease, in-sample (on the gradient "
+                 f"batch; {_sampled_text(result)} of the layer)")
     return fig
 
 

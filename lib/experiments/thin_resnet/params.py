@@ -36,6 +36,8 @@ class ThinResNetParams:
     lrs: list[float] = param([0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0], POSITIVE)
     normalize: str = param("layer", NORMALIZATION)
     decrease_acts: list[str] = param(["binary"], PRECISION, may_be_empty=True)
+    decrease_batches: int = param(0, NON_NEGATIVE_INT)  # held-out decreases over this many gradient batches
+    equivalence_margin: float = param(0.002, POSITIVE)  # "A matches B": |paired difference| of relative decreases
     binary_weights: bool = param(False)
     train_epochs: int = param(2, NON_NEGATIVE_INT)
     train_batch_size: int = param(64, POSITIVE_INT)
@@ -61,19 +63,32 @@ class ThinResNetParams:
             out.append(("decrease_acts", f"{missing} not in acts {self.acts}"))
         if "trained" in self.states and self.train_epochs < 1:
             out.append(("train_epochs", "the trained state needs at least one epoch"))
+        if self.decrease_batches == 1:
+            out.append(("decrease_batches", "a paired interval over batches needs at least 2 (0: none)"))
+        if self.decrease_batches and self.decrease_acts and not self.test_limit:
+            out.append(("test_limit", "the held-out decreases over batches are scored on the test images: "
+                                      "set test_limit (e.g. 512)"))
         if self.data_source == "teacher" and not self.train_limit:
             out.append(("train_limit", "the teacher source generates as many training images as asked: "
                                        "set train_limit (e.g. 4096)"))
         return out
 
     def images_needed(self) -> int:
-        """Training images the analyses draw: the gradient batch, the noise ceiling's batch, and two
-        disjoint batches of each of ``resolution_batch_sizes``."""
-        return self.batch_size * (2 if self.noise_ceiling else 1) + 2 * sum(self.resolution_batch_sizes)
+        """Training images the analyses draw: the gradient batch, the noise ceiling's batch, two
+        disjoint batches of each of ``resolution_batch_sizes`` and the ``decrease_batches``."""
+        return (self.batch_size * ((2 if self.noise_ceiling else 1) + self.held_out_batches())
+                + 2 * sum(self.resolution_batch_sizes))
+
+    def held_out_batches(self) -> int:
+        """The gradient batches of the held-out decreases: ``decrease_batches`` when some precision
+        has the decrease analysis, else none."""
+        return self.decrease_batches if self.decrease_acts else 0
 
     def _resolution_text(self) -> str:
-        return (" and two of each of resolution_batch_sizes " + str(self.resolution_batch_sizes)
-                if self.resolution_batch_sizes else "")
+        return ((" and two of each of resolution_batch_sizes " + str(self.resolution_batch_sizes)
+                 if self.resolution_batch_sizes else "")
+                + (f" and {self.held_out_batches()} decrease batches of {self.batch_size}"
+                   if self.held_out_batches() else ""))
 
     def machine_problems(self) -> list[tuple[str, str]]:
         """What this machine cannot give the run, as ``(key, message)``, found without reading

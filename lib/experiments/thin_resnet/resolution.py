@@ -75,3 +75,60 @@ def resolutions(results: Sequence[dict[str, Any]]) -> list[Resolution]:
                                     over_inits(root), over_inits(cross), paired_difference(cross, root)))
     p = holm([entry[-1].p for entry in raw])
     return [Resolution(*entry, p_holm=p[k]) for k, entry in enumerate(raw)]
+
+
+# ----------------------------------------------------------------------------- the N an answer needs
+
+@dataclass(frozen=True)
+class Projection:
+    """How many images a resolved answer needs, from the ceiling at the largest N measured.
+
+    The estimate on a batch of ``N`` images is the population gradient ``G`` plus noise of variance
+    ``σ²/N`` per coordinate, so two independent batches agree at ``ceiling(N) ≈ 1 / (1 + k/N)``
+    with ``k = σ² d / |G|²`` images. The 95% upper bound ``c⁺`` of the ceiling at ``N`` bounds
+    ``k ≥ N (1/c⁺ − 1)`` (``∞`` when ``c⁺ ≤ 0``); a ceiling ``c`` then needs ``N ≥ k c / (1 − c)``.
+    ``seconds_per_coordinate_image`` is CDG's measured cost (central, one ε) in this run."""
+
+    initial_channels: int
+    state: str
+    act: str
+    batch_size: int
+    ceiling: Estimate
+    k_lower: float
+    seconds_per_coordinate_image: float
+    coordinates: int  # sampled coordinates over the run's coordinate sets
+
+    def images_for(self, ceiling: float) -> float:
+        """The fewest images per batch that reach ``ceiling`` (a lower bound)."""
+        return self.k_lower * ceiling / (1 - ceiling)
+
+    def core_hours_for(self, ceiling: float) -> float:
+        """CDG on two batches of :meth:`images_for` images at this run's coordinates, one ε."""
+        return 2 * self.images_for(ceiling) * self.coordinates * self.seconds_per_coordinate_image / 3600
+
+
+def k_lower_bound(batch_size: int, ceiling_upper: float) -> float:
+    """``N (1/c⁺ − 1)`` (:class:`Projection`); ``∞`` for ``c⁺ ≤ 0``, 0 for ``c⁺ ≥ 1``."""
+    if ceiling_upper <= 0:
+        return math.inf
+    return max(0.0, batch_size * (1 / ceiling_upper - 1))
+
+
+def projections(results: Sequence[dict[str, Any]]) -> list[Projection]:
+    """Per (c, state, precision) with a ceiling: the :class:`Projection` from its largest N."""
+    out = []
+    for r in sorted(results, key=lambda r: r["initial_channels"]):
+        for state in states_of(r):
+            for act in acts_of(r, state):
+                entry = analysis_of(r, state, act)
+                measured = _batches(r, entry)
+                if not measured:
+                    continue
+                n, ceiling_rec, _ = max(measured, key=lambda t: t[0])
+                ceiling = over_inits(_all_layers(ceiling_rec))
+                upper = ceiling.interval[1] if ceiling.interval else ceiling.mean
+                coords = sum(sum(s) for s in entry["sampled"])
+                seconds = next(t["seconds"] for t in entry["timings"]["cdg_s"] if t["eps"] == r["eps_main"])
+                out.append(Projection(r["initial_channels"], state, act, n, ceiling, k_lower_bound(n, upper),
+                                      seconds / (coords * r["data"]["batch_size"]), coords))
+    return out

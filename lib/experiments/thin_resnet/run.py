@@ -16,7 +16,9 @@ activation *precision* (``binary``, ``ternary``, ``2bit``, ``fp``), on one fixed
 * **single-layer loss decrease** ``ΔL(lr) = L(w) − L(w − lr·ĝ)`` (:func:`lib.core.evaluate.loss_decrease`)
   for the first, a middle and the last binary layer, each estimate restricted to that layer's
   sampled coordinates (STE set to 0 elsewhere, so all directions live in the same subspace) and
-  normalised per layer, for the precisions in ``decrease_acts``.
+  normalised per layer, for the precisions in ``decrease_acts``: in-sample, on the gradient batch
+  (the notes' measurement), and, with ``decrease_batches``, held out over that many gradient
+  batches (:mod:`.held_out`).
 
 :func:`run` returns a JSON-able results dict (see :func:`run`). The parts: :mod:`.params` (the
 defaults and their checks), :mod:`.states` (data and model states), :mod:`.analysis` (CDG vs STE
@@ -39,6 +41,7 @@ from lib.experiments.resume import Steps
 from lib.experiments.schema import build
 
 from .analysis import analyse, decrease_layers, main_eps
+from .held_out import held_out_decreases
 from .params import EXPERIMENT, NUM_CLASSES, ThinResNetParams
 from .states import accuracy, load_data, make_state
 
@@ -63,9 +66,9 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     test_accuracy, state_info, timings, ...}`` with the records of
     :func:`lib.experiments.thin_resnet.analysis.analyse` (``cosines``, ``ceiling``, ``cross_cosines``,
     ``by_batch`` (binary, with ``resolution_batch_sizes``),
-    ``magnitudes``, ``decrease`` (in-sample), ``decrease_held_out`` (on the first ``batch_size``
-    held-out images),
-    ``sampled``, each over ``coord_sets`` coordinate sets). ``state_info``: init: ``bn_calibration_batches``; trained:
+    ``magnitudes``, ``decrease`` (in-sample),
+    ``sampled``, each over ``coord_sets`` coordinate sets) and, with ``decrease_batches``, ``held_out``
+    (:class:`lib.experiments.thin_resnet.held_out.HeldOutDecreases`). ``state_info``: init: ``bn_calibration_batches``; trained:
     ``cache_hit``, ``steps``, ``train_s``, ``dtype`` (of the training), ``curve`` (per-step training loss), ``final_loss``.
 
     NaN (e.g. a cosine with an all-zero estimate) is stored as ``null``.
@@ -79,7 +82,7 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
     device = resolve_device(p.device)
     torch.manual_seed(p.seed)
     data = load_data(p)
-    (x, y), reference, held_out = _on_device(p, data, device)
+    (x, y), reference, test = _on_device(p, data, device)
     results: dict[str, Any] = steps.data or _header(p, data, device)
     for i, (state, act) in enumerate(pairs):
         if steps.done(i):
@@ -93,7 +96,11 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
             how = "cached" if info["cache_hit"] else f"{info['train_s']:.1f}s"
             log(f"c={p.initial_channels} {state}/{act}: trained {info['steps']} steps ({how}), "
                 f"test accuracy {entry['test_accuracy']}")
-        entry.update(analyse(model, p, act, x, y, device, log, reference, held_out, data["resolution"]))
+        entry.update(analyse(model, p, act, x, y, device, log, reference, data["resolution"]))
+        if act in p.decrease_acts and p.decrease_batches:
+            t1 = time.perf_counter()
+            entry["held_out"] = held_out_decreases(model, p, results["decrease_layers"], data["decrease_batches"], test)
+            entry["timings"]["held_out_s"] = time.perf_counter() - t1
         entry["timings"]["total_s"] = time.perf_counter() - t0
         log(f"c={p.initial_channels} {state}/{act}: loss {entry['loss']:.3f}, {entry['timings']['total_s']:.1f}s")
         results["analyses"].append(entry)
@@ -104,12 +111,11 @@ def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, in
 
 
 def _on_device(p: ThinResNetParams, data: dict[str, Any], device: torch.device) -> tuple:
-    """The gradient batch, the noise ceiling's batch (or None) and the held-out images of the
-    single-layer decreases (as many as the gradient batch has; or None), on ``device``."""
+    """The gradient batch, the noise ceiling's batch (or None) and the held-out test images (or
+    None), on ``device``."""
     reference = (data["x_ref"].to(device), data["y_ref"].to(device)) if p.noise_ceiling else None
-    held_out = (data["x_test"][:p.batch_size].to(device), data["y_test"][:p.batch_size].to(device)) \
-        if "x_test" in data else None
-    return (data["x"].to(device), data["y"].to(device)), reference, held_out
+    test = (data["x_test"].to(device), data["y_test"].to(device)) if "x_test" in data else None
+    return (data["x"].to(device), data["y"].to(device)), reference, test
 
 
 def _header(p: ThinResNetParams, data: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from lib.experiments.records import select
 from lib.experiments.stats import rank, with_interval
 
 from .figures import plot_cosine, plot_decrease, plot_magnitude, plot_precisions, plot_training
-from .resolution import resolutions
-from .summary import (acts_of, analysis_of, decrease_key, front_back, front_back_sets, layer_label, states_of,
+from .decrease_claims import BEST_STE, CONTROL, DecreaseClaim, claims, family_scores, informative, models, ste_family
+from .resolution import Projection, projections, resolutions
+from .summary import (acts_of, analysis_of, front_back, front_back_sets, layer_label, states_of,
                       summary_text)
 
 TEACHER_TEXT = ("seeded smooth random images (8×8×3 Gaussian noise upsampled to 32×32) labelled by a seeded teacher "
@@ -62,7 +63,12 @@ def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
         f"({', '.join(p['ste_variants'])}) are compared on the same coordinates.",
         "* Single-layer loss decrease: first, middle and last binary layer, each estimate restricted to "
         f"that layer's sampled coordinates and normalised ({p['normalize']}), lr ∈ "
-        f"{{{', '.join(f'{v:g}' for v in p['lrs'])}}}, on the gradient batch.",
+        f"{{{', '.join(f'{v:g}' for v in p['lrs'])}}}, on the gradient batch (in-sample)"
+        + (f"; and held out, on {p['test_limit']} test images, over {p['decrease_batches']} more gradient batches "
+           f"({', '.join(PRECISION_TITLES.get(a, a) for a in p['decrease_acts'])} activations)"
+           if p.get("decrease_batches") and p["decrease_acts"] else "") + ".",
+        "* The last binary conv feeds the classifier with no quantizer after it, so every STE variant is "
+        "its exact gradient there (as on the toy's readout): its rows check CDG, they do not compare the STE.",
     ]
     return "\n".join(lines)
 
@@ -94,7 +100,7 @@ def results_cells(results: list[dict[str, Any]]) -> list:
         fig = plot_decrease(r)
         if fig is not None:
             cells.append(nbcells.figure(fig, f"c={c}: single-layer loss decrease"))
-    cells += resolution_cells(results)
+    cells += resolution_cells(results) + held_out_cells(results)
     cells.append(nbcells.md("#### Summary\n\n" + summary_text(results)))
     cells += _cosine_table(results) + _decrease_table(results)
     walls = ", ".join(f"c={r['initial_channels']}: {r['wall_s']:.0f} s" for r in results)
@@ -144,13 +150,12 @@ def _decrease_table(results: list[dict[str, Any]]) -> list:
         for state in states_of(r):
             for act in acts_of(r, state):
                 entry = analysis_of(r, state, act)
-                dec = entry.get(decrease_key(entry), [])
+                dec = entry.get("decrease", [])
                 for layer in (r["decrease_layers"] if dec else []):
                     cdg_best = max(select(dec, layer=layer, estimator="cdg"),
                                    key=lambda d: d["best"] if d["best"] is not None else -math.inf)
                     ste_best = {d["variant"]: d for d in select(dec, layer=layer, estimator="ste")}
-                    where = "held out" if decrease_key(entry) == "decrease_held_out" else "in-sample"
-                    row = [r["initial_channels"], state, PRECISION_TITLES.get(act, act), layer_label(r, layer), where,
+                    row = [r["initial_channels"], state, PRECISION_TITLES.get(act, act), layer_label(r, layer),
                            f"{with_interval(cdg_best['best'], cdg_best.get('interval'))} (ε={cdg_best['eps']:g}, "
                            f"lr={lr_text(r, cdg_best['best_lr'])})"]
                     for v in variants:
@@ -160,12 +165,12 @@ def _decrease_table(results: list[dict[str, Any]]) -> list:
                     rows.append(row)
     if not rows:
         return []
-    return [nbcells.md("Best single-layer loss decrease over the lr grid, of the mean curve over the coordinate "
-                       "sets, with the 95% interval of the sets' values at that lr (and the lr; † = at the edge "
-                       "of the grid, so the best may lie outside it), on the held-out images where the run scored "
-                       "them there. The ε, the lr and the variant are chosen on the data scored, and the sets "
-                       "share one model and one batch: a description, not a comparison."),
-            nbcells.table(["c", "state", "activation", "layer", "scored", "CDG (best ε)", *variants], rows)]
+    return [nbcells.md("In-sample (on the gradient batch, the notes' measurement): the best single-layer loss "
+                       "decrease over the lr grid, of the mean curve over the coordinate sets, with the 95% interval "
+                       "of the sets' values at that lr (and the lr; † = at the edge of the grid, so the best may lie "
+                       "outside it). The ε, the lr and the variant are chosen on the data scored, and the sets share "
+                       "one model and one batch: a description, not a comparison (the held-out comparison is above)."),
+            nbcells.table(["c", "state", "activation", "layer", "CDG (best ε)", *variants], rows)]
 
 
 def lr_text(result: dict[str, Any], lr: Any) -> str:
@@ -182,8 +187,9 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
     results = sorted((r["results"] for r in runs if r["results"] is not None), key=lambda r: r["initial_channels"])
     everywhere = [v for v in resolutions(results) if v.act == "binary"]
     found = [v for v in everywhere if v.batch_size == results[0]["data"]["batch_size"]]
+    held = held_out_finding(results)
     if not found:
-        return []
+        return [held] if held else []
     parts = []
     for (c, state) in dict.fromkeys((v.initial_channels, v.state) for v in found):
         mine = [v for v in found if (v.initial_channels, v.state) == (c, state)]
@@ -195,6 +201,9 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
                          and v.resolved and v.batch_size != best.batch_size})
         if larger:
             verdict += f"; resolved for some variant at N ∈ {{{', '.join(map(str, larger))}}}"
+        need = [pr for pr in projections(results) if (pr.initial_channels, pr.state, pr.act) == (c, state, "binary")]
+        if need:
+            verdict += f"; {_need_text(need[0])}"
         parts.append(f"c = {c} {state}: ceiling {with_interval(best.ceiling.mean, best.ceiling.interval)}, "
                      f"√ceiling {with_interval(best.root.mean, best.root.interval)}, best cross-batch STE cosine "
                      f"{with_interval(best.cross.mean, best.cross.interval)} ({best.variant}); {verdict}")
@@ -202,7 +211,7 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
     return [f"**Thin ResNet** ([can the reference tell?](#{nbcells.anchor(HEADING.lstrip('# '), RESOLUTION)})): on "
             f"{data_name(r0)}, with gradient batches of {r0['data']['batch_size']} images, binary activations, all "
             f"16 layers: {'; '.join(parts)} (n = {found[0].ceiling.n} coordinate sets of one model and one batch; "
-            "paired, Holm-corrected)."]
+            "paired, Holm-corrected)."] + ([held] if held else [])
 
 
 RESOLUTION = "Can the reference resolve the STE's error?"
@@ -236,4 +245,103 @@ def resolution_cells(results: list[dict[str, Any]]) -> list:
                        "cosines over all 16 layers; n = "
                        f"{found[0].ceiling.n} coordinate sets of one model and one batch. ✓: the variant's error is "
                        f"resolved (Holm over the {len(found)} tests of the section)."),
-            nbcells.table(["c", "state", "activation", "N", "CDG noise ceiling", "√ceiling", *variants], rows)]
+            nbcells.table(["c", "state", "activation", "N", "CDG noise ceiling", "√ceiling", *variants], rows)
+            ] + projection_cells(results)
+
+
+def _images(n: float) -> str:
+    return "∞" if not math.isfinite(n) else f"{n:,.0f}"
+
+
+def _need_text(pr: Projection) -> str:
+    """``k ≥ …`` and the N and CDG time a ceiling of 0.9 needs, in words."""
+    if not math.isfinite(pr.k_lower):
+        return f"the ceiling at N = {pr.batch_size} is not above 0, so no N can be projected from it"
+    return (f"the ceiling at N = {pr.batch_size} gives k ≥ {_images(pr.k_lower)} images, so a ceiling of 0.9 needs "
+            f"batches of N ≥ {_images(pr.images_for(0.9))} (CDG on two such batches: ≥ "
+            f"{pr.core_hours_for(0.9):,.1f} core-hours at this run's coordinates)")
+
+
+def projection_cells(results: list[dict[str, Any]]) -> list:
+    """The N a resolved answer needs (:class:`lib.experiments.thin_resnet.resolution.Projection`)."""
+    found = projections(results)
+    if not found:
+        return []
+    rows = [[pr.initial_channels, pr.state, PRECISION_TITLES.get(pr.act, pr.act), pr.batch_size,
+             with_interval(pr.ceiling.mean, pr.ceiling.interval), _images(pr.k_lower), _images(pr.images_for(0.5)),
+             _images(pr.images_for(0.9)), "∞" if not math.isfinite(pr.k_lower) else f"{pr.core_hours_for(0.9):,.1f}"]
+            for pr in found]
+    return [nbcells.md("**The N a resolved answer needs.** Two independent batches of N images agree at "
+                       "ceiling(N) ≈ 1 / (1 + k/N), k = σ²d/|G|² images (the gradient's noise against its size). "
+                       "The 95% upper bound c⁺ of the ceiling at the largest N measured bounds k ≥ N (1/c⁺ − 1); a "
+                       "ceiling c needs N ≥ k c / (1 − c). The CDG time is this run's measured cost per coordinate "
+                       "and image (one ε, central) for two batches of that N at the run's coordinates: lower bounds."),
+            nbcells.table(["c", "state", "activation", "largest N", "ceiling there", "k ≥ (images)",
+                           "N for ceiling 0.5", "N for ceiling 0.9", "CDG core-hours for 0.9"], rows)]
+
+
+HELD_OUT = "Single-layer loss decrease on held-out images, over gradient batches"
+MARKS = {"not distinguishable": "n.d.", "equivalent": "≈"}
+
+
+def _mark(c: DecreaseClaim, informative_here: bool) -> str:
+    """``<``, ``>``, ``≈`` or ``n.d.`` of ``a`` against ``b``, with its difference and interval."""
+    verdict = MARKS.get(c.verdict, ">" if c.difference.mean > 0 else "<")
+    text = f"{verdict} {with_interval(c.difference.mean, c.difference.interval)}"
+    return text if informative_here else f"({text})"
+
+
+def held_out_cells(results: list[dict[str, Any]]) -> list:
+    """Per (c, state, precision, layer): the cross-fitted held-out decreases of CDG, the best STE and
+    the random control, and each STE family against CDG (:mod:`.decrease_claims`)."""
+    found = claims(results)
+    if not found:
+        return []
+    variants = results[0]["ste_variants"]
+    rows = []
+    for r, state, act, held in models(results):
+        for layer in r["decrease_layers"]:
+            sc = family_scores(held, r["lrs"], layer)
+            where = (r["initial_channels"], state, act, layer)
+            mine = {(c.a, c.b): c for c in found if (c.initial_channels, c.state, c.act, c.layer) == where}
+            ok = informative(found, where)
+            rows.append([r["initial_channels"], state, PRECISION_TITLES.get(act, act), layer_label(r, layer),
+                         sc["CDG"].text(), sc[CONTROL].text(), sc[BEST_STE].text(), _mark(mine[(BEST_STE, "CDG")], ok)]
+                        + [_mark(mine[(ste_family(v), "CDG")], ok) if (ste_family(v), "CDG") in mine else "–"
+                           for v in variants])
+    _, _, _, held = models(results)[0]
+    margin = results[0]["parameters"]["equivalence_margin"]
+    return [nbcells.md(
+        f"#### {HELD_OUT}\n\nThe notes' single-layer step, scored on {held['images']} held-out images that no "
+        f"gradient saw, on {held['batches']} independent gradient batches of {results[0]['data']['batch_size']} "
+        f"images ({held['coordinates']} sampled coordinates of the layer per batch): the relative decrease "
+        "r = [L(w) − L(w − lr ĝ)] / L(w). ε, the lr and the best variant are chosen on the other batches "
+        "(leave-one-batch-out cross-fitting; the choice most batches made in brackets). Columns after the "
+        "scores: the paired difference against CDG over the batches with its 95% interval; < / >: Holm-corrected "
+        f"over the section's {len(found)} tests; ≈: equivalent within ±{margin:g} (TOST); n.d.: not "
+        f"distinguishable at n = {held['batches']}. In brackets: uninformative, CDG does not beat the random "
+        "direction (a seeded Gaussian on the same coordinates) on that layer. n is gradient batches of **one "
+        "model**: a verdict is about this model, not the architecture."),
+        nbcells.table(["c", "state", "activation", "layer", "CDG", CONTROL, BEST_STE, "best STE − CDG",
+                       *[f"{v} − CDG" for v in variants]], rows)]
+
+
+def held_out_finding(results: Sequence[dict[str, Any]]) -> str | None:
+    """The held-out single-layer comparison of the best STE with CDG, binary activations, per model
+    and layer, in one sentence."""
+    found = [c for c in claims(results) if (c.a, c.b) == (BEST_STE, "CDG") and c.act == "binary"]
+    if not found:
+        return None
+    everything = claims(results)
+    parts = []
+    for c in found:
+        where = (c.initial_channels, c.state, c.act, c.layer)
+        r = next(r for r in results if r["initial_channels"] == c.initial_channels)
+        verdict = c.sentence() if informative(everything, where) else \
+            f"uninformative (CDG does not beat the random direction; best STE − CDG {c.difference.mean:.3g})"
+        parts.append(f"c = {c.initial_channels} {c.state} {PRECISION_TITLES.get(c.act, c.act)}, layer "
+                     f"{layer_label(r, c.layer)}: {verdict}")
+    held = models(results)[0][3]
+    return (f"**Thin ResNet, single-layer step held out** ([table](#{nbcells.anchor(HEADING.lstrip('# '), HELD_OUT)})):"
+            f" n = {held['batches']} gradient batches of one model, scored on {held['images']} held-out images, "
+            f"cross-fitted, Holm over {len(everything)} tests: " + "; ".join(parts) + ".")

@@ -21,8 +21,9 @@ def load_data(p: ThinResNetParams) -> dict[str, Any]:
     """Training images (``train_limit``, 0 = all), the gradient batch ``x, y`` (``batch_size``
     training images drawn with ``seed``), with ``noise_ceiling`` a second, disjoint batch
     ``x_ref, y_ref`` of the same size, ``resolution``: ``[(n, (x_a, y_a), (x_b, y_b))]`` two more
-    disjoint batches of each of ``resolution_batch_sizes``, all from one seeded permutation, and
-    held-out images (``test_limit``) from ``data_source``."""
+    disjoint batches of each of ``resolution_batch_sizes``, ``decrease_batches``: ``[(x_b, y_b)]``
+    :meth:`ThinResNetParams.held_out_batches` more of ``batch_size``, all from one seeded permutation, and held-out images
+    (``test_limit``) from ``data_source``."""
     x_train, y_train = image_data(source_path(p.data_source), "train", p.train_limit or None)
     needed = p.images_needed()
     if needed > len(x_train):
@@ -40,6 +41,11 @@ def load_data(p: ThinResNetParams) -> dict[str, Any]:
         a, b = perm[start:start + n], perm[start + n:start + 2 * n]
         data["resolution"].append((n, (x_train[a], y_train[a]), (x_train[b], y_train[b])))
         start += 2 * n
+    data["decrease_batches"] = []
+    for _ in range(p.held_out_batches()):
+        b = perm[start:start + p.batch_size]
+        data["decrease_batches"].append((x_train[b], y_train[b]))
+        start += p.batch_size
     if p.test_limit:
         data["x_test"], data["y_test"] = image_data(source_path(p.data_source), "test", p.test_limit)
     return data

@@ -113,16 +113,10 @@ def front_back_phrase(r: dict[str, Any], state: str) -> str:
             f"{with_interval(d, iv)} (95% intervals over n = {n} coordinate sets)")
 
 
-def decrease_key(entry: dict[str, Any]) -> str:
-    """The single-layer decreases a summary uses: held out when the run scored them on held-out
-    images, else the in-sample ones."""
-    return "decrease_held_out" if "decrease_held_out" in entry else "decrease"
-
-
 def _decrease_note(r: dict[str, Any], entry: dict[str, Any], layer: str) -> str | None:
     """CDG and the best STE variant on one layer, described: the n is coordinate sets of one model
     and one batch, so nothing is claimed between them."""
-    dec = entry[decrease_key(entry)]
+    dec = entry["decrease"]
     cd = only(dec, layer=layer, estimator="cdg", eps=r["eps_main"])
     stes = [d for d in select(dec, layer=layer, estimator="ste") if d["best"] is not None]
     if cd["best"] is None or not stes:
@@ -155,8 +149,7 @@ def summary_text(results: Sequence[dict[str, Any]]) -> str:
                 notes = [n for n in (_decrease_note(r, entry, layer) for layer in r["decrease_layers"]) if n] \
                     if "decrease" in entry else []
                 if notes:
-                    where = "held out" if decrease_key(entry) == "decrease_held_out" else "in-sample"
-                    sentences.append(f"best single-layer loss decrease ({where}) with {PRECISION_TITLES.get(act, act)} "
+                    sentences.append(f"best single-layer loss decrease (in-sample) with {PRECISION_TITLES.get(act, act)} "
                                      "activations, described, not compared: " + "; ".join(notes))
             if sentences:
                 text = "; ".join(sentences)
