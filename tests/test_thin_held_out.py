@@ -144,8 +144,9 @@ def test_claims_on_records_with_a_known_answer():
     assert "| &lt; -0.01 [" in row_a  # identity − CDG (the table escapes "<")
     assert "| ≈ " in row_a and "| (≈ " in row_b  # layer b's verdicts bracketed: uninformative
     sentence = section.held_out_finding([r])
-    assert "layer 1.0.0: best STE matches CDG within ±0.002" in sentence
-    assert "layer 1.0.1: uninformative" in sentence
+    assert "c = 8 init, layer 1.0.0: best STE matches CDG within ±0.002" in sentence
+    assert sentence.endswith("uninformative (CDG not shown to beat the random direction on the same coordinates) "
+                             "at c = 8 init, layer 1.0.1.")
 
 
 def test_claims_do_not_hold_a_difference_hidden_by_the_batches():

@@ -269,7 +269,7 @@ def projection_cells(results: list[dict[str, Any]]) -> list:
         return []
     rows = [[pr.initial_channels, pr.state, PRECISION_TITLES.get(pr.act, pr.act), pr.batch_size,
              with_interval(pr.ceiling.mean, pr.ceiling.interval), _images(pr.k_lower), _images(pr.images_for(0.5)),
-             _images(pr.images_for(0.9)), "∞" if not math.isfinite(pr.k_lower) else f"{pr.core_hours_for(0.9):,.1f}"]
+             _images(pr.images_for(0.9)), "∞" if not math.isfinite(pr.k_lower) else f"{pr.core_hours_for(0.9):,.2g}"]
             for pr in found]
     return [nbcells.md("**The N a resolved answer needs.** Two independent batches of N images agree at "
                        "ceiling(N) ≈ 1 / (1 + k/N), k = σ²d/|G|² images (the gradient's noise against its size). "
@@ -327,21 +327,24 @@ def held_out_cells(results: list[dict[str, Any]]) -> list:
 
 
 def held_out_finding(results: Sequence[dict[str, Any]]) -> str | None:
-    """The held-out single-layer comparison of the best STE with CDG, binary activations, per model
-    and layer, in one sentence."""
-    found = [c for c in claims(results) if (c.a, c.b) == (BEST_STE, "CDG") and c.act == "binary"]
+    """The held-out single-layer comparison of the best STE with CDG, binary activations, in one
+    sentence: the informative (model, layer)s with their verdicts, the uninformative ones listed."""
+    everything = claims(results)
+    found = [c for c in everything if (c.a, c.b) == (BEST_STE, "CDG") and c.act == "binary"]
     if not found:
         return None
-    everything = claims(results)
-    parts = []
+    said, silent = [], []
     for c in found:
-        where = (c.initial_channels, c.state, c.act, c.layer)
         r = next(r for r in results if r["initial_channels"] == c.initial_channels)
-        verdict = c.sentence() if informative(everything, where) else \
-            f"uninformative (CDG does not beat the random direction; best STE − CDG {c.difference.mean:.3g})"
-        parts.append(f"c = {c.initial_channels} {c.state} {PRECISION_TITLES.get(c.act, c.act)}, layer "
-                     f"{layer_label(r, c.layer)}: {verdict}")
+        where = f"c = {c.initial_channels} {c.state}, layer {layer_label(r, c.layer)}"
+        if informative(everything, (c.initial_channels, c.state, c.act, c.layer)):
+            said.append(f"{where}: {c.sentence()}")
+        else:
+            silent.append(where)
+    if silent:
+        said.append("uninformative (CDG not shown to beat the random direction on the same coordinates) at "
+                    + ", ".join(silent))
     held = models(results)[0][3]
-    return (f"**Thin ResNet, single-layer step held out** ([table](#{nbcells.anchor(HEADING.lstrip('# '), HELD_OUT)})):"
-            f" n = {held['batches']} gradient batches of one model, scored on {held['images']} held-out images, "
-            f"cross-fitted, Holm over {len(everything)} tests: " + "; ".join(parts) + ".")
+    return (f"**Thin ResNet, single-layer step held out** ([table](#{nbcells.anchor(HEADING.lstrip('# '), HELD_OUT)}),"
+            f" binary activations): n = {held['batches']} gradient batches of one model, scored on {held['images']} "
+            f"held-out images, cross-fitted, Holm over {len(everything)} tests: " + "; ".join(said) + ".")
