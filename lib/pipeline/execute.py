@@ -30,8 +30,8 @@ from lib.common.versions import versions
 from lib.experiments.progress import describe, progress_path, read_progress
 from lib.experiments.resume import partial_path
 from lib.pipeline.grid import RESULTS_KEY, Run
-from lib.pipeline.manifest import (adopt_verified_results, code_sha256, git_commit, is_cached, load_manifest, now,
-                                   take_current_key)
+from lib.pipeline.manifest import (adopt_finished, adopt_verified_results, code_sha256, git_commit, is_cached,
+                                   load_manifest, mark_started, now, started_path, take_current_key)
 from lib.pipeline.priority import NICE_ENV
 
 KERNEL_NAME = "python3"
@@ -97,6 +97,7 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
     writing = executed.with_name(f"{run.run_id}.partial.ipynb")  # papermill writes as it goes; renamed when it ends
     results = report_dir / "results" / f"{run.run_id}.json"
     results.unlink(missing_ok=True)  # a stale file must not pass for this run's output
+    mark_started(results, run, code or {})  # a results file this attempt finishes can be adopted
     status, error = "ok", None
     start = time.perf_counter()
     try:
@@ -113,8 +114,6 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
     if writing.is_file():  # also a failed run's notebook, with the error in its cell
         os.replace(writing, executed)
     progress_path(results).unlink(missing_ok=True)
-    if status == "ok":  # kept after a failure or an interrupt: the rerun resumes from it
-        partial_path(results).unlink(missing_ok=True)
     return {
         "name": run.name,
         "experiment": run.experiment,
@@ -131,6 +130,23 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
         "finished": now(),
         **(code or {}),
     }
+
+
+def settle(results: Path, ok: bool) -> None:
+    """After a run's entry is in the manifest: its start marker goes, and on success its saved
+    steps (kept after a failure or an interrupt: the rerun resumes from them)."""
+    started_path(results).unlink(missing_ok=True)
+    if ok:
+        partial_path(results).unlink(missing_ok=True)
+
+
+def remove_temporaries(report_dir: Path) -> None:
+    """The temporary files of writes an interrupt cut short (``.<name>.*.tmp``,
+    :func:`lib.common.files.atomic_write_bytes`): called holding the folder's lock, so no write is
+    in progress."""
+    for folder in (report_dir, report_dir / "results", report_dir / "runs"):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def abandon_running_notebooks() -> None:
@@ -157,9 +173,14 @@ class _GridRun:
         commit, dirty = git_commit(root)
         self.manifest.update({"profile": profile, "date": date, "started": now(), "git_commit": commit,
                               "git_dirty": dirty, "versions": versions(), "platform": platform.platform()})
+        remove_temporaries(report_dir)
         adopted = adopt_verified_results(runs, self.manifest, report_dir)
         if "rebuilt_from" in self.manifest:
             tqdm.write(f"manifest rebuilt: {len(adopted)} finished run(s) recovered from their results files")
+        finished = adopt_finished(runs, self.manifest, report_dir)
+        if finished:
+            tqdm.write(f"recorded {len(finished)} run(s) that finished before the runner could record them: "
+                       + ", ".join(finished))
         self.todo = [run for run in runs if force or not is_cached(run, self.manifest, report_dir, tqdm.write)]
         if force:  # recompute from the start, not from the steps an interrupted run saved
             for run in self.todo:
@@ -168,6 +189,7 @@ class _GridRun:
         cached = [run for run in runs if run.run_id not in todo_ids]
         for run in cached:
             take_current_key(run, self.manifest)
+            settle(self.results_file(run), ok=True)  # what a stop right after its record left
         self.outcome: dict[str, list[str]] = {"ok": [], "cached": [run.run_id for run in cached], "failed": []}
         # One record per invocation, rewritten with the manifest after every run and when the
         # invocation ends or is interrupted: the wall time of a grid finished over several
@@ -247,6 +269,7 @@ class _GridRun:
             self.running.pop(run.run_id, None)
             self.record(entry, run.run_id)
             ok = entry["status"] == "ok"
+            settle(results, ok)
             self.outcome["ok" if ok else "failed"].append(run.run_id)
             tqdm.write(f"ok {entry['wall_s']:.1f}s {run.run_id}" if ok else
                        f"FAILED {entry['wall_s']:.1f}s {run.run_id}: {entry['error']}")

@@ -116,6 +116,40 @@ def load_manifest(report_dir: Path) -> dict[str, Any]:
     return {"runs": {}}
 
 
+STARTED_SUFFIX = ".started"  # results/<run>.json.started: the key and code of the attempt that writes it
+
+
+def started_path(results: Path) -> Path:
+    """The start marker of the attempt that writes ``results`` (:func:`mark_started`)."""
+    return results.with_name(results.name + STARTED_SUFFIX)
+
+
+def mark_started(results: Path, run: Run, code: Mapping[str, Any]) -> None:
+    """Before a run's notebook starts: the key it runs under and the code that computes it, so a
+    results file the notebook finishes before the runner could record it can be adopted
+    (:func:`adopt_finished`)."""
+    atomic_write_json(started_path(results), {"params_hash": run.params_hash, **code})
+
+
+def _verified(run: Run, path: Path) -> bool:
+    """The results file parses and holds exactly the run's parameters."""
+    try:
+        results = read_json(path)
+    except (OSError, ValueError):
+        return False
+    stored = results.get("parameters") if isinstance(results, dict) else None
+    wanted = {k: v for k, v in run.parameters.items() if k != "results_path"}
+    return isinstance(stored, dict) and all(canonical_json(stored.get(k)) == canonical_json(v)
+                                            for k, v in wanted.items())
+
+
+def _adopted_entry(run: Run, path: Path, **extra: Any) -> dict[str, Any]:
+    return {"name": run.name, "experiment": run.experiment, "notebook": run.notebook, "profile": run.profile,
+            "parameters": run.parameters, "params_hash": run.params_hash, "status": "ok", "wall_s": None,
+            "error": None, "executed_notebook": f"runs/{run.run_id}.ipynb", "results": f"results/{path.name}",
+            "results_sha256": sha256_file(path), "finished": None, **extra}
+
+
 def adopt_verified_results(runs: Sequence[Run], manifest: dict[str, Any], report_dir: Path) -> list[str]:
     """After :func:`load_manifest` rebuilt the manifest: record as finished every run without an
     entry whose results file parses and holds exactly the run's parameters (``rebuilt: true``;
@@ -125,22 +159,32 @@ def adopt_verified_results(runs: Sequence[Run], manifest: dict[str, Any], report
     adopted = []
     for run in runs:
         path = report_dir / "results" / f"{run.run_id}.json"
-        if run.run_id in manifest["runs"] or not path.is_file():
+        if run.run_id in manifest["runs"] or not path.is_file() or not _verified(run, path):
+            continue
+        manifest["runs"][run.run_id] = _adopted_entry(run, path, rebuilt=True)
+        adopted.append(run.run_id)
+    return adopted
+
+
+def adopt_finished(runs: Sequence[Run], manifest: dict[str, Any], report_dir: Path) -> list[str]:
+    """Record as finished every run whose notebook ended but whose entry was never written (the
+    runner stopped between the two): not cached, its start marker names the run's current key, and
+    its results file verifies. The entry takes the code the marker recorded (``adopted: true``;
+    the wall time is unknown). Returns their ids."""
+    adopted = []
+    for run in runs:
+        path = report_dir / "results" / f"{run.run_id}.json"
+        marker = started_path(path)
+        if not (path.is_file() and marker.is_file()) or is_cached(run, manifest, report_dir):
             continue
         try:
-            results = read_json(path)
+            started = read_json(marker)
         except (OSError, ValueError):
             continue
-        stored = results.get("parameters") if isinstance(results, dict) else None
-        wanted = {k: v for k, v in run.parameters.items() if k != "results_path"}
-        if not isinstance(stored, dict) or any(canonical_json(stored.get(k)) != canonical_json(v)
-                                               for k, v in wanted.items()):
+        if not isinstance(started, dict) or started.get("params_hash") != run.params_hash or not _verified(run, path):
             continue
-        manifest["runs"][run.run_id] = {
-            "name": run.name, "experiment": run.experiment, "notebook": run.notebook, "profile": run.profile,
-            "parameters": run.parameters, "params_hash": run.params_hash, "status": "ok", "wall_s": None,
-            "error": None, "executed_notebook": f"runs/{run.run_id}.ipynb", "results": f"results/{path.name}",
-            "results_sha256": sha256_file(path), "finished": None, "rebuilt": True}
+        code = {k: started[k] for k in ("git_commit", "git_dirty", "code_sha256") if k in started}
+        manifest["runs"][run.run_id] = _adopted_entry(run, path, adopted=True, **code)
         adopted.append(run.run_id)
     return adopted
 
