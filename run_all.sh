@@ -28,6 +28,13 @@ sha256_of() {
   fi
 }
 
+# Several starts at once (a job array, two terminals) take turns through the set-up below; the
+# runner then takes its report folder's own lock (lib/pipeline/lock.py).
+if command -v flock >/dev/null 2>&1; then
+  exec 9>.run_all.lock
+  flock 9
+fi
+
 want="$(sha256_of requirements.txt)$(sha256_of pyproject.toml)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -48,13 +55,27 @@ fi
 # stripped (the filter of .gitattributes, configured for this clone in .git/config), and
 # JupyterLab run from .venv saves the repository's notebooks stripped (a pre-save hook), so a
 # notebook run and saved by hand leaves git status clean.
+# The filter is written only when it is missing or different, and a .git/config another git holds
+# (or a lock a killed git left behind) does not stop the run: it is configuration, not the run.
 if [[ "$(git rev-parse --show-toplevel 2>/dev/null)" == "$PWD" ]]; then
-  git config filter.strip-outputs.clean "\"$PWD/$VENV/bin/python\" -m lib.common.notebooks"
-  git config filter.strip-outputs.smudge cat
+  clean="\"$PWD/$VENV/bin/python\" -m lib.common.notebooks"
+  if [[ "$(git config --get filter.strip-outputs.clean || true)" != "$clean" ||
+        "$(git config --get filter.strip-outputs.smudge || true)" != "cat" ]]; then
+    if ! { git config filter.strip-outputs.clean "$clean" && git config filter.strip-outputs.smudge cat; } 2>/dev/null; then
+      echo "run_all: note: git's notebook filter is not configured (.git/config is locked: is .git/config.lock" \
+           "left from a killed git?); runs are not affected" >&2
+    fi
+  fi
 fi
 mkdir -p "$VENV/etc/jupyter"  # the Jupyter server of .venv reads its config from here
-echo '{"ContentsManager": {"pre_save_hook": "lib.common.notebooks.pre_save_hook"}}' \
-  > "$VENV/etc/jupyter/jupyter_server_config.json"
+hook='{"ContentsManager": {"pre_save_hook": "lib.common.notebooks.pre_save_hook"}}'
+if [[ "$(cat "$VENV/etc/jupyter/jupyter_server_config.json" 2>/dev/null || true)" != "$hook" ]]; then
+  echo "$hook" > "$VENV/etc/jupyter/jupyter_server_config.json.$$"
+  mv "$VENV/etc/jupyter/jupyter_server_config.json.$$" "$VENV/etc/jupyter/jupyter_server_config.json"
+fi
+if command -v flock >/dev/null 2>&1; then
+  exec 9>&-  # the set-up is done: the next start may go on
+fi
 
 if [[ "${1:-}" == "test" ]]; then
   shift

@@ -1,0 +1,63 @@
+"""Starting ``./run_all.sh`` never races and never depends on a lock file surviving: several starts
+at once all succeed and compute each run once; a stale ``.git/config.lock`` does not stop a start.
+Each test works in a local clone of this repository that shares its virtual environment."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lib.common.files import read_json
+from test_cluster import DATE, ROOT, TINY
+
+pytestmark = pytest.mark.skipif(not (ROOT / ".git").exists() or not (ROOT / ".venv" / "bin" / "python").exists(),
+                                reason="needs a git checkout with its .venv")
+
+
+@pytest.fixture()
+def clone(tmp_path) -> Path:
+    """A clone of the committed repository (no notebook filter configured yet), its .venv linked."""
+    target = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(target)], check=True, timeout=120)
+    (target / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / "over.yaml").write_text(yaml.safe_dump({**TINY, "cache_dir": str(tmp_path / "cache")}))
+    return target
+
+
+def _start(clone: Path, *args: str) -> subprocess.Popen:
+    over = clone.parent / "over.yaml"
+    return subprocess.Popen(["./run_all.sh", "--only", "toy", "--params", str(over), "--date", DATE,
+                             "--reports-dir", str(clone.parent / "reports"), "--no-report", *args],
+                            cwd=clone, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _filter(clone: Path) -> str:
+    return subprocess.run(["git", "config", "--get", "filter.strip-outputs.clean"], cwd=clone,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_starts_at_the_same_moment_all_succeed_and_compute_once(clone):
+    assert _filter(clone) == ""  # every start wants to write the filter: the race of the issue
+    procs = [_start(clone) for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-600:] for _, err in outs]
+    assert not any("could not lock config file" in err for _, err in outs)
+    manifest = read_json(clone.parent / "reports" / DATE / "manifest.json")
+    ran = [rid for inv in manifest["invocations"] for rid in inv["ran"]]
+    assert ran == ["toy__pretrained-false__num_dim-4"] and len(manifest["invocations"]) == 3
+    assert _filter(clone) == f'"{clone}/.venv/bin/python" -m lib.common.notebooks'
+
+
+def test_a_stale_git_config_lock_does_not_stop_a_start(clone):
+    (clone / ".git" / "config.lock").write_text("")  # left by a git killed while it held the lock
+    proc = subprocess.run(["./run_all.sh", "--help"], cwd=clone, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: python -m lib.pipeline.runner" in proc.stdout
+    assert "git's notebook filter is not configured (.git/config is locked" in proc.stderr
+    (clone / ".git" / "config.lock").unlink()
+    proc = subprocess.run(["./run_all.sh", "--help"], cwd=clone, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "" and _filter(clone)  # configured once the lock is gone
