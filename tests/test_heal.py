@@ -4,6 +4,8 @@ whose notebook ended before the runner could record it is adopted, not computed 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +29,7 @@ def test_an_unreadable_manifest_is_moved_aside_and_rebuilt_from_the_results(tmp_
     capsys.readouterr()
     assert runner.main(args) == 0
     captured = capsys.readouterr()
-    assert "is unreadable; moved to manifest.json.corrupt-" in captured.err
+    assert "is unreadable (not JSON); moved to manifest.json.corrupt-" in captured.err
     assert "manifest rebuilt: 1 finished run(s) recovered" in captured.out
     assert "1 ok, 1 cached, 0 failed" in captured.out
     [aside] = report.glob("manifest.json.corrupt-*")
@@ -89,3 +91,85 @@ def test_a_finished_run_of_another_key_is_computed_again(tmp_path, monkeypatch, 
     assert runner.main(args) == 0
     assert "1 ok, 0 cached, 0 failed" in capsys.readouterr().out
     assert not started_path(results).exists()
+
+
+# ----------------------------------------------------------------------------- state that heals, case by case
+
+RID = "toy__pretrained-false__num_dim-4"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One tiny toy run, finished and recorded; tests work on copies."""
+    tmp = tmp_path_factory.mktemp("finished")
+    args = _setup(tmp, {"num_dim": [4]})
+    assert runner.main(args) == 0
+    return tmp
+
+
+def _copy(finished, tmp_path):
+    """A copy of the finished folder (its over.yaml, and so its parameters, unchanged)."""
+    shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
+    args = ["--params-dir", str(tmp_path / "params"), "--reports-dir", str(tmp_path / "reports"), "--date", DATE,
+            "--only", "toy", "--params", str(tmp_path / "over.yaml"), "--no-report"]
+    return args, tmp_path / "reports" / DATE
+
+
+@pytest.mark.parametrize("change,why", [
+    (lambda m: {**m, "invocations": "x"}, "'invocations' is a str"),
+    (lambda m: {**m, "runs": [1]}, "'runs' is a list"),
+    (lambda m: {**m, "runs": {RID: "ok"}}, f"run entry {RID!r} is not an object"),
+    (lambda m: {**m, "invocations": [3]}, "an invocation is not an object"),
+    (lambda m: [m], "not a JSON object"),
+])
+def test_a_manifest_of_the_wrong_shape_is_moved_aside_and_rebuilt(finished, tmp_path, capsys, change, why):
+    args, report = _copy(finished, tmp_path)
+    atomic_write_json(report / "manifest.json", change(read_json(report / "manifest.json")))
+    capsys.readouterr()
+    assert runner.main(args) == 0
+    captured = capsys.readouterr()
+    assert f"is unreadable ({why}); moved to manifest.json.corrupt-" in captured.err
+    assert "0 ok, 1 cached, 0 failed" in captured.out
+    assert "another or an unrecorded version" not in captured.out  # a rebuild invents no version note
+    assert read_json(report / "manifest.json")["runs"][RID]["rebuilt"] is True
+
+
+def test_a_deleted_results_file_is_named_and_the_cached_runs_listed(finished, tmp_path, capsys):
+    args, report = _copy(finished, tmp_path)
+    capsys.readouterr()
+    assert runner.main(args) == 0
+    assert f"cached 1 run(s) in {report / 'manifest.json'}: {RID}" in capsys.readouterr().out
+    (report / "results" / f"{RID}.json").unlink()
+    assert runner.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {report / 'results' / (RID + '.json')}: missing; {RID} is computed again" in out
+    assert "1 ok, 0 cached, 0 failed" in out
+
+
+def test_a_killed_invocation_is_recorded_as_interrupted_by_the_next(finished, tmp_path):
+    args, report = _copy(finished, tmp_path)
+    m = read_json(report / "manifest.json")
+    assert m["invocations"][-1]["completed"] is True and m["invocations"][-1]["interrupted"] is False
+    m["invocations"][-1]["completed"] = False  # as SIGKILL leaves it: the heartbeat's last record
+    atomic_write_json(report / "manifest.json", m)
+    assert runner.main(args) == 0
+    first, second = read_json(report / "manifest.json")["invocations"]
+    assert first["interrupted"] is True and second["completed"] is True and second["interrupted"] is False
+
+
+def test_a_notebook_cut_short_keeps_its_partial_name(tmp_path, monkeypatch, capsys):
+    """A full disk while papermill writes the executed notebook: the run fails with one line and the
+    half-written notebook does not take the final name."""
+    import errno
+
+    args = _setup(tmp_path, {"num_dim": [4]})
+
+    def disk_full(notebook, output, **kwargs):
+        Path(output).write_text('{"cells": [')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(execute.papermill, "execute_notebook", disk_full)
+    assert runner.main(args) == 1
+    runs = tmp_path / "reports" / DATE / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == [f"{RID}.partial.ipynb"]
+    assert "No space left on device" in capsys.readouterr().out

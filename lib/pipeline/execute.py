@@ -109,9 +109,12 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
         )
         if not results.is_file():
             status, error = "failed", f"the notebook finished without writing results/{results.name}"
+        complete = True
+    except PapermillExecutionError as exc:  # a cell failed; papermill wrote the whole notebook, error included
+        status, error, complete = "failed", short_error(exc), True
     except Exception as exc:  # KeyboardInterrupt passes through: the run stays unrecorded
-        status, error = "failed", short_error(exc)
-    if writing.is_file():  # also a failed run's notebook, with the error in its cell
+        status, error, complete = "failed", short_error(exc), False
+    if writing.is_file() and complete:  # a notebook cut short (a full disk) keeps its .partial name
         os.replace(writing, executed)
     progress_path(results).unlink(missing_ok=True)
     return {
@@ -130,6 +133,11 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
         "finished": now(),
         **(code or {}),
     }
+
+
+def _listing(run_ids: Sequence[str], most: int = 5) -> str:
+    """The first ``most`` run ids and how many more."""
+    return ", ".join(run_ids[:most]) + (f" and {len(run_ids) - most} more" if len(run_ids) > most else "")
 
 
 def settle(results: Path, ok: bool) -> None:
@@ -197,8 +205,12 @@ class _GridRun:
         self.t0 = time.perf_counter()
         self.invocation = {"started": self.manifest["started"], "finished": None, "wall_s": 0.0, "jobs": jobs,
                            "git_commit": commit, "planned": [run.run_id for run in runs], "ran": [],
-                           "cached": len(self.outcome["cached"]), "interrupted": False}
-        self.manifest.setdefault("invocations", []).append(self.invocation)
+                           "cached": len(self.outcome["cached"]), "interrupted": False, "completed": False}
+        for earlier in self.manifest.setdefault("invocations", []):
+            # this runner holds the folder's lock: one that never completed was stopped (SIGKILL, power)
+            if earlier.get("completed") is False and not earlier.get("interrupted"):
+                earlier["interrupted"] = True
+        self.manifest["invocations"].append(self.invocation)
         atomic_write_json(self.manifest_path, self.manifest)
         self.lock = threading.Lock()
         self.running: dict[str, Path] = {}  # run id -> its results file, whose progress file is polled
@@ -214,13 +226,13 @@ class _GridRun:
         cached = self.outcome["cached"]
         if not cached:
             return
-        tqdm.write(f"cached {len(cached)} run(s) in {self.manifest_path}")
+        tqdm.write(f"cached {len(cached)} run(s) in {self.manifest_path}: {_listing(cached)}")
         current = code_sha256(self.root)
-        other = [rid for rid in cached if self.manifest["runs"][rid].get("code_sha256") != current]
+        other = [rid for rid in cached if self.manifest["runs"][rid].get("code_sha256") != current
+                 and not self.manifest["runs"][rid].get("rebuilt")]  # a rebuilt entry's version is unknown
         if other:
-            names = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
             tqdm.write(f"note: {len(other)} cached run(s) were computed with another or an unrecorded version "
-                       f"of lib/ ({names}; see git_commit in the manifest); --force recomputes them")
+                       f"of lib/ ({_listing(other)}; see git_commit in the manifest); --force recomputes them")
 
     def record(self, entry: dict[str, Any] | None = None, run_id: str | None = None) -> None:
         """Under the lock: store ``entry``, bring this invocation's record up to date, write."""
@@ -303,6 +315,7 @@ class _GridRun:
             poller.join()
             self.bar.close()
         with self.lock:
+            self.invocation["completed"] = True
             self.record()
 
     def interrupted(self, n_running: int, poller: threading.Thread) -> None:

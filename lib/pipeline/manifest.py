@@ -85,7 +85,7 @@ def is_cached(run: Run, manifest: Mapping[str, Any], report_dir: Path,
         return False
     path = report_dir / "results" / f"{run.run_id}.json"
     problem = results_problem(entry, path)
-    if problem not in (None, "missing") and warn is not None:
+    if problem is not None and warn is not None:
         warn(f"warning: {path}: {problem}; {run.run_id} is computed again")
     return problem is None
 
@@ -96,24 +96,50 @@ def take_current_key(run: Run, manifest: dict[str, Any]) -> None:
     manifest["runs"][run.run_id]["params_hash"] = run.params_hash
 
 
+# The manifest's fields and their JSON types: a manifest whose fields have other types is treated as
+# unreadable (moved aside and rebuilt), not trusted until a later step trips over it.
+MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+    "runs": dict, "invocations": list, "profile": str, "date": str, "started": str,
+    "git_commit": (str, type(None)), "git_dirty": (bool, type(None)), "versions": dict, "platform": str,
+    "rebuilt_from": str}
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """Why ``manifest`` does not match the schema (:data:`MANIFEST_TYPES`; every run entry and every
+    invocation an object), or ``None``."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    for key, kind in MANIFEST_TYPES.items():
+        if key in manifest and not isinstance(manifest[key], kind):
+            return f"{key!r} is a {type(manifest[key]).__name__}"
+    if "runs" not in manifest:
+        return "no 'runs'"
+    bad = [rid for rid, entry in manifest["runs"].items() if not isinstance(entry, dict)]
+    if bad or not all(isinstance(inv, dict) for inv in manifest.get("invocations", [])):
+        return f"run entry {bad[0]!r} is not an object" if bad else "an invocation is not an object"
+    return None
+
+
 def load_manifest(report_dir: Path) -> dict[str, Any]:
-    """The folder's manifest, or a new one. An unreadable manifest is moved aside to
-    ``manifest.json.corrupt-<UTC time>`` (never deleted), with a warning naming both files; the
-    new one says so (``rebuilt_from``), and :func:`adopt_verified_results` fills it in."""
+    """The folder's manifest, or a new one. A manifest that is unreadable or does not match its
+    schema (:func:`manifest_problem`) is moved aside to ``manifest.json.corrupt-<UTC time>`` (never
+    deleted), with a warning naming both files and why; the new one says so (``rebuilt_from``),
+    and :func:`adopt_verified_results` fills it in."""
     path = report_dir / "manifest.json"
-    if path.is_file():
-        try:
-            manifest = read_json(path)
-            if isinstance(manifest, dict) and isinstance(manifest.get("runs"), dict):
-                return manifest
-        except (OSError, ValueError):
-            pass
-        aside = path.with_name(f"manifest.json.corrupt-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
-        os.replace(path, aside)
-        print(f"warning: {path} is unreadable; moved to {aside.name}, rebuilding it from the results files",
-              file=sys.stderr)
-        return {"runs": {}, "rebuilt_from": aside.name}
-    return {"runs": {}}
+    if not path.is_file():
+        return {"runs": {}}
+    try:
+        manifest = read_json(path)
+        problem = manifest_problem(manifest)
+    except (OSError, ValueError) as exc:
+        problem = "unreadable" if isinstance(exc, OSError) else "not JSON"
+    if problem is None:
+        return manifest
+    aside = path.with_name(f"manifest.json.corrupt-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
+    os.replace(path, aside)
+    print(f"warning: {path} is unreadable ({problem}); moved to {aside.name}, rebuilding it from the results files",
+          file=sys.stderr)
+    return {"runs": {}, "rebuilt_from": aside.name}
 
 
 STARTED_SUFFIX = ".started"  # results/<run>.json.started: the key and code of the attempt that writes it
