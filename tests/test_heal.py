@@ -173,3 +173,40 @@ def test_a_notebook_cut_short_keeps_its_partial_name(tmp_path, monkeypatch, caps
     runs = tmp_path / "reports" / DATE / "runs"
     assert sorted(p.name for p in runs.iterdir()) == [f"{RID}.partial.ipynb"]
     assert "No space left on device" in capsys.readouterr().out
+
+
+def test_warnings_a_notebook_wrote_reach_the_console(tmp_path, monkeypatch, capsys):
+    line = "warning: checkpoint /c/x.pt was written for other parameters; moved to x.pt.other-parameters, training again"
+    nb = tmp_path / "run.ipynb"
+    nb.write_text(json.dumps({"cells": [
+        {"cell_type": "markdown", "source": "warning: prose"},
+        {"cell_type": "code", "outputs": [
+            {"output_type": "stream", "name": "stderr", "text": ["progress 3/10\n", line + "\n"]},
+            {"output_type": "stream", "name": "stdout", "text": "warning: printed, not a warning\n"}]}]}))
+    assert execute.notebook_warnings(nb) == [line]
+    assert execute.notebook_warnings(tmp_path / "missing.ipynb") == []
+    (tmp_path / "cut.ipynb").write_text('{"cells": [')
+    assert execute.notebook_warnings(tmp_path / "cut.ipynb") == []
+
+    args = _setup(tmp_path, {"num_dim": [4]})
+
+    def with_warning(run, report_dir, root, code):
+        (report_dir / "results" / f"{run.run_id}.json").write_text("{}")
+        return {"status": "ok", "params_hash": run.params_hash, "wall_s": 0.01, "error": None, "warnings": [line],
+                **code}
+
+    monkeypatch.setattr(execute, "execute_run", with_warning)
+    assert runner.main(args) == 0
+    assert f"  {RID}: {line}" in capsys.readouterr().out
+
+
+def test_a_run_that_succeeds_prints_no_error_or_traceback(tmp_path, capfd):
+    """Five tiny runs, the console's file descriptors captured (the kernels write there too): no
+    ERROR or Traceback line. The kernel's shutdown noise was intermittent (7 of 70 logs), so this
+    can pass by luck without the fix; five runs make that less likely."""
+    args = _setup(tmp_path, {"num_dim": [2, 3, 4, 5, 6]})
+    assert runner.main(args) == 0
+    captured = capfd.readouterr()
+    text = captured.out + captured.err
+    assert "5 ok, 0 cached, 0 failed" in text
+    assert "ERROR" not in text and "Traceback" not in text, text[-2000:]

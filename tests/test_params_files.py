@@ -191,6 +191,24 @@ def test_a_folder_this_user_cannot_write_is_named(tmp_path):
     assert folder_problem(locked / "cache") == f"'{locked / 'cache'}' cannot be created: this user cannot write in '{locked}'"
 
 
+def test_a_results_folder_this_user_cannot_write_is_refused_before_compute(folders, capsys, monkeypatch):
+    """A report folder whose results/ cannot be written (read-only, or a mount that is): one line
+    naming it, status 2, before any run; the write check is simulated, so that it holds for root too."""
+    import os
+
+    from lib.common import resources
+
+    results = folders / "reports" / "2026-01-02" / "results"
+    results.mkdir(parents=True)
+    real = os.access
+    monkeypatch.setattr(resources.os, "access", lambda path, mode: Path(path) != results and real(path, mode))
+    code = runner.main(["--params-dir", str(folders / "params"), "--reports-dir", str(folders / "reports"),
+                        "--date", "2026-01-02", "--only", "toy"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"--date: '{results}' is a folder this user cannot write", err
+    assert sorted(p.name for p in results.parent.iterdir()) == ["results"]  # nothing written
+
+
 def test_memory_is_refused_only_past_the_machine():
     from lib.common.resources import GIB, memory_problem
 

@@ -105,6 +105,27 @@ def test_an_unreadable_checkpoint_is_moved_aside_and_trained_again(tmp_path, cap
     assert torch.load(path, weights_only=True)["curve"].tolist() == curve  # a good checkpoint in its place
 
 
+def test_a_checkpoint_of_other_parameters_is_moved_aside_and_trained_again(tmp_path, capsys):
+    """A good checkpoint written for other parameters under this key's name (copied into the cache
+    by hand): moved aside with a warning, trained again; before, every rerun stopped with an error."""
+    prob = toy_problem(4, 0)
+
+    def train(model):
+        return train_ste(model, lambda t: prob.batch(32, t), 3, lr=1e-2, progress=False)
+
+    mine, other = {"num_dim": 4, "steps": 3, "seed": 0}, {"num_dim": 4, "steps": 3, "seed": 1}
+    cached_train(tmp_path, other, lambda: BinaryMLP(4, seed=0), train)
+    path = tmp_path / f"{content_key(mine)}.pt"
+    os.replace(tmp_path / f"{content_key(other)}.pt", path)
+    foreign = path.read_bytes()
+    _, curve, hit = cached_train(tmp_path, mine, lambda: BinaryMLP(4, seed=0), train)
+    assert not hit and len(curve) == 3
+    assert f"warning: checkpoint {path} was written for other parameters; moved to {path.name}.other-parameters" \
+        in capsys.readouterr().err
+    assert (tmp_path / f"{path.name}.other-parameters").read_bytes() == foreign
+    assert torch.load(path, weights_only=True)["params_json"] == canonical_json(mine)
+
+
 _PRETRAIN_SCRIPT = """
 import hashlib, sys, torch
 torch.set_num_threads(1)

@@ -9,6 +9,7 @@ because it is installed there editable.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import platform
 import sys
@@ -38,10 +39,11 @@ KERNEL_NAME = "python3"
 # Kernels inherit the runner's environment; MPLBACKEND=Agg (set by run_all.sh for the tests)
 # would stop figures from being embedded in the executed notebooks, so kernels get the inline one.
 KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
-# Quiet the kernel's own log (e.g. its warning about unencrypted TCP); errors in cells still
-# reach the executed notebook and the manifest.
+# Quiet the kernel's own log (its warning about unencrypted TCP, and the "KeyboardInterrupt caught
+# in kernel" ERROR line jupyter_client's interrupt at shutdown prints after a successful run); errors
+# in cells still reach the executed notebook, the manifest and the console's FAILED line.
 # Each kernel lowers its own CPU priority when the runner asks (--nice, lib/pipeline/priority.py).
-KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR",
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL",
                "--IPKernelApp.exec_lines=from lib.pipeline.priority import lower_priority_from_env as _lp; _lp(); del _lp"]
 # Seconds between two looks at the progress files of the running notebooks (lib/experiments/progress.py).
 PROGRESS_POLL_S = 5.0
@@ -118,6 +120,7 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
         os.replace(writing, executed)
     progress_path(results).unlink(missing_ok=True)
     return {
+        "warnings": notebook_warnings(executed if complete else writing),
         "name": run.name,
         "experiment": run.experiment,
         "notebook": run.notebook,
@@ -133,6 +136,19 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
         "finished": now(),
         **(code or {}),
     }
+
+
+def notebook_warnings(path: Path) -> list[str]:
+    """The lines a notebook's cells wrote to stderr that start with ``warning:`` (a checkpoint
+    moved aside, for example), so that the console shows them too; none for a notebook that is
+    missing or does not parse."""
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [line.strip() for cell in cells if isinstance(cell, dict) for out in cell.get("outputs", [])
+            if isinstance(out, dict) and out.get("name") == "stderr"
+            for line in "".join(out.get("text", "")).splitlines() if line.strip().startswith("warning:")]
 
 
 def _listing(run_ids: Sequence[str], most: int = 5) -> str:
@@ -285,6 +301,8 @@ class _GridRun:
             self.outcome["ok" if ok else "failed"].append(run.run_id)
             tqdm.write(f"ok {entry['wall_s']:.1f}s {run.run_id}" if ok else
                        f"FAILED {entry['wall_s']:.1f}s {run.run_id}: {entry['error']}")
+            for line in entry.get("warnings", []):
+                tqdm.write(f"  {run.run_id}: {line}")
             self.bar.update(1)
             self.refresh()
         return entry

@@ -188,7 +188,9 @@ def _main(argv: Sequence[str] | None) -> int:
                   f"{', '.join(pf.name for pf in files)}", file=sys.stderr)
 
     report_dir = Path(args.reports_dir) / args.date
-    for folder, option in ((Path(args.reports_dir), "--reports-dir"), (report_dir, "--date")):
+    # the folder's own subfolders too: a read-only results/ would fail only once a run has computed
+    for folder, option in ((Path(args.reports_dir), "--reports-dir"), (report_dir, "--date"),
+                           (report_dir / "results", "--date"), (report_dir / "runs", "--date")):
         problem = folder_problem(folder)
         if problem:
             print(f"{option}: {problem}", file=sys.stderr)

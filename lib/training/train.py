@@ -96,21 +96,22 @@ def train_ste(model: nn.Module, batch_fn: BatchFn, steps: int, loss: LossSpec = 
 
 def _read_checkpoint(path: Path, params_json: str, model: nn.Module) -> list[float] | None:
     """Load the checkpoint at ``path`` into ``model`` and return its curve; ``None`` after moving
-    an unreadable one aside (``<name>.corrupt``, with a warning naming both), so that it is
-    trained again. A readable checkpoint of other parameters is an error: its key collided."""
+    it aside with a warning naming both files, so that it is trained again: an unreadable one
+    (empty, truncated, foreign) to ``<name>.corrupt``, a readable one written for other parameters
+    (copied or renamed into the cache by hand) to ``<name>.other-parameters``."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         stored_json = ckpt.get("params_json")
         if stored_json == params_json:
             model.load_state_dict(ckpt["state_dict"])
             return [float(v) for v in ckpt["curve"].tolist()]
+        why, suffix = "was written for other parameters", ".other-parameters"
     except Exception as exc:  # a truncated, empty or foreign file: torch raises many kinds
-        aside = path.with_name(path.name + ".corrupt")
-        os.replace(path, aside)
-        print(f"warning: checkpoint {path} is unreadable ({type(exc).__name__}); moved to {aside.name}, "
-              "training again", file=sys.stderr)
-        return None
-    raise ValueError(f"checkpoint {str(path)!r} was written for other parameters: {stored_json!r}")
+        why, suffix = f"is unreadable ({type(exc).__name__})", ".corrupt"
+    aside = path.with_name(path.name + suffix)
+    os.replace(path, aside)
+    print(f"warning: checkpoint {path} {why}; moved to {aside.name}, training again", file=sys.stderr)
+    return None
 
 
 def cached_train(cache_dir: str | os.PathLike, params: dict[str, Any], build_model: Callable[[], nn.Module],
