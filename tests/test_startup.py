@@ -61,3 +61,20 @@ def test_a_stale_git_config_lock_does_not_stop_a_start(clone):
     (clone / ".git" / "config.lock").unlink()
     proc = subprocess.run(["./run_all.sh", "--help"], cwd=clone, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stderr == "" and _filter(clone)  # configured once the lock is gone
+
+
+@pytest.mark.parametrize("delay", [0.03, 0.1, 0.3, 0.6, 1.0, 2.0])
+def test_a_stop_signal_at_any_moment_of_the_start_ends_with_one_line(clone, delay):
+    """SIGTERM to ./run_all.sh during its set-up, Python's start-up, the runner's imports or its
+    first run: status 130 and one 'interrupted' line, never a silent 143 or a traceback. (A signal
+    in the few milliseconds before bash runs the script's first lines ends it as SIGTERM does.)"""
+    import signal
+    import time
+
+    proc = _start(clone)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    lines = [ln for ln in err.splitlines() if "interrupted" in ln]
+    assert proc.returncode == 130 and len(lines) == 1, (proc.returncode, err[-1500:])
+    assert "Traceback" not in err

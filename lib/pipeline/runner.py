@@ -21,14 +21,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import errno
+import os
 import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence
 
-if __name__ == "__main__":  # Ctrl-C while the imports below load: one line and status 130, no traceback
-    signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("\ninterrupted while starting\n"), sys.exit(130)))
+if __name__ == "__main__":  # a stop signal while the imports below load: one line and status 130, no traceback
+    for _sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_sig, lambda *_: (sys.stderr.write("\ninterrupted while starting\n"), os._exit(130)))
 
 from lib.common.paths import ROOT
 from lib.common.resources import folder_problem
