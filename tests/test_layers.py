@@ -1,5 +1,6 @@
 """The package's layers (lib/__init__.py, docs/design.md §5): every import inside lib/ points to
-its own layer or one below, and the layers that must not import torch do not."""
+its own layer or one below, no two modules import each other (directly or round a longer
+circle, at the top or inside a function), and the layers that must not import torch do not."""
 import ast
 import subprocess
 import sys
@@ -38,6 +39,82 @@ def test_imports_point_down(path):
     own = LAYERS.index(path.relative_to(LIB).parts[0])
     up = [m for m in _imports(path) if (_layer(m) or 0) > own]
     assert not up, f"{path.relative_to(LIB)} imports from a higher layer: {up}"
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(LIB.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _graph() -> dict[str, set[str]]:
+    """``{module: the lib modules it imports}``; ``from package import name`` counts the submodule
+    ``package.name`` where there is one."""
+    modules = {_module_of(p): p for p in LIB.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                (base,) = _imports_of_node(node, path)
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            out |= {t for t in targets if t in modules and t != name}
+        graph[name] = out
+    return graph
+
+
+def _imports_of_node(node: ast.ImportFrom, path: Path) -> list[str]:
+    package = ".".join(path.relative_to(LIB.parent).with_suffix("").parts[:-1])
+    if node.level:
+        base = package.split(".")[:len(package.split(".")) - node.level + 1]
+        return [".".join(base + ([node.module] if node.module else []))]
+    return [node.module]
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles: strongly connected sets of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycles_finds_a_circle_and_nothing_else():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circle():
+    """Package __init__ files that import their own submodules are left out (Python handles
+    that order); every other circle, function-local imports included, is a fault."""
+    graph = {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in _graph().items()}
+    assert cycles(graph) == []
 
 
 @pytest.mark.parametrize("modules", [

@@ -2,7 +2,7 @@
 ``dask.distributed.LocalCluster`` of N single-threaded worker processes) or ``--scheduler
 tcp://HOST:PORT`` (a running cluster, docs/performance.md "Dask").
 
-Each grid point is one task, :func:`execute_on_worker`: papermill runs the notebook on a worker,
+Each grid point is one task, :func:`lib.pipeline.execute.execute_on_worker`: papermill runs the notebook on a worker,
 its kernel's BLAS threads set to the worker's thread count, and the task returns the run's
 manifest entry; the runner alone writes the manifest (:mod:`lib.pipeline.execute`). The workers
 read the repository and write the report folder at the runner's paths, so they need a shared
@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from lib.pipeline.grid import Run
 
 CONNECT_TIMEOUT_S = 10
 
@@ -91,14 +90,3 @@ def check_workers(client: Any, paths: Sequence[Path], option: str) -> None:
         if missing:
             raise ClusterError(f"{option}: worker {worker} cannot write {missing[0]}: the workers need the "
                                "repository and the reports folder at the same paths (a shared filesystem)")
-
-
-def execute_on_worker(run: Run, report_dir: Path, root: Path, code: Mapping[str, Any], nice: int) -> dict[str, Any]:
-    """The task of one grid point: :func:`lib.pipeline.execute.execute_run` with the kernel's
-    threads set to this worker's."""
-    from distributed import get_worker
-
-    from lib.pipeline.execute import execute_run, kernel_environment
-
-    with kernel_environment(max(1, int(get_worker().state.nthreads)), nice):
-        return execute_run(run, report_dir, root, code)

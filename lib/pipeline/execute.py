@@ -138,6 +138,15 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
     }
 
 
+def execute_on_worker(run: Run, report_dir: Path, root: Path, code: Mapping[str, Any], nice: int) -> dict[str, Any]:
+    """The Dask task of one grid point (:mod:`lib.pipeline.cluster`): :func:`execute_run` with the
+    kernel's threads set to this worker's."""
+    from distributed import get_worker
+
+    with kernel_environment(max(1, int(get_worker().state.nthreads)), nice):
+        return execute_run(run, report_dir, root, code)
+
+
 def notebook_warnings(path: Path) -> list[str]:
     """The lines a notebook's cells wrote to stderr that start with ``warning:`` (a checkpoint
     moved aside, for example), so that the console shows them too; none for a notebook that is
@@ -287,8 +296,6 @@ class _GridRun:
         if self.client is None:
             entry = execute_run(run, self.report_dir, self.root, code)
         else:  # one Dask task per grid point; this thread waits for it
-            from lib.pipeline.cluster import execute_on_worker
-
             future = self.client.submit(execute_on_worker, run, self.report_dir, self.root, code, self.nice,
                                         pure=False, key=f"run-{run.run_id}-{time.time_ns()}")
             self.remote[run.run_id] = future
