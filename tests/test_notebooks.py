@@ -26,6 +26,7 @@ def _with_outputs(nb):
             cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="run output\n" * 500)]
             cell.metadata["execution"] = {"iopub.status.busy": "2026-01-01T00:00:00Z"}
     nb.metadata["language_info"] = {"name": "python", "version": "3.11.7", "mimetype": "text/x-python"}
+    nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     return nb
 

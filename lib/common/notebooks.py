@@ -11,7 +11,9 @@ the hash of a notebook's code (:func:`code_sha256`), the notebook's part of a ru
 
 Stripping (:func:`strip`): code cells lose their outputs and execution counts; cells lose the
 metadata the front end adds (``collapsed``, ``scrolled``, ``execution``, ``ExecuteTime``); the
-notebook loses its widget state and ``language_info`` keeps only its ``name``. The text is
+notebook loses its widget state, ``language_info`` keeps only its ``name``, and a Python 3
+kernelspec is the committed one (:data:`KERNELSPEC`: JupyterLab saves the running kernel's
+``display_name``, "Python 3 (ipykernel)"). The text is
 written as nbformat writes it, so a stripped notebook strips to itself.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lib.common.files import canonical_json
 from lib.common.paths import ROOT
 
 CELL_KEYS = ("collapsed", "scrolled", "execution", "ExecuteTime")
+KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}  # the runner's kernel
 
 
 def strip(nb: dict[str, Any]) -> dict[str, Any]:
@@ -35,6 +38,8 @@ def strip(nb: dict[str, Any]) -> dict[str, Any]:
     meta.pop("widgets", None)
     if isinstance(meta.get("language_info"), dict):
         meta["language_info"] = {k: v for k, v in meta["language_info"].items() if k == "name"}
+    if isinstance(meta.get("kernelspec"), dict) and meta["kernelspec"].get("name") == KERNELSPEC["name"]:
+        meta["kernelspec"] = dict(KERNELSPEC)
     for cell in nb.get("cells", []):
         cell_meta = cell.get("metadata", {})
         for key in CELL_KEYS:
