@@ -253,6 +253,43 @@ def test_summary_notebook_from_notebooks_folder_finds_the_newest_report(report_d
         shutil.rmtree(newest, ignore_errors=True)
 
 
+def test_newest_results_is_a_report_or_a_hand_run_whichever_is_newer(tmp_path):
+    import os
+
+    from lib.report.build import newest_results
+
+    reports = tmp_path / "reports"
+    assert newest_results(reports, "toy") is None
+    older, newer = reports / "2026-01-01" / "results", reports / "2026-02-01" / "results"
+    for folder in (older, newer):
+        folder.mkdir(parents=True)
+        (folder / "toy__a.json").write_text('{"experiment": "toy"}')
+    (newer / "thin.json").write_text('{"experiment": "thin_resnet"}')
+    assert newest_results(reports, "toy") == newer and newest_results(reports, "convergence") is None
+    hand = reports / "notebooks"
+    hand.mkdir()
+    (hand / "toy.json").write_text('{"experiment": "toy"}')
+    (hand / "broken.json").write_text("{")  # a hand run cut short: skipped
+    os.utime(newer / "toy__a.json", (1, 1))  # the hand run is newer than the report
+    assert newest_results(reports, "toy") == hand
+    os.utime(hand / "toy.json", (0, 0))
+    assert newest_results(reports, "toy") == newer
+
+
+def test_summary_notebook_without_any_results_says_what_to_run(tmp_path):
+    import papermill
+
+    out = tmp_path / "summary.ipynb"
+    with execute.kernel_environment(execute.threads_per_job(1)):
+        papermill.execute_notebook(str(ROOT / "notebooks" / "summary.ipynb"), str(out),
+                                   parameters={"reports": str(tmp_path / "empty"),
+                                               "results_path": str(tmp_path / "summary.json")},
+                                   kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False)
+    text = out.read_text()
+    assert "No toy results yet: run ./run_all.sh" in text and "Traceback" not in text
+    assert read_json(tmp_path / "summary.json")["best"] == {}
+
+
 def test_best_by_dim_marks_grid_edges():
     """Hand-made curves: † for a best ε/σ at the edge of its grid, ‡ for a best lr at the top."""
     def curve(best, best_lr, estimator, **hyper):

@@ -57,12 +57,25 @@ def experiment_of(run: dict[str, Any]) -> str | None:
     return run["entry"].get("experiment")
 
 
-def latest_report_dir(reports: str | Path = "reports") -> Path:
-    """The newest ``reports/<YYYY-MM-DD>`` folder; ``FileNotFoundError`` naming ``reports`` if none."""
-    dated = sorted(p for p in Path(reports).glob("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]") if p.is_dir())
-    if not dated:
-        raise FileNotFoundError(f"reports: no dated report folder in {str(reports)!r}; run ./run_all.sh first")
-    return dated[-1]
+def newest_results(reports: str | Path, experiment: str) -> Path | None:
+    """The folder with the newest results of ``experiment``: the ``results/`` of the newest dated
+    report folder, or ``reports/notebooks/``, where a notebook run by hand writes; ``None`` when
+    neither holds any. Newest by the modification time of the results files themselves."""
+    reports = Path(reports)
+    dated = sorted(p for p in reports.glob("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]") if p.is_dir())
+    candidates = ([dated[-1] / "results"] if dated else []) + [reports / "notebooks"]
+    found = []
+    for folder in candidates:
+        times = []
+        for path in folder.glob("*.json") if folder.is_dir() else []:
+            try:
+                if read_json(path).get("experiment") == experiment:
+                    times.append(path.stat().st_mtime)
+            except (OSError, ValueError, AttributeError):
+                continue
+        if times:
+            found.append((max(times), folder))
+    return max(found)[1] if found else None
 
 
 # ----------------------------------------------------------------------------- build
