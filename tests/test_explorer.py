@@ -169,18 +169,21 @@ def test_widget_app_updates_on_a_slider_change(tmp_path):
     for name in ("num_dim", "eps", "sigma", "samples", "lr_range"):
         assert c[name].continuous_update is False, name
     assert app.calls == 0 and app.output.outputs == ()
-    c["eps"].value = 0.05
+    assert [v for _, v in c["eps"].options][:5] == [0.001, 0.003, 0.01, 0.03, 0.1]  # the report's grid
+    assert c["lr_range"].options[0] == ("1e-05", 1e-5)  # plain numbers, not log10
+    c["eps"].value = 0.03
     assert app.calls == 1 and app.last_error is None
-    assert math.isclose(app.last_result.params["eps"], 0.05)
+    assert math.isclose(app.last_result.params["eps"], 0.03)
+    assert app.status.value.startswith("computed in ")
     (out,) = app.output.outputs
     assert out["output_type"] == "display_data" and "image/png" in out["data"]
     assert app.last_figure is not None and len(app.last_figure.axes) == 2
     c["variant"].value = "swishsign"
-    c["lr_range"].value = (-2.0, 0.0)
+    c["lr_range"].value = (0.01, 1.0)
     assert app.calls == 3
     assert app.last_result.params["variant"] == "swishsign"
     assert math.isclose(app.last_result.params["lr_min"], 0.01)
-    c["lr_range"].value = (-1.0, -1.0)  # empty range: shown, not raised
+    c["lr_range"].value = (0.1, 0.1)  # empty range: shown, not raised
     assert app.calls == 4 and app.last_error.startswith("SchemaError: lr_max: expected lr_max > lr_min")
     assert app.output.outputs[0]["output_type"] == "stream"
 
@@ -230,14 +233,14 @@ def test_a_newer_change_cancels_a_queued_recompute(tmp_path):
     app = ExplorerApp(num_dim=8, samples=100, auto_update=False, batch_size=64, num_lr=5, cache_dir=tmp_path)
 
     async def three_presses():
-        for eps in (0.05, 0.07, 0.09):
+        for eps in (0.03, 0.3, 0.01):
             app.controls["eps"].value = eps
         assert app.calls == 0  # nothing computed while the controls move
         await asyncio.sleep(widgets.DEBOUNCE_S + 0.2)
 
     asyncio.run(three_presses())
     assert (app.calls, app.cancelled) == (1, 2)
-    assert math.isclose(app.last_result.params["eps"], 0.09) and app.last_error is None
+    assert math.isclose(app.last_result.params["eps"], 0.01) and app.last_error is None
 
 
 def test_labels_are_rounded():

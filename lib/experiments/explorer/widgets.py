@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
-import math
 from typing import Any
 
 from lib.core.quantizers import STE_VARIANTS
@@ -13,13 +12,23 @@ from .compute import NUM_DIMS, SAMPLES, ExplorerResult, explore, explorer_params
 from .figure import figure_png, plot_explorer
 
 DEBOUNCE_S = 0.3  # seconds the controls must stay still before a recompute starts
+# The values the report's grids use (params/toy.yaml and toy_pretrained.yaml), as plain numbers.
+STEPS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # CDG ε and NES σ
+LRS = (1e-5, 3e-5, 1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def _options(grid: tuple[float, ...], *values: float) -> list[tuple[str, float]]:
+    """``(label, value)`` pairs of ``grid`` in plain numbers; a value off the grid (e.g. tiny test
+    parameters) joins it."""
+    return [(f"{v:g}", v) for v in sorted(set(grid) | {float(v) for v in values})]
 
 
 def make_widgets(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
                  lr_min: float = 1e-5, lr_max: float = 10.0, pretrained: bool = False,
                  variant: str = "clipped", held_out: bool = True) -> dict[str, Any]:
-    """The controls, keyed by :func:`explore` argument (``lr_range`` holds ``(log10 lr_min,
-    log10 lr_max)``), all with ``continuous_update=False`` where the widget has it."""
+    """The controls, keyed by :func:`explore` argument (``lr_range`` holds ``(lr_min, lr_max)``),
+    all with ``continuous_update=False`` where the widget has it; ε, σ and the lr range step
+    through the report's grid values (:data:`STEPS`, :data:`LRS`)."""
     import ipywidgets as W
 
     explorer_params(num_dim=num_dim, eps=eps, sigma=sigma, samples=samples, lr_min=lr_min, lr_max=lr_max,
@@ -32,13 +41,11 @@ def make_widgets(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, sample
     counts = sorted(set(SAMPLES) | {int(samples)})
     return {
         "num_dim": W.SelectionSlider(options=dims, value=int(num_dim), description="num_dim", **common),
-        "eps": W.FloatLogSlider(value=eps, base=10, min=-3, max=0.5, step=0.125, description="CDG ε",
-                                readout_format=".3g", **common),
-        "sigma": W.FloatLogSlider(value=sigma, base=10, min=-3, max=0.5, step=0.125, description="NES σ",
-                                  readout_format=".3g", **common),
+        "eps": W.SelectionSlider(options=_options(STEPS, eps), value=float(eps), description="CDG ε", **common),
+        "sigma": W.SelectionSlider(options=_options(STEPS, sigma), value=float(sigma), description="NES σ", **common),
         "samples": W.SelectionSlider(options=counts, value=int(samples), description="NES samples", **common),
-        "lr_range": W.FloatRangeSlider(value=(math.log10(lr_min), math.log10(lr_max)), min=-5.0, max=1.0,
-                                       step=0.25, description="log10 lr", readout_format=".2f", **common),
+        "lr_range": W.SelectionRangeSlider(options=_options(LRS, lr_min, lr_max), value=(float(lr_min), float(lr_max)),
+                                           description="lr range", **common),
         "pretrained": W.Checkbox(value=pretrained, description="pretrained student", indent=False,
                                  layout=W.Layout(width="200px")),
         "held_out": W.Checkbox(value=held_out, description="held out, hidden layers (the report's)",
@@ -88,7 +95,7 @@ class ExplorerApp:
         c = self.controls
         lo, hi = c["lr_range"].value
         return {"num_dim": c["num_dim"].value, "eps": float(c["eps"].value), "sigma": float(c["sigma"].value),
-                "samples": c["samples"].value, "lr_min": 10.0 ** lo, "lr_max": 10.0 ** hi,
+                "samples": c["samples"].value, "lr_min": float(lo), "lr_max": float(hi),
                 "pretrained": bool(c["pretrained"].value), "variant": c["variant"].value,
                 "held_out": bool(c["held_out"].value), **self.explore_kwargs}
 
@@ -131,7 +138,7 @@ class ExplorerApp:
                                 "data": {"image/png": base64.b64encode(png).decode("ascii"),
                                          "text/plain": f"<explorer figure: best ΔL@lr {summary}>"},
                                 "metadata": {}},)
-        self.status.value = f"{result.wall_s:.2f} s" + (
+        self.status.value = f"computed in {result.wall_s:.2f} s" + (
             f" (pretrain {'cached' if result.pretrain['cached'] else 'trained'}, "
             f"loss {result.pretrain['final_loss']:.3g})" if result.pretrain else "")
         return result
