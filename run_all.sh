@@ -104,12 +104,12 @@ if [[ "${1:-}" == "test" ]]; then
   echo "run_all: pytest -n auto --dist loadfile tests $*"
   exec "$VENV/bin/python" -m pytest -q -n auto --dist loadfile tests "$@"
 fi
-echo "run_all: python -m lib.pipeline.runner $*"
+echo "run_all: ste-report $*"
 # The runner is a child in its own process group (set -m), and this shell passes INT, TERM and
 # HUP on to it as TERM, which it treats as Ctrl-C; should the signal end it before its handlers
 # are in place (Python's start-up), the status says so and this shell writes the line.
 set -m
-"$VENV/bin/python" -m lib.pipeline.runner "$@" < /dev/null &
+"$VENV/bin/python" -m lib.pipeline.cli "$@" < /dev/null &  # the ste-report command (pyproject.toml)
 runner=$!
 pass_on() { kill -TERM "$runner" 2>/dev/null || true; }
 trap pass_on INT TERM HUP

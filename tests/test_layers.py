@@ -129,3 +129,22 @@ def test_no_torch_below_the_line(modules):
     code = f"import sys, {modules}; print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", modules
+
+
+def test_the_public_api_is_one_import_away_and_loads_torch_only_when_used():
+    code = ("import sys, lib; print(any(m == 'torch' for m in sys.modules)); "
+            "from lib import cdg; print(any(m == 'torch' for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+    import importlib
+
+    import lib
+    from lib.core import estimators, models, resnet
+    assert (lib.cdg, lib.nes, lib.ste, lib.smoothed_exact) == (estimators.cdg, estimators.nes, estimators.ste,
+                                                               estimators.smoothed_exact)
+    assert lib.BinaryMLP is models.BinaryMLP and lib.xnor_resnet18 is resnet.xnor_resnet18
+    for name in ("toy", "thin_resnet", "convergence"):
+        assert getattr(lib, f"run_{name}") is importlib.import_module(f"lib.experiments.{name}.run").run
+    assert set(lib.__all__) <= set(dir(lib))
+    with pytest.raises(AttributeError, match="no attribute 'cgd'"):
+        lib.cgd

@@ -741,7 +741,7 @@ def test_run_all_bootstrap_stamp(tmp_path):
 
     proc = run("--profile", "full", rc=3)      # up to date: no pip; exit status propagated
     assert proc.returncode == 3
-    assert calls() == ["python -m lib.pipeline.runner --profile full MPLBACKEND=Agg"]
+    assert calls() == ["python -m lib.pipeline.cli --profile full MPLBACKEND=Agg"]
 
     (tmp_path / "requirements.txt").write_text("tqdm\npyyaml\n")
     assert run("test").returncode == 0

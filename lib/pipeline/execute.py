@@ -26,7 +26,7 @@ from papermill.exceptions import PapermillExecutionError
 from tqdm import tqdm
 
 from lib.common.files import atomic_write_json, sha256_file
-from lib.common.paths import ROOT
+from lib.common.paths import ROOT, ROOT_ENV
 from lib.common.versions import versions
 from lib.experiments.progress import describe, progress_path, read_progress
 from lib.experiments.resume import partial_path
@@ -72,11 +72,11 @@ def threads_per_job(jobs: int) -> int:
 @contextmanager
 def kernel_environment(threads: int, nice: int = 0) -> Iterator[None]:
     """Environment the kernels inherit: ``threads`` BLAS / OpenMP threads, the CPU priority they
-    take (``nice``, see :mod:`lib.pipeline.priority`). ``lib`` is importable in every kernel of
-    the virtual environment: it is installed there editable."""
+    take (``nice``, see :mod:`lib.pipeline.priority`), the repository root (``STE_REPORT_ROOT``,
+    :mod:`lib.common.paths`). ``lib`` is importable in every kernel of the virtual environment."""
     changes = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                "MPLBACKEND": KERNEL_MPLBACKEND, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0"),
-               NICE_ENV: str(nice)}
+               NICE_ENV: str(nice), ROOT_ENV: str(ROOT)}
     saved = {key: os.environ.get(key) for key in changes}
     os.environ.update(changes)
     try:

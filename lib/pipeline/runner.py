@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import errno
-import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -29,10 +28,11 @@ from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence
 
 if __name__ == "__main__":  # a stop signal while the imports below load: one line and status 130, no traceback
-    for _sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(_sig, lambda *_: (sys.stderr.write("\ninterrupted while starting\n"), os._exit(130)))
+    from lib.pipeline.startup import catch_stop_signals
 
-from lib.common.paths import ROOT
+    catch_stop_signals()
+
+from lib.common.paths import ROOT, repo_path
 from lib.common.resources import folder_problem
 from lib.pipeline.cluster import ClusterError, parse_cluster
 from lib.pipeline.execute import DEFAULT_JOBS, run_grid, short_error
@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--date", type=_date, default=dt.date.today().isoformat(),
                         help="report folder date YYYY-MM-DD (default: today); resume is per date, so a grid "
                              "started on an earlier day resumes with that day's date")
-    parser.add_argument("--reports-dir", default="reports", help="default: reports")
-    parser.add_argument("--params-dir", default="params", help="default: params")
+    parser.add_argument("--reports-dir", default="reports", help="default: reports (relative: from the repository root)")
+    parser.add_argument("--params-dir", default="params", help="default: params (relative: from the repository root)")
     parser.add_argument("--no-report", action="store_true", help="skip building reports/<date>/index.html")
     parser.add_argument("--force", action="store_true", help="recompute runs even if finished")
     parser.add_argument("--prune", action="store_true",
@@ -167,6 +167,8 @@ def _main(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
+    # relative folders are from the repository root, as every relative path of the project is
+    args.params_dir, args.reports_dir = str(repo_path(args.params_dir)), str(repo_path(args.reports_dir))
     names = None
     if args.only:
         names = list(dict.fromkeys(n.strip() for item in args.only for n in item.split(",") if n.strip()))
