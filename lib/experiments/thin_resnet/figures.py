@@ -9,6 +9,7 @@ from lib.experiments import palette
 from lib.experiments.cells import PRECISION_TITLES
 from lib.experiments.records import select
 
+from .params import parameters_of
 from .summary import acts_of, analysis_of, cosine_of, layer_label, mean_cosine, states_of
 
 
@@ -62,9 +63,8 @@ def plot_cosine(result: dict[str, Any], eps: float | None = None):
 
 
 def _sampled_text(result: dict[str, Any]) -> str:
-    p = result["parameters"]
-    return (f"{p['coords_per_layer']} sampled coordinates per layer, mean over n = {p.get('coord_sets', 1)} "
-            "seeded sets")
+    p = parameters_of(result)
+    return f"{p.coords_per_layer} sampled coordinates per layer, mean over n = {p.coord_sets} seeded sets"
 
 
 def plot_magnitude(result: dict[str, Any]):

@@ -12,6 +12,7 @@ from lib.experiments.stats import rank, with_interval
 from .figures import plot_cosine, plot_decrease, plot_magnitude, plot_precisions, plot_training
 from .decrease_claims import BEST_STE, CONTROL, DecreaseClaim, claims, family_scores, informative, models, ste_family
 from .resolution import Projection, projections, resolutions
+from .params import parameters_of
 from .summary import (acts_of, analysis_of, front_back, front_back_sets, layer_label, states_of,
                       summary_text)
 
@@ -37,36 +38,36 @@ def fmt3(v: Any) -> str:
 
 def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
     r0 = results[0]
-    p = r0["parameters"]
+    p = parameters_of(r0)
     cs = sorted({r["initial_channels"] for r in results})
     trained_in = dtypes_phrase(a["state_info"]["dtype"] for r in results for a in r["analyses"]
                                if "dtype" in a.get("state_info", {}))
     source = {"digits": "scikit-learn's embedded digits (8×8 greyscale, upsampled to 32×32, 3 channels; no download)",
-              "teacher": TEACHER_TEXT}.get(p["data_source"], f"CIFAR-10 from `{p['data_source']}`")
+              "teacher": TEACHER_TEXT}.get(p.data_source, f"CIFAR-10 from `{p.data_source}`")
     lines = [
         "#### Setting · 实验设置",
         "",
         f"* {SETTING_NOTE}.",
         f"* Runs here: initial channels {', '.join(map(str, cs))}; activations "
-        f"{', '.join(PRECISION_TITLES.get(a, a) for a in p['acts'])}; "
-        f"{'XNOR binary' if p['binary_weights'] else 'full-precision'} weights.",
-        f"* Data: {source}; gradients on one batch of {p['batch_size']} training images, cross-entropy, "
+        f"{', '.join(PRECISION_TITLES.get(a, a) for a in p.acts)}; "
+        f"{'XNOR binary' if p.binary_weights else 'full-precision'} weights.",
+        f"* Data: {source}; gradients on one batch of {p.batch_size} training images, cross-entropy, "
         "BatchNorm in eval mode (every image independent).",
         "* States: " + "; ".join(
-            {"init": f"`init` = fresh weights (seed {p['seed']}), BatchNorm statistics averaged over "
-                     f"{p['init_bn_batches']} training batches",
-             "trained": f"`trained` = {p['train_epochs']} epoch(s) of STE ({p['train_variant']}) + Adam "
-                        f"(lr {p['train_lr']:g}, batch {p['train_batch_size']}{trained_in}), one model per activation"}[s]
-            for s in p["states"]) + ".",
-        f"* CDG: central, ε ∈ {{{', '.join(f'{e:g}' for e in p['eps'])}}}, on {p['coords_per_layer']} "
+            {"init": f"`init` = fresh weights (seed {p.seed}), BatchNorm statistics averaged over "
+                     f"{p.init_bn_batches} training batches",
+             "trained": f"`trained` = {p.train_epochs} epoch(s) of STE ({p.train_variant}) + Adam "
+                        f"(lr {p.train_lr:g}, batch {p.train_batch_size}{trained_in}), one model per activation"}[s]
+            for s in p.states) + ".",
+        f"* CDG: central, ε ∈ {{{', '.join(f'{e:g}' for e in p.eps)}}}, on {p.coords_per_layer} "
         "seeded coordinates of each of the 16 binary conv weights; the STE variants "
-        f"({', '.join(p['ste_variants'])}) are compared on the same coordinates.",
+        f"({', '.join(p.ste_variants)}) are compared on the same coordinates.",
         "* Single-layer loss decrease: first, middle and last binary layer, each estimate restricted to "
-        f"that layer's sampled coordinates and normalised ({p['normalize']}), lr ∈ "
-        f"{{{', '.join(f'{v:g}' for v in p['lrs'])}}}, on the gradient batch (in-sample)"
-        + (f"; and held out, on {p['test_limit']} test images, over {p['decrease_batches']} more gradient batches "
-           f"({', '.join(PRECISION_TITLES.get(a, a) for a in p['decrease_acts'])} activations)"
-           if p.get("decrease_batches") and p["decrease_acts"] else "") + ".",
+        f"that layer's sampled coordinates and normalised ({p.normalize}), lr ∈ "
+        f"{{{', '.join(f'{v:g}' for v in p.lrs)}}}, on the gradient batch (in-sample)"
+        + (f"; and held out, on {p.test_limit} test images, over {p.decrease_batches} more gradient batches "
+           f"({', '.join(PRECISION_TITLES.get(a, a) for a in p.decrease_acts)} activations)"
+           if p.held_out_batches() else "") + ".",
         "* The last binary conv feeds the classifier with no quantizer after it, so every STE variant is "
         "its exact gradient there (as on the toy's readout): its rows check CDG, they do not compare the STE.",
     ]
@@ -129,7 +130,7 @@ def _cosine_table(results: list[dict[str, Any]]) -> list:
                 row += [("**" + _stage_cell(cells[v]) + "**" if v == top else _stage_cell(cells[v])) if v in cells
                         else "–" for v in variants]
                 rows.append(row)
-    n = max(r["parameters"].get("coord_sets", 1) for r in results)
+    n = max(parameters_of(r).coord_sets for r in results)
     return [nbcells.md(f"Cosine of CDG (ε = {results[0]['eps_main']:g}) with each STE variant: mean over "
                        "the front stage (stage 1) / mean over the back stage (stage 4 without the last "
                        "conv) / the last binary conv / all 16 layers at once, means over n = "
@@ -219,7 +220,7 @@ RESOLUTION = "Can the reference resolve the STE's error?"
 
 def data_name(r: dict[str, Any]) -> str:
     """The data of a run in words."""
-    source = r["parameters"]["data_source"]
+    source = parameters_of(r).data_source
     return {"digits": "scikit-learn's digits (1,797 8×8 images, upsampled)",
             "teacher": "seeded images labelled by a seeded teacher thin ResNet"}.get(source, f"CIFAR-10 (`{source}`)")
 
@@ -310,7 +311,7 @@ def held_out_cells(results: list[dict[str, Any]]) -> list:
                         + [_mark(mine[(ste_family(v), "CDG")], ok) if (ste_family(v), "CDG") in mine else "–"
                            for v in variants])
     _, _, _, held = models(results)[0]
-    margin = results[0]["parameters"]["equivalence_margin"]
+    margin = parameters_of(results[0]).equivalence_margin
     return [nbcells.md(
         f"#### {HELD_OUT}\n\nThe notes' single-layer step, scored on {held['images']} held-out images that no "
         f"gradient saw, on {held['batches']} independent gradient batches of {results[0]['data']['batch_size']} "
