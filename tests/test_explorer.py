@@ -129,15 +129,17 @@ def test_lr_range_must_be_increasing():
         make_widgets(variant="bogus")
 
 
-def test_explore_has_the_defaults_of_its_parameter_class():
-    """explore() spells its arguments out for the notebook user; they must be ExplorerParams'."""
-    import inspect
-
+def test_explore_takes_its_parameter_class_or_its_fields():
+    """The defaults are ExplorerParams' alone; a parameters object and keyword arguments agree."""
     from lib.experiments.explorer.params import ExplorerParams
-    from lib.experiments.schema import defaults
 
-    signature = {k: v.default for k, v in inspect.signature(explore).parameters.items() if k != "threads"}
-    assert signature == defaults(ExplorerParams)
+    by_object = explore(ExplorerParams(**SMALL, diagnose=False))
+    by_keywords = explore(**SMALL, diagnose=False)
+    assert by_object.params == by_keywords.params and by_object.best == by_keywords.best
+    with pytest.raises(TypeError, match="not both"):
+        explore(ExplorerParams(), num_dim=8)
+    with pytest.raises(ValueError, match="^colour:"):
+        explore(colour=1)
 
 
 def test_slider_values_as_numpy_scalars_are_accepted():

@@ -39,6 +39,7 @@ import torch
 
 from lib.core import estimators as E
 from lib.core import evaluate as V
+from lib.experiments.schema import build
 from lib.experiments.toy import population as P
 from lib.experiments.toy.params import LAST_TWO
 from lib.experiments.toy.run import pretrain_student
@@ -49,7 +50,6 @@ from .params import ExplorerParams
 NUM_DIMS = (8, 16, 32, 64)
 SAMPLES = (100, 500, 2000, 5000)
 ESTIMATORS = ("cdg", "nes", "ste", "exact", "nes_last2")
-DEFAULT_CACHE = "cache/pretrain"
 
 
 @dataclass
@@ -92,7 +92,7 @@ def explorer_params(**arguments: Any) -> ExplorerParams:
     naming the first invalid one."""
     plain = {k: (v.item() if isinstance(v, np.generic) else os.fspath(v) if isinstance(v, os.PathLike) else v)
              for k, v in arguments.items()}
-    return ExplorerParams(**plain)
+    return build(ExplorerParams, plain)
 
 
 # ----------------------------------------------------------------------------- the update function
@@ -102,15 +102,12 @@ def explore_lrs(lr_min: float, lr_max: float, num_lr: int) -> np.ndarray:
     return np.geomspace(lr_min, lr_max, num_lr)
 
 
-def explore(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: int = 500,
-            lr_min: float = 1e-5, lr_max: float = 10.0, num_lr: int = 25, pretrained: bool = False,
-            variant: str = "clipped", batch_size: int = 256, seed: int = 0, pretrain_steps: int = 300,
-            pretrain_batch_size: int = 512, pretrain_lr: float = 3e-3, pretrain_variant: str = "clipped",
-            cache_dir: str | os.PathLike = DEFAULT_CACHE, diagnose: bool = True, held_out: bool = True,
-            eval_rows: int = 16384, threads: int | None = 1) -> ExplorerResult:
+def explore(params: ExplorerParams | None = None, *, threads: int | None = 1, **arguments: Any) -> ExplorerResult:
     """Every estimator and its lr → loss-decrease curve on one toy problem (module docstring).
 
-    The problem is ``lib.training.gaussian.toy_problem(num_dim, seed)``; with ``pretrained`` its student is
+    ``params`` is an :class:`ExplorerParams`; or give its fields as keyword arguments
+    (``explore(num_dim=32, eps=0.03)``), the others taking the class's defaults. The problem is
+    ``lib.training.gaussian.toy_problem(num_dim, seed)``; with ``pretrained`` its student is
     first trained by :func:`lib.experiments.toy.run.pretrain_student` (STE ``pretrain_variant`` + Adam,
     ``pretrain_steps`` fresh batches of ``pretrain_batch_size`` rows, learning rate
     ``pretrain_lr``; cached in ``cache_dir``, so only the first call pays). The gradient batch is
@@ -120,11 +117,9 @@ def explore(num_dim: int = 16, eps: float = 0.1, sigma: float = 0.1, samples: in
     ``threads``: torch intra-op threads during the call, restored afterwards (``None``: unchanged);
     the tensors are small, and one thread is fastest on a shared machine.
     """
-    p = explorer_params(num_dim=num_dim, eps=eps, sigma=sigma, samples=samples, lr_min=lr_min, lr_max=lr_max,
-                        num_lr=num_lr, pretrained=pretrained, variant=variant, batch_size=batch_size, seed=seed,
-                        pretrain_steps=pretrain_steps, pretrain_batch_size=pretrain_batch_size,
-                        pretrain_lr=pretrain_lr, pretrain_variant=pretrain_variant, cache_dir=cache_dir,
-                        diagnose=diagnose, held_out=held_out, eval_rows=eval_rows)
+    if params is not None and arguments:
+        raise TypeError("explore: give an ExplorerParams or its fields as keyword arguments, not both")
+    p = params if params is not None else explorer_params(**arguments)
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ValueError(f"threads: expected None or a positive integer, got {threads!r}")
     saved = torch.get_num_threads()
