@@ -291,8 +291,8 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
     from tqdm.auto import tqdm
 
     device = str(resolve_device(p.device))
-    # The step layout is part of the saved state's key: a state saved with one step per σ
-    # (before the σ shared one NES call) is ignored, not misread.
+    # The step layout is part of the saved state's key: a state saved with another layout (one
+    # step per σ, say) is ignored, not misread.
     steps = Steps({**asdict(p), "steps": "initialisation × batch"}, p.num_init * p.num_batch, on_step)
     tally = _Tally(steps.data)
     bar = tqdm(total=p.num_init * p.num_batch, initial=steps.finished, disable=not progress,
