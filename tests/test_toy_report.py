@@ -96,6 +96,7 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     # pretrained one adds the diagnosis and the pretraining curves
     assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', html)) == 12
     assert text.count("Held-out loss decrease on the hidden layers (beyond the notes)") == 2
+    assert text.count("Finding σ at a fraction of the cost (beyond the notes)") == 2  # the σ search, both sections
     assert not re.search(r'(src|href)="https?://', html)
     # unique heading ids, every in-page link resolves, the contents before the first section
     ids = re.findall(r'\sid="([^"]*)"', html)
@@ -104,7 +105,7 @@ def test_report_has_the_notes_headings_figures_and_manifest(report_dir):
     assert html.index('<nav class="toc">') < html.index('<h2 id="follow-up-of-the-binaryduo-setting-experiments"')
     # it opens with its findings, each linking to its evidence in the report
     findings = html[html.index('<h2 id="findings"'):html.index('<nav class="toc">')]
-    for claim in ("Difficulty", "STE against CDG", "Question", "NES against CDG"):
+    for claim in ("Difficulty", "STE against CDG", "Question", "NES against CDG", "σ search"):
         assert f"<strong>{claim}</strong>" in findings, claim
     held_out = "held-out-loss-decrease-on-the-hidden-layers-beyond-the-notes"
     assert f'href="#hyper-parameter-search-epsilon-for-cdg-sigma-for-nes-1--{held_out}"' in findings

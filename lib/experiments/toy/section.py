@@ -17,6 +17,8 @@ from .nes_diagnosis import HEADER as NES_HEADER
 from .nes_diagnosis import RULES as NES_RULES
 from .nes_diagnosis import diagnose_section, diagnosis_rows
 from .population_report import population_cells, verdict_summary
+from .sigma_search import HEADING as SEARCH_HEADING
+from .sigma_search import search_markdown
 from .findings import SEARCH_1, SEARCH_2, is_pretrained, one_setting, setting_differences
 
 # The meeting notes' headings and sentences, verbatim, beside their English.
@@ -214,6 +216,9 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
             cells.append(md(heading(4, *H_DIFFICULTY) + f"\n\n> {NOTES_DIFFICULTY}\n\n" + _difficulty_answer(ok)))
         else:
             cells += _question_cells(ok)
+        search = search_markdown(ok)
+        if search:
+            cells.append(md(heading(4, SEARCH_HEADING) + "\n\n" + search))
         cells += failed_runs_note(part)
         if len(ok) < len(every):
             others = [r for r in every if r not in ok]

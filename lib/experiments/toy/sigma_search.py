@@ -1,0 +1,156 @@
+"""The notes' difficulty, answered: a σ search for NES that spends directions where they matter
+(successive halving), against the brute-force grid, on the held-out metric (docs/design.md §3).
+
+A toy run holds NES at every σ of its grid and every sample count ``S_1 < … < S_m``, drawn from
+one seeded stream of directions (NES at ``S_j`` is the first ``S_j`` directions of NES at
+``S_m``). Successive halving reads those records the way a search would spend them. For each
+initialisation ``i``, on the **other** initialisations only:
+
+* rung 1: every σ at ``S_1``; keep the better half (``⌈k/2⌉``), each σ judged by its best mean over
+  the lr grid of the relative held-out decrease ``r(lr)``;
+* rung ``j``: the kept σ at ``S_j``; keep the better half; at ``S_{m−1}`` keep the best one;
+* that σ at ``S_m``, its lr again chosen on the other initialisations, scores initialisation ``i``.
+
+The brute-force search is NES ``S_m`` over every σ and lr, cross-fitted the same way
+(:func:`lib.experiments.toy.protocol.score`). Directions spent: ``Σ_j k_j S_j`` (``k_j`` σ at rung
+``j``, one at ``S_m``) against ``k · S_m``. The two are compared paired over initialisations, Holm
+over the section's num_dims, "equivalent" within the run's ``equivalence_margin`` (TOST).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+
+from lib.experiments.inference import Claim, Estimate, corrected, over_inits, paired_difference
+from lib.experiments.stats import with_interval
+
+from . import protocol as PR
+from .population import HIDDEN
+
+Table = Mapping[Hashable, Mapping[int, float]]
+
+
+@dataclass(frozen=True)
+class SigmaSearch:
+    """Successive halving against the brute-force σ grid at one num_dim (module docstring)."""
+
+    num_dim: int
+    search: Estimate
+    brute: Estimate
+    claim: Claim  # "σ search" − "every σ", Holm-corrected over the section
+    chosen: str  # the σ most initialisations' searches ended on
+    directions: int  # per search
+    brute_directions: int
+
+
+def rung_sizes(k: int, rungs: int) -> list[int]:
+    """σ evaluated at each of ``rungs`` sample counts: ``k``, then halved (rounded up), one at the last."""
+    sizes = [k]
+    for _ in range(rungs - 2):
+        sizes.append(math.ceil(sizes[-1] / 2))
+    return sizes + [1] if rungs > 1 else sizes
+
+
+def _best_over_lr(table: Table, sigma: str, others: Sequence[int]) -> tuple[float, Hashable | None]:
+    """The best mean over ``others`` among ``sigma``'s lrs, and that option."""
+    best, where = -math.inf, None
+    for option, per in table.items():
+        if option[0] != sigma:
+            continue
+        vals = [per[j] for j in others if j in per and math.isfinite(per[j])]
+        if vals and float(np.mean(vals)) > best:
+            best, where = float(np.mean(vals)), option
+    return best, where
+
+
+def halving(tables: Sequence[Table], init: int, inits: Sequence[int]) -> tuple[str, float]:
+    """The σ the search ends on for ``init`` and that initialisation's score there: ``tables`` holds
+    ``{(σ label, lr label): {init: r}}`` per sample count, ascending; every choice is made on the
+    initialisations other than ``init``."""
+    others = [j for j in inits if j != init] or [init]
+    candidates = sorted({option[0] for option in tables[0]})
+    for table, keep in zip(tables[:-1], rung_sizes(len(candidates), len(tables))[1:]):
+        ranked = sorted(candidates, key=lambda s: _best_over_lr(table, s, others)[0], reverse=True)
+        candidates = ranked[:keep]
+    sigma = candidates[0]
+    _, option = _best_over_lr(tables[-1], sigma, others)
+    return sigma, tables[-1][option].get(init, math.nan) if option is not None else math.nan
+
+
+def _tables(results: PR.Results, metric: str) -> list[Table]:
+    p = results["parameters"]
+    n = p["batch_size"]
+    return [PR.option_table(results, next(f for f in PR.families(results, metric) if f.name == f"NES {s}"), metric, n)
+            for s in sorted(p["nes_samples"])]
+
+
+def searches(runs: Sequence[PR.Results], metric: str = HIDDEN) -> list[SigmaSearch]:
+    """The search against the brute force at every num_dim of a section, Holm over them."""
+    raw = []
+    for r in sorted(runs, key=lambda r: r["num_dim"]):
+        samples = sorted(r["parameters"]["nes_samples"])
+        tables = _tables(r, metric)
+        if not all(tables):
+            continue
+        inits = sorted({i for per in tables[-1].values() for i in per})
+        picks = {i: halving(tables, i, inits) for i in inits}
+        search = {i: score for i, (_, score) in picks.items() if math.isfinite(score)}
+        brute = PR.score(r, next(f for f in PR.families(r, metric) if f.name == f"NES {samples[-1]}"), metric,
+                         r["parameters"]["batch_size"])
+        sigmas = [s for s, _ in picks.values()]
+        k = len({option[0] for option in tables[0]})
+        spent = sum(size * s for size, s in zip(rung_sizes(k, len(samples)), samples))
+        margin = r["parameters"].get("equivalence_margin", 0.0)
+        raw.append((r["num_dim"], over_inits(search), brute.estimate,
+                    paired_difference(search, brute.per_init, margin), margin,
+                    max(set(sigmas), key=sigmas.count), spent, k * samples[-1]))
+    p, q = corrected([d for _, _, _, d, *_ in raw])
+    return [SigmaSearch(dim, s, b, Claim("σ search", "every σ", d, p[k], q[k], margin), chosen, spent, brute_cost)
+            for k, (dim, s, b, d, margin, chosen, spent, brute_cost) in enumerate(raw)]
+
+
+HEADING = "Finding σ at a fraction of the cost (beyond the notes)"
+
+
+def search_markdown(runs: Sequence[PR.Results]) -> str:
+    """The section's searches as a table with its explanation (markdown), or ``""`` without NES records."""
+    found = searches([r for r in runs if r.get("population")])
+    if not found:
+        return ""
+    marks = {"equivalent": "≈", "not distinguishable": "n.d."}
+    rows = "\n".join(
+        f"| {s.num_dim} | {with_interval(s.search.mean, s.search.interval)} ({s.chosen}) | "
+        f"{with_interval(s.brute.mean, s.brute.interval)} | {marks.get(s.claim.verdict, s.claim.verdict)} "
+        f"{with_interval(s.claim.difference.mean, s.claim.difference.interval)} | "
+        f"{s.directions:,} / {s.brute_directions:,} ({s.brute_directions / s.directions:.1f}× fewer) |" for s in found)
+    samples = sorted(runs[0]["parameters"]["nes_samples"])
+    return (f"**{HEADING}.** Successive halving over σ: every σ at {samples[0]:,} directions, the better half "
+            f"at each larger count, the best at {samples[-1]:,} (lr chosen there), every choice made on the other "
+            "initialisations; against the brute-force grid, every σ at "
+            f"{samples[-1]:,}, cross-fitted the same way. Relative held-out decrease of a step on the hidden "
+            f"layers, n = {found[0].claim.difference.n} initialisations; search − brute force paired, Holm over "
+            f"the section's {len(found)} num_dims; ≈: equivalent within ±{found[0].claim.margin:g} (TOST). Both "
+            "are read from the brute-force records (a search's rungs are prefixes of the same direction stream).\n\n"
+            "| num_dim | σ search (its σ) | every σ | search − every σ | directions per search |\n"
+            "|---|---|---|---|---|\n" + rows)
+
+
+def search_finding(runs: Sequence[PR.Results], link: str) -> str:
+    """The Findings sentence: how the search fares against the brute force, and at what cost."""
+    found = searches([r for r in runs if r.get("population")])
+    if not found:
+        return ""
+    groups: dict[str, list[str]] = {}
+    for s in found:
+        d = s.claim.difference
+        groups.setdefault(s.claim.verdict, []).append(f"{s.num_dim} ({with_interval(d.mean, d.interval)})")
+    words = {"equivalent": f"equivalent to the brute force within ±{found[0].claim.margin:g} at num_dim",
+             "not distinguishable": f"not distinguishable from it at n = {found[0].claim.difference.n} at num_dim"}
+    parts = [f"{words.get(v, v + ' at num_dim')} {', '.join(where)}" for v, where in groups.items()]
+    return (f"**σ search** ([{HEADING.lower()}](#{link})): successive halving spends {found[0].directions:,} NES "
+            f"directions where the brute-force σ grid spends {found[0].brute_directions:,} "
+            f"({found[0].brute_directions / found[0].directions:.1f}× fewer); its held-out decrease is "
+            + "; ".join(parts) + " (search − brute force, paired, Holm).")
