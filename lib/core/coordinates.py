@@ -11,7 +11,7 @@ from torch.func import functional_call, vmap
 from .engine import DEFAULT_BUDGET_MB, ParamLocation, rows_per_chunk, run_units, units_of
 from .losses import LossSpec, per_sample_loss
 from .models import LinearAct
-from .flips import step_unit_changes
+from .flips import LinearStage, step_unit_changes
 
 
 @torch.no_grad()
@@ -42,17 +42,15 @@ def coordinate_loss_changes(
         nxt = suffix[0] if suffix and isinstance(suffix[0], LinearAct) else None
         pre = torch.nn.functional.linear(a, unit.weight, unit.bias)
         pre_next = None if nxt is None else torch.nn.functional.linear(out, nxt.weight, nxt.bias)
+        stage = LinearStage(unit, loc.local, a, pre, out, nxt, pre_next, suffix, base_losses, y, loss)
         if unit.act is not None and unit.act.precision != "fp":
-            return step_unit_changes(unit, loc.local, a, pre, out, nxt, pre_next, suffix, base_losses, y, loss,
-                                     coords, deltas, budget_mb)
+            return step_unit_changes(stage, coords, deltas, budget_mb)
         if loss == "mse" and all(_is_affine(u) for u in (unit, *suffix)):
             return _affine_mse_changes(unit, loc.local, a, cache[-1], suffix, y, coords, deltas)
         step = rows_per_chunk(n * len(deltas), budget_mb, a.element_size())
         for start in range(0, len(coords), step):
             chunk = coords[start:start + step]
-            result[:, start:start + len(chunk)] = _linear_unit_changes(
-                unit, loc.local, a, pre, out, nxt, pre_next, suffix, base_losses, y, loss, chunk,
-                deltas, budget_mb)
+            result[:, start:start + len(chunk)] = _linear_unit_changes(stage, chunk, deltas, budget_mb)
         return result
 
     conv_parts = _conv_unit_parts(unit, loc.local)
@@ -109,18 +107,17 @@ def _affine_mse_changes(unit: LinearAct, local: str, a: torch.Tensor, output: to
     return out.to(output.dtype)
 
 
-def _linear_unit_changes(unit: LinearAct, local: str, a: torch.Tensor, pre: torch.Tensor,
-                         out: torch.Tensor, nxt: LinearAct | None, pre_next: torch.Tensor | None,
-                         suffix: Sequence[nn.Module], base_losses: torch.Tensor, y: torch.Tensor,
-                         loss: LossSpec, coords: torch.Tensor, deltas: Sequence[float],
+def _linear_unit_changes(stage: LinearStage, coords: torch.Tensor, deltas: Sequence[float],
                          budget_mb: float) -> torch.Tensor:
     """CDG for an affine unit ``h' = z = W a + b`` (``act`` ``None`` or ``fp``) followed by any
-    suffix, ``pre = z`` and ``out = h'`` cached.
+    suffix, ``pre = z`` and ``out = h'`` cached (:class:`lib.core.flips.LinearStage`).
 
     ``W_ji += δ`` moves ``h'_j`` by ``Δh = δ a_i`` on every sample with ``a_i ≠ 0``, which go on
     through the suffix. When the next unit is linear, its pre-activation is updated in rank one,
     ``z_next + Δh · W_next[:, j]``, instead of recomputed.
     """
+    unit, local, a, pre, out, nxt = stage.unit, stage.local, stage.a, stage.pre, stage.out, stage.nxt
+    pre_next, suffix, base_losses, y, loss = stage.pre_next, stage.suffix, stage.base_losses, stage.y, stage.loss
     if local == "weight":
         j = coords // unit.in_features
         a_cols = a[:, coords % unit.in_features]                    # (N, K)

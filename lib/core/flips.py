@@ -20,6 +20,7 @@ The work is proportional to the candidates, a fraction of order ``δ`` of the ba
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -33,15 +34,34 @@ from .quantizers import level_index, levels, quantize
 _REACH_SLACK = 1e-4  # relative widening of the candidate test, so float rounding never drops a flip
 
 
+@dataclass(frozen=True)
+class LinearStage:
+    """A linear unit ``h = q(z)``, ``z = W a + b`` of a model in place for CDG on one batch: the
+    parameter ``local`` (``weight`` or ``bias``) perturbed, the cached input ``a``, pre-activation
+    ``pre = z`` and output ``out = h``, the next unit ``nxt`` when it is linear (``pre_next`` its
+    pre-activation, updated in rank one instead of recomputed), the units after ``unit``
+    (``suffix``), and the targets ``y``, per-sample base losses and loss of the batch."""
+
+    unit: LinearAct
+    local: str
+    a: torch.Tensor
+    pre: torch.Tensor
+    out: torch.Tensor
+    nxt: LinearAct | None
+    pre_next: torch.Tensor | None
+    suffix: Sequence[nn.Module]
+    base_losses: torch.Tensor
+    y: torch.Tensor
+    loss: LossSpec
+
+
 @torch.no_grad()
-def step_unit_changes(unit: LinearAct, local: str, a: torch.Tensor, pre: torch.Tensor, out: torch.Tensor,
-                      nxt: LinearAct | None, pre_next: torch.Tensor | None, suffix: Sequence[nn.Module],
-                      base_losses: torch.Tensor, y: torch.Tensor, loss: LossSpec, coords: torch.Tensor,
-                      deltas: Sequence[float], budget_mb: float) -> torch.Tensor:
+def step_unit_changes(stage: LinearStage, coords: torch.Tensor, deltas: Sequence[float],
+                      budget_mb: float) -> torch.Tensor:
     """``ΔL[d, k] = L(w + δ_d e_{c_k}) − L(w)`` for the flat coordinates ``coords`` of parameter
-    ``local`` (``weight`` or ``bias``) of ``unit``, with ``a`` its input, ``pre = z``, ``out = q(z)``,
-    ``nxt`` the next unit when it is linear (``pre_next`` its pre-activation) and ``suffix`` the
-    units after ``unit``. Shape ``(len(deltas), len(coords))``."""
+    ``stage.local`` of ``stage.unit`` (a step activation). Shape ``(len(deltas), len(coords))``."""
+    unit, local, a, pre, out = stage.unit, stage.local, stage.a, stage.pre, stage.out
+    base_losses = stage.base_losses
     precision = unit.act.precision
     if local == "weight":
         rows, cols = coords // unit.in_features, coords % unit.in_features
@@ -61,7 +81,7 @@ def step_unit_changes(unit: LinearAct, local: str, a: torch.Tensor, pre: torch.T
         cand = ((z.unsqueeze(1) - thresholds).abs().amin(dim=1) <= reach).nonzero(as_tuple=True)[0]
         if len(cand) == 0:
             continue
-        table = _level_table(cand, j, lv, out, nxt, pre_next, suffix, base_losses, y, loss, budget_mb)
+        table = _level_table(stage, cand, j, lv, budget_mb)
         z_c = z[cand].unsqueeze(1)
         table.scatter_(1, level_index(z_c, precision), 0.0)  # the sample's own level: no change
         a_c = a[cand][:, cols[ks]] if cols is not None else torch.ones_like(z_c)
@@ -71,10 +91,10 @@ def step_unit_changes(unit: LinearAct, local: str, a: torch.Tensor, pre: torch.T
     return result / a.shape[0]
 
 
-def _level_table(cand: torch.Tensor, j: int, lv: torch.Tensor, out: torch.Tensor, nxt: LinearAct | None,
-                 pre_next: torch.Tensor | None, suffix: Sequence[nn.Module], base_losses: torch.Tensor,
-                 y: torch.Tensor, loss: LossSpec, budget_mb: float) -> torch.Tensor:
+def _level_table(stage: LinearStage, cand: torch.Tensor, j: int, lv: torch.Tensor, budget_mb: float) -> torch.Tensor:
     """``T[s, ℓ] = ℓ_{cand_s}(h_j ← lv_ℓ) − ℓ_{cand_s}``, shape ``(len(cand), len(lv))``."""
+    out, nxt, pre_next, suffix = stage.out, stage.nxt, stage.pre_next, stage.suffix
+    base_losses, y, loss = stage.base_losses, stage.y, stage.loss
     n_levels = len(lv)
     rest = suffix[1:] if nxt is not None else suffix
     width = out.shape[1] if nxt is None else nxt.out_features
