@@ -11,6 +11,9 @@ running statistics, so every sample is independent) and is never modified.
 * :func:`nes`  Gaussian-smoothing (evolution-strategies) gradient with ``S`` directions:
   antithetic ``g = 1/(2σS) Σ_s (L(w + σu_s) − L(w − σu_s)) u_s`` or plain
   ``g = 1/(σS) Σ_s (L(w + σu_s) − L(w)) u_s``, ``u_s ~ N(0, I)``, all selected layers jointly.
+  Three layers of one computation: :func:`nes` (one σ, one ``S``) is :func:`nes_multi` with
+  ``samples=[S]``, which is :func:`nes_sigmas` with ``sigmas=[σ]``; the last draws one direction
+  stream for every σ and every sample count.
 * :func:`ste`  back-propagation with the surrogate derivative of an STE variant.
 * :func:`smoothed_exact`  the closed-form gradient of the Gaussian-smoothed loss of the toy
   MLP's last hidden layer and readout: the infinite-sample limit of NES on those two layers.
@@ -155,8 +158,8 @@ def nes_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec
     their centred ranks in [−0.5, 0.5] among the first ``S`` evaluations.
     """
     _check_positive("sigma", sigma)
-    return nes_sigmas(model, x, y, loss, [sigma], samples, layers, antithetic, fitness_shaping, seed, device,
-                      budget_mb)[sigma]
+    return nes_sigmas(model, x, y, loss=loss, sigmas=[sigma], samples=samples, layers=layers, antithetic=antithetic,
+                      fitness_shaping=fitness_shaping, seed=seed, device=device, budget_mb=budget_mb)[sigma]
 
 
 def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse",
@@ -306,8 +309,8 @@ def nes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "ms
     evaluations) or ``g = 1/(σS) Σ_s (L(w + σu_s) − L(w)) u_s`` (``S + 1`` evaluations)."""
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise ValueError(f"samples: expected a positive integer, got {samples!r}")
-    return nes_multi(model, x, y, loss, sigma, [samples], layers, antithetic, fitness_shaping,
-                     seed, device, budget_mb)[samples]
+    return nes_multi(model, x, y, loss=loss, sigma=sigma, samples=[samples], layers=layers, antithetic=antithetic,
+                     fitness_shaping=fitness_shaping, seed=seed, device=device, budget_mb=budget_mb)[samples]
 
 
 # ----------------------------------------------------------------------------- STE
