@@ -226,5 +226,5 @@ def test_memory_is_refused_only_past_the_machine():
 def test_a_bad_option_is_refused_in_one_line(folders, capsys, args, message):
     code = runner.main(["--params-dir", str(folders / "params"), "--reports-dir", str(folders / "reports"), *args])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err == f"python -m lib.pipeline.runner: {message} (--help lists the options)", err
+    assert code == 2 and err == f"ste-report: {message} (--help lists the options)", err
     assert not (folders / "reports").exists()

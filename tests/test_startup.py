@@ -73,7 +73,7 @@ def test_a_stale_git_config_lock_does_not_stop_a_start(clone):
     (clone / ".git" / "config.lock").write_text("")  # left by a git killed while it held the lock
     proc = subprocess.run(["./run_all.sh", "--help"], cwd=clone, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "usage: python -m lib.pipeline.runner" in proc.stdout
+    assert "usage: ste-report" in proc.stdout
     assert "git's notebook filter is not configured (.git/config is locked" in proc.stderr
     (clone / ".git" / "config.lock").unlink()
     proc = subprocess.run(["./run_all.sh", "--help"], cwd=clone, capture_output=True, text=True, timeout=300)

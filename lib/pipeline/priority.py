@@ -1,6 +1,6 @@
 """CPU priority of the notebook kernels, so that a long grid can run in the background.
 
-``python -m lib.pipeline.runner --nice N`` sets :data:`NICE_ENV` for the kernels, and each kernel calls
+``ste-report --nice N`` sets :data:`NICE_ENV` for the kernels, and each kernel calls
 :func:`lower_priority_from_env` when it starts (an ipykernel ``exec_lines`` entry). ``nice``
 alone is not enough on Linux with autogroup scheduling: every kernel runs in its own session,
 hence its own scheduling group, and niceness only ranks processes inside a group. So the

@@ -1,10 +1,11 @@
 """Grid runner: execute every run of the selected parameter files with papermill, resume, report.
 
-Usage (``./run_all.sh`` calls this after bootstrapping the virtual environment)::
+Usage: the ``ste-report`` command (:mod:`lib.pipeline.cli`; ``./run_all.sh`` calls it after
+bootstrapping the virtual environment), or ``python -m lib.pipeline.runner`` with the same options::
 
-    python -m lib.pipeline.runner                          # every params/*.yaml, profile "quick"
-    python -m lib.pipeline.runner --profile full --jobs 2
-    python -m lib.pipeline.runner --only toy,convergence --params my_overrides.yaml --no-report
+    ste-report                                             # every params/*.yaml, profile "quick"
+    ste-report --profile full --jobs 2
+    ste-report --only toy,convergence --params my_overrides.yaml --no-report
 
 Every selected parameter file is validated against its experiment's schema before anything runs
 (:mod:`lib.pipeline.grid`); an error is one line naming the file and the key, and the exit status
@@ -77,7 +78,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m lib.pipeline.runner",
+        prog="ste-report",
         description="Validate params/*.yaml, run each notebook over its grid with papermill into "
                     "reports/<date>/, resume finished runs, build the report.")
     parser.add_argument("--profile", default="quick", help="profile in each params file: quick|full (default: quick)")
