@@ -135,24 +135,38 @@ class CrossFit:
     cross_fitted: bool
 
 
+def mean_over(per_unit: Mapping[int, float], units: Sequence[int]) -> float:
+    """The mean of ``per_unit`` over ``units`` (finite values only); ``−∞`` when none."""
+    vals = [per_unit[j] for j in units if j in per_unit and math.isfinite(per_unit[j])]
+    return float(np.mean(vals)) if vals else -math.inf
+
+
+def best_on(table: Mapping[Hashable, Mapping[int, float]], units: Sequence[int],
+            options: Sequence[Hashable] | None = None) -> tuple[Hashable | None, float]:
+    """The option (of ``options``, default all of ``table``) with the highest :func:`mean_over`
+    ``units``, the first on a tie, and that mean; ``(None, −∞)`` when none has a value there."""
+    best, value = None, -math.inf
+    for option in table if options is None else options:
+        m = mean_over(table[option], units)
+        if m > value:
+            best, value = option, m
+    return best, value
+
+
 def cross_fit(table: Mapping[Hashable, Mapping[int, float]]) -> CrossFit:
     """Cross-fitted scores from ``{option: {init: initialisation mean}}`` (higher is better);
     options missing an initialisation, or NaN there, are skipped for it."""
     inits = sorted({i for per in table.values() for i in per})
     if not inits:
         return CrossFit({}, {}, False)
-
-    def mean_over(option: Hashable, others: list[int]) -> float:
-        vals = [table[option][j] for j in others if j in table[option] and math.isfinite(table[option][j])]
-        return float(np.mean(vals)) if vals else -math.inf
-
     scores, choices = {}, {}
     for i in inits:
         others = [j for j in inits if j != i] or [i]
         candidates = [o for o in table if i in table[o] and math.isfinite(table[o][i])]
         if not candidates:
             continue
-        best = max(candidates, key=lambda o: mean_over(o, others))
+        best, _ = best_on(table, others, candidates)
+        best = candidates[0] if best is None else best
         choices[i], scores[i] = best, table[best][i]
     return CrossFit(scores, choices, len(inits) > 1)
 

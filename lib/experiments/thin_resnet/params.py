@@ -86,7 +86,8 @@ class ThinResNetParams:
         has the decrease analysis, else none."""
         return self.decrease_batches if self.decrease_acts else 0
 
-    def _resolution_text(self) -> str:
+    def batches_text(self) -> str:
+        """The batches beyond the gradient batch and the ceiling's, in words (for error messages)."""
         return ((" and two of each of resolution_batch_sizes " + str(self.resolution_batch_sizes)
                  if self.resolution_batch_sizes else "")
                 + (f" and {self.held_out_batches()} decrease batches of {self.batch_size}"
@@ -110,7 +111,7 @@ class ThinResNetParams:
                 else f"{self.data_source} has {images}"
             return [("train_limit" if capped else "batch_size",
                      f"{needed} training images needed ({'two batches' if self.noise_ceiling else 'one batch'} "
-                     f"of {self.batch_size}{self._resolution_text()}); {held}")]
+                     f"of {self.batch_size}{self.batches_text()}); {held}")]
         if "trained" in self.states:
             problem = folder_problem(repo_path(self.cache_dir))
             if problem:

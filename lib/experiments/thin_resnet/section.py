@@ -192,6 +192,7 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
     if not found:
         return [held] if held else []
     parts = []
+    needs = {(pr.initial_channels, pr.state): pr for pr in projections(results) if pr.act == "binary"}
     for (c, state) in dict.fromkeys((v.initial_channels, v.state) for v in found):
         mine = [v for v in found if (v.initial_channels, v.state) == (c, state)]
         best = max(mine, key=lambda v: rank(v.cross.mean))
@@ -202,9 +203,8 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
                          and v.resolved and v.batch_size != best.batch_size})
         if larger:
             verdict += f"; resolved for some variant at N ∈ {{{', '.join(map(str, larger))}}}"
-        need = [pr for pr in projections(results) if (pr.initial_channels, pr.state, pr.act) == (c, state, "binary")]
-        if need:
-            verdict += f"; {_need_text(need[0])}"
+        if (c, state) in needs:
+            verdict += f"; {_need_text(needs[c, state])}"
         parts.append(f"c = {c} {state}: ceiling {with_interval(best.ceiling.mean, best.ceiling.interval)}, "
                      f"√ceiling {with_interval(best.root.mean, best.root.interval)}, best cross-batch STE cosine "
                      f"{with_interval(best.cross.mean, best.cross.interval)} ({best.variant}); {verdict}")

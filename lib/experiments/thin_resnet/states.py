@@ -28,7 +28,7 @@ def load_data(p: ThinResNetParams) -> dict[str, Any]:
     needed = p.images_needed()
     if needed > len(x_train):
         raise ValueError(f"batch_size: {needed} images needed ({'two batches' if p.noise_ceiling else 'one batch'}"
-                         f" of {p.batch_size}{p._resolution_text()}), there are {len(x_train)} training images")
+                         f" of {p.batch_size}{p.batches_text()}), there are {len(x_train)} training images")
     gen = torch.Generator().manual_seed(int(p.seed))
     perm = torch.randperm(len(x_train), generator=gen)
     idx, ref = perm[:p.batch_size], perm[p.batch_size:2 * p.batch_size]

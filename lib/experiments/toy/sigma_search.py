@@ -22,9 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Hashable, Mapping, Sequence
 
-import numpy as np
-
-from lib.experiments.inference import Claim, Estimate, corrected, over_inits, paired_difference
+from lib.experiments.inference import Claim, Estimate, best_on, corrected, over_inits, paired_difference
 from lib.experiments.stats import with_interval
 
 from . import protocol as PR
@@ -54,18 +52,6 @@ def rung_sizes(k: int, rungs: int) -> list[int]:
     return sizes + [1] if rungs > 1 else sizes
 
 
-def _best_over_lr(table: Table, sigma: str, others: Sequence[int]) -> tuple[float, Hashable | None]:
-    """The best mean over ``others`` among ``sigma``'s lrs, and that option."""
-    best, where = -math.inf, None
-    for option, per in table.items():
-        if option[0] != sigma:
-            continue
-        vals = [per[j] for j in others if j in per and math.isfinite(per[j])]
-        if vals and float(np.mean(vals)) > best:
-            best, where = float(np.mean(vals)), option
-    return best, where
-
-
 def halving(tables: Sequence[Table], init: int, inits: Sequence[int]) -> tuple[str, float]:
     """The σ the search ends on for ``init`` and that initialisation's score there: ``tables`` holds
     ``{(σ label, lr label): {init: r}}`` per sample count, ascending; every choice is made on the
@@ -73,11 +59,16 @@ def halving(tables: Sequence[Table], init: int, inits: Sequence[int]) -> tuple[s
     others = [j for j in inits if j != init] or [init]
     candidates = sorted({option[0] for option in tables[0]})
     for table, keep in zip(tables[:-1], rung_sizes(len(candidates), len(tables))[1:]):
-        ranked = sorted(candidates, key=lambda s: _best_over_lr(table, s, others)[0], reverse=True)
+        ranked = sorted(candidates, key=lambda s: best_on(table, others, _of_sigma(table, s))[1], reverse=True)
         candidates = ranked[:keep]
     sigma = candidates[0]
-    _, option = _best_over_lr(tables[-1], sigma, others)
+    option, _ = best_on(tables[-1], others, _of_sigma(tables[-1], sigma))
     return sigma, tables[-1][option].get(init, math.nan) if option is not None else math.nan
+
+
+def _of_sigma(table: Table, sigma: str) -> list[Hashable]:
+    """The options (σ, lr) of ``table`` at ``sigma``."""
+    return [option for option in table if option[0] == sigma]
 
 
 def _tables(results: PR.Results, metric: str) -> list[Table]:
