@@ -75,3 +75,28 @@ def test_a_sigma_cut_at_the_first_rung_costs_the_search_what_it_would_have_score
     assert found.chosen == "σ=0.1"
     assert found.claim.difference.mean == pytest.approx(-0.1) and found.claim.verdict == "σ search < every σ"
     assert math.isclose(found.brute.mean, 0.4 + 0.0015)
+
+
+def _with_controls(run, cdg_gain):
+    """The run with CDG (one ε) and the random direction on the same initialisations: CDG's decrease
+    at lr 1 is ``cdg_gain`` plus a little batch noise, the random direction's is 0 ± that noise."""
+    noise = [0.001, -0.002, 0.0015, -0.0005]
+    run["population"]["records"] += [
+        {"estimate": {"estimator": "cdg", "layers": "all", "eps": 0.1}, "metric": "hidden", "batch_size": 64,
+         "inits": [0, 1, 2, 3], "curves": [[0.0, cdg_gain + e] for e in noise]},
+        {"estimate": {"estimator": "random", "layers": "hidden"}, "metric": "hidden", "batch_size": 64,
+         "inits": [0, 1, 2, 3], "curves": [[0.0, e] for e in noise[::-1]]}]
+    return run
+
+
+@pytest.mark.parametrize("cdg_gain,informative", [(0.3, True), (0.0, False)])
+def test_a_search_is_uninformative_where_cdg_does_not_beat_the_random_direction(cdg_gain, informative):
+    """Two searches that agree where nothing decreases the loss say nothing: the comparison is
+    marked uninformative unless the section's reference, CDG, beats the random direction."""
+    values = [(s, n, i, [0.0, 0.001 * i]) for s in (0.01, 0.1) for n in (10, 100, 1000) for i in range(4)]
+    run = _with_controls(_run(values), cdg_gain)
+    (found,) = S.searches([run])
+    assert found.informative is informative and found.claim.verdict == "equivalent"
+    row = S.search_markdown([run]).splitlines()[-1]
+    assert ("| (≈ " in row) is not informative
+    assert ("uninformative" in S.search_finding([run], "x")) is not informative

@@ -14,7 +14,10 @@ initialisation ``i``, on the **other** initialisations only:
 The brute-force search is NES ``S_m`` over every σ and lr, cross-fitted the same way
 (:func:`lib.experiments.toy.protocol.score`). Directions spent: ``Σ_j k_j S_j`` (``k_j`` σ at rung
 ``j``, one at ``S_m``) against ``k · S_m``. The two are compared paired over initialisations, Holm
-over the section's num_dims, "equivalent" within the run's ``equivalence_margin`` (TOST).
+over the section's num_dims, "equivalent" within the run's ``equivalence_margin`` (TOST). Where the
+section's reference, CDG, does not beat the random direction at the notes' batch size
+(:func:`lib.experiments.toy.protocol.informative`), the comparison is *uninformative*: two
+estimates that both decrease nothing agree trivially.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class SigmaSearch:
     chosen: str  # the σ most initialisations' searches ended on
     directions: int  # per search
     brute_directions: int
+    informative: bool  # CDG beats the random direction at this num_dim (the section's rule)
 
 
 def rung_sizes(k: int, rungs: int) -> list[int]:
@@ -80,6 +84,7 @@ def _tables(results: PR.Results, metric: str) -> list[Table]:
 
 def searches(runs: Sequence[PR.Results], metric: str = HIDDEN) -> list[SigmaSearch]:
     """The search against the brute force at every num_dim of a section, Holm over them."""
+    comps = PR.comparisons(runs)
     raw = []
     for r in sorted(runs, key=lambda r: r["num_dim"]):
         samples = sorted(r["parameters"]["nes_samples"])
@@ -97,13 +102,22 @@ def searches(runs: Sequence[PR.Results], metric: str = HIDDEN) -> list[SigmaSear
         margin = r["parameters"].get("equivalence_margin", 0.0)
         raw.append((r["num_dim"], over_inits(search), brute.estimate,
                     paired_difference(search, brute.per_init, margin), margin,
-                    max(set(sigmas), key=sigmas.count), spent, k * samples[-1]))
+                    max(set(sigmas), key=sigmas.count), spent, k * samples[-1],
+                    PR.informative(comps, r["num_dim"], r["parameters"]["batch_size"])))
     p, q = corrected([d for _, _, _, d, *_ in raw])
-    return [SigmaSearch(dim, s, b, Claim("σ search", "every σ", d, p[k], q[k], margin), chosen, spent, brute_cost)
-            for k, (dim, s, b, d, margin, chosen, spent, brute_cost) in enumerate(raw)]
+    return [SigmaSearch(dim, s, b, Claim("σ search", "every σ", d, p[k], q[k], margin), chosen, spent, brute_cost, ok)
+            for k, (dim, s, b, d, margin, chosen, spent, brute_cost, ok) in enumerate(raw)]
 
 
 HEADING = "Finding σ at a fraction of the cost (beyond the notes)"
+UNINFORMATIVE = "uninformative"
+
+
+def _difference_cell(s: SigmaSearch, marks: Mapping[str, str]) -> str:
+    """``≈ 0.001 [−0.01, 0.01]``: the verdict's mark and the paired difference, bracketed where uninformative."""
+    d = s.claim.difference
+    text = f"{marks.get(s.claim.verdict, s.claim.verdict)} {with_interval(d.mean, d.interval)}"
+    return text if s.informative else f"({text})"
 
 
 def search_markdown(runs: Sequence[PR.Results]) -> str:
@@ -114,8 +128,7 @@ def search_markdown(runs: Sequence[PR.Results]) -> str:
     marks = {"equivalent": "≈", "not distinguishable": "n.d."}
     rows = "\n".join(
         f"| {s.num_dim} | {with_interval(s.search.mean, s.search.interval)} ({s.chosen}) | "
-        f"{with_interval(s.brute.mean, s.brute.interval)} | {marks.get(s.claim.verdict, s.claim.verdict)} "
-        f"{with_interval(s.claim.difference.mean, s.claim.difference.interval)} | "
+        f"{with_interval(s.brute.mean, s.brute.interval)} | {_difference_cell(s, marks)} | "
         f"{s.directions:,} / {s.brute_directions:,} ({s.brute_directions / s.directions:.1f}× fewer) |" for s in found)
     samples = sorted(runs[0]["parameters"]["nes_samples"])
     return (f"**{HEADING}.** Successive halving over σ: every σ at {samples[0]:,} directions, the better half "
@@ -124,7 +137,8 @@ def search_markdown(runs: Sequence[PR.Results]) -> str:
             f"{samples[-1]:,}, cross-fitted the same way. Relative held-out decrease of a step on the hidden "
             f"layers, n = {found[0].claim.difference.n} initialisations; search − brute force paired, Holm over "
             f"the section's {len(found)} num_dims; ≈: equivalent within ±{found[0].claim.margin:g} (TOST). Both "
-            "are read from the brute-force records (a search's rungs are prefixes of the same direction stream).\n\n"
+            "are read from the brute-force records (a search's rungs are prefixes of the same direction stream). "
+            "In brackets: uninformative, CDG does not beat the random direction at that num_dim.\n\n"
             "| num_dim | σ search (its σ) | every σ | search − every σ | directions per search |\n"
             "|---|---|---|---|---|\n" + rows)
 
@@ -137,9 +151,11 @@ def search_finding(runs: Sequence[PR.Results], link: str) -> str:
     groups: dict[str, list[str]] = {}
     for s in found:
         d = s.claim.difference
-        groups.setdefault(s.claim.verdict, []).append(f"{s.num_dim} ({with_interval(d.mean, d.interval)})")
+        groups.setdefault(s.claim.verdict if s.informative else UNINFORMATIVE, []).append(
+            f"{s.num_dim} ({with_interval(d.mean, d.interval)})")
     words = {"equivalent": f"equivalent to the brute force within ±{found[0].claim.margin:g} at num_dim",
-             "not distinguishable": f"not distinguishable from it at n = {found[0].claim.difference.n} at num_dim"}
+             "not distinguishable": f"not distinguishable from it at n = {found[0].claim.difference.n} at num_dim",
+             UNINFORMATIVE: "uninformative (CDG does not beat the random direction) at num_dim"}
     parts = [f"{words.get(v, v + ' at num_dim')} {', '.join(where)}" for v, where in groups.items()]
     return (f"**σ search** ([{HEADING.lower()}](#{link})): successive halving spends {found[0].directions:,} NES "
             f"directions where the brute-force σ grid spends {found[0].brute_directions:,} "
