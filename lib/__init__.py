@@ -9,7 +9,7 @@ experiments over parameter grids and builds the report. The maths and protocols 
       │            papermill execution, the manifest, --nice; it builds the report at the end
     report/        the static report: builder (nbconvert), manifest section
       │
-    experiments/   toy/, thin_resnet/, convergence/ (schema, run, figures, report section, findings),
+    experiments/   toy/, thin_resnet/, convergence/, training/ (schema, run, figures, report section, findings),
       │            explorer/; shared: schema, registry, resume, progress, records, stats, cells
     training/      toy data, image data, STE + Adam training with a checkpoint cache
       │
@@ -27,7 +27,8 @@ module on first use, so ``import lib`` itself imports no torch:
 * models: ``BinaryMLP`` (the toy's student and teacher), ``xnor_resnet18`` (the thin ResNet);
 * estimators: ``cdg``, ``nes``, ``ste``, ``smoothed_exact`` (docs/design.md §2);
 * experiments: ``run_toy`` (``ToyParams``), ``run_thin_resnet`` (``ThinResNetParams``),
-  ``run_convergence`` (``ConvergenceParams``), each returning its results record;
+  ``run_convergence`` (``ConvergenceParams``), ``run_training`` (``TrainingParams``), each returning its
+  results record;
 * the command line: ``ste-report`` (:mod:`lib.pipeline.cli`).
 """
 from __future__ import annotations
@@ -48,6 +49,8 @@ _WHERE = {
     "run_thin_resnet": ("lib.experiments.thin_resnet.run", "run"),
     "ConvergenceParams": ("lib.experiments.convergence.params", "ConvergenceParams"),
     "run_convergence": ("lib.experiments.convergence.run", "run"),
+    "TrainingParams": ("lib.experiments.training.params", "TrainingParams"),
+    "run_training": ("lib.experiments.training.run", "run"),
 }
 __all__ = sorted(_WHERE)
 

@@ -84,3 +84,15 @@ def failed_runs_note(runs: Sequence[dict[str, Any]]) -> list[NotebookNode]:
     lines = [f"- `{r['id']}`: {r['entry'].get('status', '?')}: {r['entry'].get('error') or 'no results file'}"
              for r in bad]
     return [md("**Runs of this section that failed** (see the manifest):\n\n" + "\n".join(lines))]
+
+
+def show(cells: Iterable[NotebookNode]) -> None:
+    """Display report cells in a running notebook: markdown as Markdown, figures as their PNG."""
+    from IPython.display import Image, Markdown, display
+
+    for cell in cells:
+        if cell.cell_type == "markdown":
+            display(Markdown(cell.source))
+        else:
+            for out in cell.get("outputs", []):
+                display(Image(base64.b64decode(out["data"]["image/png"])))

@@ -21,6 +21,7 @@ from lib.common.paths import ROOT
 from lib.experiments.convergence.params import ConvergenceParams
 from lib.experiments.thin_resnet.params import ThinResNetParams
 from lib.experiments.toy.params import ToyParams
+from lib.experiments.training.params import TrainingParams
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ EXPERIMENTS = [
                "lib.experiments.thin_resnet.section"),
     Experiment("convergence", "notebooks/convergence.ipynb", ConvergenceParams, "lib.experiments.convergence.section",
                "lib.experiments.convergence.section"),
+    Experiment("training", "notebooks/training.ipynb", TrainingParams, "lib.experiments.training.section",
+               "lib.experiments.training.section"),
 ]
 
 

@@ -1,0 +1,90 @@
+"""Parameters of one training run (one ``num_dim``, pretrained or not): the single declaration of
+their names, types, defaults and ranges (:mod:`lib.experiments.schema`) and the cross-field rules."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lib.common.paths import repo_path
+from lib.common.resources import folder_problem, memory_problem
+from lib.experiments.schema import (DEVICE, NON_EMPTY, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STE_VARIANT, one_of,
+                                    param, validate)
+from lib.experiments.toy.params import ToyParams
+
+EXPERIMENT = "training"
+OPTIMIZERS = ("normalized", "adam")  # lib/experiments/training/trainer.py
+TUNING_INIT = 500  # tuning initialisation j is the toy's initialisation TUNING_INIT + j (disjoint from 0 … 499)
+
+
+@dataclass
+class TrainingParams:
+    """Parameters of one training run (the notebook's ``parameters`` cell, minus ``results_path``)."""
+
+    num_dim: int = param(8, POSITIVE_INT)                  # the toy: 3 hidden layers of num_dim units, binary
+    pretrained: bool = param(False)                        # start from the toy's pretrained student
+    batch_sizes: list[int] = param([1024], POSITIVE_INT)   # rows of each step's fresh gradient batch
+    steps: int = param(100, POSITIVE_INT)                  # K: updates per training
+    eval_every: int = param(10, POSITIVE_INT)              # population loss (and cosine) every this many steps
+    optimizer: str = param("normalized", one_of(*OPTIMIZERS))  # the notes' per-layer-normalised step, or Adam
+    lrs: list[float] = param([0.01, 0.03, 0.1], POSITIVE)  # each arm's lr is chosen among these on the tuning inits
+    ste_variants: list[str] = param(["identity", "clipped", "steep", "swishsign", "polynomial"], STE_VARIANT)
+    cdg_eps: list[float] = param([0.1], POSITIVE)          # one CDG arm (every hidden weight) per ε
+    nes_samples: list[int] = param([500], POSITIVE_INT, may_be_empty=True)  # one NES arm per (samples, σ)
+    nes_sigmas: list[float] = param([0.1], POSITIVE)
+    nes_batch_sizes: list[int] = param([1024], POSITIVE_INT, may_be_empty=True)  # the batch sizes NES trains at
+    large_batch_rows: int = param(0, NON_NEGATIVE_INT)     # rows of the large-batch CDG arm's batches; 0: none
+    num_init: int = param(3, POSITIVE_INT)                 # reported initialisations (0 … num_init − 1): the n
+    tune_inits: int = param(1, POSITIVE_INT)               # initialisations the lr and the best STE are chosen on
+    eval_rows: int = param(16384, POSITIVE_INT)            # held-out rows of the population loss
+    reference_rows: int = param(16000, NON_NEGATIVE_INT)   # rows of the reference CDG at each evaluation; 0: none
+    reference_eps: float = param(0.1, POSITIVE)
+    equivalence_margin: float = param(0.02, POSITIVE)      # "matches": |paired difference of L_K / L_0| below it
+    pretrain_steps: int = param(2000, POSITIVE_INT)
+    pretrain_batch_size: int = param(16000, POSITIVE_INT)
+    pretrain_lr: float = param(1e-3, POSITIVE)
+    pretrain_variant: str = param("clipped", STE_VARIANT)
+    seed: int = param(0, NON_NEGATIVE_INT)
+    device: str = param("cpu", DEVICE)
+    cache_dir: str = param("cache/pretrain", NON_EMPTY)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Inconsistent values, as ``(key, message)``."""
+        out = []
+        extra = [n for n in self.nes_batch_sizes if n not in self.batch_sizes]
+        if extra:
+            out.append(("nes_batch_sizes", f"{extra} not among batch_sizes {self.batch_sizes}"))
+        if self.eval_every > self.steps:
+            out.append(("eval_every", f"expected at most steps ({self.steps}), got {self.eval_every}"))
+        if self.num_init < 2:
+            out.append(("num_init", "expected at least 2 reported initialisations (the n of the intervals)"))
+        if self.num_init > TUNING_INIT:
+            out.append(("num_init", f"expected at most {TUNING_INIT} (the tuning initialisations start there)"))
+        return out
+
+    def machine_problems(self) -> list[tuple[str, str]]:
+        """What this machine cannot give the run, as ``(key, message)``: a writable cache folder for
+        pretrained students, and memory for the largest batch of Gaussian inputs (float64)."""
+        if self.pretrained:
+            problem = folder_problem(repo_path(self.cache_dir))
+            if problem:
+                return [("cache_dir", problem)]
+        rows = [("batch_sizes", max(self.batch_sizes)), ("eval_rows", self.eval_rows),
+                ("reference_rows", self.reference_rows), ("large_batch_rows", self.large_batch_rows)]
+        if self.pretrained:
+            rows.append(("pretrain_batch_size", self.pretrain_batch_size))
+        key, n = max(rows, key=lambda t: t[1])
+        problem = memory_problem(8 * n * self.num_dim, f"a batch of {n} × {self.num_dim} Gaussian inputs (float64)")
+        return [(key, problem)] if problem else []
+
+    def pretraining(self) -> ToyParams:
+        """The toy parameters that key and run the student's pretraining (the toy's checkpoint cache:
+        the reported initialisations' students are the toy's)."""
+        return ToyParams(num_dim=self.num_dim, pretrained=True, pretrain_steps=self.pretrain_steps,
+                         pretrain_batch_size=self.pretrain_batch_size, pretrain_lr=self.pretrain_lr,
+                         pretrain_variant=self.pretrain_variant, seed=self.seed, cache_dir=self.cache_dir)
+
+    def tuning_inits(self) -> list[int]:
+        """The initialisations the choices are made on: ``TUNING_INIT + j``, never reported."""
+        return [TUNING_INIT + j for j in range(self.tune_inits)]
