@@ -3,13 +3,20 @@ the cross-fitted choices and the analysis on records with known answers."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
+import nbformat
+import papermill
 import pytest
 import torch
 
+from lib.common.paths import ROOT
+from lib.pipeline import execute
+
 from lib.core import estimators as E
 from lib.experiments.schema import SchemaError, build
+from lib.experiments.training import section
 from lib.experiments.training.analysis import TARGET_SHARE, blocks, comparisons
 from lib.experiments.training.arms import READOUT, Arm, arm_gradient, arms_for
 from lib.experiments.training.params import TUNING_INIT, TrainingParams
@@ -207,3 +214,29 @@ def test_bad_parameters_name_the_key():
     with pytest.raises(SchemaError) as err:
         build(TrainingParams, {"steps": 5, "eval_every": 10})
     assert err.value.key == "eval_every"
+
+
+def test_section_and_findings(tiny):
+    runs = [{"id": "training", "entry": {}, "results": tiny}]
+    cells = section.report_cells(runs)
+    text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+    assert text.startswith("### Training with each estimator (beyond the notes)")
+    assert "n = 2 reported initialisations" in text and "STE clipped" in text and "readout only" in text
+    assert sum(1 for c in cells if c.cell_type == "code") == 2  # against step and against CPU seconds
+    (sentence,) = section.findings(runs)
+    assert sentence.startswith("**Training with each estimator** ([section](#training-with-each-estimator-beyond-the-notes))")
+    assert "num_dim 4, from initialisation, N = 64: CDG ε=0.1 " in sentence and "NES 20, σ=0.1" in sentence
+    failed = section.report_cells([{"id": "t", "entry": {"status": "failed", "error": "boom"}, "results": None}])
+    assert "No successful training run" in failed[1].source and "boom" in failed[-1].source
+
+
+def test_notebook_runs_under_papermill(tmp_path):
+    out = tmp_path / "results.json"
+    with execute.kernel_environment(execute.threads_per_job(1)):
+        papermill.execute_notebook(str(ROOT / "notebooks" / "training.ipynb"), str(tmp_path / "run.ipynb"),
+                                   parameters={**TINY, "results_path": str(out)},
+                                   kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False)
+    results = json.loads(out.read_text())
+    assert results["experiment"] == "training" and results["parameters"]["num_dim"] == 4
+    nb = nbformat.read(tmp_path / "run.ipynb", as_version=4)
+    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
