@@ -1,6 +1,6 @@
 """The grid on a Dask cluster instead of the local pool: ``--cluster local:N`` (an embedded
 ``dask.distributed.LocalCluster`` of N single-threaded worker processes) or ``--scheduler
-tcp://HOST:PORT`` (a running cluster, docs/performance.md "Dask").
+tcp://HOST:PORT`` (a running cluster, docs/dask.md).
 
 Each grid point is one task, :func:`lib.pipeline.execute.execute_on_worker`: papermill runs the notebook on a worker,
 its kernel's BLAS threads set to the worker's thread count, and the task returns the run's

@@ -85,8 +85,8 @@ def analyse(p: ConvergenceParams, precision: str, init: int, device: str) -> lis
 
 def run(params: ConvergenceParams | Mapping[str, Any], on_step: Callable[[int, int, str], None] | None = None,
         progress: bool = True) -> dict[str, Any]:
-    """Run the experiment; one step per (precision, initialisation). The steps differ in cost (full
-    precision costs most, docs/performance.md), so the runner's time left is a rough guide. ``on_step(done, total, what)``
+    """Run the experiment; one step per (precision, initialisation). The steps differ in cost (2-bit
+    costs most, full precision least: docs/performance.md), so the runner's time left is a rough guide. ``on_step(done, total, what)``
     is called after each; with a :class:`lib.experiments.progress.Reporter` the run resumes after
     its last finished step (:class:`lib.experiments.resume.Steps`). Returns the JSON-able results
     (see the module docstring)."""

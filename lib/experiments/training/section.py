@@ -89,13 +89,17 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
 
 
 def _phrase(c: Comparison) -> str:
-    d = c.claim.difference
-    return (f"{c.arm.label} {with_interval(d.mean, d.interval)} ({VERDICT_WORDS[c.verdict]})")
+    """``CDG ε=0.1 −0.05 [−0.08, −0.02] (lower (trains further), 9.5× the STE's CPU per step)``."""
+    d, b = c.claim.difference, c.block
+    cost = b.score(c.arm).cpu_per_step / b.score(b.best_ste).cpu_per_step
+    return (f"{c.arm.label} {with_interval(d.mean, d.interval)} ({VERDICT_WORDS[c.verdict]}, "
+            f"{cost:.2g}× the STE's CPU per estimate)")
 
 
 def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
     """Per (state, N): CDG's and NES's final L_K / L_0 minus the best STE's, per num_dim, with the
-    verdicts, and whether training the hidden layers beats the readout-only control."""
+    verdicts and their CPU per estimate against the best STE's, and whether training the hidden
+    layers beats the readout-only control."""
     results = _results(runs)
     if not results:
         return []
