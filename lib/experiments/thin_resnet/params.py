@@ -27,13 +27,13 @@ class ThinResNetParams:
 
     initial_channels: int = param(8, POSITIVE_INT)       # c: stage widths c, 2c, 4c, 8c
     states: list[str] = param(["init", "trained"], one_of(*STATES))
-    acts: list[str] = param(["binary", "ternary", "2bit", "fp"], PRECISION)
+    acts: list[str] = param(["binary", "fp"], PRECISION)  # the profiles compare all four
     ste_variants: list[str] = param(list(STE_VARIANTS), STE_VARIANT)
     eps: list[float] = param([0.1], POSITIVE)            # CDG steps, central differences
-    coords_per_layer: int = param(16, POSITIVE_INT)      # sampled coordinates of each binary conv weight
+    coords_per_layer: int = param(8, POSITIVE_INT)       # sampled coordinates of each binary conv weight
     coord_sets: int = param(3, POSITIVE_INT)             # independent seeded sets of them: the n of the intervals
     noise_ceiling: bool = param(True)                    # CDG on a second batch too: the reference's own noise
-    batch_size: int = param(64, POSITIVE_INT)            # images in the gradient batch
+    batch_size: int = param(32, POSITIVE_INT)            # images in the gradient batch
     resolution_batch_sizes: list[int] = param([], POSITIVE_INT, may_be_empty=True)  # binary: ceiling at more N
     lrs: list[float] = param([0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0], POSITIVE)
     normalize: str = param("layer", NORMALIZATION)
@@ -41,7 +41,7 @@ class ThinResNetParams:
     decrease_batches: int = param(0, NON_NEGATIVE_INT)  # held-out decreases over this many gradient batches
     equivalence_margin: float = param(0.002, POSITIVE)  # "A matches B": |paired difference| of relative decreases
     binary_weights: bool = param(False)
-    train_epochs: int = param(2, NON_NEGATIVE_INT)
+    train_epochs: int = param(1, NON_NEGATIVE_INT)
     train_batch_size: int = param(64, POSITIVE_INT)
     train_lr: float = param(0.001, POSITIVE)
     train_variant: str = param("clipped", STE_VARIANT)

@@ -35,10 +35,10 @@ class ToyParams:
     num_lr_refine: int = param(9, NON_NEGATIVE_INT)
     batch_size: int = param(1024, POSITIVE_INT)
     num_init: int = param(3, POSITIVE_INT)
-    num_batch: int = param(3, POSITIVE_INT)
+    num_batch: int = param(1, POSITIVE_INT)
     normalize: str = param("layer", NORMALIZATION)
     held_out: bool = param(False)  # the notes' curves (``curves``) on a held-out batch; the population protocol always is
-    eval_rows: int = param(65536, POSITIVE_INT)  # rows of each initialisation's evaluation set
+    eval_rows: int = param(16384, POSITIVE_INT)  # rows of each initialisation's evaluation set
     large_batch_sizes: list[int] = param([], POSITIVE_INT, may_be_empty=True)  # CDG, STE, exact smoothed only
     equivalence_margin: float = param(0.01, POSITIVE)  # "A matches B": |paired difference| of relative decreases below it
     reference_eps: float = param(0.1, POSITIVE)
