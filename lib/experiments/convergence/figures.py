@@ -12,9 +12,9 @@ from lib.experiments.cells import PRECISION_TITLES
 from lib.experiments.records import select
 from lib.experiments.stats import finite
 
+from .records import ConvergenceResults as Results
 from .run import CEILING, LAYER_MEAN, ste_estimate
 
-Results = Mapping[str, Any]
 
 
 def series(r: Results, precision: str, eps: float, estimate: Mapping[str, Any], layer: str = LAYER_MEAN) -> list[dict]:

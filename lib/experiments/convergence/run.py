@@ -16,12 +16,8 @@ readout) and as the mean of the per-layer cosines (``mean_over_layers``, the lab
 coordinates CDG computed (all, or ``coords_per_layer`` seeded ones per layer, the same on both
 batches).
 
-The results: ``experiment``, ``parameters``, ``versions``, ``machine``, ``device``, ``wall_s``, ``cpu_s``, ``layers``
-(parameter names) and ``cosines``, one record per (``precision``, ``eps``, ``batch_size``,
-``layer``, ``estimate``) with ``estimate`` ``{"estimator": "ste", "variant": v,
-"reference_batch": "same" or "independent"}`` or ``{"estimator": "cdg", "batch": "independent"}``
-(the noise ceiling), and ``values`` (one per
-initialisation), ``mean``, ``interval`` (95%, :mod:`lib.experiments.stats`) and ``n``.
+The results are a :class:`~lib.experiments.convergence.records.ConvergenceResults`: one
+cosine record per (precision, ε, N, layer, estimate) over the initialisations.
 """
 from __future__ import annotations
 
@@ -42,6 +38,7 @@ from lib.experiments.stats import finite, finite_mean, interval
 from lib.training.gaussian import toy_problem
 
 from .params import EXPERIMENT, ConvergenceParams
+from .records import ConvergenceResults, CosineRecord
 
 CEILING = {"estimator": "cdg", "batch": "independent"}  # the estimate of a noise-ceiling record
 LAYER_MEAN = "mean_over_layers"  # the mean of the per-layer cosines (the lab's summary), beside "all"
@@ -84,7 +81,7 @@ def analyse(p: ConvergenceParams, precision: str, init: int, device: str) -> lis
 
 
 def run(params: ConvergenceParams | Mapping[str, Any], on_step: Callable[[int, int, str], None] | None = None,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True) -> ConvergenceResults:
     """Run the experiment; one step per (precision, initialisation). The steps differ in cost (2-bit
     costs most, full precision least: docs/performance.md), so the runner's time left is a rough guide. ``on_step(done, total, what)``
     is called after each; with a :class:`lib.experiments.progress.Reporter` the run resumes after
@@ -115,7 +112,7 @@ def run(params: ConvergenceParams | Mapping[str, Any], on_step: Callable[[int, i
                         **steps.timing()})
 
 
-def _aggregate(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _aggregate(raw: list[dict[str, Any]]) -> list[CosineRecord]:
     """Mean and 95% interval over the initialisations of each (precision, eps, N, layer, estimate)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in raw:

@@ -9,6 +9,7 @@ from lib.experiments.inference import ALPHA, Difference, holm, over_inits, paire
 from lib.experiments.stats import finite, rank, with_interval
 
 from .figures import convergence_figure, series
+from .records import ConvergenceResults as Results
 from .run import CEILING, ste_estimate
 
 HEADING = "Reference convergence"  # beyond the notes: no heading of theirs beside it
@@ -21,7 +22,7 @@ RULE = ("An estimate equal to the population gradient would score about √ceili
         "disagreement is within the reference's own noise at that N.")
 
 
-def ste_records(r: dict[str, Any], precision: str, eps: float, n: int, reference_batch: str) -> list[dict[str, Any]]:
+def ste_records(r: Results, precision: str, eps: float, n: int, reference_batch: str) -> list[dict[str, Any]]:
     """The records of every STE variant's mean per-layer cosine with CDG at batch size ``n`` (CDG on
     the STE's own batch: ``same``; on the other one: ``independent``), highest mean first."""
     return sorted((c for v in r["parameters"]["ste_variants"]
@@ -29,16 +30,16 @@ def ste_records(r: dict[str, Any], precision: str, eps: float, n: int, reference
                   key=lambda c: -rank(c["mean"]))
 
 
-def best_ste(r: dict[str, Any], precision: str, eps: float, n: int, reference_batch: str) -> dict[str, Any]:
+def best_ste(r: Results, precision: str, eps: float, n: int, reference_batch: str) -> dict[str, Any]:
     """The record of the STE variant with the highest mean (see :func:`ste_records`)."""
     return ste_records(r, precision, eps, n, reference_batch)[0]
 
 
-def _values(r: dict[str, Any], precision: str, eps: float, estimate: dict[str, Any], n: int) -> list[float | None]:
+def _values(r: Results, precision: str, eps: float, estimate: dict[str, Any], n: int) -> list[float | None]:
     return next(c for c in series(r, precision, eps, estimate) if c["batch_size"] == n).get("values", [])
 
 
-def gap_to_sqrt_ceiling(r: dict[str, Any], precision: str, eps: float, variant: str, n: int) -> Difference:
+def gap_to_sqrt_ceiling(r: Results, precision: str, eps: float, variant: str, n: int) -> Difference:
     """``cos(STE_A, CDG_B) − √max(ceiling, 0)`` paired over initialisations (see :data:`RULE`)."""
     ceiling = _values(r, precision, eps, CEILING, n)
     ste = _values(r, precision, eps, ste_estimate(variant, "independent"), n)
@@ -47,7 +48,7 @@ def gap_to_sqrt_ceiling(r: dict[str, Any], precision: str, eps: float, variant: 
     return paired_difference({i: ste[i] for i in ok}, {i: math.sqrt(max(ceiling[i], 0.0)) for i in ok})
 
 
-def resolution(r: dict[str, Any]) -> dict[tuple[str, float, str, int], tuple[Difference, float]]:
+def resolution(r: Results) -> dict[tuple[str, float, str, int], tuple[Difference, float]]:
     """Every (precision, ε, variant, N) of a run: its gap to √ceiling and the Holm-corrected p-value
     over all of them."""
     p = r["parameters"]
@@ -57,18 +58,18 @@ def resolution(r: dict[str, Any]) -> dict[tuple[str, float, str, int], tuple[Dif
     return dict(zip(keys, zip(gaps, holm([g.p for g in gaps]))))
 
 
-def resolved_keys(r: dict[str, Any]) -> set[tuple[str, float, str, int]]:
+def resolved_keys(r: Results) -> set[tuple[str, float, str, int]]:
     """The (precision, ε, variant, N) of a run at which the variant's error is resolved (see
     :data:`RULE`); computed once per run, the Holm family being all of them."""
     return {key for key, (gap, p_holm) in resolution(r).items() if gap.mean < 0 and p_holm < ALPHA}
 
 
-def resolved(r: dict[str, Any], precision: str, eps: float, variant: str, n: int) -> bool:
+def resolved(r: Results, precision: str, eps: float, variant: str, n: int) -> bool:
     """Whether the variant's error is resolved at batch size ``n`` (see :data:`RULE`)."""
     return (precision, eps, variant, n) in resolved_keys(r)
 
 
-def resolved_at(r: dict[str, Any], precision: str, eps: float, variant: str,
+def resolved_at(r: Results, precision: str, eps: float, variant: str,
                 done: set[tuple[str, float, str, int]] | None = None) -> list[int]:
     """The batch sizes of the run at which the variant's error is resolved, ascending (it need not
     stay resolved as N grows: the gap shrinks with the reference's noise, and n is small);
@@ -77,7 +78,7 @@ def resolved_at(r: dict[str, Any], precision: str, eps: float, variant: str,
     return [n for n in sorted(r["parameters"]["batch_sizes"]) if (precision, eps, variant, n) in done]
 
 
-def resolution_lines(r: dict[str, Any]) -> list[str]:
+def resolution_lines(r: Results) -> list[str]:
     """Per (ε, precision): the N at which each variant's error is resolved, or none."""
     p = r["parameters"]
     done = resolved_keys(r)
@@ -93,7 +94,7 @@ def resolution_lines(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _table(r: dict[str, Any], eps: float) -> list:
+def _table(r: Results, eps: float) -> list:
     rows = []
     for precision in r["parameters"]["precisions"]:
         for ceil in series(r, precision, eps, CEILING):

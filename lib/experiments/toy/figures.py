@@ -18,9 +18,9 @@ from lib.experiments import palette
 from lib.experiments.records import select
 from lib.experiments.stats import t_quantile
 
+from .records import ToyResults as Results
 from .tables import at_lr_edge, best_by_dim, best_of, nes_samples
 
-Results = Mapping[str, Any]
 STAR_NOTE = "★ best lr of a curve (hollow: the largest lr of the grid, a longer step might do better)"
 
 

@@ -21,14 +21,14 @@ Monte-Carlo estimate does that); only a shortfall in held-out decrease is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 from lib.experiments.inference import ALPHA, Difference, holm, paired_difference
 from lib.experiments.stats import with_interval
 
 from . import protocol as PR
+from .records import ToyResults as Results
 
-Results = dict[str, Any]
 LAYER = PR.LAST_HIDDEN
 VERDICTS = ("both", "bias", "variance", "neither", "not distinguishable", "uninformative")
 RULES = ("scored on the last hidden layer, held out, lr (and CDG's ε) cross-fitted; *variance* at S samples when "

@@ -15,8 +15,8 @@ from lib.experiments.stats import with_interval
 
 from . import protocol as PR
 from .population import ALL, HIDDEN, IN_SAMPLE
+from .records import ToyResults as Results
 
-Results = dict[str, Any]
 HEADING = "Held-out loss decrease on the hidden layers (beyond the notes)"
 CONTROL = "random direction"
 

@@ -19,8 +19,8 @@ import numpy as np
 from lib.experiments.inference import Claim, Difference, Score, corrected, cross_fitted, paired_difference
 
 from .population import ALL, HIDDEN, RANDOM, SHRINK_READOUT, PopulationCurves
+from .records import ToyResults as Results
 
-Results = dict[str, Any]
 LAST_HIDDEN = "fc3.weight"  # the toy's last hidden layer (three hidden layers, docs/design.md §3)
 
 

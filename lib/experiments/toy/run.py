@@ -10,36 +10,13 @@ restricted to the last hidden layer and the readout, where
 :func:`lib.core.estimators.smoothed_exact` is its infinite-sample limit; the verdicts come from
 their held-out decreases (:mod:`.nes_diagnosis`).
 
-The results (a JSON-able dict) hold, besides ``experiment``, ``parameters``, ``num_dim``,
-``pretrained``, ``lrs``, ``versions``, ``machine`` (the CPU), ``device``, ``wall_s`` (compute
-time of all attempts) and ``cpu_s`` (their CPU time):
-
-* ``curves``: one record per estimate (:mod:`lib.experiments.records`), identified by
-  ``estimator`` (``cdg``, ``nes``, ``ste``, ``smoothed_exact``), ``layers`` (``all``, or
-  ``last_two``: the last hidden layer and the readout) and its hyper-parameters (``eps``; ``sigma``
-  and ``samples``; ``variant``; ``sigma``), with the loss-decrease curve over ``lrs`` as ``mean``
-  and ``std`` over the ``n`` initialisations × batches, ``best`` / ``best_lr`` of the mean,
-  ``at_best`` (each repetition's loss decrease at ``best_lr``) and ``interval`` (the 95%
-  t-interval of ``best`` over them, :mod:`lib.experiments.stats`; ``None`` for ``n < 2``);
-* ``cosines``: one record per (estimate, reference, layer): ``estimate`` and ``reference`` (each
-  ``{estimator, layers, hyper-parameters}``), ``layer`` (a parameter name, or ``all``), ``mean``,
-  ``std``, ``n``, ``values`` (per repetition) and ``interval`` (95%); STE variants against CDG at
-  ``reference_eps`` per layer and over all, NES and the exact smoothed gradient against that CDG,
-  NES on the last two layers against the exact one, and the reference's noise ceiling (CDG on an
-  independent batch of the same size against it, :func:`noise_ceiling`);
-* ``base_loss``, ``pretrain`` (per initialisation: ``init``, ``curve``, ``cached``,
-  ``dtype``, ``final_loss``), mean ``seconds`` per estimate (``cdg``, ``ste``; ``nes`` per σ for
-  ``nes_samples`` directions, all sample counts at once, the σ of a step sharing one call) and
-  ``loss_evaluations`` per estimate (``cdg``; ``nes``:
-  ``[{samples, evaluations}]``);
-* ``diagnosis`` (:func:`lib.experiments.toy.diagnosis.diagnose`: the in-sample numbers of the
-  diagnosis figure, no verdict), or ``None``;
-* ``population``: the population protocol (:mod:`lib.experiments.toy.population`): ``eval_rows``,
-  ``base_losses`` (``[{init, loss}]``: each initialisation's loss on its evaluation set) and
-  ``records`` (:class:`~lib.experiments.toy.population.PopulationCurves`: per estimate, metric and
-  gradient batch size, the relative held-out decrease curve of every repetition with its
-  initialisation), including the controls and the ``large_batch_sizes``. Findings are drawn from
-  these (:mod:`lib.experiments.toy.protocol`); ``curves`` are the notes' in-sample metric.
+The results are a :class:`~lib.experiments.toy.records.ToyResults`: the notes' in-sample
+``curves`` (per estimate, over ``lrs``) and ``cosines`` (STE variants, NES and the exact smoothed
+gradient against CDG at ``reference_eps``, NES on the last two layers against the exact one, and
+the reference's noise ceiling, :func:`noise_ceiling`), the ``population`` protocol's held-out
+records (:mod:`lib.experiments.toy.population`, including the controls and the
+``large_batch_sizes``) from which the findings are drawn (:mod:`lib.experiments.toy.protocol`),
+the in-sample ``diagnosis``, the pretraining, timings and versions.
 """
 from __future__ import annotations
 
@@ -67,6 +44,7 @@ from lib.training.train import TRAIN_DTYPE, cached_train, dtype_name, train_ste,
 from . import population as P
 from .diagnosis import diagnose
 from .params import EXPERIMENT, LAST_TWO, ToyParams
+from .records import ToyResults
 
 
 PRETRAIN_DTYPE = TRAIN_DTYPE  # machine-independent students (docs/design.md §3, "Pretraining")
@@ -279,8 +257,8 @@ class _Repetition:
 
 
 def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
-        progress: bool = True) -> dict[str, Any]:
-    """Run one toy grid point; returns the JSON-able results (see the module docstring).
+        progress: bool = True) -> ToyResults:
+    """Run one toy grid point; returns the JSON-able results (:class:`.records.ToyResults`).
 
     The run is a sequence of ``num_init · num_batch`` steps of about equal cost, one per
     initialisation × batch: its CDG and STE estimates, then NES at every σ (one shared stream,
@@ -337,7 +315,7 @@ def _student(p: ToyParams, problem, init: int, tally: _Tally, progress: bool) ->
     return student
 
 
-def _results(p: ToyParams, tally: _Tally, device: str, timing: dict[str, float]) -> dict[str, Any]:
+def _results(p: ToyParams, tally: _Tally, device: str, timing: dict[str, float]) -> ToyResults:
     lrs = p.lrs()
     results = {
         "experiment": EXPERIMENT,

@@ -8,7 +8,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 from lib.experiments.records import distinct, only, select
 from lib.experiments.stats import rank, with_interval
 
-Results = Mapping[str, Any]
+from .records import ToyResults as Results
 
 
 EDGE_MARK = " †"  # the best hyper-parameter is the smallest or largest of its grid
