@@ -29,7 +29,7 @@ class Results(TypedDict):
     experiment: str
     parameters: dict[str, Any]    # dataclasses.asdict(TrainingParams)
     versions: dict[str, Any]
-    machine: str
+    machine: dict[str, str]
     device: str
     records: list[TrainingRecord]
     pretrain: list[dict[str, Any]]
