@@ -92,7 +92,7 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
 
 
 def _phrase(c: Comparison) -> str:
-    """``CDG ε=0.1 −0.05 [−0.08, −0.02] (lower (trains further), 9.5× the STE's CPU per step)``."""
+    """``CDG ε=0.1 −0.05 [−0.08, −0.02] (lower (trains further), 9.5× the STE's CPU per estimate)``."""
     d, b = c.claim.difference, c.block
     cost = b.score(c.arm).cpu_per_step / b.score(b.best_ste).cpu_per_step
     return (f"{c.arm.label} {with_interval(d.mean, d.interval)} ({VERDICT_WORDS[c.verdict]}, "
