@@ -17,7 +17,9 @@ Per run (``num_dim``, pretrained or not) and batch size ``N``:
   that never reaches it counts ``K`` (so the difference understates a slower arm's lag);
 * the **one-step cosine** predicts the outcome when arms with a higher cosine with the reference
   at ``t = 0`` end lower: per reported initialisation, Spearman's ρ over the arms with a cosine
-  between it and ``r``, then its mean and t-interval over the initialisations (ρ < 0: it predicts).
+  between it and ``r``, then its mean and 95% interval over the initialisations on Fisher's scale
+  (``z = atanh ρ``, ρ clipped to ±0.999; the t-interval of the z's, mapped back by ``tanh``, so it
+  stays within [−1, 1]); ρ < 0: it predicts.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from .arms import Arm
 from .records import Results, TrainingRecord, arm_of, number, relative, relative_final
 from .run import chosen_lrs
 
+RHO_CLIP = 0.999  # Fisher's z of a rank correlation of ±1 is infinite
 TARGET_SHARE = 0.75  # the target of "steps to target": this share of the best STE's decrease on the tuning inits
 
 
@@ -118,6 +121,14 @@ def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
     return float(rho)
 
 
+def fisher_mean(rhos: Sequence[float]) -> Estimate:
+    """The mean of correlations on Fisher's scale and its 95% interval (module docstring)."""
+    z = [math.atanh(min(max(r, -RHO_CLIP), RHO_CLIP)) for r in rhos if math.isfinite(r)]
+    est = over_inits(z)
+    back = None if est.interval is None else [math.tanh(v) for v in est.interval]
+    return Estimate(math.tanh(est.mean) if z else math.nan, back, est.n)
+
+
 def block(results: Results, n: int) -> Block:
     """The :class:`Block` of batch size ``n`` of one run."""
     p, records = results["parameters"], results["records"]
@@ -138,7 +149,7 @@ def block(results: Results, n: int) -> Block:
     inits = sorted({i for a in scores for i in a.final})
     rhos = [_spearman([a.first_cosine.get(i, math.nan) for a in scores], [a.final.get(i, math.nan) for a in scores])
             for i in inits]
-    return Block(p["num_dim"], p["pretrained"], n, p["steps"], best, target, scores, over_inits(rhos))
+    return Block(p["num_dim"], p["pretrained"], n, p["steps"], best, target, scores, fisher_mean(rhos))
 
 
 def blocks(runs: Sequence[Results]) -> list[Block]:

@@ -58,7 +58,7 @@ def block_table(b: Block, comps: Sequence[Comparison]) -> Any:
         mean_steps = sum(a.steps_to_target.values()) / len(a.steps_to_target)
         step_text = f"{mean_steps:.0f} ({a.reached}/{len(a.steps_to_target)} reached)"
         if steps is not None and steps.verdict in ("lower", "higher"):
-            step_text += f", {steps.verdict} than the best STE"
+            step_text += f", {'fewer' if steps.verdict == 'lower' else 'more'} than the best STE's"
         rows.append([a.arm.label, f"{a.lr:g}", with_interval(a.estimate.mean, a.estimate.interval), diff, step_text,
                      f"{a.cpu_per_step:.3g}"])
     return table(["arm", "lr", "L_K / L_0 (held out)", "− best STE", "steps to target", "CPU s per estimate"], rows)
