@@ -295,9 +295,28 @@ def test_cross_batch_cosines_by_hand(tiny_results):
     assert rec["sets"][k]["all"] == pytest.approx(cosine(other, g)["all"], abs=1e-6)
 
 
-def test_resolution_against_sqrt_ceiling():
-    """Only an estimate of the population gradient scores √ceiling against CDG on another batch:
-    a variant at the ceiling is resolved, one at √ceiling is not."""
+def test_the_ste_ceiling_by_hand(tiny_results):
+    """cos(STE on the gradient batch, STE on the independent batch) on a coordinate set's coordinates, recomputed."""
+    r, _ = tiny_results
+    p = build(ThinResNetParams, r["parameters"])
+    data = states.load_data(p)
+    model, _ = states.make_state(p, "binary", "init", data, torch.device("cpu"))
+    names = model.binary_conv_names()
+    k = 1
+    coords = cdg(model, data["x"], data["y"], loss="cross_entropy", eps=0.1, layers=names,
+                 coords_per_layer=3, seed=analysis.coord_seed(p, k), budget_mb=p.budget_mb)
+    a = ste(model, data["x"], data["y"], loss="cross_entropy", variant="clipped", layers=names)
+    b = ste(model, data["x_ref"], data["y_ref"], loss="cross_entropy", variant="clipped", layers=names)
+    on = {n: torch.isfinite(coords[n]) for n in names}
+    flat_a = torch.cat([a[n][on[n]] for n in names])
+    flat_b = torch.cat([b[n][on[n]] for n in names])
+    rec = only(only(r["analyses"], state="init", act="binary")["ste_ceiling"], variant="clipped")
+    assert rec["sets"][k]["all"] == pytest.approx(float(flat_a @ flat_b / flat_a.norm() / flat_b.norm()), abs=1e-6)
+
+
+def test_resolution_against_the_unbiased_score():
+    """An STE with no error of its own, computed on a batch, scores √(c_STE · c_CDG) against CDG on
+    another batch: at that score it is not resolved, below it it is; without c_STE nothing is."""
     from lib.experiments.thin_resnet.resolution import resolutions
 
     def rec(values, **key):
@@ -306,18 +325,24 @@ def test_resolution_against_sqrt_ceiling():
     ceiling = [0.25, 0.36, 0.49]  # √: 0.5, 0.6, 0.7
     entry = {"state": "init", "act": "binary", "ceiling": [rec(ceiling)],
              "cross_cosines": [rec([0.26, 0.35, 0.50], variant="at_ceiling"),
-                               rec([0.51, 0.58, 0.72], variant="at_root")]}
+                               rec([0.05, 0.17, 0.28], variant="below")]}
     result = {"initial_channels": 8, "eps_main": 0.1, "parameters": {"states": ["init"], "acts": ["binary"]},
               "data": {"batch_size": 32}, "analyses": [entry]}
     found = {v.variant: v for v in resolutions([result])}
-    assert found["at_ceiling"].resolved and not found["at_root"].resolved
-    assert found["at_ceiling"].root.mean == pytest.approx(0.6) and found["at_ceiling"].gap.n == 3
+    assert not found["at_ceiling"].resolved and not found["below"].resolved  # no c_STE: no verdict of "resolved"
+    assert found["at_ceiling"].root.mean == pytest.approx(0.6) and found["at_ceiling"].own is None
+    # the STEs as noisy as CDG: the unbiased score is the ceiling itself, which √ceiling alone would call resolved
+    entry["ste_ceiling"] = [rec(ceiling, variant="at_ceiling"), rec(ceiling, variant="below")]
+    found = {v.variant: v for v in resolutions([result])}
+    assert not found["at_ceiling"].resolved and found["below"].resolved
+    assert found["below"].unbiased.mean == pytest.approx(sum(ceiling) / 3) and found["below"].gap.n == 3
     # more batch sizes: each N is tested on its own records, in the same Holm family
     entry["by_batch"] = [{"batch_size": 512, "eps": 0.1, "ceiling": rec([0.81, 0.64, 0.49]),
-                          "cross": [rec([0.9, 0.8, 0.7], variant="at_root")]}]
+                          "cross": [rec([0.9, 0.8, 0.7], variant="below")],
+                          "ste_ceiling": [rec([1.0, 1.0, 1.0], variant="below")]}]
     found = {(v.variant, v.batch_size): v for v in resolutions([result])}
-    assert set(found) == {("at_ceiling", 32), ("at_root", 32), ("at_root", 512)}
-    assert not found["at_root", 512].resolved and found["at_root", 512].root.mean == pytest.approx(0.8)
+    assert set(found) == {("at_ceiling", 32), ("below", 32), ("below", 512)}
+    assert not found["below", 512].resolved and found["below", 512].unbiased.mean == pytest.approx(0.8)
 
 
 def _made_up(front_by_set, back_by_set):

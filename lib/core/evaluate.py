@@ -91,6 +91,12 @@ def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, 
     return out
 
 
+def restrict(g: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``g`` on the coordinates ``like`` defines, NaN elsewhere (as unsampled CDG), for the
+    parameters both have: two estimates compared on one coordinate set."""
+    return {n: torch.where(torch.isfinite(like[n]), v, torch.full_like(v, float("nan"))) for n, v in g.items() if n in like}
+
+
 class HeldOutSet:
     """Loss decreases of steps on chosen layers, on one fixed evaluation set ``(x, y)``: rows the
     gradient never saw, the same for every estimate of a model, so comparisons stay paired.

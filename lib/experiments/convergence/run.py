@@ -8,8 +8,9 @@ size ``N`` and each ε, on two independent batches A and B of ``N`` rows:
 
 * the **noise ceiling** ``cos(CDG_A, CDG_B)``: how well the reference agrees with itself;
 * for every STE variant ``cos(STE_A, CDG_A)`` (``reference_batch: same``, the lab's measure: both
-  on one batch, so they share its sampling noise) and ``cos(STE_A, CDG_B)`` (``independent``: no
-  shared noise, so it is comparable with the ceiling);
+  on one batch, so they share its sampling noise), ``cos(STE_A, CDG_B)`` (``independent``: no
+  shared noise) and the STE's own ceiling ``cos(STE_A, STE_B)`` (:func:`ste_ceiling`), which
+  together with CDG's gives the score of an STE with no error of its own (:mod:`.section`);
 
 per layer, over all weights (``all``: dominated by the layer with the largest gradient, the
 readout) and as the mean of the per-layer cosines (``mean_over_layers``, the lab's summary), on the
@@ -31,7 +32,7 @@ from lib.common.files import to_jsonable
 from lib.common.versions import machine, versions
 from lib.core.device import resolve_device
 from lib.core.estimators import cdg, ste
-from lib.core.evaluate import cosine
+from lib.core.evaluate import cosine, restrict
 from lib.experiments.resume import Steps
 from lib.experiments.schema import build
 from lib.experiments.stats import finite, finite_mean, interval
@@ -47,6 +48,11 @@ LAYER_MEAN = "mean_over_layers"  # the mean of the per-layer cosines (the lab's 
 def ste_estimate(variant: str, reference_batch: str) -> dict[str, str]:
     """The estimate of an STE record: the variant, and whether CDG was on the STE's own batch."""
     return {"estimator": "ste", "variant": variant, "reference_batch": reference_batch}
+
+
+def ste_ceiling(variant: str) -> dict[str, str]:
+    """The estimate of the STE's own noise ceiling: ``cos(STE_A, STE_B)`` on CDG's coordinates."""
+    return {"estimator": "ste", "variant": variant, "batch": "independent"}
 
 
 def noise_ceiling(model: torch.nn.Module, a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor],
@@ -68,11 +74,13 @@ def analyse(p: ConvergenceParams, precision: str, init: int, device: str) -> lis
     for n in p.batch_sizes:
         (xa, ya), (xb, yb) = problem.batch(n, 0, device=device), problem.batch(n, 1, device=device)
         stes = {v: ste(model, xa, ya, variant=v) for v in p.ste_variants}
+        stes_b = {v: ste(model, xb, yb, variant=v) for v in p.ste_variants}
         for eps in p.eps:
             ga, gb, ceiling = noise_ceiling(model, (xa, ya), (xb, yb), eps, coords, seed=p.seed * 1009 + init)
             pairs = [(CEILING, ceiling)]
             for v, g in stes.items():
-                pairs += [(ste_estimate(v, "same"), cosine(g, ga)), (ste_estimate(v, "independent"), cosine(g, gb))]
+                pairs += [(ste_estimate(v, "same"), cosine(g, ga)), (ste_estimate(v, "independent"), cosine(g, gb)),
+                          (ste_ceiling(v), cosine(restrict(g, ga), restrict(stes_b[v], ga)))]
             for estimate, by_layer in pairs:
                 by_layer[LAYER_MEAN] = finite_mean(v for k, v in by_layer.items() if k != "all")
                 out += [{"batch_size": n, "eps": eps, "layer": layer, "estimate": estimate, "value": value}

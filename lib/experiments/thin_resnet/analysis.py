@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from lib.core.estimators import cdg, ste
-from lib.core.evaluate import best_decrease, cosine, loss_decrease
+from lib.core.evaluate import best_decrease, cosine, loss_decrease, restrict
 from lib.core.resnet import XnorResNet
 from lib.experiments.stats import finite_mean, interval
 
@@ -94,7 +94,7 @@ def analyse(model: XnorResNet, p: ThinResNetParams, act: str, x: torch.Tensor, y
     names = model.binary_conv_names()
     variants = p.ste_variants
     sets = range(p.coord_sets)
-    out: dict[str, Any] = {"cosines": [], "ceiling": [], "cross_cosines": [], "magnitudes": [],
+    out: dict[str, Any] = {"cosines": [], "ceiling": [], "cross_cosines": [], "ste_ceiling": [], "magnitudes": [],
                            "timings": {"cdg_s": []}}
     t0 = time.perf_counter()
     ste_grads = _ste_gradients(model, act, variants, x, y, names)
@@ -118,6 +118,7 @@ def analyse(model: XnorResNet, p: ThinResNetParams, act: str, x: torch.Tensor, y
                 [_cosine_record(cosine(g, gb), names) for g, gb in zip(gs, other)])})
             out["cross_cosines"] += [{"variant": v, "eps": eps, **_over_sets(
                 [_cosine_record(cosine(gb, ste_grads[v]), names) for gb in other])} for v in variants]
+            out["ste_ceiling"] += _ste_ceiling(model, act, variants, ste_grads, reference, names, gs, eps)
         out["magnitudes"].append({"estimator": "cdg", "eps": eps, "per_layer": [
             finite_mean(_rms(g[n], torch.isfinite(g[n])) for g in gs) for n in names]})
     masks = [{n: torch.isfinite(g[n]) for n in names} for g in next(iter(cdg_grads.values()))]
@@ -159,7 +160,19 @@ def _at_batch(model: XnorResNet, p: ThinResNetParams, n: int, a: tuple[torch.Ten
     return {"batch_size": n, "eps": eps,
             "ceiling": _over_sets([_cosine_record(cosine(x, y), names) for x, y in zip(ga, gb)]),
             "cross": [{"variant": v, **_over_sets([_cosine_record(cosine(g, stes[v]), names) for g in gb])}
-                      for v in p.ste_variants]}
+                      for v in p.ste_variants],
+            "ste_ceiling": _ste_ceiling(model, "binary", p.ste_variants, stes, b, names, ga, eps)}
+
+
+def _ste_ceiling(model: XnorResNet, act: str, variants: Sequence[str], on_a: dict[str, dict[str, torch.Tensor]],
+                 b: tuple[torch.Tensor, torch.Tensor], names: list[str], sets: Sequence[dict[str, torch.Tensor]],
+                 eps: float) -> list[dict[str, Any]]:
+    """Each variant's own noise ceiling ``cos(STE_a, STE_b)`` on each coordinate set (``sets``: CDG
+    on them), which with CDG's gives the score of an STE with no error of its own
+    (:mod:`lib.experiments.thin_resnet.resolution`)."""
+    on_b = _ste_gradients(model, act, variants, *b, names)
+    return [{"variant": v, "eps": eps, **_over_sets([_cosine_record(cosine(restrict(on_a[v], g), restrict(on_b[v], g)),
+                                                                     names) for g in sets])} for v in variants]
 
 
 def _decrease(model: XnorResNet, p: ThinResNetParams, scored_on: tuple[torch.Tensor, torch.Tensor], names: list[str],

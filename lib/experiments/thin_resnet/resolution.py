@@ -1,11 +1,15 @@
 """Can the reference resolve the STE's error on the thin ResNet? (docs/design.md §2, noise ceiling.)
 
-CDG on a batch of N images agrees with CDG on an independent batch at the noise ceiling. An
-estimate equal to the population gradient would score about ``√ceiling`` against CDG on the
-independent batch, so an STE variant's own error is *resolved* only where its cross-batch cosine
-``cos(STE_A, CDG_B)`` lies below ``√max(ceiling, 0)``: the paired difference over the coordinate
-sets, its 95% interval below 0 after Holm's correction over every (c, state, precision, variant)
-of the section. Same-batch cosines share batch A's sampling noise and are compared with nothing.
+CDG on a batch of N images agrees with CDG on an independent batch at its noise ceiling ``c_CDG``,
+an STE variant with itself at its own ``c_STE``. Two batch estimates that are the population
+gradient plus noise of their own agree at about ``√(c_STE · c_CDG)`` (the noise-free population
+gradient would score ``√c_CDG``), so an STE variant's own error is *resolved* only where its
+cross-batch cosine ``cos(STE_A, CDG_B)`` lies below ``√(max(c_STE, 0) · max(c_CDG, 0))``: the
+paired difference over the coordinate sets, its 95% interval below 0 after Holm's correction over
+every (c, state, precision, variant) of the section. A run that did not record the STE's own
+ceiling can show that an error is *not* resolved (the cross-batch cosine is not below √c_CDG, a
+higher bar) but never that it is. Same-batch cosines share batch A's sampling noise and are
+compared with nothing.
 
 The n here is the number of seeded coordinate sets on **one model and one batch**: the interval
 covers the choice of coordinates, not of the model or of the batch.
@@ -24,8 +28,10 @@ from .summary import acts_of, analysis_of, states_of
 
 @dataclass(frozen=True)
 class Resolution:
-    """One (c, state, precision, variant): the ceiling and √ceiling over all 16 layers, the
-    cross-batch STE cosine, their paired gap and its Holm-corrected p-value."""
+    """One (c, state, precision, variant): CDG's ceiling and √ceiling over all 16 layers, the
+    variant's own ceiling (``None``: not recorded), the score of an STE with no error of its own
+    (``unbiased``; √ceiling without the own ceiling), the cross-batch STE cosine, their paired gap
+    and its Holm-corrected p-value."""
 
     initial_channels: int
     state: str
@@ -34,13 +40,15 @@ class Resolution:
     variant: str
     ceiling: Estimate
     root: Estimate
+    own: Estimate | None
+    unbiased: Estimate
     cross: Estimate
     gap: Difference
     p_holm: float
 
     @property
     def resolved(self) -> bool:
-        return self.gap.mean < 0 and self.p_holm < ALPHA
+        return self.own is not None and self.gap.mean < 0 and self.p_holm < ALPHA
 
 
 def _all_layers(record: dict[str, Any]) -> dict[int, float]:
@@ -49,14 +57,18 @@ def _all_layers(record: dict[str, Any]) -> dict[int, float]:
     return {k: float(s["all"]) for k, s in enumerate(sets) if s["all"] is not None and math.isfinite(s["all"])}
 
 
-def _batches(r: dict[str, Any], entry: dict[str, Any]) -> list[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
-    """``(batch size, ceiling record, cross-batch records)`` of one analysis: the gradient batch's,
-    then those of ``by_batch``."""
+Batch = tuple[int, dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]
+
+
+def _batches(r: dict[str, Any], entry: dict[str, Any]) -> list[Batch]:
+    """``(batch size, ceiling record, cross-batch records, the variants' own ceiling records)`` of
+    one analysis: the gradient batch's, then those of ``by_batch``."""
     out = []
     ceilings = select(entry.get("ceiling", []), eps=r["eps_main"])
     if ceilings:
-        out.append((r["data"]["batch_size"], ceilings[0], select(entry.get("cross_cosines", []), eps=r["eps_main"])))
-    out += [(b["batch_size"], b["ceiling"], b["cross"]) for b in entry.get("by_batch", [])]
+        out.append((r["data"]["batch_size"], ceilings[0], select(entry.get("cross_cosines", []), eps=r["eps_main"]),
+                    select(entry.get("ste_ceiling", []), eps=r["eps_main"])))
+    out += [(b["batch_size"], b["ceiling"], b["cross"], b.get("ste_ceiling", [])) for b in entry.get("by_batch", [])]
     return out
 
 
@@ -66,13 +78,18 @@ def resolutions(results: Sequence[dict[str, Any]]) -> list[Resolution]:
     for r in sorted(results, key=lambda r: r["initial_channels"]):
         for state in states_of(r):
             for act in acts_of(r, state):
-                for n, ceiling_rec, crosses in _batches(r, analysis_of(r, state, act)):
+                for n, ceiling_rec, crosses, owns in _batches(r, analysis_of(r, state, act)):
                     ceiling = _all_layers(ceiling_rec)
                     root = {k: math.sqrt(max(v, 0.0)) for k, v in ceiling.items()}
                     for rec in crosses:
                         cross = _all_layers(rec)
+                        own_rec = next((o for o in owns if o["variant"] == rec["variant"]), None)
+                        own = None if own_rec is None else _all_layers(own_rec)
+                        unbiased = root if own is None else \
+                            {k: math.sqrt(max(v, 0.0) * max(own[k], 0.0)) for k, v in ceiling.items() if k in own}
                         raw.append((r["initial_channels"], state, act, n, rec["variant"], over_inits(ceiling),
-                                    over_inits(root), over_inits(cross), paired_difference(cross, root)))
+                                    over_inits(root), None if own is None else over_inits(own), over_inits(unbiased),
+                                    over_inits(cross), paired_difference(cross, unbiased)))
     p = holm([entry[-1].p for entry in raw])
     return [Resolution(*entry, p_holm=p[k]) for k, entry in enumerate(raw)]
 
@@ -124,7 +141,7 @@ def projections(results: Sequence[dict[str, Any]]) -> list[Projection]:
                 measured = _batches(r, entry)
                 if not measured:
                     continue
-                n, ceiling_rec, _ = max(measured, key=lambda t: t[0])
+                n, ceiling_rec, _, _ = max(measured, key=lambda t: t[0])
                 ceiling = over_inits(_all_layers(ceiling_rec))
                 upper = ceiling.interval[1] if ceiling.interval else ceiling.mean
                 coords = sum(sum(s) for s in entry["sampled"])
