@@ -70,6 +70,11 @@ class Block:
     target: float
     arms: list[ArmScore]
     correlation: Estimate  # mean Spearman ρ(one-step cosine, r) over the reported initialisations
+    lrs: tuple[float, ...] = ()  # the lr grid the choices were made on
+
+    def at_edge(self, lr: float) -> bool:
+        """Whether ``lr`` is the smallest or largest of the grid (a longer or shorter one might do better)."""
+        return bool(self.lrs) and lr in (min(self.lrs), max(self.lrs))
 
     def score(self, arm: Arm) -> ArmScore:
         return next(a for a in self.arms if a.arm == arm)
@@ -149,7 +154,8 @@ def block(results: Results, n: int) -> Block:
     inits = sorted({i for a in scores for i in a.final})
     rhos = [_spearman([a.first_cosine.get(i, math.nan) for a in scores], [a.final.get(i, math.nan) for a in scores])
             for i in inits]
-    return Block(p["num_dim"], p["pretrained"], n, p["steps"], best, target, scores, fisher_mean(rhos))
+    return Block(p["num_dim"], p["pretrained"], n, p["steps"], best, target, scores, fisher_mean(rhos),
+                 tuple(p["lrs"]))
 
 
 def blocks(runs: Sequence[Results]) -> list[Block]:

@@ -11,6 +11,7 @@ from .figures import training_figure
 from .records import Results
 
 HEADING = "Training with each estimator (beyond the notes)"
+EDGE = " †"  # an lr at the edge of the grid
 VERDICT_WORDS = {"lower": "lower (trains further)", "higher": "higher (trains less far)",
                  "equivalent": "equivalent", "not distinguishable": "not distinguishable"}
 
@@ -41,7 +42,8 @@ def setting_text(results: Sequence[Results]) -> str:
             "Differences are paired against the best STE, Holm-corrected over every comparison of the section; "
             f"\"equivalent\" means within ±{p['equivalence_margin']:g} of L_K / L_0 (TOST). Steps to target: the "
             f"first evaluation at or below {TARGET_SHARE:.0%} of the best STE's decrease on the tuning "
-            "initialisations (never reached counts K). The thin ResNet is left out: CDG over all its weights costs "
+            "initialisations (never reached counts K). †: the chosen lr is at the edge of the grid, so one "
+            "beyond it might do better. The thin ResNet is left out: CDG over all its weights costs "
             "tens of minutes per step on a CPU.")
 
 
@@ -58,8 +60,8 @@ def block_table(b: Block, comps: Sequence[Comparison]) -> Any:
         mean_steps = sum(a.steps_to_target.values()) / len(a.steps_to_target)
         step_text = f"{mean_steps:.0f} ({a.reached}/{len(a.steps_to_target)} reached)"
         if steps is not None and steps.verdict in ("lower", "higher"):
-            step_text += f", {'fewer' if steps.verdict == 'lower' else 'more'} than the best STE's"
-        rows.append([a.arm.label, f"{a.lr:g}", with_interval(a.estimate.mean, a.estimate.interval), diff, step_text,
+            step_text += f", {'fewer' if steps.verdict == 'lower' else 'more'} than with the best STE"
+        rows.append([a.arm.label, f"{a.lr:g}" + (EDGE if b.at_edge(a.lr) else ""), with_interval(a.estimate.mean, a.estimate.interval), diff, step_text,
                      f"{a.cpu_per_step:.3g}"])
     return table(["arm", "lr", "L_K / L_0 (held out)", "− best STE", "steps to target", "CPU s per estimate"], rows)
 
