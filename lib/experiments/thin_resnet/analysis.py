@@ -13,8 +13,10 @@ The records :func:`analyse` returns (:mod:`lib.experiments.records`), per-layer 
   same coordinates: how well the reference agrees with itself at this batch size;
 * ``cross_cosines`` (with a reference batch, at the main ε): ``{variant, eps, per_layer, all,
   sets}``: the STE variant on the gradient batch against CDG on the independent batch, sharing no
-  sampling noise: the cosine an estimate of the population gradient scores about √ceiling on
-  (docs/design.md §2);
+  sampling noise, read against √(c_STE · c_CDG) (docs/design.md §2);
+* ``ste_ceiling`` (with a reference batch, at the main ε): ``{variant, eps, per_layer, all, sets}``:
+  the STE variant on the gradient batch against itself on the independent batch, on each set's
+  coordinates (its own noise ceiling c_STE);
 * ``magnitudes``: ``{estimator: "cdg", eps, per_layer}`` and ``{estimator: "ste", variant,
   per_layer, all_coordinates}``: RMS on the sampled coordinates (and, for the STE, on all);
 * ``decrease`` (precisions in ``decrease_acts``): ``{layer, estimator, eps or variant, curve,

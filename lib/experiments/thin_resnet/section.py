@@ -141,7 +141,7 @@ def _cosine_table(results: list[dict[str, Any]]) -> list:
                        "layers. **CDG noise ceiling**: CDG on an independent batch of the same size "
                        "against CDG on the gradient batch, on the same coordinates. These STE cosines are "
                        "same-batch (they share the batch's sampling noise with CDG): whether the STE's own "
-                       "error shows is read from the cross-batch cosines against √ceiling above."),
+                       f"error shows is read from the cross-batch cosines (\"{RESOLUTION}\")."),
             nbcells.table(["c", "state", "activation", "CDG noise ceiling", *variants], rows)]
 
 
@@ -231,8 +231,8 @@ def data_name(r: dict[str, Any]) -> str:
 
 
 def resolution_cells(results: list[dict[str, Any]]) -> list:
-    """Per (c, state, precision): the noise ceiling, √ceiling and each variant's cross-batch cosine,
-    ✓ where it lies below √ceiling (:mod:`.resolution`)."""
+    """Per (c, state, precision): the noise ceiling, √ceiling and each variant's cross-batch cosine
+    (against √(c_STE · c_CDG) where c_STE was recorded), ✓ where its error is resolved (:mod:`.resolution`)."""
     found = resolutions(results)
     if not found:
         return []
