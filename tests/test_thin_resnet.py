@@ -280,13 +280,18 @@ def test_findings_sentence(tiny_results):
     assert "(n = 3 coordinate sets of one model and one batch" in sentence
 
 
-def test_cross_batch_cosines_by_hand(tiny_results):
-    """cos(STE on the gradient batch, CDG on the independent batch) on the same coordinates, recomputed."""
-    r, _ = tiny_results
+def _binary_init(r):
+    """The run's parameters, data, binary init model and its binary conv names, rebuilt."""
     p = build(ThinResNetParams, r["parameters"])
     data = states.load_data(p)
     model, _ = states.make_state(p, "binary", "init", data, torch.device("cpu"))
-    names = model.binary_conv_names()
+    return p, data, model, model.binary_conv_names()
+
+
+def test_cross_batch_cosines_by_hand(tiny_results):
+    """cos(STE on the gradient batch, CDG on the independent batch) on the same coordinates, recomputed."""
+    r, _ = tiny_results
+    p, data, model, names = _binary_init(r)
     g = ste(model, data["x"], data["y"], loss="cross_entropy", variant="clipped", layers=names)
     k = 1
     other = cdg(model, data["x_ref"], data["y_ref"], loss="cross_entropy", eps=0.1, layers=names,
@@ -298,10 +303,7 @@ def test_cross_batch_cosines_by_hand(tiny_results):
 def test_the_ste_ceiling_by_hand(tiny_results):
     """cos(STE on the gradient batch, STE on the independent batch) on a coordinate set's coordinates, recomputed."""
     r, _ = tiny_results
-    p = build(ThinResNetParams, r["parameters"])
-    data = states.load_data(p)
-    model, _ = states.make_state(p, "binary", "init", data, torch.device("cpu"))
-    names = model.binary_conv_names()
+    p, data, model, names = _binary_init(r)
     k = 1
     coords = cdg(model, data["x"], data["y"], loss="cross_entropy", eps=0.1, layers=names,
                  coords_per_layer=3, seed=analysis.coord_seed(p, k), budget_mb=p.budget_mb)

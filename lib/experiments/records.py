@@ -6,7 +6,7 @@ every field a reader needs is stored as such, never encoded in a key string.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, TypedDict
 
 
 def select(records: Iterable[dict[str, Any]], **fields: Any) -> list[dict[str, Any]]:
@@ -25,3 +25,17 @@ def only(records: Iterable[dict[str, Any]], **fields: Any) -> dict[str, Any]:
 def distinct(records: Iterable[dict[str, Any]], field: str, **fields: Any) -> list[Any]:
     """The sorted distinct values of ``field`` among the records with the given ``fields``."""
     return sorted({r[field] for r in select(records, **fields) if field in r})
+
+
+class RunResults(TypedDict):
+    """What every experiment's results file holds beside its own records: the experiment's name,
+    its parameters (``dataclasses.asdict`` of its parameter class), the package versions, the CPU,
+    the device, and the compute (``wall_s``) and CPU (``cpu_s``) seconds of all its attempts."""
+
+    experiment: str
+    parameters: dict[str, Any]
+    versions: dict[str, Any]
+    machine: dict[str, str]
+    device: str
+    wall_s: float
+    cpu_s: float

@@ -3,7 +3,9 @@ and read by :mod:`.figures` and :mod:`.section`. ``None`` in a number field is h
 writes NaN."""
 from __future__ import annotations
 
-from typing import Any, Optional, TypedDict
+from typing import Optional, TypedDict
+
+from lib.experiments.records import RunResults
 
 
 class CosineRecord(TypedDict):
@@ -23,15 +25,8 @@ class CosineRecord(TypedDict):
     n: int
 
 
-class ConvergenceResults(TypedDict):
-    """A convergence run's results file."""
+class ConvergenceResults(RunResults):
+    """A convergence run's results file (``parameters``: ConvergenceParams)."""
 
-    experiment: str
-    parameters: dict[str, Any]     # dataclasses.asdict(ConvergenceParams)
-    versions: dict[str, Any]
-    machine: dict[str, str]
-    device: str
     layers: list[str]              # the parameter names, front to back
     cosines: list[CosineRecord]
-    wall_s: float
-    cpu_s: float

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, TypedDict
 
+from lib.experiments.records import RunResults
+
 from .population import PopulationCurves
 
 
@@ -80,11 +82,9 @@ class Population(TypedDict):
     records: list[PopulationCurves]
 
 
-class ToyResults(TypedDict):
-    """A toy run's results file (one ``num_dim``, pretrained or not)."""
+class ToyResults(RunResults):
+    """A toy run's results file (one ``num_dim``, pretrained or not; ``parameters``: ToyParams)."""
 
-    experiment: str
-    parameters: dict[str, Any]      # dataclasses.asdict(ToyParams)
     num_dim: int
     pretrained: bool
     lrs: list[float]
@@ -95,9 +95,4 @@ class ToyResults(TypedDict):
     curves: list[CurveRecord]
     cosines: list[CosineRecord]
     population: Population
-    versions: dict[str, Any]
-    machine: dict[str, str]
-    device: str
-    wall_s: float
-    cpu_s: float
     diagnosis: Optional[dict[str, Any]]  # lib.experiments.toy.diagnosis.diagnose (in-sample), or None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, TypedDict
 
+from lib.experiments.records import RunResults
+
 from .arms import Arm
 
 
@@ -23,18 +25,11 @@ class TrainingRecord(TypedDict):
     estimate_cpu_s: list[float]   # CPU seconds of the estimates before each step
 
 
-class Results(TypedDict):
-    """A training run's results file."""
+class Results(RunResults):
+    """A training run's results file (``parameters``: TrainingParams)."""
 
-    experiment: str
-    parameters: dict[str, Any]    # dataclasses.asdict(TrainingParams)
-    versions: dict[str, Any]
-    machine: dict[str, str]
-    device: str
     records: list[TrainingRecord]
     pretrain: list[dict[str, Any]]
-    wall_s: float
-    cpu_s: float
 
 
 def arm_of(record: TrainingRecord) -> Arm:
