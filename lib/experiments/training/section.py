@@ -61,7 +61,8 @@ def block_table(b: Block, comps: Sequence[Comparison]) -> Any:
         step_text = f"{mean_steps:.0f} ({a.reached}/{len(a.steps_to_target)} reached)"
         if steps is not None and steps.verdict in ("lower", "higher"):
             step_text += f", {'fewer' if steps.verdict == 'lower' else 'more'} than with the best STE"
-        rows.append([a.arm.label, f"{a.lr:g}" + (EDGE if b.at_edge(a.lr) else ""), with_interval(a.estimate.mean, a.estimate.interval), diff, step_text,
+        lr = f"{a.lr:g}" + (EDGE if b.at_edge(a.lr) else "")
+        rows.append([a.arm.label, lr, with_interval(a.estimate.mean, a.estimate.interval), diff, step_text,
                      f"{a.cpu_per_step:.3g}"])
     return table(["arm", "lr", "L_K / L_0 (held out)", "− best STE", "steps to target", "CPU s per estimate"], rows)
 
