@@ -51,7 +51,7 @@ def training_figure(pairs: Sequence[tuple[Results, Block]], x: str = "step") -> 
     best STE, CDG and NES. Rows: from initialisation, pretrained; columns: num_dim. One batch size."""
     states = sorted({b.pretrained for _, b in pairs})
     dims = sorted({b.num_dim for _, b in pairs})
-    fig, axes = plt.subplots(len(states), len(dims), figsize=(3.4 * len(dims) + 1.8, 2.9 * len(states) + 0.9),
+    fig, axes = plt.subplots(len(states), len(dims), figsize=(max(3.4 * len(dims) + 1.8, 7.0), 2.9 * len(states) + 1.1),
                              squeeze=False, layout="constrained")
     handles: dict[str, object] = {}
     for results, b in pairs:
@@ -73,7 +73,7 @@ def training_figure(pairs: Sequence[tuple[Results, Block]], x: str = "step") -> 
         ax.set_ylabel("held-out loss / loss at start")
     fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=8)
     n_rows = pairs[0][1].batch_size
-    fig.suptitle(f"Training the toy with each hidden-layer gradient, batches of {n_rows} rows: population loss "
-                 f"(held-out rows)\nagainst {'step' if x == 'step' else 'compute'}; each arm at the lr chosen on "
-                 "other initialisations; bands: 95% over initialisations", fontsize=10)
+    fig.suptitle(f"Training the toy with each hidden-layer gradient, batches of {n_rows} rows:\n"
+                 f"population loss (held-out rows) against {'step' if x == 'step' else 'compute'}, each arm at the "
+                 "lr chosen\non other initialisations; bands: 95% over initialisations", fontsize=10)
     return fig
