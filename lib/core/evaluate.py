@@ -94,7 +94,8 @@ def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, 
 def restrict(g: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``g`` on the coordinates ``like`` defines, NaN elsewhere (as unsampled CDG), for the
     parameters both have: two estimates compared on one coordinate set."""
-    return {n: torch.where(torch.isfinite(like[n]), v, torch.full_like(v, float("nan"))) for n, v in g.items() if n in like}
+    return {n: torch.where(torch.isfinite(like[n]), v, torch.full_like(v, float("nan")))
+            for n, v in g.items() if n in like}
 
 
 class HeldOutSet:
