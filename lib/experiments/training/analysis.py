@@ -31,10 +31,11 @@ import numpy as np
 from scipy import stats as _scipy_stats
 
 from lib.experiments.inference import Claim, Estimate, corrected, over_inits, paired_difference
+from lib.experiments.stats import rank
 
 from .arms import Arm
 from .records import Results, TrainingRecord, arm_of, number, relative, relative_final
-from .run import chosen_lrs
+from .run import chosen_lrs, tuning_means
 
 RHO_CLIP = 0.999  # Fisher's z of a rank correlation of ±1 is infinite
 TARGET_SHARE = 0.75  # the target of "steps to target": this share of the best STE's decrease on the tuning inits
@@ -102,12 +103,6 @@ class Comparison:
         return "lower" if self.claim.difference.mean < 0 else "higher"
 
 
-def _tuning_final(records: Sequence[TrainingRecord], arm: Arm, lr: float, n: int) -> float:
-    vals = [relative_final(r) for r in records
-            if r["phase"] == "tune" and r["batch_size"] == n and r["lr"] == lr and arm_of(r) == arm]
-    return float(np.mean(vals)) if vals else math.nan
-
-
 def _steps_to(record: TrainingRecord, target: float) -> float | None:
     """The first evaluation step with ``L_t / L_0 ≤ target``; ``None`` if none."""
     return next((float(t) for t, v in zip(record["steps"], relative(record)) if v <= target), None)
@@ -139,8 +134,9 @@ def block(results: Results, n: int) -> Block:
     p, records = results["parameters"], results["records"]
     lrs = chosen_lrs(records, n)
     stes = [a for a in lrs if a.estimator == "ste"]
-    best = min(stes, key=lambda a: (_tuning_final(records, a, lrs[a], n), p["ste_variants"].index(a.variant)))
-    target = 1 - TARGET_SHARE * (1 - _tuning_final(records, best, lrs[best], n))
+    tuned = {a: by_lr[lrs[a]] for a, by_lr in tuning_means(records, n).items()}  # each arm at its chosen lr
+    best = min(stes, key=lambda a: (-rank(-tuned[a]), p["ste_variants"].index(a.variant)))  # lowest first, NaN last
+    target = 1 - TARGET_SHARE * (1 - tuned[best])
     reported = [r for r in records if r["phase"] == "report" and r["batch_size"] == n]
     scores = []
     for arm in dict.fromkeys(arm_of(r) for r in reported):
@@ -168,11 +164,11 @@ def comparisons(bs: Sequence[Block], margin: float) -> list[Comparison]:
     """Every arm but the best STE against it, per block, on the final ``r`` (TOST within ``margin``)
     and on the steps to target; Holm over each measure's family (all blocks)."""
     out = []
-    for measure in ("final", "steps"):
+    per_init = {"final": lambda a: a.final, "steps": lambda a: a.steps_to_target}
+    for measure, of in per_init.items():
         pairs = [(b, a) for b in bs for a in b.arms if a.arm != b.best_ste]
-        diffs = [paired_difference(getattr(a, "final" if measure == "final" else "steps_to_target"),
-                                   getattr(b.score(b.best_ste), "final" if measure == "final" else "steps_to_target"),
-                                   margin if measure == "final" else None) for b, a in pairs]
+        diffs = [paired_difference(of(a), of(b.score(b.best_ste)), margin if measure == "final" else None)
+                 for b, a in pairs]
         p_holm, p_eq = corrected(diffs)
         out += [Comparison(b, a.arm, measure, Claim(a.arm.label, b.best_ste.label, d, ph, pe, margin))
                 for (b, a), d, ph, pe in zip(pairs, diffs, p_holm, p_eq)]

@@ -59,16 +59,22 @@ def units(p: TrainingParams) -> list[Unit]:
     return out
 
 
-def chosen_lrs(records: list[TrainingRecord], batch_size: int) -> dict[Arm, float]:
-    """Each arm's lr at ``batch_size``: the lowest mean ``L_K / L_0`` over the tuning initialisations
-    (the smallest lr on a tie); an lr with a non-finite loss on any of them is never chosen."""
+def tuning_means(records: list[TrainingRecord], batch_size: int) -> dict[Arm, dict[float, float]]:
+    """``{arm: {lr: mean L_K / L_0 over the tuning initialisations}}`` at ``batch_size`` (NaN when
+    the loss is not finite on one of them)."""
     table: dict[Arm, dict[float, list[float]]] = {}
     for r in records:
         if r["phase"] == "tune" and r["batch_size"] == batch_size:
             table.setdefault(arm_of(r), {}).setdefault(r["lr"], []).append(relative_final(r))
+    return {arm: {lr: float(np.mean(v)) for lr, v in by_lr.items()} for arm, by_lr in table.items()}
+
+
+def chosen_lrs(records: list[TrainingRecord], batch_size: int) -> dict[Arm, float]:
+    """Each arm's lr at ``batch_size``: the lowest mean ``L_K / L_0`` over the tuning initialisations
+    (the smallest lr on a tie); an lr with a non-finite loss on any of them is never chosen."""
     out = {}
-    for arm, by_lr in table.items():
-        finite = {lr: float(np.mean(v)) for lr, v in by_lr.items() if np.all(np.isfinite(v))}
+    for arm, by_lr in tuning_means(records, batch_size).items():
+        finite = {lr: m for lr, m in by_lr.items() if np.isfinite(m)}
         out[arm] = min(sorted(finite), key=lambda lr: finite[lr]) if finite else min(by_lr)
     return out
 
