@@ -410,6 +410,14 @@ def test_bad_inputs_raise_value_error_naming_the_argument(call, name):
         call(model, x, y)
 
 
+@pytest.mark.parametrize("estimator", [E.cdg, E.nes, E.nes_multi, E.nes_sigmas, E.ste])
+def test_options_after_the_batch_are_keyword_only(estimator):
+    """``cdg(model, x, y, "mse", 0.1)`` would silently bind ε to a σ or a variant name elsewhere."""
+    model, x, y = small_problem("binary")
+    with pytest.raises(TypeError, match="positional"):
+        estimator(model, x, y, "mse")
+
+
 def test_loss_decrease_equals_explicit_step_and_cosine_ignores_nan():
     model, x, y = small_problem("binary", num_dim=8)
     grads = E.cdg(model, x, y, coords_per_layer=20, seed=1)

@@ -106,7 +106,7 @@ def _sampled_coords(numel: int, coords_per_layer: int | None, gen: torch.Generat
 
 # ----------------------------------------------------------------------------- CDG
 
-def cdg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse", eps: float = 0.1,
+def cdg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: LossSpec = "mse", eps: float = 0.1,
         central: bool = True, layers: Iterable[str] | str | None = None,
         coords_per_layer: int | None = None, seed: int = 0,
         device: str | torch.device | None = None, budget_mb: float = engine.DEFAULT_BUDGET_MB) -> Grads:
@@ -144,8 +144,12 @@ def cdg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "ms
 
 
 # ----------------------------------------------------------------------------- NES
+#
+# Three layers over one engine: nes (one σ, one sample count) calls nes_multi (one σ, several
+# sample counts from one direction stream), which calls nes_sigmas (several σ on the same stream),
+# where the work is done. Every argument after (model, x, y) is keyword-only, as for cdg and ste.
 
-def nes_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse",
+def nes_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: LossSpec = "mse",
               sigma: float = 0.1, samples: Sequence[int] = (500,),
               layers: Iterable[str] | str | None = None, antithetic: bool = True,
               fitness_shaping: bool = False, seed: int = 0, device: str | torch.device | None = None,
@@ -162,7 +166,7 @@ def nes_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec
                       fitness_shaping=fitness_shaping, seed=seed, device=device, budget_mb=budget_mb)[sigma]
 
 
-def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse",
+def nes_sigmas(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: LossSpec = "mse",
                sigmas: Sequence[float] = (0.1,), samples: Sequence[int] = (500,),
                layers: Iterable[str] | str | None = None, antithetic: bool = True,
                fitness_shaping: bool = False, seed: int = 0, device: str | torch.device | None = None,
@@ -299,7 +303,7 @@ def _centred_ranks(values: torch.Tensor) -> torch.Tensor:
     return ranks / max(1, len(values) - 1) - 0.5
 
 
-def nes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse", sigma: float = 0.1,
+def nes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: LossSpec = "mse", sigma: float = 0.1,
         samples: int = 500, layers: Iterable[str] | str | None = None, antithetic: bool = True,
         fitness_shaping: bool = False, seed: int = 0, device: str | torch.device | None = None,
         budget_mb: float = engine.NES_BUDGET_MB) -> Grads:
@@ -315,7 +319,7 @@ def nes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "ms
 
 # ----------------------------------------------------------------------------- STE
 
-def ste(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossSpec = "mse",
+def ste(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: LossSpec = "mse",
         variant: str = "clipped", layers: Iterable[str] | str | None = None) -> Grads:
     """Back-propagation with ``q`` forward and the surrogate ``g_variant`` backward:
     ``∂L/∂w`` where every quantizer's ``∂q/∂z`` is replaced by ``g_variant(z)``."""
