@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from lib.experiments.schema import (NON_EMPTY, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STE_VARIANT, param,
                                     validate)
-from lib.experiments.toy.params import ToyParams
+from lib.experiments.toy.params import ToyParams, pretraining
 
 
 @dataclass
@@ -48,6 +48,4 @@ class ExplorerParams:
 
     def pretraining(self) -> ToyParams:
         """The toy parameters that key and run the student's pretraining (its checkpoint cache)."""
-        return ToyParams(num_dim=self.num_dim, pretrained=True, pretrain_steps=self.pretrain_steps,
-                         pretrain_batch_size=self.pretrain_batch_size, pretrain_lr=self.pretrain_lr,
-                         pretrain_variant=self.pretrain_variant, seed=self.seed, cache_dir=self.cache_dir)
+        return pretraining(self)

@@ -2,7 +2,7 @@
 defaults and ranges (:mod:`lib.experiments.schema`), the cross-field rules, and the lr grid."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -17,11 +17,34 @@ LAST_TWO = ("fc3.weight", "readout.weight")
 
 
 @dataclass
-class ToyParams:
-    """Parameters of one toy run (the notebook's ``parameters`` cell, minus ``results_path``)."""
+class StudentParams:
+    """The toy student an experiment starts from, shared by the toy and training experiments: its
+    width, whether it is pretrained (STE + Adam from the toy's initialisation, cached by these
+    values: docs/design.md §3) and how, the seed, the device and the checkpoint cache."""
 
     num_dim: int = param(8, POSITIVE_INT)
     pretrained: bool = param(False)
+    pretrain_steps: int = param(2000, POSITIVE_INT)
+    pretrain_batch_size: int = param(16000, POSITIVE_INT)
+    pretrain_lr: float = param(1e-3, POSITIVE)
+    pretrain_variant: str = param("clipped", STE_VARIANT)
+    seed: int = param(0, NON_NEGATIVE_INT)
+    device: str = param("cpu", DEVICE)
+    cache_dir: str = param("cache/pretrain", NON_EMPTY)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def cache_problems(self) -> list[tuple[str, str]]:
+        """A pretrained student needs a writable checkpoint cache: ``[("cache_dir", why)]`` or ``[]``."""
+        problem = folder_problem(repo_path(self.cache_dir)) if self.pretrained else None
+        return [("cache_dir", problem)] if problem else []
+
+
+@dataclass
+class ToyParams(StudentParams):
+    """Parameters of one toy run (the notebook's ``parameters`` cell, minus ``results_path``)."""
+
     act: str = param("binary", PRECISION)  # the evaluated model's (student's) activation
     teacher_act: str = param("binary", PRECISION)
     eps_grid: list[float] = param([0.01, 0.03, 0.1, 0.3, 1.0], POSITIVE)
@@ -43,16 +66,6 @@ class ToyParams:
     equivalence_margin: float = param(0.01, POSITIVE)  # "A matches B": |paired difference| of relative decreases below it
     reference_eps: float = param(0.1, POSITIVE)
     diagnose: bool = param(True)
-    pretrain_steps: int = param(2000, POSITIVE_INT)
-    pretrain_batch_size: int = param(16000, POSITIVE_INT)
-    pretrain_lr: float = param(1e-3, POSITIVE)
-    pretrain_variant: str = param("clipped", STE_VARIANT)
-    seed: int = param(0, NON_NEGATIVE_INT)
-    device: str = param("cpu", DEVICE)
-    cache_dir: str = param("cache/pretrain", NON_EMPTY)
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[tuple[str, str]]:
         """Inconsistent values, as ``(key, message)``."""
@@ -74,10 +87,8 @@ class ToyParams:
         for pretrained students, and memory for the largest tensor, a batch of Gaussian inputs
         drawn in float64 (``8 · rows · num_dim`` bytes: a gradient batch, the evaluation set, the
         pretraining batch when pretrained) or a hidden layer's weight (``4 · num_dim²`` bytes)."""
-        if self.pretrained:
-            problem = folder_problem(repo_path(self.cache_dir))
-            if problem:
-                return [("cache_dir", problem)]
+        if self.cache_problems():
+            return self.cache_problems()
         tensors = [(key, 8 * rows * self.num_dim, f"a batch of {rows} × {self.num_dim} Gaussian inputs (float64)")
                    for key, rows in (("batch_size", self.batch_size), ("eval_rows", self.eval_rows),
                                      ("large_batch_sizes", max(self.large_batch_sizes, default=0)))]
@@ -96,3 +107,11 @@ class ToyParams:
         if self.num_lr_refine > 0:
             grid = np.concatenate([grid, np.geomspace(self.lr_refine[0], self.lr_refine[1], self.num_lr_refine)])
         return sorted({float(f"{v:.6g}") for v in grid})
+
+
+def pretraining(source: object) -> ToyParams:
+    """The toy parameters that key and run the pretraining of ``source``'s student (the toy's
+    checkpoint cache, :func:`lib.experiments.toy.run.pretrain_student`): ``source``'s fields of
+    :class:`StudentParams` (those it has; the rest at their defaults), ``pretrained`` set."""
+    shared = {f.name: getattr(source, f.name) for f in fields(StudentParams) if hasattr(source, f.name)}
+    return ToyParams(**{**shared, "pretrained": True})

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lib.common.paths import repo_path
-from lib.common.resources import folder_problem, memory_problem
-from lib.experiments.schema import (DEVICE, NON_EMPTY, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STE_VARIANT, one_of,
-                                    param, validate)
-from lib.experiments.toy.params import ToyParams
+from lib.common.resources import memory_problem
+from lib.experiments.schema import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STE_VARIANT, one_of, param
+from lib.experiments.toy.params import StudentParams, ToyParams, pretraining
 
 EXPERIMENT = "training"
 OPTIMIZERS = ("normalized", "adam")  # lib/experiments/training/trainer.py
@@ -16,11 +14,11 @@ TUNING_INIT = 500  # tuning initialisation j is the toy's initialisation TUNING_
 
 
 @dataclass
-class TrainingParams:
-    """Parameters of one training run (the notebook's ``parameters`` cell, minus ``results_path``)."""
+class TrainingParams(StudentParams):
+    """Parameters of one training run (the notebook's ``parameters`` cell, minus ``results_path``);
+    the student (the toy's: 3 hidden layers of num_dim units, binary, pretrained or not) as
+    :class:`~lib.experiments.toy.params.StudentParams`."""
 
-    num_dim: int = param(8, POSITIVE_INT)                  # the toy: 3 hidden layers of num_dim units, binary
-    pretrained: bool = param(False)                        # start from the toy's pretrained student
     batch_sizes: list[int] = param([1024], POSITIVE_INT)   # rows of each step's fresh gradient batch
     steps: int = param(100, POSITIVE_INT)                  # K: updates per training
     eval_every: int = param(10, POSITIVE_INT)              # population loss (and cosine) every this many steps
@@ -38,16 +36,6 @@ class TrainingParams:
     reference_rows: int = param(16000, NON_NEGATIVE_INT)   # rows of the reference CDG at each evaluation; 0: none
     reference_eps: float = param(0.1, POSITIVE)
     equivalence_margin: float = param(0.02, POSITIVE)      # "matches": |paired difference of L_K / L_0| below it
-    pretrain_steps: int = param(2000, POSITIVE_INT)
-    pretrain_batch_size: int = param(16000, POSITIVE_INT)
-    pretrain_lr: float = param(1e-3, POSITIVE)
-    pretrain_variant: str = param("clipped", STE_VARIANT)
-    seed: int = param(0, NON_NEGATIVE_INT)
-    device: str = param("cpu", DEVICE)
-    cache_dir: str = param("cache/pretrain", NON_EMPTY)
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[tuple[str, str]]:
         """Inconsistent values, as ``(key, message)``."""
@@ -66,10 +54,8 @@ class TrainingParams:
     def machine_problems(self) -> list[tuple[str, str]]:
         """What this machine cannot give the run, as ``(key, message)``: a writable cache folder for
         pretrained students, and memory for the largest batch of Gaussian inputs (float64)."""
-        if self.pretrained:
-            problem = folder_problem(repo_path(self.cache_dir))
-            if problem:
-                return [("cache_dir", problem)]
+        if self.cache_problems():
+            return self.cache_problems()
         rows = [("batch_sizes", max(self.batch_sizes)), ("eval_rows", self.eval_rows),
                 ("reference_rows", self.reference_rows), ("large_batch_rows", self.large_batch_rows)]
         if self.pretrained:
@@ -81,9 +67,7 @@ class TrainingParams:
     def pretraining(self) -> ToyParams:
         """The toy parameters that key and run the student's pretraining (the toy's checkpoint cache:
         the reported initialisations' students are the toy's)."""
-        return ToyParams(num_dim=self.num_dim, pretrained=True, pretrain_steps=self.pretrain_steps,
-                         pretrain_batch_size=self.pretrain_batch_size, pretrain_lr=self.pretrain_lr,
-                         pretrain_variant=self.pretrain_variant, seed=self.seed, cache_dir=self.cache_dir)
+        return pretraining(self)
 
     def tuning_inits(self) -> list[int]:
         """The initialisations the choices are made on: ``TUNING_INIT + j``, never reported."""
