@@ -175,7 +175,7 @@ def test_widget_app_updates_on_a_slider_change(tmp_path):
     assert c["lr_range"].options[0] == ("1e-05", 1e-5)  # plain numbers, not log10
     c["eps"].value = 0.03
     assert app.calls == 1 and app.last_error is None
-    assert math.isclose(app.last_result.params["eps"], 0.03)
+    assert math.isclose(app.last_result.params.eps, 0.03)
     assert app.status.value.startswith("computed in ")
     (out,) = app.output.outputs
     assert out["output_type"] == "display_data" and "image/png" in out["data"]
@@ -183,8 +183,8 @@ def test_widget_app_updates_on_a_slider_change(tmp_path):
     c["variant"].value = "swishsign"
     c["lr_range"].value = (0.01, 1.0)
     assert app.calls == 3
-    assert app.last_result.params["variant"] == "swishsign"
-    assert math.isclose(app.last_result.params["lr_min"], 0.01)
+    assert app.last_result.params.variant == "swishsign"
+    assert math.isclose(app.last_result.params.lr_min, 0.01)
     c["lr_range"].value = (0.1, 0.1)  # empty range: shown, not raised
     assert app.calls == 4 and app.last_error.startswith("SchemaError: lr_max: expected lr_max > lr_min")
     assert app.output.outputs[0]["output_type"] == "stream"
@@ -222,7 +222,7 @@ def test_seconds_per_update_warm(tmp_path):
         app.update()
         lines.append(f"num_dim {d:2d} pretrained={pretrained!s:5}: {time.perf_counter() - t:.2f} s per update "
                      f"(explore {app.last_result.wall_s:.2f} s, figure + PNG the rest)")
-        assert app.calls == 2 and app.last_error is None and app.last_result.params["num_dim"] == d
+        assert app.calls == 2 and app.last_error is None and app.last_result.params.num_dim == d
     print("\n" + "\n".join(lines))
 
 
@@ -242,7 +242,7 @@ def test_a_newer_change_cancels_a_queued_recompute(tmp_path):
 
     asyncio.run(three_presses())
     assert (app.calls, app.cancelled) == (1, 2)
-    assert math.isclose(app.last_result.params["eps"], 0.01) and app.last_error is None
+    assert math.isclose(app.last_result.params.eps, 0.01) and app.last_error is None
 
 
 def test_labels_are_rounded():

@@ -96,3 +96,19 @@ def test_notebook_parameters_cell_is_the_schema(experiment):
     assert set(declared) == set(defaults(experiment.schema)) | {"results_path"}
     for name, default in defaults(experiment.schema).items():
         assert ast.literal_eval(declared[name]["default"]) == default, name
+
+
+def test_a_results_files_parameters_come_back_typed_whatever_version_wrote_them():
+    """A key the class lost is dropped, one it gained takes its default, and a value a rule
+    introduced later would reject is read as written (the run that wrote it was valid then)."""
+    from lib.experiments.records import parameters_of
+    from lib.experiments.toy.params import ToyParams
+
+    stored = {"parameters": {"num_dim": 16, "nes_samples": [7], "retired_option": 3, "ste_variants": []}}
+    p = parameters_of(stored, ToyParams)
+    assert isinstance(p, ToyParams)
+    assert (p.num_dim, p.nes_samples, p.ste_variants) == (16, [7], [])
+    assert p.batch_size == ToyParams().batch_size and p.sigma_grid == ToyParams().sigma_grid
+    assert not hasattr(p, "retired_option")
+    p.sigma_grid.append(99.0)  # a default list is the instance's own
+    assert 99.0 not in ToyParams().sigma_grid

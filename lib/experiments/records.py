@@ -6,7 +6,10 @@ every field a reader needs is stored as such, never encoded in a key string.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, TypedDict
+import dataclasses
+from typing import Any, Iterable, Mapping, TypedDict, TypeVar
+
+P = TypeVar("P")
 
 
 def select(records: Iterable[dict[str, Any]], **fields: Any) -> list[dict[str, Any]]:
@@ -39,3 +42,20 @@ class RunResults(TypedDict):
     device: str
     wall_s: float
     cpu_s: float
+
+
+def parameters_of(results: Mapping[str, Any], cls: type[P]) -> P:
+    """A results file's ``parameters`` as its experiment's parameter class ``cls``: a key the class
+    no longer has is dropped, one it gained takes its default. Not validated again (the run
+    validated them; a rule tightened since must not make a finished run unreadable)."""
+    stored = results["parameters"]
+    out = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in stored:
+            value = stored[f.name]
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        else:
+            value = f.default_factory()  # type: ignore[misc]
+        object.__setattr__(out, f.name, value)
+    return out

@@ -13,6 +13,7 @@ from lib.experiments.records import select
 from lib.experiments.stats import finite
 
 from .records import ConvergenceResults as Results
+from .records import params_of
 from .run import CEILING, LAYER_MEAN, ste_estimate
 
 
@@ -40,8 +41,8 @@ def convergence_figure(r: Results) -> "plt.Figure":
     score against CDG on an independent batch), and each STE variant against CDG on an independent
     batch (one colour per variant; their intervals are in the section's table); rows = ε, columns
     = precisions."""
-    p = r["parameters"]
-    eps_list, precisions = p["eps"], p["precisions"]
+    p = params_of(r)
+    eps_list, precisions = p.eps, p.precisions
     fig, axes = plt.subplots(len(eps_list), len(precisions), figsize=(3.3 * len(precisions) + 1.2,
                              2.9 * len(eps_list) + 0.8), squeeze=False, sharex=True, sharey=True,
                              layout="constrained")
@@ -53,7 +54,7 @@ def convergence_figure(r: Results) -> "plt.Figure":
             roots = [np.mean([math.sqrt(max(v, 0.0)) for v in finite(c.get("values", []))] or [np.nan]) for c in ceiling]
             ax.plot([c["batch_size"] for c in ceiling], roots, color=palette.CEILING, ls=":", lw=1.5,
                     label="√ceiling: the population gradient's score")
-            for v in p["ste_variants"]:
+            for v in p.ste_variants:
                 _line(ax, series(r, precision, eps, ste_estimate(v, "independent")), color=palette.ste_colour(v), lw=1,
                       label=f"STE {v}")
             ax.set_xscale("log")
@@ -66,6 +67,6 @@ def convergence_figure(r: Results) -> "plt.Figure":
                 ax.set_ylabel("cosine, mean over layers")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
-    fig.suptitle(f"Reference convergence, num_dim {p['num_dim']}: CDG against itself (independent batches)\n"
-                 f"and each STE against CDG on an independent batch; n = {p['num_init']} initialisations", fontsize=10)
+    fig.suptitle(f"Reference convergence, num_dim {p.num_dim}: CDG against itself (independent batches)\n"
+                 f"and each STE against CDG on an independent batch; n = {p.num_init} initialisations", fontsize=10)
     return fig

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Optional, TypedDict
 
-from lib.experiments.records import RunResults
+from lib.experiments.records import RunResults, parameters_of
+
+from .params import ConvergenceParams
 
 
 class CosineRecord(TypedDict):
@@ -30,3 +32,8 @@ class ConvergenceResults(RunResults):
 
     layers: list[str]              # the parameter names, front to back
     cosines: list[CosineRecord]
+
+
+def params_of(results: ConvergenceResults) -> ConvergenceParams:
+    """The run's parameters as :class:`ConvergenceParams` (:func:`lib.experiments.records.parameters_of`)."""
+    return parameters_of(results, ConvergenceParams)

@@ -10,6 +10,7 @@ from lib.experiments.stats import finite, rank, with_interval
 
 from .figures import convergence_figure, series
 from .records import ConvergenceResults as Results
+from .records import params_of
 from .run import CEILING, ste_ceiling, ste_estimate
 
 HEADING = "Reference convergence"  # beyond the notes: no heading of theirs beside it
@@ -33,7 +34,7 @@ OLD_RUN = ("This run did not record the STE's own noise ceiling (cos(STE_A, STE_
 def ste_records(r: Results, precision: str, eps: float, n: int, reference_batch: str) -> list[dict[str, Any]]:
     """The records of every STE variant's mean per-layer cosine with CDG at batch size ``n`` (CDG on
     the STE's own batch: ``same``; on the other one: ``independent``), highest mean first."""
-    return sorted((c for v in r["parameters"]["ste_variants"]
+    return sorted((c for v in params_of(r).ste_variants
                    for c in series(r, precision, eps, ste_estimate(v, reference_batch)) if c["batch_size"] == n),
                   key=lambda c: -rank(c["mean"]))
 
@@ -68,9 +69,9 @@ def resolution(r: Results) -> dict[tuple[str, float, str, int], tuple[Difference
     Holm-corrected p-value over all of them; none for a run without the STE's own ceiling."""
     if not has_ste_ceiling(r):
         return {}
-    p = r["parameters"]
-    keys = [(precision, eps, v, n) for precision in p["precisions"] for eps in p["eps"]
-            for v in p["ste_variants"] for n in sorted(p["batch_sizes"])]
+    p = params_of(r)
+    keys = [(precision, eps, v, n) for precision in p.precisions for eps in p.eps
+            for v in p.ste_variants for n in sorted(p.batch_sizes)]
     gaps = [gap_to_unbiased(r, *key) for key in keys]
     return dict(zip(keys, zip(gaps, holm([g.p for g in gaps]))))
 
@@ -92,28 +93,28 @@ def resolved_at(r: Results, precision: str, eps: float, variant: str,
     stay resolved as N grows: the gap shrinks with the reference's noise, and n is small);
     ``done``: :func:`resolved_keys` of the run, when the caller has it."""
     done = resolved_keys(r) if done is None else done
-    return [n for n in sorted(r["parameters"]["batch_sizes"]) if (precision, eps, variant, n) in done]
+    return [n for n in sorted(params_of(r).batch_sizes) if (precision, eps, variant, n) in done]
 
 
 def resolution_lines(r: Results) -> list[str]:
     """Per (ε, precision): the N at which each variant's error is resolved, or none."""
-    p = r["parameters"]
+    p = params_of(r)
     done = resolved_keys(r)
     lines = []
-    for eps in p["eps"]:
-        for precision in p["precisions"]:
-            at = {v: resolved_at(r, precision, eps, v, done) for v in p["ste_variants"]}
+    for eps in p.eps:
+        for precision in p.precisions:
+            at = {v: resolved_at(r, precision, eps, v, done) for v in p.ste_variants}
             parts = [f"{v} at N ∈ {{{', '.join(map(str, ns))}}}" for v, ns in at.items() if ns]
             hidden = [v for v, ns in at.items() if not ns]
             if hidden:
-                parts.append(f"{', '.join(hidden)} at no N ≤ {max(p['batch_sizes'])}")
+                parts.append(f"{', '.join(hidden)} at no N ≤ {max(p.batch_sizes)}")
             lines.append(f"* {PRECISION_TITLES.get(precision, precision)}, ε = {eps:g}: {'; '.join(parts)}")
     return lines
 
 
 def _table(r: Results, eps: float) -> list:
     rows = []
-    for precision in r["parameters"]["precisions"]:
+    for precision in params_of(r).precisions:
         for ceil in series(r, precision, eps, CEILING):
             n = ceil["batch_size"]
             best = {kind: best_ste(r, precision, eps, n, kind) for kind in ("same", "independent")}
@@ -132,19 +133,19 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
     """The section from the convergence runs of a report folder (``{id, entry, results}``)."""
     cells = [md(heading(3, HEADING))]
     for r in [run["results"] for run in runs if run["results"] is not None]:
-        p = r["parameters"]
-        coords = "every weight" if not p["coords_per_layer"] else f"{p['coords_per_layer']} sampled weights per layer"
-        cells.append(md(f"The toy with 3 hidden layers of {p['num_dim']} units; the student's activation varies, the "
-                        f"teacher's is {'the same' if p['teacher_act'] == 'same' else p['teacher_act']}. CDG "
+        p = params_of(r)
+        coords = "every weight" if not p.coords_per_layer else f"{p.coords_per_layer} sampled weights per layer"
+        cells.append(md(f"The toy with 3 hidden layers of {p.num_dim} units; the student's activation varies, the "
+                        f"teacher's is {'the same' if p.teacher_act == 'same' else p.teacher_act}. CDG "
                         f"(central, on {coords}) on two independent batches of N rows gives the reference's noise "
                         f"ceiling; each STE variant is compared with CDG on its own batch (the lab's measure) and on "
-                        f"the other one. Mean over n = {p['num_init']} initialisations, 95% t-intervals. {RULE}"))
+                        f"the other one. Mean over n = {p.num_init} initialisations, 95% t-intervals. {RULE}"))
         cells.append(figure(convergence_figure(r), "reference convergence"))
         cells.append(md("**Where each STE variant's own error is resolved:**\n\n" + (
             "\n".join(resolution_lines(r)) if has_ste_ceiling(r) else OLD_RUN)))
-        cells.append(md(f"Mean per-layer cosine at ε = {p['eps'][0]:g} (mean over initialisations [95% interval]; "
+        cells.append(md(f"Mean per-layer cosine at ε = {p.eps[0]:g} (mean over initialisations [95% interval]; "
                         "the variant in brackets is the best one):"))
-        cells += _table(r, p["eps"][0])
+        cells += _table(r, p.eps[0])
     return cells + failed_runs_note(runs)
 
 
@@ -163,8 +164,8 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
     (:data:`RULE`), the variants whose error is resolved there marked."""
     out = []
     for r in [run["results"] for run in runs if run["results"] is not None]:
-        p = r["parameters"]
-        eps, n_max = p["eps"][0], max(p["batch_sizes"])
+        p = params_of(r)
+        eps, n_max = p.eps[0], max(p.batch_sizes)
         lead = (f"**Reference convergence** ([section](#{anchor(HEADING)})): how wrong each STE variant is against "
                 f"the converged reference at N = {n_max}, ε = {eps:g}")
         if not has_ste_ceiling(r):
@@ -172,15 +173,15 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
             continue
         done = resolved_keys(r)
         parts = []
-        for precision in p["precisions"]:
+        for precision in p.precisions:
             ceiling = next(c for c in series(r, precision, eps, CEILING) if c["batch_size"] == n_max)
             variants = [_variant_text(r, precision, eps, n_max, v, (precision, eps, v, n_max) in done)
-                        for v in p["ste_variants"]]
+                        for v in p.ste_variants]
             parts.append(f"{PRECISION_TITLES.get(precision, precision)}: CDG ceiling "
                          f"{with_interval(ceiling['mean'], ceiling['interval'])}; " + ", ".join(variants))
         out.append(f"{lead}, as each variant's mean per-layer cosine with CDG on an independent batch against "
                    f"√(c_STE · c_CDG), what an STE with no error of its own would score: {'; '.join(parts)} "
-                   f"(n = {p['num_init']} initialisations; resolved: below it, paired, Holm over the run's "
-                   f"{len(p['precisions']) * len(p['eps']) * len(p['ste_variants']) * len(p['batch_sizes'])} "
+                   f"(n = {p.num_init} initialisations; resolved: below it, paired, Holm over the run's "
+                   f"{len(p.precisions) * len(p.eps) * len(p.ste_variants) * len(p.batch_sizes)} "
                    "(activation, ε, N, variant) tests).")
     return out

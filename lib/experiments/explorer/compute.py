@@ -63,7 +63,7 @@ class ExplorerResult:
     estimator ``k`` (estimate + curve); ``wall_s`` the whole call.
     """
 
-    params: dict[str, Any]
+    params: ExplorerParams
     lrs: np.ndarray
     curves: dict[str, np.ndarray]
     best: dict[str, tuple[float, float]]
@@ -141,7 +141,6 @@ def _curve(key: str, grads: dict[str, torch.Tensor], scorer: P.Scorer | None, mo
 
 
 def _explore(p: ExplorerParams) -> ExplorerResult:
-    params = asdict(p)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     problem = toy_problem(p.num_dim, p.seed)
@@ -193,7 +192,7 @@ def _explore(p: ExplorerParams) -> ExplorerResult:
     }
     labels = {k: v for k, v in labels.items() if k in curves}
     return ExplorerResult(
-        params=params, lrs=lrs, curves=curves,
+        params=p, lrs=lrs, curves=curves,
         best={k: V.best_decrease(lrs, c) for k, c in curves.items()},
         cosines=cosines, labels=labels, base_loss=base_loss,
         loss_evaluations={"cdg": 2 * n_weights, "nes": 2 * p.samples,

@@ -30,7 +30,7 @@ def plot_explorer(result: ExplorerResult, figsize: tuple[float, float] = (11.0, 
     for k in ESTIMATORS:
         if k not in result.curves:
             continue
-        style = _STYLE[k] if k != "ste" else dict(color=palette.ste_colour(result.params["variant"]))
+        style = _STYLE[k] if k != "ste" else dict(color=palette.ste_colour(result.params.variant))
         ax.plot(result.lrs, result.curves[k], label=result.labels[k], **style)
         best, lr = result.best[k]
         if math.isfinite(best):
@@ -48,17 +48,17 @@ def plot_explorer(result: ExplorerResult, figsize: tuple[float, float] = (11.0, 
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("learning rate")
     p = result.params
-    held = p.get("held_out", False)
+    held = p.held_out
     ax.set_ylabel("held-out relative decrease, hidden layers" if held else "in-sample decrease  L(w) − L(w − lr ĝ)")
-    state = "pretrained" if p["pretrained"] else "random init"
-    where = f"held out on {p['eval_rows']:,} rows" if held else "in-sample"
-    ax.set_title(f"num_dim={p['num_dim']}, {state}, L={result.base_loss:.3g} ({where}), batch {p['batch_size']}"
+    state = "pretrained" if p.pretrained else "random init"
+    where = f"held out on {p.eval_rows:,} rows" if held else "in-sample"
+    ax.set_title(f"num_dim={p.num_dim}, {state}, L={result.base_loss:.3g} ({where}), batch {p.batch_size}"
                  f"  (★ best; {result.wall_s:.2f} s)", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(True, alpha=0.3)
 
     bars = [("NES", result.cosines["nes_vs_cdg"]["all"], palette.NES),
-            (f"STE\n{p['variant']}", result.cosines["ste_vs_cdg"]["all"], palette.ste_colour(p["variant"])),
+            (f"STE\n{p.variant}", result.cosines["ste_vs_cdg"]["all"], palette.ste_colour(p.variant)),
             ("exact\n(last 2)", result.cosines["exact_vs_cdg"]["all"], palette.EXACT)]
     if "nes_last2_vs_exact" in result.cosines:
         bars.append(("NES last 2\nvs exact", result.cosines["nes_last2_vs_exact"]["all"], "white"))

@@ -7,9 +7,9 @@ import numpy as np
 
 from lib.experiments import palette
 from lib.experiments.cells import PRECISION_TITLES
-from lib.experiments.records import select
+from lib.experiments.records import parameters_of, select
 
-from .params import parameters_of
+from .params import ThinResNetParams
 from .summary import acts_of, analysis_of, cosine_of, layer_label, mean_cosine, states_of
 
 
@@ -63,7 +63,7 @@ def plot_cosine(result: dict[str, Any], eps: float | None = None):
 
 
 def _sampled_text(result: dict[str, Any]) -> str:
-    p = parameters_of(result)
+    p = parameters_of(result, ThinResNetParams)
     return f"{p.coords_per_layer} sampled coordinates per layer, mean over n = {p.coord_sets} seeded sets"
 
 

@@ -2,9 +2,7 @@
 names, types, defaults and ranges (:mod:`lib.experiments.schema`) and the cross-field rules."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 from lib.common.paths import repo_path
 from lib.common.resources import folder_problem, memory_problem
@@ -125,10 +123,3 @@ class ThinResNetParams:
                       key=lambda t: t[1])
         problem = memory_problem(largest[1], largest[2])
         return [(largest[0], problem)] if problem else []
-
-
-def parameters_of(result: Mapping[str, Any]) -> ThinResNetParams:
-    """A results record's ``parameters`` as the typed class: a key the class no longer has is
-    dropped, one it gained takes its default (results written by earlier versions stay readable)."""
-    names = {f.name for f in dataclasses.fields(ThinResNetParams)}
-    return ThinResNetParams(**{k: v for k, v in result["parameters"].items() if k in names})

@@ -19,6 +19,7 @@ from lib.experiments.records import select
 from lib.experiments.stats import t_quantile
 
 from .records import ToyResults as Results
+from .records import params_of
 from .tables import at_lr_edge, best_by_dim, best_of, nes_samples
 
 STAR_NOTE = "★ best lr of a curve (hollow: the largest lr of the grid, a longer step might do better)"
@@ -71,9 +72,9 @@ def lr_curves(ax: "plt.Axes", lrs: Sequence[float], stats: Mapping[str, Mapping[
 
 def _setting(runs: Sequence[Results]) -> str:
     r = runs[0]
-    p = r["parameters"]
-    return (f"{'pretrained' if r['pretrained'] else 'no pretraining'}, batch {p['batch_size']}, "
-            f"n = {p['num_init']}×{p['num_batch']} initialisations × batches (band: 95% interval)")
+    p = params_of(r)
+    return (f"{'pretrained' if r['pretrained'] else 'no pretraining'}, batch {p.batch_size}, "
+            f"n = {p.num_init}×{p.num_batch} initialisations × batches (band: 95% interval)")
 
 
 def _panels(rows: int, cols: int, width: float = 3.3, height: float = 2.7):

@@ -16,6 +16,7 @@ from .population_report import comparison_finding, readout_finding
 from .sigma_search import HEADING as SEARCH_HEADING
 from .sigma_search import search_finding
 from .params import ToyParams
+from .records import params_of
 
 # The headings the findings link to (the sections' English headings).
 SEARCH_1 = "Hyper-parameter search (epsilon for CDG & sigma for NES) - 1"
@@ -49,8 +50,8 @@ def one_setting(ok: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return ok
 
     def preference(item: tuple[str, list[dict[str, Any]]]) -> tuple[bool, int, str]:
-        p = item[1][0]["parameters"]
-        binary = (p.get("act", "binary"), p.get("teacher_act", "binary")) == ("binary", "binary")
+        p = params_of(item[1][0])
+        binary = (p.act, p.teacher_act) == ("binary", "binary")
         return not binary, -len(item[1]), item[0]
 
     return min(groups.items(), key=preference)[1]
@@ -91,7 +92,7 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
     for runs_, pretrained in ((plain, False), (pre, True)):
         if not runs_:
             continue
-        largest = max(runs_[0]["parameters"]["nes_samples"])
+        largest = max(params_of(runs_[0]).nes_samples)
         if pretrained:
             out.append(question_finding(runs_))
         out += [comparison_finding(runs_, pretrained, sections, "STE against CDG", [("CDG", "best STE")]),

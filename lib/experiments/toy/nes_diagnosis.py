@@ -28,6 +28,7 @@ from lib.experiments.stats import with_interval
 
 from . import protocol as PR
 from .records import ToyResults as Results
+from .records import params_of
 
 LAYER = PR.LAST_HIDDEN
 VERDICTS = ("both", "bias", "variance", "neither", "not distinguishable", "uninformative")
@@ -96,7 +97,7 @@ def _sigma_fixed(sigma: float):
 def _control(r: Results) -> Test | None:
     """CDG − the random direction on the last hidden layer, paired (None without the control)."""
     fams = {f.name: f for f in PR.families(r, LAYER)}
-    n = r["parameters"]["batch_size"]
+    n = params_of(r).batch_size
     cdg, random = (PR.score(r, fams[name], LAYER, n) for name in ("CDG", "random direction"))
     return None if cdg is None or random is None else \
         Test("control", None, paired_difference(cdg.per_init, random.per_init))
@@ -105,16 +106,16 @@ def _control(r: Results) -> Test | None:
 def _raw(r: Results) -> list[tuple[float, list[Test], PR.Score, PR.Score]]:
     """Per σ of a run: its untested-for-multiplicity tests, the limit's and CDG's scores."""
     fams = {f.name: f for f in PR.families(r, LAYER)}
-    n = r["parameters"]["batch_size"]
-    margin = r["parameters"].get("equivalence_margin")
+    n = params_of(r).batch_size
+    margin = params_of(r).equivalence_margin
     cdg = PR.score(r, fams["CDG"], LAYER, n)
     out = []
-    for sigma in r["parameters"]["sigma_grid"]:
+    for sigma in params_of(r).sigma_grid:
         exact = PR.score(r, fams["exact smoothed"], LAYER, n, _sigma_fixed(sigma))
         if exact is None or cdg is None:
             continue
         tests = [Test("bias", None, paired_difference(cdg.per_init, exact.per_init, margin))]
-        for s in r["parameters"]["nes_samples"]:
+        for s in params_of(r).nes_samples:
             nes = PR.score(r, fams[f"NES {s} (last two)"], LAYER, n, _sigma_fixed(sigma))
             if nes is not None:
                 tests.append(Test("variance", s, paired_difference(exact.per_init, nes.per_init, margin)))
@@ -127,7 +128,7 @@ def diagnose_section(runs: Sequence[Results]) -> list[SigmaVerdict]:
     and each run's control (CDG against the random direction on the same layer: where CDG does not
     beat it, the layer's metric tells no gradient from a data-free direction, and every verdict of
     that run is *uninformative*)."""
-    used = [r for r in sorted(runs, key=lambda r: r["num_dim"]) if r["parameters"].get("diagnose", True)
+    used = [r for r in sorted(runs, key=lambda r: r["num_dim"]) if params_of(r).diagnose
             and r.get("population")]
     controls = {r["num_dim"]: _control(r) for r in used}
     raw = [(r["num_dim"], *entry) for r in used for entry in _raw(r)]

@@ -16,6 +16,7 @@ from lib.experiments.stats import with_interval
 from . import protocol as PR
 from .population import ALL, HIDDEN, IN_SAMPLE
 from .records import ToyResults as Results
+from .records import params_of
 
 HEADING = "Held-out loss decrease on the hidden layers (beyond the notes)"
 CONTROL = "random direction"
@@ -56,9 +57,9 @@ def nes_projection(by_dim: Sequence[Results], rows: int) -> str:
     direction is a forward pass over every row)."""
     parts = []
     for r in by_dim:
-        per_sigma, n = r["seconds"].get("nes"), r["parameters"]["batch_size"]
+        per_sigma, n = r["seconds"].get("nes"), params_of(r).batch_size
         if per_sigma is not None:
-            hours = per_sigma * len(r["parameters"]["sigma_grid"]) * rows / n / 3600
+            hours = per_sigma * len(params_of(r).sigma_grid) * rows / n / 3600
             parts.append(f"num_dim {r['num_dim']} {hours:.2g} h")
     return ("NES over the σ grid would take, per repetition on this machine, about " + ", ".join(parts)
             + f" (its measured time at {by_dim[0]['parameters']['batch_size']:,} rows × the rows)") if parts else \
@@ -67,7 +68,7 @@ def nes_projection(by_dim: Sequence[Results], rows: int) -> str:
 
 def _protocol_text(by_dim: Sequence[Results]) -> str:
     r = by_dim[0]
-    p, n = r["parameters"], _n(by_dim)
+    p, n = params_of(r), _n(by_dim)
     crossed = n > 1
     return (f"Every number here is a loss decrease on rows no gradient saw: each initialisation has its own "
             f"evaluation set of {r['population']['eval_rows']:,} rows, the same for all its estimates, so the "
@@ -79,7 +80,7 @@ def _protocol_text(by_dim: Sequence[Results]) -> str:
                if crossed else "**One initialisation:** the choices are made on the data scored (no cross-fitting) "
                "and there are no intervals; this shows structure, not conclusions. ")
             + f"Means with 95% t-intervals over n = {n} initialisation(s) (batches averaged within each; "
-            f"{p['num_batch']} per initialisation). The *random direction* is a control that uses no data: "
+            f"{p.num_batch} per initialisation). The *random direction* is a control that uses no data: "
             "an estimator that does not beat it says nothing.")
 
 
@@ -88,7 +89,7 @@ def comparison_cells(by_dim: Sequence[Results]) -> list:
     comps = PR.comparisons(by_dim)
     if not comps:
         return []
-    margin = by_dim[0]["parameters"].get("equivalence_margin")
+    margin = params_of(by_dim[0]).equivalence_margin
     rows = []
     for c in comps:
         d = c.difference
@@ -109,7 +110,7 @@ def population_figure(by_dim: Sequence[Results], title: str) -> "plt.Figure":
     gradient batch size, with 95% intervals over initialisations."""
     sizes = sorted({n for r in by_dim for n in PR.batch_sizes(r)})
     fig, axes = plt.subplots(1, len(sizes), figsize=(3.6 * len(sizes) + 1.8, 2.9), sharey=True, squeeze=False)
-    largest = max(by_dim[0]["parameters"]["nes_samples"])
+    largest = max(params_of(by_dim[0]).nes_samples)
     styles = {"CDG": palette.CDG, f"NES {largest}": palette.NES, "best STE": palette.STE["clipped"],
               CONTROL: "#7f7f7f"}
     dims = [r["num_dim"] for r in by_dim]
@@ -144,7 +145,7 @@ def population_cells(level: int, by_dim: Sequence[Results], pretrained: bool) ->
     cells = [md(heading(level, HEADING))]
     if not by_dim:
         return cells + [md("_These runs predate the population protocol; rerun them to see this block._")]
-    main = by_dim[0]["parameters"]["batch_size"]
+    main = params_of(by_dim[0]).batch_size
     state = "pretrained" if pretrained else "no pretraining"
     cells += [md(_protocol_text(by_dim)),
               figure(population_figure(by_dim, f"held-out decrease, hidden layers ({state})"),

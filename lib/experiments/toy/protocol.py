@@ -20,6 +20,7 @@ from lib.experiments.inference import Claim, Difference, Score, corrected, cross
 
 from .population import ALL, HIDDEN, RANDOM, SHRINK_READOUT, PopulationCurves
 from .records import ToyResults as Results
+from .records import params_of
 
 LAST_HIDDEN = "fc3.weight"  # the toy's last hidden layer (three hidden layers, docs/design.md §3)
 
@@ -38,20 +39,20 @@ def families(results: Results, metric: str = HIDDEN) -> list[Family]:
     """The families of a run on ``metric``: CDG (over ε), NES per sample count (over σ), the best
     STE (over variants), each STE variant, and the controls; on the last hidden layer the
     diagnosis's estimates on the last two layers (NES per sample count, the exact smoothed gradient)."""
-    p = results["parameters"]
+    p = params_of(results)
     out = [Family("CDG", lambda e: e["estimator"] == "cdg" and e["layers"] == "all", lambda e: f"ε={e['eps']:g}")]
     out += [Family(f"NES {s}", lambda e, s=s: e["estimator"] == "nes" and e["layers"] == "all" and e["samples"] == s,
-                   lambda e: f"σ={e['sigma']:g}") for s in p["nes_samples"]]
+                   lambda e: f"σ={e['sigma']:g}") for s in p.nes_samples]
     out.append(Family("best STE", lambda e: e["estimator"] == "ste", lambda e: e["variant"]))
     out += [Family(f"STE {v}", lambda e, v=v: e["estimator"] == "ste" and e["variant"] == v, lambda e: "")
-            for v in p["ste_variants"]]
+            for v in p.ste_variants]
     out.append(Family("random direction", lambda e: e["estimator"] == RANDOM, lambda e: ""))
     if metric == ALL:
         out.append(Family("shrink the readout", lambda e: e["estimator"] == SHRINK_READOUT, lambda e: ""))
     if metric == LAST_HIDDEN:
         out.append(Family("exact smoothed", lambda e: e["estimator"] == "smoothed_exact", lambda e: f"σ={e['sigma']:g}"))
         out += [Family(f"NES {s} (last two)", lambda e, s=s: e["estimator"] == "nes" and e["layers"] == "last_two"
-                       and e["samples"] == s, lambda e: f"σ={e['sigma']:g}") for s in p["nes_samples"]]
+                       and e["samples"] == s, lambda e: f"σ={e['sigma']:g}") for s in p.nes_samples]
     return out
 
 
@@ -88,7 +89,7 @@ def score(results: Results, family: Family, metric: str, batch_size: int,
 
 def scores(results: Results, metric: str = HIDDEN, batch_size: int | None = None) -> dict[str, Score]:
     """``{family name: Score}`` of a run on ``metric`` at ``batch_size`` (default: the notes' batch)."""
-    main = results["parameters"]["batch_size"]
+    main = params_of(results).batch_size
     n = batch_size or main
     out = {}
     for fam in families(results, metric):
@@ -122,9 +123,9 @@ PAIRS = (("CDG", "best STE"), ("best STE", "random direction"), ("CDG", "random 
 
 def section_pairs(results: Results, batch_size: int) -> list[tuple[str, str]]:
     """The pairs a section tests for one run at one batch size."""
-    if batch_size != results["parameters"]["batch_size"]:
+    if batch_size != params_of(results).batch_size:
         return list(PAIRS)
-    return list(PAIRS) + [(f"NES {s}", "CDG") for s in results["parameters"]["nes_samples"]]
+    return list(PAIRS) + [(f"NES {s}", "CDG") for s in params_of(results).nes_samples]
 
 
 def comparisons(runs: Sequence[Results], metric: str = HIDDEN) -> list[Comparison]:
@@ -132,7 +133,7 @@ def comparisons(runs: Sequence[Results], metric: str = HIDDEN) -> list[Compariso
     with Holm's correction over all of them (differences and equivalences each as one family)."""
     raw: list[tuple[int, int, str, str, Difference, float]] = []
     for r in sorted(runs, key=lambda r: r["num_dim"]):
-        margin = r["parameters"].get("equivalence_margin", 0.0)
+        margin = params_of(r).equivalence_margin
         for n in batch_sizes(r):
             sc = scores(r, metric, n)
             for a, b in section_pairs(r, n):

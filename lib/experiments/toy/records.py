@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Optional, TypedDict
 
-from lib.experiments.records import RunResults
+from lib.experiments.records import RunResults, parameters_of
+
+from .params import ToyParams
 
 from .population import PopulationCurves
 
@@ -96,3 +98,8 @@ class ToyResults(RunResults):
     cosines: list[CosineRecord]
     population: Population
     diagnosis: Optional[dict[str, Any]]  # lib.experiments.toy.diagnosis.diagnose (in-sample), or None
+
+
+def params_of(results: ToyResults) -> ToyParams:
+    """The run's parameters as :class:`ToyParams` (:func:`lib.experiments.records.parameters_of`)."""
+    return parameters_of(results, ToyParams)

@@ -20,6 +20,7 @@ from .population_report import population_cells, verdict_summary
 from .sigma_search import HEADING as SEARCH_HEADING
 from .sigma_search import search_markdown
 from .findings import SEARCH_1, SEARCH_2, is_pretrained, one_setting, setting_differences
+from .records import params_of
 
 # The meeting notes' headings and sentences, verbatim, beside their English.
 H_SEARCH_1 = (SEARCH_1, "搜索超参(epsilon for CDG & sigma for NES) - 1")
@@ -48,22 +49,22 @@ def toy_results(results_dir: str | Path) -> list[dict[str, Any]]:
 def _setting_cells(notes_lines: Sequence[str], ok: Sequence[dict[str, Any]]) -> list:
     cells = [md(heading(4, *H_SETTING) + "\n\n" + "\n".join(f"* {line}" for line in notes_lines))]
     if ok:
-        p = ok[0]["parameters"]
+        p = params_of(ok[0])
         dims = sorted(r["num_dim"] for r in ok)
-        text = (f"This run: num_dim ∈ {dims}; student and teacher: 3 hidden layers ({p.get('act', 'binary')} and "
-                f"{p['teacher_act']} activations) + linear readout, no bias, N(0, 1/fan_in) weights; inputs x ~ N(0, I); gradient batches of {p['batch_size']} rows; "
-                f"{p['num_init']} initialisation(s) × {p['num_batch']} batch(es); ε ∈ {p['eps_grid']} (central CDG); "
-                f"σ ∈ {p['sigma_grid']}, samples ∈ {p['nes_samples']} (antithetic, 2 loss evaluations per sample); "
-                f"STE variants {p['ste_variants']}; gradients normalised per {p['normalize']}; "
-                f"lr on a log grid {p['lr_min']:g}…{p['lr_max']:g} ({p['num_lr']} points) refined on "
-                f"{p['lr_refine']} ({p['num_lr_refine']} points); seed {p['seed']}.")
-        if p["num_init"] * p["num_batch"] == 1:
+        text = (f"This run: num_dim ∈ {dims}; student and teacher: 3 hidden layers ({p.act} and "
+                f"{p.teacher_act} activations) + linear readout, no bias, N(0, 1/fan_in) weights; inputs x ~ N(0, I); gradient batches of {p.batch_size} rows; "
+                f"{p.num_init} initialisation(s) × {p.num_batch} batch(es); ε ∈ {p.eps_grid} (central CDG); "
+                f"σ ∈ {p.sigma_grid}, samples ∈ {p.nes_samples} (antithetic, 2 loss evaluations per sample); "
+                f"STE variants {p.ste_variants}; gradients normalised per {p.normalize}; "
+                f"lr on a log grid {p.lr_min:g}…{p.lr_max:g} ({p.num_lr} points) refined on "
+                f"{p.lr_refine} ({p.num_lr_refine} points); seed {p.seed}.")
+        if p.num_init * p.num_batch == 1:
             text += (" **One initialisation × one batch per point:** no intervals, so this section shows the "
                      "structure of the results, not conclusions (the `full` profile has 3 × 3).")
         if ok[0]["pretrained"]:
             trained_in = dtypes_phrase(info["dtype"] for r in ok for info in r["pretrain"] if "dtype" in info)
-            text += (f" Pretraining: {p['pretrain_steps']} Adam steps (lr {p['pretrain_lr']:g}, STE "
-                     f"`{p['pretrain_variant']}`) on fresh batches of ({p['pretrain_batch_size']}, num_dim) ~ N(0, 1)"
+            text += (f" Pretraining: {p.pretrain_steps} Adam steps (lr {p.pretrain_lr:g}, STE "
+                     f"`{p.pretrain_variant}`) on fresh batches of ({p.pretrain_batch_size}, num_dim) ~ N(0, 1)"
                      f"{trained_in}.")
         cells.append(md(text))
     return cells

@@ -30,6 +30,7 @@ from lib.experiments.stats import with_interval
 
 from . import protocol as PR
 from .population import HIDDEN
+from .records import params_of
 
 Table = Mapping[Hashable, Mapping[int, float]]
 
@@ -76,10 +77,10 @@ def _of_sigma(table: Table, sigma: str) -> list[Hashable]:
 
 
 def _tables(results: PR.Results, metric: str) -> list[Table]:
-    p = results["parameters"]
-    n = p["batch_size"]
+    p = params_of(results)
+    n = p.batch_size
     return [PR.option_table(results, next(f for f in PR.families(results, metric) if f.name == f"NES {s}"), metric, n)
-            for s in sorted(p["nes_samples"])]
+            for s in sorted(p.nes_samples)]
 
 
 def searches(runs: Sequence[PR.Results], metric: str = HIDDEN) -> list[SigmaSearch]:
@@ -87,7 +88,7 @@ def searches(runs: Sequence[PR.Results], metric: str = HIDDEN) -> list[SigmaSear
     comps = PR.comparisons(runs)
     raw = []
     for r in sorted(runs, key=lambda r: r["num_dim"]):
-        samples = sorted(r["parameters"]["nes_samples"])
+        samples = sorted(params_of(r).nes_samples)
         tables = _tables(r, metric)
         if not all(tables):
             continue
@@ -95,15 +96,15 @@ def searches(runs: Sequence[PR.Results], metric: str = HIDDEN) -> list[SigmaSear
         picks = {i: halving(tables, i, inits) for i in inits}
         search = {i: score for i, (_, score) in picks.items() if math.isfinite(score)}
         brute = PR.score(r, next(f for f in PR.families(r, metric) if f.name == f"NES {samples[-1]}"), metric,
-                         r["parameters"]["batch_size"])
+                         params_of(r).batch_size)
         sigmas = [s for s, _ in picks.values()]
         k = len({option[0] for option in tables[0]})
         spent = sum(size * s for size, s in zip(rung_sizes(k, len(samples)), samples))
-        margin = r["parameters"].get("equivalence_margin", 0.0)
+        margin = params_of(r).equivalence_margin
         raw.append((r["num_dim"], over_inits(search), brute.estimate,
                     paired_difference(search, brute.per_init, margin), margin,
                     max(set(sigmas), key=sigmas.count), spent, k * samples[-1],
-                    PR.informative(comps, r["num_dim"], r["parameters"]["batch_size"])))
+                    PR.informative(comps, r["num_dim"], params_of(r).batch_size)))
     p, q = corrected([d for _, _, _, d, *_ in raw])
     return [SigmaSearch(dim, s, b, Claim("σ search", "every σ", d, p[k], q[k], margin), chosen, spent, brute_cost, ok)
             for k, (dim, s, b, d, margin, chosen, spent, brute_cost, ok) in enumerate(raw)]
@@ -130,7 +131,7 @@ def search_markdown(runs: Sequence[PR.Results]) -> str:
         f"| {s.num_dim} | {with_interval(s.search.mean, s.search.interval)} ({s.chosen}) | "
         f"{with_interval(s.brute.mean, s.brute.interval)} | {_difference_cell(s, marks)} | "
         f"{s.directions:,} / {s.brute_directions:,} ({s.brute_directions / s.directions:.1f}× fewer) |" for s in found)
-    samples = sorted(runs[0]["parameters"]["nes_samples"])
+    samples = sorted(params_of(runs[0]).nes_samples)
     return (f"**{HEADING}.** Successive halving over σ: every σ at {samples[0]:,} directions, the better half "
             f"at each larger count, the best at {samples[-1]:,} (lr chosen there), every choice made on the other "
             "initialisations; against the brute-force grid, every σ at "

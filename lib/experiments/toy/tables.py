@@ -9,6 +9,7 @@ from lib.experiments.records import distinct, only, select
 from lib.experiments.stats import rank, with_interval
 
 from .records import ToyResults as Results
+from .records import params_of
 
 
 EDGE_MARK = " †"  # the best hyper-parameter is the smallest or largest of its grid
@@ -96,7 +97,7 @@ def cosine_with_cdg(runs: Sequence[Results]) -> dict[str, dict[int, Cosine]]:
     table: dict[str, dict[int, Cosine]] = {}
     for r in runs:
         d, cos = r["num_dim"], r["cosines"]
-        reference = {"estimator": "cdg", "layers": "all", "eps": r["parameters"]["reference_eps"]}
+        reference = {"estimator": "cdg", "layers": "all", "eps": params_of(r).reference_eps}
         layers = ste_cosine_layers(r)
         ceiling = {c["layer"]: c for c in select(cos, estimate={"estimator": "cdg", "layers": "all", "batch": "independent",
                                                                  "eps": reference["eps"]}, reference=reference)}

@@ -34,7 +34,7 @@ from lib.experiments.inference import Claim, Estimate, corrected, over_inits, pa
 from lib.experiments.stats import rank
 
 from .arms import Arm
-from .records import Results, TrainingRecord, arm_of, number, relative, relative_final
+from .records import Results, TrainingRecord, arm_of, number, params_of, relative, relative_final
 from .run import chosen_lrs, tuning_means
 
 RHO_CLIP = 0.999  # Fisher's z of a rank correlation of ±1 is infinite
@@ -131,11 +131,11 @@ def fisher_mean(rhos: Sequence[float]) -> Estimate:
 
 def block(results: Results, n: int) -> Block:
     """The :class:`Block` of batch size ``n`` of one run."""
-    p, records = results["parameters"], results["records"]
+    p, records = params_of(results), results["records"]
     lrs = chosen_lrs(records, n)
     stes = [a for a in lrs if a.estimator == "ste"]
     tuned = {a: by_lr[lrs[a]] for a, by_lr in tuning_means(records, n).items()}  # each arm at its chosen lr
-    best = min(stes, key=lambda a: (-rank(-tuned[a]), p["ste_variants"].index(a.variant)))  # lowest first, NaN last
+    best = min(stes, key=lambda a: (-rank(-tuned[a]), p.ste_variants.index(a.variant)))  # lowest first, NaN last
     target = 1 - TARGET_SHARE * (1 - tuned[best])
     reported = [r for r in records if r["phase"] == "report" and r["batch_size"] == n]
     scores = []
@@ -143,20 +143,20 @@ def block(results: Results, n: int) -> Block:
         mine = [r for r in reported if arm_of(r) == arm]
         scores.append(ArmScore(
             arm, lrs[arm], {r["init"]: relative_final(r) for r in mine},
-            {r["init"]: _censored(_steps_to(r, target), p["steps"]) for r in mine},
+            {r["init"]: _censored(_steps_to(r, target), p.steps) for r in mine},
             sum(_steps_to(r, target) is not None for r in mine),
-            float(np.mean([number(r["estimate_cpu_s"][-1]) / p["steps"] for r in mine])),
+            float(np.mean([number(r["estimate_cpu_s"][-1]) / p.steps for r in mine])),
             {r["init"]: number(r["cosine"][0]) for r in mine}))
     inits = sorted({i for a in scores for i in a.final})
     rhos = [_spearman([a.first_cosine.get(i, math.nan) for a in scores], [a.final.get(i, math.nan) for a in scores])
             for i in inits]
-    return Block(p["num_dim"], p["pretrained"], n, p["steps"], best, target, scores, fisher_mean(rhos),
-                 tuple(p["lrs"]))
+    return Block(p.num_dim, p.pretrained, n, p.steps, best, target, scores, fisher_mean(rhos),
+                 tuple(p.lrs))
 
 
 def blocks(runs: Sequence[Results]) -> list[Block]:
     """Every (run, N), by state, then num_dim, then N."""
-    out = [block(r, n) for r in runs for n in r["parameters"]["batch_sizes"]]
+    out = [block(r, n) for r in runs for n in params_of(r).batch_sizes]
     return sorted(out, key=lambda b: (b.pretrained, b.num_dim, b.batch_size))
 
 

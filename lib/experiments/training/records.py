@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any, TypedDict
 
-from lib.experiments.records import RunResults
+from lib.experiments.records import RunResults, parameters_of
+
+from .params import TrainingParams
 
 from .arms import Arm
 
@@ -50,3 +52,8 @@ def relative(record: TrainingRecord) -> list[float]:
 def relative_final(record: TrainingRecord) -> float:
     """``L(w_K) / L(w_0)``: the population loss at the end over that at the start (lower is better)."""
     return relative(record)[-1]
+
+
+def params_of(results: Results) -> TrainingParams:
+    """The run's parameters as :class:`TrainingParams` (:func:`lib.experiments.records.parameters_of`)."""
+    return parameters_of(results, TrainingParams)

@@ -8,7 +8,7 @@ from lib.experiments.stats import with_interval
 
 from .analysis import TARGET_SHARE, Block, Comparison, blocks, comparisons
 from .figures import training_figure
-from .records import Results
+from .records import Results, params_of
 
 HEADING = "Training with each estimator (beyond the notes)"
 EDGE = " †"  # an lr at the edge of the grid
@@ -22,25 +22,25 @@ def _results(runs: Sequence[dict[str, Any]]) -> list[Results]:
 
 def setting_text(results: Sequence[Results]) -> str:
     """What was trained, how, and what n is."""
-    p = results[0]["parameters"]
-    states = sorted({r["parameters"]["pretrained"] for r in results})
+    p = params_of(results[0])
+    states = sorted({params_of(r).pretrained for r in results})
     start = " and ".join("from the toy's pretrained student" if s else "from its initialisation" for s in states)
-    step = ("the notes' per-layer-normalised step w ← w − lr·g/‖g‖" if p["optimizer"] == "normalized"
+    step = ("the notes' per-layer-normalised step w ← w − lr·g/‖g‖" if p.optimizer == "normalized"
             else "Adam")
-    return (f"The binary toy student (3 hidden layers of num_dim units) trained for K = {p['steps']} steps by {step}, "
+    return (f"The binary toy student (3 hidden layers of num_dim units) trained for K = {p.steps} steps by {step}, "
             f"{start}, on a fresh batch of N rows each step. "
             "The arms differ only on the hidden layers: each STE variant, CDG on every hidden weight, NES "
-            f"({', '.join(map(str, p['nes_samples'])) or 'none'} directions, at N ∈ {p['nes_batch_sizes']}), and two "
+            f"({', '.join(map(str, p.nes_samples)) or 'none'} directions, at N ∈ {p.nes_batch_sizes}), and two "
             "controls, the readout alone (hidden layers frozen) and a fresh random hidden direction each step; the "
             "readout takes its exact gradient in every arm. Every arm of an initialisation sees the same batches and "
-            f"is scored on the same {p['eval_rows']} held-out rows (the population loss, L_t / L_0). Each arm's lr "
-            f"(from {p['lrs']}) and the best STE variant are chosen on {p['tune_inits']} tuning initialisation(s) "
-            f"that are never reported; n = {p['num_init']} reported initialisations, 95% t-intervals over them. "
-            f"The cosine of an arm's estimate is taken with CDG (ε = {p['reference_eps']:g}) on an independent batch of "
-            f"{p['reference_rows']} rows at the arm's weights (a reference with its own noise: compare cosines between "
+            f"is scored on the same {p.eval_rows} held-out rows (the population loss, L_t / L_0). Each arm's lr "
+            f"(from {p.lrs}) and the best STE variant are chosen on {p.tune_inits} tuning initialisation(s) "
+            f"that are never reported; n = {p.num_init} reported initialisations, 95% t-intervals over them. "
+            f"The cosine of an arm's estimate is taken with CDG (ε = {p.reference_eps:g}) on an independent batch of "
+            f"{p.reference_rows} rows at the arm's weights (a reference with its own noise: compare cosines between "
             "arms, not with 1). "
             "Differences are paired against the best STE, Holm-corrected over every comparison of the section; "
-            f"\"equivalent\" means within ±{p['equivalence_margin']:g} of L_K / L_0 (TOST). Steps to target: the "
+            f"\"equivalent\" means within ±{p.equivalence_margin:g} of L_K / L_0 (TOST). Steps to target: the "
             f"first evaluation at or below {TARGET_SHARE:.0%} of the best STE's decrease on the tuning "
             "initialisations (never reached counts K). †: the chosen lr is at the edge of the grid, so one "
             "beyond it might do better. The thin ResNet is left out: CDG over all its weights costs "
@@ -74,10 +74,10 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
     if not results:
         return cells + [md("No successful training run.")] + failed_runs_note(runs)
     bs = blocks(results)
-    comps = comparisons(bs, results[0]["parameters"]["equivalence_margin"])
+    comps = comparisons(bs, params_of(results[0]).equivalence_margin)
     cells.append(md(setting_text(results)))
     by_run = [(r, b) for r in results for b in bs
-              if (b.num_dim, b.pretrained) == (r["parameters"]["num_dim"], r["parameters"]["pretrained"])]
+              if (b.num_dim, b.pretrained) == (params_of(r).num_dim, params_of(r).pretrained)]
     for n in sorted({b.batch_size for b in bs}):
         pairs = [(r, b) for r, b in by_run if b.batch_size == n]
         cells.append(md(heading(4, f"Batches of {n} rows")))
@@ -110,7 +110,7 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
     if not results:
         return []
     bs = blocks(results)
-    comps = [c for c in comparisons(bs, results[0]["parameters"]["equivalence_margin"]) if c.measure == "final"]
+    comps = [c for c in comparisons(bs, params_of(results[0]).equivalence_margin) if c.measure == "final"]
     parts = []
     for b in bs:
         mine = [c for c in comps if c.block is b]
