@@ -92,6 +92,22 @@ def test_decrease_layers_and_labels():
 
 # ----------------------------------------------------------------------------- results
 
+def test_the_results_records_declare_every_key_a_run_writes(tiny_results):
+    """The TypedDicts of lib/experiments/thin_resnet/records.py are the schema: a key a run writes
+    and they do not declare (or a declared required key it does not write) fails here."""
+    from lib.experiments.thin_resnet.records import Analysis, AtBatch, DataInfo, Layer, ThinResNetResults
+
+    def keys(typed) -> set:
+        return set(typed.__required_keys__) | set(typed.__optional_keys__)
+
+    r, _ = tiny_results
+    assert set(ThinResNetResults.__required_keys__) <= set(r) <= keys(ThinResNetResults)
+    assert set(r["data"]) == keys(DataInfo) and all(set(layer) == keys(Layer) for layer in r["layers"])
+    for e in r["analyses"]:
+        assert set(e) <= keys(Analysis), set(e) - keys(Analysis)
+        assert all(set(b) == keys(AtBatch) for b in e.get("by_batch", []))
+
+
 def test_results_schema_and_json(tiny_results):
     r, _ = tiny_results
     json.dumps(r, allow_nan=False)

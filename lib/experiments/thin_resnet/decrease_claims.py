@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from lib.experiments.inference import Claim, Difference, Score, corrected, cross_fitted, paired_difference
-from lib.experiments.records import parameters_of, select
+from lib.experiments.records import select
 
 from .held_out import CDG, RANDOM, STE, HeldOutCurves
-from .params import ThinResNetParams
+from .records import params_of
 from .summary import acts_of, analysis_of, states_of
 
 BEST_STE = "best STE"
@@ -81,14 +81,14 @@ def claims(results: Sequence[dict[str, Any]]) -> list[DecreaseClaim]:
     """Every pair of :func:`pairs` on every decrease layer of every model, Holm-corrected over all."""
     raw: list[tuple[dict[str, Any], str, str, str, str, str, Difference]] = []
     for r, state, act, held in models(results):
-        margin = parameters_of(r, ThinResNetParams).equivalence_margin
+        margin = params_of(r).equivalence_margin
         for layer in r["decrease_layers"]:
             sc = family_scores(held, r["lrs"], layer)
             raw += [(r, state, act, layer, a, b, paired_difference(sc[a].per_init, sc[b].per_init, margin))
                     for a, b in pairs(r["ste_variants"])]
     p, q = corrected([d for *_, d in raw])
     return [DecreaseClaim(a=a, b=b, difference=d, p_holm=p[k], p_equivalent_holm=q[k],
-                          margin=parameters_of(r, ThinResNetParams).equivalence_margin,
+                          margin=params_of(r).equivalence_margin,
                           initial_channels=r["initial_channels"], state=state, act=act, layer=layer)
             for k, (r, state, act, layer, a, b, d) in enumerate(raw)]
 

@@ -7,9 +7,9 @@ import numpy as np
 
 from lib.experiments import palette
 from lib.experiments.cells import PRECISION_TITLES
-from lib.experiments.records import parameters_of, select
+from lib.experiments.records import select
 
-from .params import ThinResNetParams
+from .records import params_of
 from .summary import acts_of, analysis_of, cosine_of, layer_label, mean_cosine, states_of
 
 
@@ -63,7 +63,7 @@ def plot_cosine(result: dict[str, Any], eps: float | None = None):
 
 
 def _sampled_text(result: dict[str, Any]) -> str:
-    p = parameters_of(result, ThinResNetParams)
+    p = params_of(result)
     return f"{p.coords_per_layer} sampled coordinates per layer, mean over n = {p.coord_sets} seeded sets"
 
 

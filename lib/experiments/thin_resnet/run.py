@@ -20,7 +20,7 @@ activation *precision* (``binary``, ``ternary``, ``2bit``, ``fp``), on one fixed
   (the notes' measurement), and, with ``decrease_batches``, held out over that many gradient
   batches (:mod:`.held_out`).
 
-:func:`run` returns a JSON-able results dict (see :func:`run`). The parts: :mod:`.params` (the
+:func:`run` returns a :class:`.records.ThinResNetResults`. The parts: :mod:`.params` (the
 defaults and their checks), :mod:`.states` (data and model states), :mod:`.analysis` (CDG vs STE
 for one model), :mod:`.summary` (per-stage cosines and the written paragraph), :mod:`.figures`
 and :mod:`.section` (the report section).
@@ -43,35 +43,20 @@ from lib.experiments.schema import build
 from .analysis import analyse, decrease_layers, main_eps
 from .held_out import held_out_decreases
 from .params import EXPERIMENT, NUM_CLASSES, ThinResNetParams
+from .records import ThinResNetResults
 from .states import accuracy, load_data, make_state
 
 
 def run(params: ThinResNetParams | Mapping[str, Any], on_step: Callable[[int, int, str], None] | None = None, *,
-        log: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Run the experiment for one ``initial_channels``; returns the results dict (JSON-able).
+        log: Callable[[str], None] | None = print) -> ThinResNetResults:
+    """Run the experiment for one ``initial_channels``; returns its JSON-able results.
 
     The run is ``len(states) · len(acts)`` steps, one (state, precision) analysis each;
     ``on_step(done, total, what)`` is called after each. With a
     :class:`lib.experiments.progress.Reporter` the results so far are saved after each step and a
     rerun with the same parameters resumes after the last one saved
     (:class:`lib.experiments.resume.Steps`); every draw is seeded, so the numbers are those of an
-    uninterrupted run. The results:
-
-    ``experiment``, ``parameters`` (all of them, validated), ``seed``, ``versions``, ``machine``, ``device``,
-    ``wall_s`` (compute time of all attempts), ``cpu_s`` (their CPU time), ``initial_channels``, ``eps``, ``eps_main``, ``lrs``,
-    ``ste_variants``, ``data`` (source, image counts, batch size, batch class counts), ``layers``
-    (the 16 binary conv weights, front to back: ``{name, label ("1.0.1" = stage.block.conv),
-    stage, numel}``), ``decrease_layers`` (names) and ``analyses``, one record per (state,
-    precision) in the order of the parameters: ``{state, act, loss, batch_accuracy,
-    test_accuracy, state_info, timings, ...}`` with the records of
-    :func:`lib.experiments.thin_resnet.analysis.analyse` (``cosines``, ``ceiling``, ``cross_cosines``,
-    ``by_batch`` (binary, with ``resolution_batch_sizes``),
-    ``magnitudes``, ``decrease`` (in-sample),
-    ``sampled``, each over ``coord_sets`` coordinate sets) and, with ``decrease_batches``, ``held_out``
-    (:class:`lib.experiments.thin_resnet.held_out.HeldOutDecreases`). ``state_info``: init: ``bn_calibration_batches``; trained:
-    ``cache_hit``, ``steps``, ``train_s``, ``dtype`` (of the training), ``curve`` (per-step training loss), ``final_loss``.
-
-    NaN (e.g. a cosine with an all-zero estimate) is stored as ``null``.
+    uninterrupted run. The results: :class:`.records.ThinResNetResults`.
     """
     log = log or (lambda s: None)
     if not isinstance(params, ThinResNetParams):

@@ -6,13 +6,13 @@ from typing import Any, Sequence
 
 from lib.experiments import cells as nbcells
 from lib.experiments.cells import PRECISION_TITLES, dtypes_phrase, failed_runs_note
-from lib.experiments.records import parameters_of, select
+from lib.experiments.records import select
 from lib.experiments.stats import rank, with_interval
 
 from .figures import plot_cosine, plot_decrease, plot_magnitude, plot_precisions, plot_training
 from .decrease_claims import BEST_STE, CONTROL, DecreaseClaim, claims, family_scores, informative, models, ste_family
 from .resolution import Projection, Resolution, projections, resolutions
-from .params import ThinResNetParams
+from .records import params_of
 from .summary import (acts_of, analysis_of, front_back, front_back_sets, layer_label, states_of,
                       summary_text)
 
@@ -41,7 +41,7 @@ def fmt3(v: Any) -> str:
 
 def setting_markdown(results: Sequence[dict[str, Any]]) -> str:
     r0 = results[0]
-    p = parameters_of(r0, ThinResNetParams)
+    p = params_of(r0)
     cs = sorted({r["initial_channels"] for r in results})
     trained_in = dtypes_phrase(a["state_info"]["dtype"] for r in results for a in r["analyses"]
                                if "dtype" in a.get("state_info", {}))
@@ -133,7 +133,7 @@ def _cosine_table(results: list[dict[str, Any]]) -> list:
                 row += [("**" + _stage_cell(cells[v]) + "**" if v == top else _stage_cell(cells[v])) if v in cells
                         else "–" for v in variants]
                 rows.append(row)
-    n = max(parameters_of(r, ThinResNetParams).coord_sets for r in results)
+    n = max(params_of(r).coord_sets for r in results)
     return [nbcells.md(f"Cosine of CDG (ε = {results[0]['eps_main']:g}) with each STE variant: mean over "
                        "the front stage (stage 1) / mean over the back stage (stage 4 without the last "
                        "conv) / the last binary conv / all 16 layers at once, means over n = "
@@ -225,7 +225,7 @@ RESOLUTION = "Can the reference resolve the STE's error?"
 
 def data_name(r: dict[str, Any]) -> str:
     """The data of a run in words."""
-    source = parameters_of(r, ThinResNetParams).data_source
+    source = params_of(r).data_source
     return {"digits": "scikit-learn's digits (1,797 8×8 images, upsampled)",
             "teacher": "seeded images labelled by a seeded teacher thin ResNet"}.get(source, f"CIFAR-10 (`{source}`)")
 
@@ -324,7 +324,7 @@ def held_out_cells(results: list[dict[str, Any]]) -> list:
                         + [_mark(mine[(ste_family(v), "CDG")], ok) if (ste_family(v), "CDG") in mine else "–"
                            for v in variants])
     _, _, _, held = models(results)[0]
-    margin = parameters_of(results[0], ThinResNetParams).equivalence_margin
+    margin = params_of(results[0]).equivalence_margin
     return [nbcells.md(
         f"#### {HELD_OUT}\n\nThe notes' single-layer step, scored on {held['images']} held-out images that no "
         f"gradient saw, on {held['batches']} independent gradient batches of {results[0]['data']['batch_size']} "

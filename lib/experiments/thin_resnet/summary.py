@@ -6,10 +6,10 @@ from typing import Any, Callable, Sequence
 
 
 from lib.experiments.cells import PRECISION_TITLES
-from lib.experiments.records import only, parameters_of, select
+from lib.experiments.records import only, select
 from lib.experiments.stats import finite, finite_mean, interval, with_interval
 
-from .params import ThinResNetParams
+from .records import params_of
 
 STAGE_KEYS = ("front", "back", "last", "all")
 
@@ -21,12 +21,12 @@ def analysis_of(result: dict[str, Any], state: str, act: str) -> dict[str, Any]:
 
 def states_of(result: dict[str, Any]) -> list[str]:
     """States of a result that have an analysis, in the order of its parameters."""
-    return [s for s in parameters_of(result, ThinResNetParams).states if select(result["analyses"], state=s)]
+    return [s for s in params_of(result).states if select(result["analyses"], state=s)]
 
 
 def acts_of(result: dict[str, Any], state: str) -> list[str]:
     """Precisions analysed in ``state``, in the order of the parameters."""
-    return [a for a in parameters_of(result, ThinResNetParams).acts if select(result["analyses"], state=state, act=a)]
+    return [a for a in params_of(result).acts if select(result["analyses"], state=state, act=a)]
 
 
 def cosine_of(entry: dict[str, Any], variant: str, eps: float) -> dict[str, Any]:
