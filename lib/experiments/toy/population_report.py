@@ -62,7 +62,7 @@ def nes_projection(by_dim: Sequence[Results], rows: int) -> str:
             hours = per_sigma * len(params_of(r).sigma_grid) * rows / n / 3600
             parts.append(f"num_dim {r['num_dim']} {hours:.2g} h")
     return ("NES over the σ grid would take, per repetition on this machine, about " + ", ".join(parts)
-            + f" (its measured time at {by_dim[0]['parameters']['batch_size']:,} rows × the rows)") if parts else \
+            + f" (its measured time at {params_of(by_dim[0]).batch_size:,} rows × the rows)") if parts else \
         "its cost grows with the rows"
 
 
@@ -157,7 +157,7 @@ def population_cells(level: int, by_dim: Sequence[Results], pretrained: bool) ->
                      f"{nes_projection(by_dim, n)}):"),
                   score_table(by_dim, HIDDEN, n)]
     cells += comparison_cells(by_dim)
-    largest = f"NES {max(by_dim[0]['parameters']['nes_samples'])}"
+    largest = f"NES {max(params_of(by_dim[0]).nes_samples)}"
     cells += [md(f"Per hidden layer (a step on that layer alone, readout held; gradient batches of {main:,} rows):"),
               layer_table(by_dim, main, ["CDG", largest, "best STE", CONTROL])]
     cells += [md("**Why the readout leaves the comparison.** The same step with the readout stepped too (the "

@@ -137,7 +137,7 @@ def _cosine_cells(by_dim: Sequence[dict[str, Any]]) -> list:
     rows = [[name] + [("–" if d not in by else
                        _bold(by[d].text, by[d].mean, column_best[d]) if name.startswith("STE") else by[d].text)
                       for d in dims] for name, by in cos.items()]
-    return [md(f"How well each estimate points where CDG (ε = {by_dim[0]['parameters']['reference_eps']:g}) "
+    return [md(f"How well each estimate points where CDG (ε = {params_of(by_dim[0]).reference_eps:g}) "
                f"points: cosine over all weights, then per layer ({' / '.join(layers)}) for the STE "
                "variants; for NES at the σ with the best loss decrease, over all weights. The first row "
                "is CDG's noise ceiling at the same batch size (CDG on an independent batch against it): "

@@ -122,6 +122,6 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
         parts.append(text)
     n = min(len(b.arms[0].final) for b in bs)
     return [f"**Training with each estimator** ([section](#{anchor(HEADING)})): does the STE's mismatch cost "
-            f"anything in training? The held-out L_K / L_0 after {results[0]['parameters']['steps']} steps, minus "
+            f"anything in training? The held-out L_K / L_0 after {params_of(results[0]).steps} steps, minus "
             f"the best STE variant's (chosen on other initialisations), paired, Holm over the section: "
             f"{' · '.join(parts)} (n ≥ {n} initialisations; negative: the reference trains further)."]
