@@ -56,7 +56,8 @@ def test_describe_before_any_progress():
 def test_a_fresh_run_reports_its_start_at_once(tmp_path):
     """The runner shows a run's step count from its start, not "starting" until a step is done."""
     p = ToyParams(num_dim=4, eps_grid=[0.1], sigma_grid=[0.1], nes_samples=[20], ste_variants=["clipped"],
-                  num_lr=3, num_lr_refine=2, batch_size=16, num_init=1, num_batch=2, diagnose=False)
+                  num_lr=3, num_lr_refine=2, batch_size=16, num_init=1, num_batch=2, diagnose=False,
+                  sigma_search="grid")
     seen = []
 
     class Watching(progress.Reporter):
@@ -73,14 +74,29 @@ def test_a_fresh_run_reports_its_start_at_once(tmp_path):
 def test_toy_reports_one_step_per_initialisation_and_batch():
     calls = []
     p = ToyParams(num_dim=4, eps_grid=[0.1], sigma_grid=[0.1, 0.5], nes_samples=[20], ste_variants=["clipped"],
-                  num_lr=3, num_lr_refine=2, batch_size=16, num_init=1, num_batch=2, diagnose=False)
+                  num_lr=3, num_lr_refine=2, batch_size=16, num_init=1, num_batch=2, diagnose=False,
+                  sigma_search="grid")
     run_toy(p, progress=False, on_step=lambda *a: calls.append(a))
     assert calls == [(1, 2, "init 0 batch 0"), (2, 2, "init 0 batch 1")]
     json.dumps(calls)
 
 
+def test_toy_with_the_sigma_search_reports_its_rungs_first():
+    """Halving over 3 sample counts: 2 rungs × 2 tuning initialisations, then the reported steps."""
+    calls = []
+    p = ToyParams(num_dim=4, eps_grid=[0.1], sigma_grid=[0.1, 0.5, 2.0], nes_samples=[10, 20, 40],
+                  ste_variants=["clipped"], num_lr=3, num_lr_refine=2, batch_size=16, num_init=1, num_batch=1,
+                  diagnose=False)
+    run_toy(p, progress=False, on_step=lambda *a: calls.append(a))
+    assert [c[:2] for c in calls] == [(k, 5) for k in range(1, 6)]
+    assert [c[2] for c in calls] == ["σ search: 3 σ at 10 directions, tuning init 500",
+                                     "σ search: 3 σ at 10 directions, tuning init 501",
+                                     "σ search: 2 σ at 20 directions, tuning init 500",
+                                     "σ search: 2 σ at 20 directions, tuning init 501", "init 0 batch 0"]
+
+
 def _tiny(**kw):
-    base = dict(num_dim=4, eps_grid=[0.1, 0.3], sigma_grid=[0.1, 0.5, 2.0], nes_samples=[20, 50],
+    base = dict(sigma_search="grid", num_dim=4, eps_grid=[0.1, 0.3], sigma_grid=[0.1, 0.5, 2.0], nes_samples=[20, 50],
                 ste_variants=["clipped", "identity"], num_lr=3, num_lr_refine=2, batch_size=16, num_init=2,
                 num_batch=2, pretrain_steps=5, pretrain_batch_size=32)
     return ToyParams(**{**base, **kw})
@@ -89,12 +105,17 @@ def _tiny(**kw):
 def _numbers(results):
     """What a run computed (not its timings, nor whether the pretraining came from the cache)."""
     pretrain = [{k: v for k, v in info.items() if k != "cached"} for info in results["pretrain"]]
-    return {**{k: results[k] for k in ("curves", "cosines", "base_loss", "diagnosis")}, "pretrain": pretrain}
+    return {**{k: results[k] for k in ("curves", "cosines", "base_loss", "diagnosis", "population", "sigma_search")},
+            "pretrain": pretrain}
 
 
-@pytest.mark.parametrize("killed_after", [1, 2, 3])  # inside the 1st init, at the 2nd init's start, inside it
-def test_toy_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, killed_after, reporters):
-    p = _tiny(pretrained=True, cache_dir=str(tmp_path / "cache"))
+# grid: 4 steps (inside the 1st init, at the 2nd init's start, inside it); halving: 2 tuning steps
+# first (inside the search, at its end, inside the 1st reported init, at the 2nd's start)
+@pytest.mark.parametrize("mode, killed_after", [("grid", 1), ("grid", 2), ("grid", 3),
+                                                ("halving", 1), ("halving", 2), ("halving", 3), ("halving", 4)])
+def test_toy_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, mode, killed_after, reporters):
+    p = _tiny(pretrained=True, cache_dir=str(tmp_path / "cache"), sigma_search=mode)
+    total = 4 + (2 if mode == "halving" else 0)
     reference = run_toy(p, progress=False)  # no reporter: no checkpoint
     results = tmp_path / "run.json"
     with pytest.raises(reporters.Killed):
@@ -106,7 +127,7 @@ def test_toy_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, killed_
     assert resumed["cpu_s"] > saved["cpu_s"] and resumed["wall_s"] > saved["elapsed_s"]  # summed over attempts
     # reported at once, then only the rest is computed
     assert [c[:2] for c in recording.calls] == \
-        [(killed_after, killed_after)] + [(k, killed_after) for k in range(killed_after + 1, 5)]
+        [(killed_after, killed_after)] + [(k, killed_after) for k in range(killed_after + 1, total + 1)]
     assert _numbers(resumed) == _numbers(reference)
 
 

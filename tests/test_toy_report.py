@@ -28,7 +28,7 @@ TINY = {
     "num_dim": [4], "pretrained": [False, True], "eps_grid": [0.1, 0.3], "sigma_grid": [0.1, 0.5],
     "nes_samples": [20, 100], "ste_variants": ["clipped", "identity"], "num_lr": 4, "num_lr_refine": 2,
     "batch_size": 32, "num_init": 2, "num_batch": 1, "pretrain_steps": 5, "pretrain_batch_size": 64,
-    "eval_rows": 4096, "large_batch_sizes": [128],
+    "eval_rows": 4096, "large_batch_sizes": [128], "sigma_search": "grid",  # the notes' plots need every σ
 }
 
 

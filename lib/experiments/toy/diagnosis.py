@@ -35,7 +35,7 @@ def diagnose(results: dict[str, Any]) -> dict[str, Any]:
         sigma = exact["sigma"]
         exact_key = {"estimator": "smoothed_exact", "layers": "last_two", "sigma": sigma}
         by_samples = []
-        for s in samples:
+        for s in distinct(curves, "samples", estimator="nes", layers="last_two", sigma=sigma):  # a σ search: some
             nes2 = _last_two(curves, "nes", sigma=sigma, samples=s)
             cos = only(cosines, estimate={**exact_key, "estimator": "nes", "samples": s}, reference=exact_key)
             by_samples.append({"samples": s, "cos_nes_exact": cos["mean"], "cos_interval": cos.get("interval"),
@@ -44,12 +44,12 @@ def diagnose(results: dict[str, Any]) -> dict[str, Any]:
         per_sigma.append({"sigma": sigma, "exact_best": exact["best"], "exact_interval": exact.get("interval"),
                           "by_samples": by_samples,
                           "cos_exact_cdg": only(cosines, estimate=exact_key, layer="all")["mean"]})
-    best_sigma = [{"samples": s, "sigma": max(per_sigma, key=lambda d: rank(_at(d, s)["nes_best"]))["sigma"]}
-                  for s in samples]
+    best_sigma = [{"samples": s, "sigma": max(having, key=lambda d: rank(_at(d, s)["nes_best"]))["sigma"]}
+                  for s in samples if (having := [d for d in per_sigma if _at(d, s) is not None])]
     return {"cdg_last2": {"best": cdg2["best"], "interval": cdg2.get("interval")}, "n": cdg2.get("n", 0),
             "per_sigma": per_sigma, "best_sigma": best_sigma,
             "cdg_best": max((c["best"] for c in select(curves, estimator="cdg", layers="all")), key=rank)}
 
 
-def _at(per: dict[str, Any], samples: int) -> dict[str, Any]:
-    return next(b for b in per["by_samples"] if b["samples"] == samples)
+def _at(per: dict[str, Any], samples: int) -> dict[str, Any] | None:
+    return next((b for b in per["by_samples"] if b["samples"] == samples), None)

@@ -193,8 +193,8 @@ def _bias_panel(ax: "plt.Axes", r: Results, per: Sequence[Mapping[str, Any]], cd
     xs = [e["sigma"] for e in per]
     samples = nes_samples(r)
     for s, colour in zip(samples, palette.shades("nes", len(samples))):
-        ax.plot(xs, [next(b["nes_last2_best"] for b in e["by_samples"] if b["samples"] == s) for e in per],
-                marker=".", color=colour, label=f"NES {s} samples")
+        at = [(e["sigma"], b["nes_last2_best"]) for e in per for b in e["by_samples"] if b["samples"] == s]
+        ax.plot([x for x, _ in at], [v for _, v in at], marker=".", color=colour, label=f"NES {s} samples")
     ax.plot(xs, [e["exact_best"] for e in per], marker="s", ms=4, color=palette.EXACT, label="exact smoothed (∞ samples)")
     bars = [e for e in per if e.get("exact_interval")]
     if bars:

@@ -15,6 +15,7 @@ from .nes_diagnosis import VERDICTS, diagnose_section
 from .population_report import comparison_finding, readout_finding
 from .sigma_search import HEADING as SEARCH_HEADING
 from .sigma_search import search_finding
+from .sigma_tuning_report import tuning_finding
 from .params import ToyParams
 from .records import params_of
 
@@ -98,6 +99,7 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
         out += [comparison_finding(runs_, pretrained, sections, "STE against CDG", [("CDG", "best STE")]),
                 comparison_finding(runs_, pretrained, sections, "NES against CDG" if pretrained else "Difficulty",
                                    [(f"NES {largest}", "CDG")]),
-                search_finding(runs_, anchor(sections[1] if pretrained else sections[0], SEARCH_HEADING)),
+                search_finding(runs_, anchor(sections[1] if pretrained else sections[0], SEARCH_HEADING))
+                or tuning_finding(runs_, anchor(sections[1] if pretrained else sections[0], SEARCH_HEADING)),
                 readout_finding(runs_, pretrained, sections)]
     return [s for s in out if s]

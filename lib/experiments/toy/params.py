@@ -9,9 +9,11 @@ import numpy as np
 from lib.common.paths import repo_path
 from lib.common.resources import folder_problem, memory_problem
 from lib.experiments.schema import (DEVICE, NON_EMPTY, NON_NEGATIVE_INT, NORMALIZATION, POSITIVE, POSITIVE_INT,
-                                    PRECISION, STE_VARIANT, param, validate)
+                                    PRECISION, STE_VARIANT, one_of, param, validate)
 
 EXPERIMENT = "toy"
+TUNING_INIT = 500  # tuning initialisation j is initialisation TUNING_INIT + j (disjoint from the reported 0 … 499)
+SIGMA_SEARCHES = ("halving", "grid")  # how a toy run finds NES's σ (lib/experiments/toy/sigma_tuning.py)
 # The layers of the exact smoothed gradient (docs/design.md §2): the last hidden layer and the readout.
 LAST_TWO = ("fc3.weight", "readout.weight")
 
@@ -31,9 +33,14 @@ class StudentParams:
     seed: int = param(0, NON_NEGATIVE_INT)
     device: str = param("cpu", DEVICE)
     cache_dir: str = param("cache/pretrain", NON_EMPTY)
+    tune_inits: int = param(2, POSITIVE_INT)  # initialisations choices are made on, never reported
 
     def __post_init__(self) -> None:
         validate(self)
+
+    def tuning_inits(self) -> list[int]:
+        """The initialisations the choices are made on: ``TUNING_INIT + j``, never reported."""
+        return [TUNING_INIT + j for j in range(self.tune_inits)]
 
     def cache_problems(self) -> list[tuple[str, str]]:
         """A pretrained student needs a writable checkpoint cache: ``[("cache_dir", why)]`` or ``[]``."""
@@ -66,6 +73,9 @@ class ToyParams(StudentParams):
     equivalence_margin: float = param(0.01, POSITIVE)  # "A matches B": |paired difference| of relative decreases below it
     reference_eps: float = param(0.1, POSITIVE)
     diagnose: bool = param(True)
+    # halving: NES's σ per sample count found on the tuning initialisations, only it run on the
+    # reported ones; grid: every σ at every sample count on every initialisation (the notes' plots)
+    sigma_search: str = param("halving", one_of(*SIGMA_SEARCHES))
 
     def problems(self) -> list[tuple[str, str]]:
         """Inconsistent values, as ``(key, message)``."""
@@ -77,6 +87,8 @@ class ToyParams(StudentParams):
                                     "set diagnose: false"))
         if self.batch_size in self.large_batch_sizes:
             out.append(("large_batch_sizes", f"batch_size {self.batch_size} is already computed with every estimator"))
+        if self.num_init > TUNING_INIT:
+            out.append(("num_init", f"expected at most {TUNING_INIT} (the tuning initialisations start there)"))
         low_high = self.lr_refine
         if len(low_high) != 2 or not low_high[0] < low_high[1]:
             out.append(("lr_refine", f"expected [low, high] with low < high, got {low_high}"))

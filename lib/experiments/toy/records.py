@@ -12,6 +12,7 @@ from typing import Any, Optional, TypedDict
 from lib.experiments.records import RunResults, parameters_of
 
 from .params import ToyParams
+from .sigma_tuning import SigmaSearchRecord
 
 from .population import PopulationCurves
 
@@ -92,11 +93,12 @@ class ToyResults(RunResults):
     lrs: list[float]
     loss_evaluations: dict[str, Any]  # {"cdg": evaluations, "nes": [{samples, evaluations}]}
     base_loss: float
-    seconds: dict[str, float]       # mean seconds per estimate: cdg, ste, nes (per σ), nes_samples
+    seconds: dict[str, float]       # mean seconds: cdg, ste (per estimate), nes (per σ run), nes_step (all of a step's NES), nes_samples
     pretrain: list[Pretraining]
     curves: list[CurveRecord]
     cosines: list[CosineRecord]
     population: Population
+    sigma_search: SigmaSearchRecord  # how NES's σ was found (.sigma_tuning)
     diagnosis: Optional[dict[str, Any]]  # lib.experiments.toy.diagnosis.diagnose (in-sample), or None
 
 

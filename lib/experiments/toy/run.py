@@ -42,6 +42,7 @@ from lib.training.gaussian import gaussian_batch, seeded_generator, teacher_targ
 from lib.training.train import TRAIN_DTYPE, cached_train, dtype_name, train_ste, train_wide
 
 from . import population as P
+from . import sigma_tuning as T
 from .diagnosis import diagnose
 from .params import EXPERIMENT, LAST_TWO, ToyParams
 from .records import ToyResults
@@ -98,7 +99,8 @@ class _Tally:
     appends in the same order as an uninterrupted one, so means and spreads agree bit for bit)."""
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
-        data = data or {"curves": [], "cosines": [], "seconds": {}, "base_losses": [], "pretrain": [], "population": None}
+        data = data or {"curves": [], "cosines": [], "seconds": {}, "base_losses": [], "pretrain": [], "population": None,
+                        "sigma_rungs": []}
         self.curves = {canonical_json(e["key"]): (e["key"], [np.asarray(c, dtype=float) for c in e["values"]])
                        for e in data["curves"]}
         self.cosines = {canonical_json(e["key"]): (e["key"], list(e["values"])) for e in data["cosines"]}
@@ -106,6 +108,7 @@ class _Tally:
         self.base_losses: list[float] = data["base_losses"]
         self.pretrain: list[dict[str, Any]] = data["pretrain"]
         self.population = P.PopulationTally(data["population"])
+        self.sigma_rungs: list[T.Rung] = data["sigma_rungs"]
 
     def curve(self, key: dict[str, Any], values: np.ndarray) -> None:
         self.curves.setdefault(canonical_json(key), (key, []))[1].append(values)
@@ -128,7 +131,7 @@ class _Tally:
         return {"curves": [{"key": k, "values": v} for k, v in self.curves.values()],
                 "cosines": [{"key": k, "values": v} for k, v in self.cosines.values()],
                 "seconds": self.seconds, "base_losses": self.base_losses, "pretrain": self.pretrain,
-                "population": self.population.state()}
+                "population": self.population.state(), "sigma_rungs": self.sigma_rungs}
 
     def curve_records(self, lrs: Sequence[float]) -> list[dict[str, Any]]:
         """Per estimate: the mean curve and its spread, the best of the mean curve with its lr,
@@ -222,24 +225,33 @@ class _Repetition:
             self.cdg_ref = E.cdg(self.model, self.x, self.y, eps=self.p.reference_eps, seed=self.seed)
         return self.cdg_ref
 
-    def nes_every_sigma(self) -> None:
-        """NES at every σ of the grid (all sample counts), and the diagnosis on the last two
-        layers: one :func:`~lib.core.estimators.nes_sigmas` call per layer set, sharing the
-        direction stream and the head's projection; each σ's numbers are its own call's, bit for bit."""
+    def nes(self, plan: dict[float, list[int]]) -> None:
+        """NES at the ``plan``'s σ and sample counts (:func:`.sigma_tuning.plan`: the grid, or what
+        the σ search chose), and the diagnosis on the last two layers: one
+        :func:`~lib.core.estimators.nes_sigmas` call per layer set and list of sample counts,
+        sharing the direction stream and the head's projection; each σ's numbers are its own
+        call's, bit for bit."""
         p = self.p
+        groups: dict[tuple[int, ...], list[float]] = {}
+        for sigma, samples in plan.items():
+            groups.setdefault(tuple(samples), []).append(sigma)
         t = time.perf_counter()
-        every = E.nes_sigmas(self.model, self.x, self.y, sigmas=p.sigma_grid, samples=p.nes_samples, seed=self.seed)
-        self.tally.spread("nes", time.perf_counter() - t, len(p.sigma_grid))
-        two = E.nes_sigmas(self.model, self.x, self.y, sigmas=p.sigma_grid, samples=p.nes_samples,
-                           layers=list(LAST_TWO), seed=self.seed) if p.diagnose else {}
-        for i, sigma in enumerate(p.sigma_grid):
-            self.sigma_records(sigma, every[sigma], two.get(sigma), last=i == len(p.sigma_grid) - 1)
+        every = {sigma: ests for samples, sigmas in groups.items() for sigma, ests in E.nes_sigmas(
+            self.model, self.x, self.y, sigmas=sigmas, samples=list(samples), seed=self.seed).items()}
+        self.tally.spread("nes", time.perf_counter() - t, len(plan))
+        self.tally.seconds.setdefault("nes_step", []).append(time.perf_counter() - t)
+        two = {sigma: ests for samples, sigmas in groups.items() for sigma, ests in E.nes_sigmas(
+            self.model, self.x, self.y, sigmas=sigmas, samples=list(samples), layers=list(LAST_TWO),
+            seed=self.seed).items()} if p.diagnose else {}
+        for sigma in plan:
+            self.sigma_records(sigma, every[sigma], two.get(sigma))
+        self.curve(estimate("cdg", "last_two", eps=p.reference_eps), {n: self.reference_gradient()[n] for n in LAST_TWO})
 
     def sigma_records(self, sigma: float, ests: dict[int, dict[str, torch.Tensor]],
-                      two: dict[int, dict[str, torch.Tensor]] | None, last: bool) -> None:
+                      two: dict[int, dict[str, torch.Tensor]] | None) -> None:
         """The curves and cosines of NES at ``sigma`` (``ests`` over all layers, ``two`` on the last
         two, each per sample count), and the diagnosis's exact smoothed gradient."""
-        p, model, x, y, ref = self.p, self.model, self.x, self.y, self.reference_gradient()
+        model, x, y, ref = self.model, self.x, self.y, self.reference_gradient()
         for s, g in ests.items():
             self.curve(estimate("nes", sigma=sigma, samples=s), g)
             self.tally.cosine(estimate("nes", sigma=sigma, samples=s), self.reference, "all", V.cosine(g, ref)["all"])
@@ -252,31 +264,39 @@ class _Repetition:
                 nes_key = estimate("nes", "last_two", sigma=sigma, samples=s)
                 self.curve(nes_key, g)
                 self.tally.cosine(nes_key, exact_key, "all", V.cosine(g, exact)["all"])
-        if last:
-            self.curve(estimate("cdg", "last_two", eps=p.reference_eps), {n: ref[n] for n in LAST_TWO})
 
 
 def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
         progress: bool = True) -> ToyResults:
     """Run one toy grid point; returns the JSON-able results (:class:`.records.ToyResults`).
 
-    The run is a sequence of ``num_init · num_batch`` steps of about equal cost, one per
-    initialisation × batch: its CDG and STE estimates, then NES at every σ (one shared stream,
-    :meth:`_Repetition.nes_every_sigma`). ``on_step(done, total, what)`` is called after each step;
+    The run is a sequence of steps of about equal cost: with ``sigma_search: halving`` first the σ
+    search on the tuning initialisations (:mod:`.sigma_tuning`, one step per rung and tuning
+    initialisation), then one step per reported initialisation × batch: its CDG and STE
+    estimates, the controls, then NES at the σ the search chose for each sample count, or at every
+    σ (``grid``; :meth:`_Repetition.nes`). ``on_step(done, total, what)`` is called after each step;
     with a :class:`lib.experiments.progress.Reporter` the run also saves its state after each
     step and resumes from it (:class:`lib.experiments.resume.Steps`), with the same numbers as
     an uninterrupted run."""
     from tqdm.auto import tqdm
 
     device = str(resolve_device(p.device))
+    tuning = T.tuning_steps(p)
     # The step layout is part of the saved state's key: a state saved with another layout (one
     # step per σ, say) is ignored, not misread.
-    steps = Steps({**asdict(p), "steps": "initialisation × batch"}, p.num_init * p.num_batch, on_step)
+    steps = Steps({**asdict(p), "steps": "σ-search rung × tuning initialisation, then initialisation × batch"},
+                  tuning + p.num_init * p.num_batch, on_step)
     tally = _Tally(steps.data)
-    bar = tqdm(total=p.num_init * p.num_batch, initial=steps.finished, disable=not progress,
+    bar = tqdm(total=steps.total, initial=steps.finished, disable=not progress,
                desc=f"toy d={p.num_dim}{' pretrained' if p.pretrained else ''}")
+    for k in range(tuning):
+        if not steps.done(k):
+            what = T.tuning_step(p, tally.sigma_rungs, k, _tuning_curves(p, device))
+            steps.step_finished(k, tally.state(), what)
+            bar.update(1)
+    plan = T.plan(p, tally.sigma_rungs)
     for init in range(p.num_init):
-        if steps.done((init + 1) * p.num_batch - 1):
+        if steps.done(tuning + (init + 1) * p.num_batch - 1):
             continue  # this initialisation was finished by an earlier attempt
         problem = toy_problem(p.num_dim, p.seed * 1000 + init, act=p.act, teacher_act=p.teacher_act)
         model = _student(p, problem, init, tally, progress).to(device)
@@ -284,18 +304,35 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
         scorer = _scorer(p, problem, model, device)
         tally.population.base_loss(init, scorer.base_loss)
         for b in range(p.num_batch):
-            step = init * p.num_batch + b
+            step = tuning + init * p.num_batch + b
             if steps.done(step):
                 continue
             rep = _Repetition(p, model, problem, init, b, device, tally, scorer)
             rep.first()
             rep.controls()
-            rep.nes_every_sigma()
+            rep.nes(plan)
             rep.large_batches()
             steps.step_finished(step, tally.state(), f"init {init} batch {b}")
             bar.update(1)
     bar.close()
     return _results(p, tally, device, steps.timing())
+
+
+def _tuning_curves(p: ToyParams, device: str) -> T.Curves:
+    """For the σ search: NES at each σ on tuning initialisation ``init`` (its student, gradient
+    batch 0 and evaluation set, as a reported initialisation would have them), scored as
+    ``r(lr)`` on the hidden layers, held out."""
+
+    def curves_of(init: int, sigmas: list[float], samples: int) -> dict[float, list[float]]:
+        problem = toy_problem(p.num_dim, p.seed * 1000 + init, act=p.act, teacher_act=p.teacher_act)
+        model = (pretrain_student(problem, p, progress=False)[0] if p.pretrained else problem.student).to(device)
+        problem.teacher.to(device)
+        scorer = _scorer(p, problem, model, device)
+        x, y = problem.batch(p.batch_size, 0, device=device)
+        ests = E.nes_sigmas(model, x, y, sigmas=sigmas, samples=[samples], seed=p.seed * 1_000_003 + init * 1009)
+        return {sigma: scorer.curve(ests[sigma][samples], P.HIDDEN).tolist() for sigma in sigmas}
+
+    return curves_of
 
 
 def _scorer(p: ToyParams, problem, model: torch.nn.Module, device: str) -> P.Scorer:
@@ -326,12 +363,13 @@ def _results(p: ToyParams, tally: _Tally, device: str, timing: dict[str, float])
         "loss_evaluations": {"cdg": 2 * (3 * p.num_dim**2 + p.num_dim),
                              "nes": [{"samples": s, "evaluations": 2 * s} for s in p.nes_samples]},
         "base_loss": finite_mean(tally.base_losses),
-        "seconds": {**{kind: finite_mean(tally.seconds.get(kind, [])) for kind in ("cdg", "ste", "nes")},
+        "seconds": {**{kind: finite_mean(tally.seconds.get(kind, [])) for kind in ("cdg", "ste", "nes", "nes_step")},
                     "nes_samples": max(p.nes_samples)},
         "pretrain": tally.pretrain,
         "curves": tally.curve_records(lrs),
         "cosines": tally.cosine_records(),
         "population": {"eval_rows": p.eval_rows, **tally.population.state()},
+        "sigma_search": T.record(p, tally.sigma_rungs),
         "versions": versions(),
         "machine": machine(),
         "device": device,

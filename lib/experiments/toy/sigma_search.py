@@ -1,7 +1,7 @@
 """The notes' difficulty, answered: a σ search for NES that spends directions where they matter
 (successive halving), against the brute-force grid, on the held-out metric (docs/design.md §3).
 
-A toy run holds NES at every σ of its grid and every sample count ``S_1 < … < S_m``, drawn from
+A toy run with ``sigma_search: grid`` holds NES at every σ of its grid and every sample count ``S_1 < … < S_m``, drawn from
 one seeded stream of directions (NES at ``S_j`` is the first ``S_j`` directions of NES at
 ``S_m``). Successive halving reads those records the way a search would spend them. For each
 initialisation ``i``, on the **other** initialisations only:
@@ -30,6 +30,7 @@ from lib.experiments.stats import with_interval
 
 from . import protocol as PR
 from .population import HIDDEN
+from .sigma_tuning import mode, rung_sizes
 from .records import params_of
 
 Table = Mapping[Hashable, Mapping[int, float]]
@@ -47,14 +48,6 @@ class SigmaSearch:
     directions: int  # per search
     brute_directions: int
     informative: bool  # CDG beats the random direction at this num_dim (the section's rule)
-
-
-def rung_sizes(k: int, rungs: int) -> list[int]:
-    """σ evaluated at each of ``rungs`` sample counts: ``k``, then halved (rounded up), one at the last."""
-    sizes = [k]
-    for _ in range(rungs - 2):
-        sizes.append(math.ceil(sizes[-1] / 2))
-    return sizes + [1] if rungs > 1 else sizes
 
 
 def halving(tables: Sequence[Table], init: int, inits: Sequence[int]) -> tuple[str, float]:
@@ -87,7 +80,7 @@ def searches(runs: Sequence[PR.Results], metric: str = HIDDEN) -> list[SigmaSear
     """The search against the brute force at every num_dim of a section, Holm over them."""
     comps = PR.comparisons(runs)
     raw = []
-    for r in sorted(runs, key=lambda r: r["num_dim"]):
+    for r in sorted((r for r in runs if mode(r) == "grid"), key=lambda r: r["num_dim"]):
         samples = sorted(params_of(r).nes_samples)
         tables = _tables(r, metric)
         if not all(tables):

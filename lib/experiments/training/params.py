@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 from lib.common.resources import memory_problem
 from lib.experiments.schema import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STE_VARIANT, one_of, param
-from lib.experiments.toy.params import StudentParams, ToyParams, pretraining
+from lib.experiments.toy.params import TUNING_INIT, StudentParams, ToyParams, pretraining
 
 EXPERIMENT = "training"
 OPTIMIZERS = ("normalized", "adam")  # lib/experiments/training/trainer.py
-TUNING_INIT = 500  # tuning initialisation j is the toy's initialisation TUNING_INIT + j (disjoint from 0 … 499)
 
 
 @dataclass
@@ -69,6 +68,3 @@ class TrainingParams(StudentParams):
         the reported initialisations' students are the toy's)."""
         return pretraining(self)
 
-    def tuning_inits(self) -> list[int]:
-        """The initialisations the choices are made on: ``TUNING_INIT + j``, never reported."""
-        return [TUNING_INIT + j for j in range(self.tune_inits)]

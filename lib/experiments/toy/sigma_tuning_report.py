@@ -1,0 +1,94 @@
+"""The σ search of runs with ``sigma_search: halving`` (:mod:`.sigma_tuning`) in the report: the σ
+it chose for each sample count on the tuning initialisations, its rung scores, what NES reaches
+there on the reported initialisations (held out, lr cross-fitted) and the directions it spent
+against the grid's. Runs with the grid are compared with the search in :mod:`.sigma_search`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from lib.experiments.inference import Estimate
+from lib.experiments.stats import with_interval
+
+from . import protocol as PR
+from .population import HIDDEN
+from .records import params_of
+from .sigma_search import HEADING
+from .sigma_tuning import mode, ranked, score
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """One halving run's search, at one num_dim."""
+
+    num_dim: int
+    tune_inits: int
+    chosen: dict[int, float]              # sample count → σ
+    rungs: list[list[tuple[float, float]]]  # per rung, (σ, score) best first
+    nes: Estimate | None                  # NES at the largest count and its σ, held out, lr cross-fitted
+    cdg: Estimate | None
+    n: int                                # reported initialisations
+    tuning_directions: int                # all tuning initialisations together
+    reported_directions: int              # per reported initialisation
+    grid_directions: int                  # per initialisation, for the grid
+
+    @property
+    def saving(self) -> float:
+        """The grid's directions over the run's: ``n · grid / (tuning + n · reported)``."""
+        return self.n * self.grid_directions / (self.tuning_directions + self.n * self.reported_directions)
+
+
+def tuned(runs: Sequence[PR.Results]) -> list[Tuned]:
+    """The searches of a section's halving runs, by num_dim."""
+    out = []
+    for r in sorted((r for r in runs if mode(r) == "halving" and r.get("population")), key=lambda r: r["num_dim"]):
+        p, search = params_of(r), r["sigma_search"]
+        largest = max(p.nes_samples)
+        sc = PR.scores(r, HIDDEN)
+        out.append(Tuned(r["num_dim"], len(search["tuning_inits"]), {c["samples"]: c["sigma"] for c in search["chosen"]},
+                         [[(s, score(rung["curves"][rung["sigmas"].index(s)])) for s in ranked(rung)]
+                          for rung in search["rungs"]],
+                         sc[f"NES {largest}"].estimate if f"NES {largest}" in sc else None,
+                         sc["CDG"].estimate if "CDG" in sc else None, PR.n_inits(r),
+                         search["directions"]["tuning"], search["directions"]["reported"], search["directions"]["grid"]))
+    return out
+
+
+def _estimate(e: Estimate | None) -> str:
+    return "–" if e is None else with_interval(e.mean, e.interval)
+
+
+def tuning_markdown(runs: Sequence[PR.Results]) -> str:
+    """The halving runs' searches as a table with its explanation (markdown), or ``""`` without any."""
+    found = tuned(runs)
+    if not found:
+        return ""
+    samples = sorted(found[0].chosen)
+    rows = "\n".join(
+        f"| {t.num_dim} | {' / '.join(f'{t.chosen[s]:g}' for s in samples)} | "
+        + " · ".join(", ".join(f"{s:g}: {v:.3g}" for s, v in rung) for rung in t.rungs)
+        + f" | {_estimate(t.nes)} | {_estimate(t.cdg)} | {t.tuning_directions:,} + {t.n} × {t.reported_directions:,}"
+        f" against {t.n} × {t.grid_directions:,} ({t.saving:.1f}× fewer) |" for t in found)
+    return (f"**{HEADING}.** NES's σ found by successive halving on {found[0].tune_inits} tuning initialisations "
+            f"that are never reported: every σ at {samples[0]:,} directions, the better half at each larger count "
+            f"up to {samples[-2] if len(samples) > 1 else samples[0]:,}; the σ for each count is the best of its "
+            f"rung, and {samples[-1]:,} directions take the last rung's best. Scores: the relative held-out "
+            "decrease of a step on the hidden layers, at its best lr, mean over the tuning initialisations. The "
+            "reported initialisations run NES only at the chosen σ; NES and CDG below are their cross-fitted "
+            f"held-out decreases (n = {found[0].n} initialisations). Directions: the search plus each reported "
+            "initialisation's, against every σ at the largest count on every initialisation (the grid, "
+            "`sigma_search: grid`, which also compares the search with the brute force).\n\n"
+            f"| num_dim | σ at {' / '.join(f'{s:,}' for s in samples)} | rung scores (σ: score, best first) | "
+            f"NES {samples[-1]:,} at its σ | CDG | NES directions |\n|---|---|---|---|---|---|\n" + rows)
+
+
+def tuning_finding(runs: Sequence[PR.Results], link: str) -> str:
+    """The Findings sentence for the halving runs: the σ chosen and the directions saved."""
+    found = tuned(runs)
+    if not found:
+        return ""
+    largest = max(found[0].chosen)
+    where = "; ".join(f"num_dim {t.num_dim}: σ = {t.chosen[largest]:g}, {t.saving:.1f}× fewer directions" for t in found)
+    return (f"**σ search** ([{HEADING.lower()}](#{link})): NES's σ found by successive halving on "
+            f"{found[0].tune_inits} tuning initialisations, NES {largest:,} run only at it on the reported ones ("
+            + where + " than every σ on every initialisation).")
