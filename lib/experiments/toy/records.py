@@ -93,7 +93,9 @@ class ToyResults(RunResults):
     lrs: list[float]
     loss_evaluations: dict[str, Any]  # {"cdg": evaluations, "nes": [{samples, evaluations}]}
     base_loss: float
-    seconds: dict[str, float]       # mean seconds: cdg, ste (per estimate), nes (per σ run), nes_step (all of a step's NES), nes_samples
+    seconds: dict[str, float]       # mean seconds: cdg, ste (per estimate), nes (per σ run), nes_step and
+                                    # nes_last_two_step (a step's NES on all layers, on the diagnosis's two), sigma_search
+                                    # (the search's steps together, with their students), nes_samples
     pretrain: list[Pretraining]
     curves: list[CurveRecord]
     cosines: list[CosineRecord]

@@ -240,9 +240,12 @@ class _Repetition:
             self.model, self.x, self.y, sigmas=sigmas, samples=list(samples), seed=self.seed).items()}
         self.tally.spread("nes", time.perf_counter() - t, len(plan))
         self.tally.seconds.setdefault("nes_step", []).append(time.perf_counter() - t)
+        t = time.perf_counter()
         two = {sigma: ests for samples, sigmas in groups.items() for sigma, ests in E.nes_sigmas(
             self.model, self.x, self.y, sigmas=sigmas, samples=list(samples), layers=list(LAST_TWO),
             seed=self.seed).items()} if p.diagnose else {}
+        if p.diagnose:
+            self.tally.seconds.setdefault("nes_last_two_step", []).append(time.perf_counter() - t)
         for sigma in plan:
             self.sigma_records(sigma, every[sigma], two.get(sigma))
         self.curve(estimate("cdg", "last_two", eps=p.reference_eps), {n: self.reference_gradient()[n] for n in LAST_TWO})
@@ -291,7 +294,9 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
                desc=f"toy d={p.num_dim}{' pretrained' if p.pretrained else ''}")
     for k in range(tuning):
         if not steps.done(k):
+            t = time.perf_counter()
             what = T.tuning_step(p, tally.sigma_rungs, k, _tuning_curves(p, device))
+            tally.seconds.setdefault("sigma_search", []).append(time.perf_counter() - t)
             steps.step_finished(k, tally.state(), what)
             bar.update(1)
     plan = T.plan(p, tally.sigma_rungs)
@@ -363,7 +368,9 @@ def _results(p: ToyParams, tally: _Tally, device: str, timing: dict[str, float])
         "loss_evaluations": {"cdg": 2 * (3 * p.num_dim**2 + p.num_dim),
                              "nes": [{"samples": s, "evaluations": 2 * s} for s in p.nes_samples]},
         "base_loss": finite_mean(tally.base_losses),
-        "seconds": {**{kind: finite_mean(tally.seconds.get(kind, [])) for kind in ("cdg", "ste", "nes", "nes_step")},
+        "seconds": {**{kind: finite_mean(tally.seconds.get(kind, []))
+                       for kind in ("cdg", "ste", "nes", "nes_step", "nes_last_two_step")},
+                    "sigma_search": float(sum(tally.seconds.get("sigma_search", []))),  # all its steps
                     "nes_samples": max(p.nes_samples)},
         "pretrain": tally.pretrain,
         "curves": tally.curve_records(lrs),
