@@ -88,7 +88,10 @@ def tuning_finding(runs: Sequence[PR.Results], link: str) -> str:
     if not found:
         return ""
     largest = max(found[0].chosen)
-    where = "; ".join(f"num_dim {t.num_dim}: σ = {t.chosen[largest]:g}, {t.saving:.1f}× fewer directions" for t in found)
-    return (f"**σ search** ([{HEADING.lower()}](#{link})): NES's σ found by successive halving on "
-            f"{found[0].tune_inits} tuning initialisations, NES {largest:,} run only at it on the reported ones ("
-            + where + " than every σ on every initialisation).")
+    sigmas = " / ".join(f"{t.chosen[largest]:g}" for t in found)
+    dims = " / ".join(str(t.num_dim) for t in found)
+    savings = sorted({f"{t.saving:.1f}" for t in found}, key=float)
+    saved = savings[0] if len(savings) == 1 else f"{savings[0]}–{savings[-1]}"
+    return (f"**σ search** ([{HEADING.lower()}](#{link})): successive halving on {found[0].tune_inits} tuning "
+            f"initialisations chose σ = {sigmas} for NES {largest:,} at num_dim {dims}; run only there on the "
+            f"reported initialisations, NES took {saved}× fewer directions than every σ on every initialisation.")
