@@ -20,6 +20,7 @@ RUNS = [  # (script and tiny arguments, a line its output must have)
     (["thin_resnet.py", "--channels", "4", "--batch", "8", "--coords", "2", "--naive-coords", "1"], "summary:"),
     (["thin_resnet.py", "--channels", "4", "--batch", "8", "--coords", "1", "--profile"], "where the engine's time goes"),
     (["training.py", "--num-dims", "4", "--batches", "64", "--project"], "projected full profile"),
+    (["nes_fusion.py", "--skip-compile-time"], "sign pass over"),
 ]
 
 
