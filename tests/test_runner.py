@@ -649,6 +649,25 @@ def test_partial_state_kept_after_a_failure_dropped_after_success_and_by_force(t
     assert not partial["raise"].exists()
 
 
+def test_a_run_computed_again_keeps_its_earlier_results_under_superseded(tmp_path, capsys):
+    """--force (or new parameters) recomputes a finished run; its earlier results and executed
+    notebook move to superseded/, out of results/, so an attempt that dies loses nothing."""
+    write(tmp_path / "params/modes.yaml", f"""\
+        notebook: {NOTEBOOK}
+        grid: [mode]
+        profiles:
+          quick: {{mode: [ok], num_dim: 3}}
+        """)
+    assert run_main(tmp_path) == 0
+    first = results(tmp_path, "modes__mode-ok")["token"]
+    assert run_main(tmp_path, "--force") == 0
+    assert results(tmp_path, "modes__mode-ok")["token"] != first
+    kept = list((report_dir(tmp_path) / "superseded" / "results").glob("modes__mode-ok.*.json"))
+    assert len(kept) == 1 and read_json(kept[0])["token"] == first
+    assert len(list((report_dir(tmp_path) / "superseded" / "runs").glob("modes__mode-ok.*.ipynb"))) == 1
+    assert sorted(p.name for p in (report_dir(tmp_path) / "results").glob("*.json")) == ["modes__mode-ok.json"]
+
+
 def test_progress_of_running_notebooks_is_shown(tmp_path, capsys, monkeypatch):
     write(tmp_path / "params/slow.yaml", f"""\
         notebook: {NOTEBOOK}

@@ -98,7 +98,7 @@ def execute_run(run: Run, report_dir: Path, root: Path = ROOT,
     executed = report_dir / "runs" / f"{run.run_id}.ipynb"
     writing = executed.with_name(f"{run.run_id}.partial.ipynb")  # papermill writes as it goes; renamed when it ends
     results = report_dir / "results" / f"{run.run_id}.json"
-    results.unlink(missing_ok=True)  # a stale file must not pass for this run's output
+    supersede(report_dir, [results, executed])  # a stale file must not pass for this run's output
     mark_started(results, run, code or {})  # a results file this attempt finishes can be adopted
     status, error = "ok", None
     start = time.perf_counter()
@@ -171,6 +171,21 @@ def settle(results: Path, ok: bool) -> None:
     started_path(results).unlink(missing_ok=True)
     if ok:
         partial_path(results).unlink(missing_ok=True)
+
+
+SUPERSEDED = "superseded"
+
+
+def supersede(report_dir: Path, paths: Sequence[Path]) -> None:
+    """Move the earlier results and executed notebook of a run about to be computed again (new
+    parameters, ``--force``) to ``superseded/<folder>/<name>.<time of the file><suffix>``, out of
+    the report's way but kept: an attempt that is then interrupted or fails loses nothing."""
+    for path in paths:
+        if path.is_file():
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(path.stat().st_mtime))
+            target = report_dir / SUPERSEDED / path.parent.name / f"{path.stem}.{stamp}{path.suffix}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
 
 
 def remove_temporaries(report_dir: Path) -> None:
