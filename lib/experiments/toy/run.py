@@ -273,8 +273,8 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
         progress: bool = True) -> ToyResults:
     """Run one toy grid point; returns the JSON-able results (:class:`.records.ToyResults`).
 
-    The run is a sequence of steps of about equal cost: with ``sigma_search: halving`` first the σ
-    search on the tuning initialisations (:mod:`.sigma_tuning`, one step per rung and tuning
+    The run is a sequence of steps: with ``sigma_search: halving`` first the σ search on the
+    tuning initialisations (:mod:`.sigma_tuning`, one short step per rung and tuning
     initialisation), then one step per reported initialisation × batch: its CDG and STE
     estimates, the controls, then NES at the σ the search chose for each sample count, or at every
     σ (``grid``; :meth:`_Repetition.nes`). ``on_step(done, total, what)`` is called after each step;

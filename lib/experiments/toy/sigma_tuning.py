@@ -7,14 +7,15 @@ With sample counts ``S_1 < … < S_m`` and a σ grid of ``k`` values, on each tu
 * rung ``j < m``: NES at ``S_j`` for the candidates ``K_j`` (``K_1``: every σ), each scored by the
   relative held-out decrease ``r_t(σ, lr)`` of a step on the hidden layers (:mod:`.population`);
 * the score of σ at rung ``j``: ``max_lr mean_t r_t(σ, lr)``; ``K_{j+1}``: the better ``⌈|K_j|/2⌉``
-  of ``K_j`` (one at the last rung, :func:`lib.experiments.toy.sigma_search.rung_sizes`);
+  of ``K_j`` (one at the last rung, :func:`rung_sizes`);
 * the choice ``σ*(S_j)``: the best σ of rung ``j``; ``σ*(S_m)``: the one σ ``K_m`` holds (the best
   of rung ``m − 1``), which the tuning initialisations never run at ``S_m``. With a single sample
   count, one rung at it chooses.
 
 The reported initialisations then run NES only at ``(σ*(S_j), S_j)``. Directions: ``Σ_{j<m} |K_j| S_j``
-per tuning initialisation and ``Σ_j S_j`` per reported one, against ``k · S_m`` per initialisation
-for the grid (``sigma_search: grid``, whose prefixes give every ``S_j``).
+per tuning initialisation and at most ``Σ_j S_j`` per reported one (a σ chosen for several counts
+pays only for its largest: one direction stream), against ``k · S_m`` per initialisation for the
+grid (``sigma_search: grid``, whose prefixes give every ``S_j``).
 """
 from __future__ import annotations
 
