@@ -22,7 +22,8 @@ LAST_TWO = ("fc3.weight", "readout.weight")
 class StudentParams:
     """The toy student an experiment starts from, shared by the toy and training experiments: its
     width, whether it is pretrained (STE + Adam from the toy's initialisation, cached by these
-    values: docs/design.md §3) and how, the seed, the device and the checkpoint cache."""
+    values: docs/design.md §3) and how, the seed, the device, the checkpoint cache, and the tuning
+    initialisations (``TUNING_INIT + j``) on which an experiment makes its choices, never reported."""
 
     num_dim: int = param(8, POSITIVE_INT)
     pretrained: bool = param(False)
