@@ -35,7 +35,8 @@ def diagnose(results: dict[str, Any]) -> dict[str, Any]:
         sigma = exact["sigma"]
         exact_key = {"estimator": "smoothed_exact", "layers": "last_two", "sigma": sigma}
         by_samples = []
-        for s in distinct(curves, "samples", estimator="nes", layers="last_two", sigma=sigma):  # a σ search: some
+        # every sample count with the grid; after a σ search, only those this σ was chosen for
+        for s in distinct(curves, "samples", estimator="nes", layers="last_two", sigma=sigma):
             nes2 = _last_two(curves, "nes", sigma=sigma, samples=s)
             cos = only(cosines, estimate={**exact_key, "estimator": "nes", "samples": s}, reference=exact_key)
             by_samples.append({"samples": s, "cos_nes_exact": cos["mean"], "cos_interval": cos.get("interval"),

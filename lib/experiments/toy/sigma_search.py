@@ -1,10 +1,10 @@
 """The notes' difficulty, answered: a σ search for NES that spends directions where they matter
 (successive halving), against the brute-force grid, on the held-out metric (docs/design.md §3).
 
-A toy run with ``sigma_search: grid`` holds NES at every σ of its grid and every sample count ``S_1 < … < S_m``, drawn from
-one seeded stream of directions (NES at ``S_j`` is the first ``S_j`` directions of NES at
-``S_m``). Successive halving reads those records the way a search would spend them. For each
-initialisation ``i``, on the **other** initialisations only:
+A toy run with ``sigma_search: grid`` holds NES at every σ of its grid and every sample count
+``S_1 < … < S_m``, drawn from one seeded stream of directions (NES at ``S_j`` is the first ``S_j``
+directions of NES at ``S_m``). Successive halving reads those records the way a search would spend
+them. For each initialisation ``i``, on the **other** initialisations only:
 
 * rung 1: every σ at ``S_1``; keep the better half (``⌈k/2⌉``), each σ judged by its best mean over
   the lr grid of the relative held-out decrease ``r(lr)``;
