@@ -130,12 +130,15 @@ def nes_figure(runs: Sequence[Results]) -> "plt.Figure":
     runs = _by_dim(runs)
     samples = nes_samples(runs[0])
     fig, axes = _panels(len(runs), len(samples), height=2.4)
+    every = _by([c for r in runs for c in select(r["curves"], estimator="nes", layers="all")], "sigma")
+    colours = dict(zip(every, palette.shades("nes", len(every))))  # one colour per σ in every panel
     tops: list[float] = []
     for row, r in zip(axes, runs):
         for ax, s in zip(row, samples):
             stats = _by(select(r["curves"], estimator="nes", layers="all", samples=s), "sigma")
-            lr_curves(ax, r["lrs"], stats, dict(zip(stats, palette.shades("nes", len(stats)))), "σ = {}")
-            ax.set_title(f"num_dim = {r['num_dim']}, {s} samples", fontsize=9)
+            lr_curves(ax, r["lrs"], stats, {k: colours[k] for k in stats}, "σ = {}")
+            chosen = f", σ = {next(iter(stats))}" if len(stats) == 1 else ""  # the σ search's choice
+            ax.set_title(f"num_dim = {r['num_dim']}, {s} samples{chosen}", fontsize=9)
             tops += _tops(stats)
     _finish(fig, axes, tops, f"NES (antithetic): lr → loss decrease, {_setting(runs)}", "NES")
     return fig
