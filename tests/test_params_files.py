@@ -228,3 +228,14 @@ def test_a_bad_option_is_refused_in_one_line(folders, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == f"ste-report: {message} (--help lists the options)", err
     assert not (folders / "reports").exists()
+
+
+def test_the_grid_check_of_the_sigma_search_shares_the_toy_setting():
+    """params/toy_grid.yaml's runs are the brute-force twins of params/toy.yaml's
+    (lib/experiments/toy/sigma_tuning_report.py pairs runs whose parameters differ only there):
+    each of its profiles equals toy.yaml's but for num_dim (a subset) and sigma_search."""
+    toy, grid = (yamlfile.load_yaml(ROOT / "params" / f"{n}.yaml", n)["profiles"] for n in ("toy", "toy_grid"))
+    for name, profile in grid.items():
+        assert profile["sigma_search"] == "grid" and set(profile["num_dim"]) <= set(toy[name]["num_dim"])
+        assert {k: v for k, v in profile.items() if k not in ("num_dim", "sigma_search")} == \
+            {k: v for k, v in toy[name].items() if k not in ("num_dim", "sigma_search")}

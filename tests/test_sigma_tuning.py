@@ -125,3 +125,25 @@ def test_the_report_states_the_choice_and_the_directions_saved(runs):
     chosen = {c["samples"]: c["sigma"] for c in halving["sigma_search"]["chosen"]}
     assert f"| 4 | {chosen[20]:g} / {chosen[60]:g} / {chosen[120]:g} |" in text
     assert f"({t.saving:.1f}× fewer)" in text
+
+
+def test_the_search_is_compared_with_its_grid_twin_over_the_same_initialisations(runs):
+    """A grid run of the same setting is the halving run's twin: the search's NES at the largest
+    count is the grid's NES at the searched σ (the same estimates), paired with the brute force
+    over both initialisations; a grid run of another setting is no twin."""
+    from lib.experiments.toy import protocol as PR
+    from lib.experiments.toy.population import HIDDEN
+    from lib.experiments.toy.sigma_tuning_report import against_grid, against_grid_markdown
+
+    halving, grid = runs
+    (a,) = against_grid([halving], [halving, grid])
+    sigma = {c["samples"]: c["sigma"] for c in halving["sigma_search"]["chosen"]}[120]
+    family = next(f for f in PR.families(grid) if f.name == "NES 120")
+    at_sigma = PR.score(grid, family, HIDDEN, 32, lambda e: e["sigma"] == sigma)
+    brute = PR.score(grid, family, HIDDEN, 32)
+    assert a.search.mean == pytest.approx(at_sigma.estimate.mean)
+    diffs = [at_sigma.per_init[i] - brute.per_init[i] for i in (0, 1)]
+    assert a.claim.difference.n == 2 and a.claim.difference.mean == pytest.approx(sum(diffs) / 2)
+    assert "| 4 |" in against_grid_markdown([halving], [halving, grid])
+    other = {**grid, "parameters": {**grid["parameters"], "eps_grid": [0.3]}}
+    assert against_grid([halving], [halving, other]) == [] and against_grid_markdown([halving], [halving]) == ""

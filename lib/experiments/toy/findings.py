@@ -100,6 +100,7 @@ def findings(runs: Sequence[dict[str, Any]]) -> list[str]:
                 comparison_finding(runs_, pretrained, sections, "NES against CDG" if pretrained else "Difficulty",
                                    [(f"NES {largest}", "CDG")]),
                 search_finding(runs_, anchor(sections[1] if pretrained else sections[0], SEARCH_HEADING))
-                or tuning_finding(runs_, anchor(sections[1] if pretrained else sections[0], SEARCH_HEADING)),
+                or tuning_finding(runs_, anchor(sections[1] if pretrained else sections[0], SEARCH_HEADING),
+                                  [r for r in ok if r["pretrained"] == pretrained]),
                 readout_finding(runs_, pretrained, sections)]
     return [s for s in out if s]

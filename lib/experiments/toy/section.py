@@ -19,7 +19,7 @@ from .nes_diagnosis import diagnose_section, diagnosis_rows
 from .population_report import population_cells, verdict_summary
 from .sigma_search import HEADING as SEARCH_HEADING
 from .sigma_search import search_markdown
-from .sigma_tuning_report import tuning_markdown
+from .sigma_tuning_report import against_grid_markdown, tuning_markdown
 from .findings import SEARCH_1, SEARCH_2, is_pretrained, one_setting, setting_differences
 from .records import params_of
 
@@ -218,7 +218,7 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
             cells.append(md(heading(4, *H_DIFFICULTY) + f"\n\n> {NOTES_DIFFICULTY}\n\n" + _difficulty_answer(ok)))
         else:
             cells += _question_cells(ok)
-        search = search_markdown(ok) or tuning_markdown(ok)
+        search = search_markdown(ok) or "\n\n".join(filter(None, [tuning_markdown(ok), against_grid_markdown(ok, every)]))
         if search:
             cells.append(md(heading(4, SEARCH_HEADING) + "\n\n" + search))
         cells += failed_runs_note(part)

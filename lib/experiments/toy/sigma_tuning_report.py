@@ -1,13 +1,17 @@
 """The σ search of runs with ``sigma_search: halving`` (:mod:`.sigma_tuning`) in the report: the σ
 it chose for each sample count on the tuning initialisations, its rung scores, what NES reaches
 there on the reported initialisations (held out, lr cross-fitted) and the directions it spent
-against the grid's. Runs with the grid are compared with the search in :mod:`.sigma_search`."""
+against the grid's. Where the folder also holds a grid run of the same num_dim and otherwise the
+same parameters (``params/toy_grid.yaml``), the search is compared with that brute force, paired
+over the initialisations both ran (the same seeds give the same batches and evaluation rows), Holm
+over the section's num_dims, TOST within ``equivalence_margin``. Grid runs alone are compared with
+the search read from their own records in :mod:`.sigma_search`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
-from lib.experiments.inference import Estimate
+from lib.experiments.inference import Claim, Estimate, corrected, paired_difference
 from lib.experiments.stats import with_interval
 
 from . import protocol as PR
@@ -82,8 +86,9 @@ def tuning_markdown(runs: Sequence[PR.Results]) -> str:
             f"NES {samples[-1]:,} at its σ | CDG | NES directions |\n|---|---|---|---|---|---|\n" + rows)
 
 
-def tuning_finding(runs: Sequence[PR.Results], link: str) -> str:
-    """The Findings sentence for the halving runs: the σ chosen and the directions saved."""
+def tuning_finding(runs: Sequence[PR.Results], link: str, every: Sequence[PR.Results] = ()) -> str:
+    """The Findings sentence for the halving runs: the σ chosen, the directions saved, and how the
+    search fares against the brute force where grid twins of its runs are in ``every``."""
     found = tuned(runs)
     if not found:
         return ""
@@ -94,4 +99,77 @@ def tuning_finding(runs: Sequence[PR.Results], link: str) -> str:
     saved = savings[0] if len(savings) == 1 else f"{savings[0]}–{savings[-1]}"
     return (f"**σ search** ([{HEADING.lower()}](#{link})): successive halving on {found[0].tune_inits} tuning "
             f"initialisations chose σ = {sigmas} for NES {largest:,} at num_dim {dims}; run only there on the "
-            f"reported initialisations, NES took {saved}× fewer directions than every σ on every initialisation.")
+            f"reported initialisations, NES took {saved}× fewer directions than every σ on every initialisation."
+            + _against_grid_sentence(against_grid(runs, every)))
+
+
+def _against_grid_sentence(found: Sequence[AgainstGrid]) -> str:
+    if not found:
+        return ""
+    parts = [f"num_dim {a.num_dim}: {a.claim.verdict if a.informative else 'uninformative'} "
+             f"({with_interval(a.claim.difference.mean, a.claim.difference.interval)})" for a in found]
+    return (f" Against the brute force of the grid runs (paired, n = {found[0].claim.difference.n}, Holm, "
+            f"±{found[0].claim.margin:g}): " + "; ".join(parts) + ".")
+
+TWIN_FREE = ("sigma_search", "tune_inits", "num_dim", "pretrained", "device", "cache_dir")
+
+
+def _twin(r: PR.Results, others: Sequence[PR.Results]) -> PR.Results | None:
+    """The grid run among ``others`` with ``r``'s num_dim and state and every other parameter equal."""
+    def key(x: PR.Results) -> dict:
+        return {k: v for k, v in x["parameters"].items() if k not in TWIN_FREE}
+
+    return next((g for g in others if mode(g) == "grid" and g["num_dim"] == r["num_dim"]
+                 and g["pretrained"] == r["pretrained"] and key(g) == key(r) and g.get("population")), None)
+
+
+@dataclass(frozen=True)
+class AgainstGrid:
+    """A halving run's NES at the largest count against its grid twin's brute force (all σ)."""
+
+    num_dim: int
+    search: Estimate
+    brute: Estimate
+    claim: Claim  # "σ search" − "every σ", Holm-corrected over the section's num_dims
+    informative: bool  # CDG beats the random direction at this num_dim (the section's rule)
+
+
+def against_grid(shown: Sequence[PR.Results], every: Sequence[PR.Results]) -> list[AgainstGrid]:
+    """Each halving run of ``shown`` with a grid twin in ``every``, compared paired."""
+    comps = PR.comparisons(shown)
+    raw = []
+    for r in sorted((r for r in shown if mode(r) == "halving"), key=lambda r: r["num_dim"]):
+        twin = _twin(r, every)
+        if twin is None:
+            continue
+        p = params_of(r)
+        family = f"NES {max(p.nes_samples)}"
+        a, b = (PR.score(x, next(f for f in PR.families(x) if f.name == family), HIDDEN, p.batch_size) for x in (r, twin))
+        if a is None or b is None:
+            continue
+        raw.append((r["num_dim"], a.estimate, b.estimate, paired_difference(a.per_init, b.per_init,
+                    p.equivalence_margin), p.equivalence_margin, PR.informative(comps, r["num_dim"], p.batch_size)))
+    pv, qv = corrected([d for _, _, _, d, _, _ in raw])
+    return [AgainstGrid(dim, s, b, Claim("σ search", "every σ", d, pv[k], qv[k], margin), ok)
+            for k, (dim, s, b, d, margin, ok) in enumerate(raw)]
+
+
+def against_grid_markdown(shown: Sequence[PR.Results], every: Sequence[PR.Results]) -> str:
+    """The comparison with the grid twins (markdown), or ``""`` without any."""
+    found = against_grid(shown, every)
+    if not found:
+        return ""
+    marks = {"equivalent": "≈", "not distinguishable": "n.d."}
+
+    def cell(a: AgainstGrid) -> str:
+        d = a.claim.difference
+        text = f"{marks.get(a.claim.verdict, a.claim.verdict)} {with_interval(d.mean, d.interval)}"
+        return text if a.informative else f"({text})"
+
+    rows = "\n".join(f"| {a.num_dim} | {_estimate(a.search)} | {_estimate(a.brute)} | {cell(a)} |" for a in found)
+    return ("**Against the brute force.** The grid runs of the same setting (every σ on every initialisation, σ "
+            "and lr cross-fitted) beside this search's NES at the largest count, paired over the "
+            f"n = {found[0].claim.difference.n} initialisations both ran, Holm over {len(found)} num_dims; ≈: "
+            f"equivalent within ±{found[0].claim.margin:g} (TOST); in brackets: uninformative (CDG does not beat "
+            "the random direction there).\n\n| num_dim | σ search | every σ | search − every σ |\n|---|---|---|---|\n"
+            + rows)
