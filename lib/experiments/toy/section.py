@@ -19,7 +19,7 @@ from .nes_diagnosis import diagnose_section, diagnosis_rows
 from .population_report import population_cells, verdict_summary
 from .sigma_search import HEADING as SEARCH_HEADING
 from .sigma_search import search_markdown
-from .sigma_tuning_report import against_grid_markdown, tuning_markdown
+from .sigma_tuning_report import against_grid, against_grid_markdown, tuning_markdown
 from .findings import SEARCH_1, SEARCH_2, is_pretrained, one_setting, setting_differences
 from .records import params_of
 
@@ -226,6 +226,8 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
             others = [r for r in every if r not in ok]
             cells.append(md(f"{len(others)} run(s) with other parameters than those shown "
                             f"({', '.join(setting_differences(ok[0], others))}) are not shown here: a section compares "
-                            "runs that differ in num_dim only. They are in the run manifest."))
+                            "runs that differ in num_dim only. They are in the run manifest"
+                            + ("; grid runs of this setting serve the σ search's comparison above." if
+                               against_grid(ok, every) else ".")))
         cells += _toy_block(4, ok, pretrained)
     return cells
