@@ -87,13 +87,18 @@ def matmuls_only(base, proj, w2, w3, u2, u3) -> torch.Tensor:
     return h
 
 
-def whole_pass() -> None:
+def toy_pass_inputs() -> tuple:
+    """The engine's inputs for NES over every layer of the num_dim 64 toy on a batch of ROWS rows:
+    the model, its forward cache, the targets and every parameter's location."""
     prob = toy_problem(DIM, 0)
     x, y = prob.batch(ROWS, 1)
     model = prob.student
     locs = engine.locate_parameters(model)
-    sel = [locs[n] for n, _ in model.named_parameters()]
-    cache = engine.forward_cache(model, x)
+    return model, engine.forward_cache(model, x), y, [locs[n] for n, _ in model.named_parameters()]
+
+
+def whole_pass() -> None:
+    model, cache, y, sel = toy_pass_inputs()
     dirs = {n: torch.randn(DIRECTIONS, *p.shape, generator=torch.Generator().manual_seed(1))
             for n, p in model.named_parameters()}
     proj = directions.head_projection(model, cache, sel, dirs)
@@ -109,12 +114,7 @@ def whole_pass() -> None:
 def chunk_sizes(sizes=(3, 7, 14, 28), directions_in_all: int = 168) -> None:
     """Directions per second of the engine's pass when the same directions go in chunks of each
     size: smaller chunks keep each elementwise pass's block in a smaller cache."""
-    prob = toy_problem(DIM, 0)
-    x, y = prob.batch(ROWS, 1)
-    model = prob.student
-    locs = engine.locate_parameters(model)
-    sel = [locs[n] for n, _ in model.named_parameters()]
-    cache = engine.forward_cache(model, x)
+    model, cache, y, sel = toy_pass_inputs()
     gen = torch.Generator().manual_seed(2)
     dirs = {n: torch.randn(directions_in_all, *p.shape, generator=gen) for n, p in model.named_parameters()}
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Hashable, Mapping, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 from lib.experiments.inference import Claim, Estimate, best_on, corrected, over_inits, paired_difference
 from lib.experiments.stats import with_interval
@@ -107,10 +107,14 @@ HEADING = "Finding σ at a fraction of the cost (beyond the notes)"
 UNINFORMATIVE = "uninformative"
 
 
-def _difference_cell(s: SigmaSearch, marks: Mapping[str, str]) -> str:
-    """``≈ 0.001 [−0.01, 0.01]``: the verdict's mark and the paired difference, bracketed where uninformative."""
+MARKS = {"equivalent": "≈", "not distinguishable": "n.d."}
+
+
+def difference_cell(s: SigmaSearch | Any) -> str:
+    """``≈ 0.001 [−0.01, 0.01]``: a comparison's verdict mark and paired difference (anything with a
+    ``claim`` and ``informative``), bracketed where uninformative."""
     d = s.claim.difference
-    text = f"{marks.get(s.claim.verdict, s.claim.verdict)} {with_interval(d.mean, d.interval)}"
+    text = f"{MARKS.get(s.claim.verdict, s.claim.verdict)} {with_interval(d.mean, d.interval)}"
     return text if s.informative else f"({text})"
 
 
@@ -119,10 +123,9 @@ def search_markdown(runs: Sequence[PR.Results]) -> str:
     found = searches([r for r in runs if r.get("population")])
     if not found:
         return ""
-    marks = {"equivalent": "≈", "not distinguishable": "n.d."}
     rows = "\n".join(
         f"| {s.num_dim} | {with_interval(s.search.mean, s.search.interval)} ({s.chosen}) | "
-        f"{with_interval(s.brute.mean, s.brute.interval)} | {_difference_cell(s, marks)} | "
+        f"{with_interval(s.brute.mean, s.brute.interval)} | {difference_cell(s)} | "
         f"{s.directions:,} / {s.brute_directions:,} ({s.brute_directions / s.directions:.1f}× fewer) |" for s in found)
     samples = sorted(params_of(runs[0]).nes_samples)
     return (f"**{HEADING}.** Successive halving over σ: every σ at {samples[0]:,} directions, the better half "

@@ -17,7 +17,7 @@ from lib.experiments.stats import with_interval
 from . import protocol as PR
 from .population import HIDDEN
 from .records import params_of
-from .sigma_search import HEADING
+from .sigma_search import HEADING, difference_cell
 from .sigma_tuning import mode, ranked, score
 
 
@@ -111,6 +111,7 @@ def _against_grid_sentence(found: Sequence[AgainstGrid]) -> str:
     return (f" Against the brute force of the grid runs (paired, n = {found[0].claim.difference.n}, Holm, "
             f"±{found[0].claim.margin:g}): " + "; ".join(parts) + ".")
 
+
 TWIN_FREE = ("sigma_search", "tune_inits", "num_dim", "pretrained", "device", "cache_dir")
 
 
@@ -159,14 +160,8 @@ def against_grid_markdown(shown: Sequence[PR.Results], every: Sequence[PR.Result
     found = against_grid(shown, every)
     if not found:
         return ""
-    marks = {"equivalent": "≈", "not distinguishable": "n.d."}
-
-    def cell(a: AgainstGrid) -> str:
-        d = a.claim.difference
-        text = f"{marks.get(a.claim.verdict, a.claim.verdict)} {with_interval(d.mean, d.interval)}"
-        return text if a.informative else f"({text})"
-
-    rows = "\n".join(f"| {a.num_dim} | {_estimate(a.search)} | {_estimate(a.brute)} | {cell(a)} |" for a in found)
+    rows = "\n".join(f"| {a.num_dim} | {_estimate(a.search)} | {_estimate(a.brute)} | {difference_cell(a)} |"
+                     for a in found)
     return ("**Against the brute force.** The grid runs of the same setting (every σ on every initialisation, σ "
             "and lr cross-fitted) beside this search's NES at the largest count, paired over the "
             f"n = {found[0].claim.difference.n} initialisations both ran, Holm over {len(found)} num_dims; ≈: "
