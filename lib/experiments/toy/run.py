@@ -238,8 +238,9 @@ class _Repetition:
         t = time.perf_counter()
         every = {sigma: ests for samples, sigmas in groups.items() for sigma, ests in E.nes_sigmas(
             self.model, self.x, self.y, sigmas=sigmas, samples=list(samples), seed=self.seed).items()}
-        self.tally.spread("nes", time.perf_counter() - t, len(plan))
-        self.tally.seconds.setdefault("nes_step", []).append(time.perf_counter() - t)
+        seconds = time.perf_counter() - t
+        self.tally.spread("nes", seconds, len(plan))
+        self.tally.seconds.setdefault("nes_step", []).append(seconds)
         t = time.perf_counter()
         two = {sigma: ests for samples, sigmas in groups.items() for sigma, ests in E.nes_sigmas(
             self.model, self.x, self.y, sigmas=sigmas, samples=list(samples), layers=list(LAST_TWO),
