@@ -12,6 +12,7 @@ from lib.experiments import registry
 from lib.experiments.schema import SchemaError, build, check_entry, check_value, defaults, from_namespace
 from lib.experiments.thin_resnet.params import ThinResNetParams
 from lib.experiments.toy.params import ToyParams
+from lib.experiments.training.params import TrainingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,6 +74,8 @@ def test_grid_axes():
     (ToyParams, {"lr_refine": [1.0]}, "lr_refine"),
     (ToyParams, {"lr_refine": [1.0, 0.5]}, "lr_refine"),
     (ToyParams, {"act": "ternary"}, "diagnose"),  # the exact smoothed gradient needs a binary student
+    (ToyParams, {"num_init": 501}, "num_init"),  # the reported initialisations stay below the tuning ones (500 …)
+    (TrainingParams, {"num_init": 501}, "num_init"),
     (ThinResNetParams, {"acts": ["binary"], "decrease_acts": ["ternary"]}, "decrease_acts"),
     (ThinResNetParams, {"states": ["trained"], "train_epochs": 0}, "train_epochs"),
 ])

@@ -19,7 +19,8 @@ from lib.experiments.schema import SchemaError, build
 from lib.experiments.training import section
 from lib.experiments.training.analysis import TARGET_SHARE, blocks, comparisons
 from lib.experiments.training.arms import READOUT, Arm, arm_gradient, arms_for
-from lib.experiments.training.params import TUNING_INIT, TrainingParams
+from lib.experiments.toy.params import TUNING_INIT
+from lib.experiments.training.params import TrainingParams
 from lib.experiments.training.run import chosen_lrs, run
 from lib.experiments.training.trainer import Evaluation, train
 from lib.training.gaussian import toy_problem

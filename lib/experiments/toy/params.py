@@ -34,10 +34,18 @@ class StudentParams:
     seed: int = param(0, NON_NEGATIVE_INT)
     device: str = param("cpu", DEVICE)
     cache_dir: str = param("cache/pretrain", NON_EMPTY)
+    num_init: int = param(3, POSITIVE_INT)    # reported initialisations (0 … num_init − 1): the n
     tune_inits: int = param(2, POSITIVE_INT)  # initialisations choices are made on, never reported
 
     def __post_init__(self) -> None:
         validate(self)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Inconsistent values, as ``(key, message)``: the reported initialisations must stay below
+        the tuning ones."""
+        if self.num_init > TUNING_INIT:
+            return [("num_init", f"expected at most {TUNING_INIT} (the tuning initialisations start there)")]
+        return []
 
     def tuning_inits(self) -> list[int]:
         """The initialisations the choices are made on: ``TUNING_INIT + j``, never reported."""
@@ -65,7 +73,6 @@ class ToyParams(StudentParams):
     lr_refine: list[float] = param([1e-2, 10.0], POSITIVE)
     num_lr_refine: int = param(9, NON_NEGATIVE_INT)
     batch_size: int = param(1024, POSITIVE_INT)
-    num_init: int = param(3, POSITIVE_INT)
     num_batch: int = param(1, POSITIVE_INT)
     normalize: str = param("layer", NORMALIZATION)
     held_out: bool = param(False)  # the notes' curves (``curves``) on a held-out batch; the population protocol always is
@@ -80,7 +87,7 @@ class ToyParams(StudentParams):
 
     def problems(self) -> list[tuple[str, str]]:
         """Inconsistent values, as ``(key, message)``."""
-        out = []
+        out = super().problems()
         if not self.lr_min < self.lr_max:
             out.append(("lr_min", f"expected lr_min < lr_max, got {self.lr_min:g} and {self.lr_max:g}"))
         if self.diagnose and self.act != "binary":
@@ -88,8 +95,6 @@ class ToyParams(StudentParams):
                                     "set diagnose: false"))
         if self.batch_size in self.large_batch_sizes:
             out.append(("large_batch_sizes", f"batch_size {self.batch_size} is already computed with every estimator"))
-        if self.num_init > TUNING_INIT:
-            out.append(("num_init", f"expected at most {TUNING_INIT} (the tuning initialisations start there)"))
         low_high = self.lr_refine
         if len(low_high) != 2 or not low_high[0] < low_high[1]:
             out.append(("lr_refine", f"expected [low, high] with low < high, got {low_high}"))

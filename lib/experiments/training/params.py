@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from lib.common.resources import memory_problem
 from lib.experiments.schema import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STE_VARIANT, one_of, param
-from lib.experiments.toy.params import TUNING_INIT, StudentParams, ToyParams, pretraining
+from lib.experiments.toy.params import StudentParams, ToyParams, pretraining
 
 EXPERIMENT = "training"
 OPTIMIZERS = ("normalized", "adam")  # lib/experiments/training/trainer.py
@@ -29,7 +29,6 @@ class TrainingParams(StudentParams):
     nes_sigmas: list[float] = param([0.1], POSITIVE)
     nes_batch_sizes: list[int] = param([1024], POSITIVE_INT, may_be_empty=True)  # the batch sizes NES trains at
     large_batch_rows: int = param(0, NON_NEGATIVE_INT)     # rows of the large-batch CDG arm's batches; 0: none
-    num_init: int = param(3, POSITIVE_INT)                 # reported initialisations (0 … num_init − 1): the n
     tune_inits: int = param(1, POSITIVE_INT)               # initialisations the lr and the best STE are chosen on
     eval_rows: int = param(16384, POSITIVE_INT)            # held-out rows of the population loss
     reference_rows: int = param(16000, NON_NEGATIVE_INT)   # rows of the reference CDG at each evaluation; 0: none
@@ -38,7 +37,7 @@ class TrainingParams(StudentParams):
 
     def problems(self) -> list[tuple[str, str]]:
         """Inconsistent values, as ``(key, message)``."""
-        out = []
+        out = super().problems()
         extra = [n for n in self.nes_batch_sizes if n not in self.batch_sizes]
         if extra:
             out.append(("nes_batch_sizes", f"{extra} not among batch_sizes {self.batch_sizes}"))
@@ -46,8 +45,6 @@ class TrainingParams(StudentParams):
             out.append(("eval_every", f"expected at most steps ({self.steps}), got {self.eval_every}"))
         if self.num_init < 2:
             out.append(("num_init", "expected at least 2 reported initialisations (the n of the intervals)"))
-        if self.num_init > TUNING_INIT:
-            out.append(("num_init", f"expected at most {TUNING_INIT} (the tuning initialisations start there)"))
         return out
 
     def machine_problems(self) -> list[tuple[str, str]]:
