@@ -218,7 +218,8 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
             cells.append(md(heading(4, *H_DIFFICULTY) + f"\n\n> {NOTES_DIFFICULTY}\n\n" + _difficulty_answer(ok)))
         else:
             cells += _question_cells(ok)
-        search = search_markdown(ok) or "\n\n".join(filter(None, [tuning_markdown(ok), against_grid_markdown(ok, every)]))
+        twins = against_grid(ok, every)
+        search = search_markdown(ok) or "\n\n".join(filter(None, [tuning_markdown(ok), against_grid_markdown(twins)]))
         if search:
             cells.append(md(heading(4, SEARCH_HEADING) + "\n\n" + search))
         cells += failed_runs_note(part)
@@ -228,6 +229,6 @@ def report_cells(runs: Sequence[dict[str, Any]]) -> list:
                             f"({', '.join(setting_differences(ok[0], others))}) are not shown here: a section compares "
                             "runs that differ in num_dim only. They are in the run manifest"
                             + ("; grid runs of this setting serve the σ search's comparison above." if
-                               against_grid(ok, every) else ".")))
+                               twins else ".")))
         cells += _toy_block(4, ok, pretrained)
     return cells

@@ -155,9 +155,8 @@ def against_grid(shown: Sequence[PR.Results], every: Sequence[PR.Results]) -> li
             for k, (dim, s, b, d, margin, ok) in enumerate(raw)]
 
 
-def against_grid_markdown(shown: Sequence[PR.Results], every: Sequence[PR.Results]) -> str:
-    """The comparison with the grid twins (markdown), or ``""`` without any."""
-    found = against_grid(shown, every)
+def against_grid_markdown(found: Sequence[AgainstGrid]) -> str:
+    """The comparison with the grid twins (:func:`against_grid`) as markdown, or ``""`` without any."""
     if not found:
         return ""
     rows = "\n".join(f"| {a.num_dim} | {_estimate(a.search)} | {_estimate(a.brute)} | {difference_cell(a)} |"
