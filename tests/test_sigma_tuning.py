@@ -79,24 +79,29 @@ def runs():
 
 def test_the_search_runs_on_the_tuning_initialisations_only(runs):
     """Rung 1's curve of tuning initialisation 500 is NES on that initialisation's own batch 0,
-    scored on its own evaluation set; the reported initialisations 0 and 1 never enter it."""
+    scored on its own evaluation set; the reported initialisations 0 and 1 never enter it. Rung
+    2 (the students kept from rung 1) is the same by hand on both tuning initialisations."""
     halving, _ = runs
     p = _tiny()
     search = halving["sigma_search"]
     assert search["tuning_inits"] == [500, 501]
     assert {i for r in halving["population"]["records"] for i in r["inits"]} == {0, 1}
 
-    def by_hand(init: int) -> list[float]:
+    def by_hand(init: int, sigma: float = 0.05, samples: int = 20) -> list[float]:
         problem = toy_problem(4, init)
         x, y = problem.batch(32, 0)
         scorer = P.Scorer(problem.student, *problem.batch(2048, P.EVAL_BATCH), p.lrs(), p.normalize)
-        g = E.nes(problem.student, x, y, sigma=0.05, samples=20, seed=init * 1009)
+        g = E.nes(problem.student, x, y, sigma=sigma, samples=samples, seed=init * 1009)
         return scorer.curve(g, P.HIDDEN).tolist()
 
     rung = search["rungs"][0]
     assert rung["sigmas"] == [0.05, 0.5, 5.0] and rung["samples"] == 20
     assert rung["curves"][0][0] == by_hand(500)
     assert rung["curves"][0][0] != by_hand(0)
+    second = search["rungs"][1]
+    assert second["samples"] == 60 and len(second["sigmas"]) == 2
+    for k, sigma in enumerate(second["sigmas"]):
+        assert second["curves"][k] == [by_hand(500, sigma, 60), by_hand(501, sigma, 60)]
 
 
 def test_reported_estimates_are_the_grids_at_the_chosen_sigma(runs):

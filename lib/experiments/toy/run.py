@@ -293,10 +293,11 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
     tally = _Tally(steps.data)
     bar = tqdm(total=steps.total, initial=steps.finished, disable=not progress,
                desc=f"toy d={p.num_dim}{' pretrained' if p.pretrained else ''}")
+    curves_of = _tuning_curves(p, device)
     for k in range(tuning):
         if not steps.done(k):
             t = time.perf_counter()
-            what = T.tuning_step(p, tally.sigma_rungs, k, _tuning_curves(p, device))
+            what = T.tuning_step(p, tally.sigma_rungs, k, curves_of)
             tally.seconds.setdefault("sigma_search", []).append(time.perf_counter() - t)
             steps.step_finished(k, tally.state(), what)
             bar.update(1)
@@ -327,14 +328,21 @@ def run(p: ToyParams, on_step: Callable[[int, int, str], None] | None = None,
 def _tuning_curves(p: ToyParams, device: str) -> T.Curves:
     """For the σ search: NES at each σ on tuning initialisation ``init`` (its student, gradient
     batch 0 and evaluation set, as a reported initialisation would have them), scored as
-    ``r(lr)`` on the hidden layers, held out."""
+    ``r(lr)`` on the hidden layers, held out. Each tuning initialisation's student, batch and
+    scorer are built once and kept for the later rungs (``tune_inits`` of them)."""
+    built: dict[int, tuple[torch.nn.Module, torch.Tensor, torch.Tensor, P.Scorer]] = {}
 
-    def curves_of(init: int, sigmas: list[float], samples: int) -> dict[float, list[float]]:
+    def setup(init: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, P.Scorer]:
         problem = toy_problem(p.num_dim, p.seed * 1000 + init, act=p.act, teacher_act=p.teacher_act)
         model = (pretrain_student(problem, p, progress=False)[0] if p.pretrained else problem.student).to(device)
         problem.teacher.to(device)
-        scorer = _scorer(p, problem, model, device)
         x, y = problem.batch(p.batch_size, 0, device=device)
+        return model, x, y, _scorer(p, problem, model, device)
+
+    def curves_of(init: int, sigmas: list[float], samples: int) -> dict[float, list[float]]:
+        if init not in built:
+            built[init] = setup(init)
+        model, x, y, scorer = built[init]
         ests = E.nes_sigmas(model, x, y, sigmas=sigmas, samples=[samples], seed=p.seed * 1_000_003 + init * 1009)
         return {sigma: scorer.curve(ests[sigma][samples], P.HIDDEN).tolist() for sigma in sigmas}
 
