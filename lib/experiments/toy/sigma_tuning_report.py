@@ -163,7 +163,8 @@ def against_grid_markdown(found: Sequence[AgainstGrid]) -> str:
                      for a in found)
     return ("**Against the brute force.** The grid runs of the same setting (every σ on every initialisation, σ "
             "and lr cross-fitted) beside this search's NES at the largest count, paired over the "
-            f"n = {found[0].claim.difference.n} initialisations both ran, Holm over {len(found)} num_dims; ≈: "
+            f"n = {found[0].claim.difference.n} initialisations both ran, "
+            + (f"Holm over {len(found)} num_dims" if len(found) > 1 else "one num_dim, no correction") + "; ≈: "
             f"equivalent within ±{found[0].claim.margin:g} (TOST); in brackets: uninformative (CDG does not beat "
             "the random direction there).\n\n| num_dim | σ search | every σ | search − every σ |\n|---|---|---|---|\n"
             + rows)
