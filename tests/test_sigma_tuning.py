@@ -152,3 +152,19 @@ def test_the_search_is_compared_with_its_grid_twin_over_the_same_initialisations
     assert "| 4 |" in against_grid_markdown([a])
     other = {**grid, "parameters": {**grid["parameters"], "eps_grid": [0.3]}}
     assert against_grid([halving], [halving, other]) == [] and against_grid_markdown([]) == ""
+
+
+def test_the_protocol_sentences_say_how_nes_sigma_was_chosen(runs):
+    """A halving run's σ comes from the search on the tuning initialisations, not from cross-fitting
+    over the reported ones; the report's protocol sentences say so, and a grid run's do not."""
+    from lib.experiments.toy.population_report import population_cells
+    from lib.experiments.toy.section import _difficulty_answer
+
+    def text(r):
+        cells = population_cells(4, [r], pretrained=False)
+        return _difficulty_answer([r]) + " ".join(c.source for c in cells if c.cell_type == "markdown")
+
+    halving, grid = runs
+    assert "NES's σ from the σ search on the tuning initialisations" in text(halving)
+    assert "NES's σ is the σ search's" in text(halving) and "The ε, STE variant and lr" in text(halving)
+    assert "σ search" not in text(grid) and "The ε, σ, STE variant and lr" in text(grid)

@@ -17,6 +17,7 @@ from . import protocol as PR
 from .population import ALL, HIDDEN, IN_SAMPLE
 from .records import ToyResults as Results
 from .records import params_of
+from .sigma_tuning import sigma_choice
 
 HEADING = "Held-out loss decrease on the hidden layers (beyond the notes)"
 CONTROL = "random direction"
@@ -69,14 +70,16 @@ def nes_projection(by_dim: Sequence[Results], rows: int) -> str:
 def _protocol_text(by_dim: Sequence[Results]) -> str:
     r = by_dim[0]
     p, n = params_of(r), _n(by_dim)
-    crossed = n > 1
+    crossed, searched = n > 1, sigma_choice(r) == "σ search"
     return (f"Every number here is a loss decrease on rows no gradient saw: each initialisation has its own "
             f"evaluation set of {r['population']['eval_rows']:,} rows, the same for all its estimates, so the "
             f"comparisons are paired. The value is the *relative* decrease ΔL / L, L the population loss at the "
             "evaluated weights, of a step on the **hidden layers** only (per-layer normalised, the readout held: "
             "every estimator is exact on the linear readout, so that is where they differ). "
-            + ("The ε, σ, STE variant and lr are chosen by cross-fitting: each initialisation is scored at the "
-               "choice that does best on the *other* initialisations (in brackets: the choice most made). "
+            + ((f"The ε, {'' if searched else 'σ, '}STE variant and lr are chosen by cross-fitting: each "
+                "initialisation is scored at the choice that does best on the *other* initialisations (in brackets: "
+                "the choice most made)" + ("; NES's σ is the σ search's, chosen on the tuning initialisations, "
+                                          "which are never scored here. " if searched else ". "))
                if crossed else "**One initialisation:** the choices are made on the data scored (no cross-fitting) "
                "and there are no intervals; this shows structure, not conclusions. ")
             + f"Means with 95% t-intervals over n = {n} initialisation(s) (batches averaged within each; "

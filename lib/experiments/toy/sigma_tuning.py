@@ -51,6 +51,12 @@ def mode(results: Mapping[str, Any]) -> str:
     return results.get("sigma_search", {}).get("mode", "grid")
 
 
+def sigma_choice(results: Mapping[str, Any]) -> str:
+    """How NES's σ was chosen, for the report's protocol sentences: ``"σ search"`` (halving, on
+    the tuning initialisations) or ``"cross-fitted"`` (grid, over the reported ones)."""
+    return "σ search" if mode(results) == "halving" else "cross-fitted"
+
+
 def rung_sizes(k: int, rungs: int) -> list[int]:
     """σ evaluated at each of ``rungs`` sample counts: ``k``, then halved (rounded up), one at the last."""
     sizes = [k]
