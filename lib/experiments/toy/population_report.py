@@ -17,7 +17,7 @@ from . import protocol as PR
 from .population import ALL, HIDDEN, IN_SAMPLE
 from .records import ToyResults as Results
 from .records import params_of
-from .sigma_tuning import sigma_choice
+from .sigma_tuning import sigma_searched
 
 HEADING = "Held-out loss decrease on the hidden layers (beyond the notes)"
 CONTROL = "random direction"
@@ -70,7 +70,7 @@ def nes_projection(by_dim: Sequence[Results], rows: int) -> str:
 def _protocol_text(by_dim: Sequence[Results]) -> str:
     r = by_dim[0]
     p, n = params_of(r), _n(by_dim)
-    crossed, searched = n > 1, sigma_choice(r) == "σ search"
+    crossed, searched = n > 1, sigma_searched(r)
     return (f"Every number here is a loss decrease on rows no gradient saw: each initialisation has its own "
             f"evaluation set of {r['population']['eval_rows']:,} rows, the same for all its estimates, so the "
             f"comparisons are paired. The value is the *relative* decrease ΔL / L, L the population loss at the "

@@ -19,7 +19,7 @@ from .nes_diagnosis import diagnose_section, diagnosis_rows
 from .population_report import population_cells, verdict_summary
 from .sigma_search import HEADING as SEARCH_HEADING
 from .sigma_search import search_markdown
-from .sigma_tuning import sigma_choice
+from .sigma_tuning import sigma_searched
 from .sigma_tuning_report import against_grid, against_grid_markdown, tuning_markdown
 from .findings import SEARCH_1, SEARCH_2, is_pretrained, one_setting, setting_differences
 from .records import params_of
@@ -85,7 +85,7 @@ def _difficulty_answer(ok: Sequence[dict[str, Any]]) -> str:
         mine = sorted((c for c in comps if c.a == f"NES {s}" and c.b == "CDG"), key=lambda c: c.num_dim)
         if mine:
             lines.append(verdict_summary(mine))
-    nes = ("NES's σ from the σ search on the tuning initialisations, its lr" if sigma_choice(ok[0]) == "σ search"
+    nes = ("NES's σ from the σ search on the tuning initialisations, its lr" if sigma_searched(ok[0])
            else "NES's σ and lr")
     answer = (f"**Measured on held-out rows** (a step on the hidden layers; {nes} and CDG's ε and lr "
               "cross-fitted; paired differences over initialisations, Holm over the section's comparisons): "

@@ -51,10 +51,10 @@ def mode(results: Mapping[str, Any]) -> str:
     return results.get("sigma_search", {}).get("mode", "grid")
 
 
-def sigma_choice(results: Mapping[str, Any]) -> str:
-    """How NES's σ was chosen, for the report's protocol sentences: ``"σ search"`` (halving, on
-    the tuning initialisations) or ``"cross-fitted"`` (grid, over the reported ones)."""
-    return "σ search" if mode(results) == "halving" else "cross-fitted"
+def sigma_searched(results: Mapping[str, Any]) -> bool:
+    """Whether NES's σ came from the σ search on the tuning initialisations (halving) rather than
+    from cross-fitting over the reported ones (grid)."""
+    return mode(results) == "halving"
 
 
 def rung_sizes(k: int, rungs: int) -> list[int]:
