@@ -74,8 +74,8 @@ def _setting_cells(notes_lines: Sequence[str], ok: Sequence[dict[str, Any]]) -> 
 
 def _difficulty_answer(ok: Sequence[dict[str, Any]]) -> str:
     """Is CDG consistently weaker than NES (the notes' hope), on held-out rows? Per sample count,
-    NES (lr cross-fitted; σ cross-fitted too, or from the σ search) against CDG at each num_dim, from the section's Holm-corrected
-    comparisons; and the costs."""
+    NES (lr cross-fitted; σ cross-fitted too, or from the σ search) against CDG at each num_dim,
+    from the section's Holm-corrected comparisons; and the costs."""
     if not ok:
         return "_No successful run to answer from._"
     runs = [r for r in ok if r.get("population")]

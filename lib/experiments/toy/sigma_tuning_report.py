@@ -8,7 +8,7 @@ over the section's num_dims, TOST within ``equivalence_margin``. Grid runs alone
 the search read from their own records in :mod:`.sigma_search`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from lib.experiments.inference import Claim, Estimate, corrected, paired_difference
@@ -112,16 +112,15 @@ def _against_grid_sentence(found: Sequence[AgainstGrid]) -> str:
             f"±{found[0].claim.margin:g}): " + "; ".join(parts) + ".")
 
 
-TWIN_FREE = ("sigma_search", "tune_inits", "num_dim", "pretrained", "device", "cache_dir")
+TWIN_FREE = ("sigma_search", "tune_inits", "device", "cache_dir")  # parameters a grid twin may differ in
 
 
 def _twin(r: PR.Results, others: Sequence[PR.Results]) -> PR.Results | None:
-    """The grid run among ``others`` with ``r``'s num_dim and state and every other parameter equal."""
+    """The grid run among ``others`` whose parameters equal ``r``'s but for :data:`TWIN_FREE`."""
     def key(x: PR.Results) -> dict:
-        return {k: v for k, v in x["parameters"].items() if k not in TWIN_FREE}
+        return {k: v for k, v in asdict(params_of(x)).items() if k not in TWIN_FREE}
 
-    return next((g for g in others if mode(g) == "grid" and g["num_dim"] == r["num_dim"]
-                 and g["pretrained"] == r["pretrained"] and key(g) == key(r) and g.get("population")), None)
+    return next((g for g in others if mode(g) == "grid" and g.get("population") and key(g) == key(r)), None)
 
 
 @dataclass(frozen=True)
